@@ -1,0 +1,141 @@
+"""Threads per rank: how many, and setting them for Numba and every loaded BLAS.
+
+Numba's thread pool and OpenBLAS's read their size from the environment when they are
+first loaded, so `pin_threads_env` must run before numpy, scipy or numba are imported.
+Later, `set_threads` changes the pools at run time. Two OpenBLAS copies are usually
+loaded: numpy's (scipy_openblas64_) and scipy's (scipy_openblas), which numba's
+np.dot calls; each has its own pool, so both are set.
+
+This module imports nothing heavy at module level: importing it must not load numpy.
+"""
+
+import ctypes
+import os
+import re
+import sys
+from pathlib import Path
+
+THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS", "DISTBP_THREADS")
+
+# (setter, getter) symbol pairs, tried in order, for the BLAS builds numpy and scipy ship
+BLAS_SYMBOLS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+)
+BLAS_NAME = re.compile(r"lib(scipy_)?openblas|libmkl_rt|libblas")
+
+
+def cores_available() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's core count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def _slurm_local_tasks(env: dict) -> int | None:
+    """Tasks on this node from SLURM's variables, e.g. SLURM_TASKS_PER_NODE='4(x2),3'."""
+    if env.get("SLURM_NTASKS_PER_NODE"):
+        return int(env["SLURM_NTASKS_PER_NODE"])
+    spec = env.get("SLURM_TASKS_PER_NODE")
+    if not spec:
+        return None
+    counts = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if m is None:
+            return None
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    node = int(env.get("SLURM_NODEID", 0))
+    return counts[node] if node < len(counts) else counts[0]
+
+
+def local_rank_count() -> int:
+    """Ranks sharing this node, as the launcher tells them (MPICH hydra, Open MPI, SLURM); else 1."""
+    env = os.environ
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCAL_SIZE"):
+        if env.get(var, "").isdigit():
+            return max(1, int(env[var]))
+    slurm = _slurm_local_tasks(env)
+    return max(1, slurm) if slurm else 1
+
+
+def default_threads() -> int:
+    """Threads for this rank: DISTBP_THREADS, else SLURM_CPUS_PER_TASK, else cores // local ranks."""
+    for var in ("DISTBP_THREADS", "SLURM_CPUS_PER_TASK"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    return max(1, cores_available() // local_rank_count())
+
+
+def pin_threads_env(n: int) -> None:
+    """Set the thread variables to n before numpy/scipy/numba load; if one already did, set_threads(n)."""
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    numba_loaded = "numba" in sys.modules
+    for var in THREAD_VARS:
+        # numba re-reads its config on compile and raises if NUMBA_NUM_THREADS changed
+        # after its pool started, so leave that one alone once numba is loaded
+        if var == "NUMBA_NUM_THREADS" and numba_loaded:
+            continue
+        os.environ[var] = str(n)
+    if numba_loaded or "numpy" in sys.modules or "scipy" in sys.modules:
+        set_threads(n)
+
+
+def set_threads(n: int) -> None:
+    """At run time: numba's pool (capped at NUMBA_NUM_THREADS) and every loaded BLAS get n threads."""
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    if "numba" in sys.modules:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    for lib, setter, _ in _loaded_blas():
+        getattr(lib, setter)(ctypes.c_int(n))
+
+
+def blas_threads() -> dict[str, int]:
+    """Each loaded BLAS library's file name -> its current thread count."""
+    return {Path(path).name: int(getattr(lib, getter)())
+            for lib, _, getter, path in _loaded_blas(with_path=True)}
+
+
+def _loaded_blas(with_path: bool = False) -> list[tuple]:
+    """(library, setter, getter[, path]) for each BLAS mapped into this process."""
+    found = []
+    for path in _mapped_libraries():
+        if not BLAS_NAME.search(Path(path).name):
+            continue
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue
+        for setter, getter in BLAS_SYMBOLS:
+            if hasattr(lib, setter) and hasattr(lib, getter):
+                getattr(lib, getter).restype = ctypes.c_int
+                found.append((lib, setter, getter, path) if with_path else (lib, setter, getter))
+                break
+    return found
+
+
+def _mapped_libraries() -> list[str]:
+    """Shared objects mapped into this process, in load order, from /proc/self/maps."""
+    paths: dict[str, None] = {}
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and ".so" in fields[5]:
+                paths.setdefault(fields[5].strip(), None)
+    return list(paths)
+
+
+def default_cache_dir() -> str:
+    """Where Numba caches compiled kernels: NUMBA_CACHE_DIR, else the checkout's .numba_cache, else ~/.cache."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists() and os.access(checkout, os.W_OK):
+        return str(checkout / ".numba_cache")
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache_home, "distbp", "numba")
