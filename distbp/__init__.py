@@ -1,0 +1,26 @@
+"""distbp: data-parallel backpropagation for multilayer perceptrons.
+
+Numba-parallel kernels on every MPI rank, gradients summed with one allreduce.
+Imports are lazy so that the command line can pin thread counts before numpy,
+SciPy or Numba start their thread pools.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "MLP": "distbp.model",
+    "GD": "distbp.optim",
+    "Momentum": "distbp.optim",
+    "Adam": "distbp.optim",
+    "make_optimizer": "distbp.optim",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'distbp' has no attribute {name!r}")

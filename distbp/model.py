@@ -1,0 +1,260 @@
+"""The multilayer perceptron: parameters in one flat buffer, forward and backward passes.
+
+Layout: batch-major, layer l maps a (n, fan_in) to z = a·W + b (n, fan_out) with
+W (fan_in, fan_out) and b (fan_out,). Parameters and gradients each live in one
+flat buffer, layer after layer, W then b; `params` / `grads` are views into it,
+so an optimizer updates, and an allreduce sends, the whole model in one call.
+
+Backpropagation (mnielsen's notation): the forward pass keeps z and a of every
+layer; the backward pass starts from δ = ∂l/∂z at the output (from the loss) and
+walks back with δ = σ'(z) ⊙ (δ_next·Wᵀ), dW = aᵀ·δ, db = Σₙ δ. The input layer's
+δ·Wᵀ (= ∂l/∂X) is never computed: nobody needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from distbp import kernels
+from distbp.activations import get_activation
+from distbp.losses import get_loss
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class BackwardHooks(Protocol):
+    """What the backward pass tells a gradient reducer (see `distbp.comm.GradientReducer`)."""
+
+    def layer_ready(self, layer: int) -> None: ...  # layer's dW, db are final
+    def progress(self) -> None: ...  # called between compute chunks
+
+
+class _Workspace:
+    """Per-layer buffers for batches of up to `rows` rows (reused from step to step)."""
+
+    def __init__(self, rows: int, sizes: Sequence[int], dtype):
+        outs = sizes[1:]
+        self.rows = rows
+        self.z = [np.empty((rows, m), dtype) for m in outs]  # pre-activations; δ overwrites them
+        self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
+        self.g = np.empty((rows, max(outs[:-1], default=1)), dtype)  # δ_next·Wᵀ, reused by every layer
+        self.row_loss = np.empty(rows, dtype)
+
+
+class MLP:
+    """A multilayer perceptron trained with the summed loss L = Σₙ lⁿ.
+
+    sizes: [inputs, hidden…, outputs], at least two entries, all positive.
+    activation: one name for every hidden layer or one per hidden layer
+        (sigmoid, tanh, relu, linear). The output layer is softmax for
+        `cross_entropy` and linear for `mse`.
+    dtype: "float32" (default) or "float64". seed: weight initialisation
+        (Glorot uniform for sigmoid/tanh/linear, He normal for relu; biases 0).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str | Sequence[str] = "sigmoid",
+        loss: str = "cross_entropy",
+        dtype: str = "float32",
+        seed: int = 0,
+    ):
+        self.sizes = _check_sizes(sizes)
+        n_hidden = len(self.sizes) - 2
+        names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(names) != n_hidden:
+            raise ValueError(f"{len(names)} activations given for {n_hidden} hidden layers")
+        self.activation_names = names
+        self.activations = [get_activation(a) for a in names]
+        self.loss = get_loss(loss)
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(DTYPES[str(dtype)])
+
+        shapes = [(fi, fo) for fi, fo in zip(self.sizes[:-1], self.sizes[1:])]
+        self.layer_slices: list[slice] = []  # layer l's (W, b) within the flat buffers
+        start = 0
+        for fi, fo in shapes:
+            self.layer_slices.append(slice(start, start + fi * fo + fo))
+            start += fi * fo + fo
+        self.n_params = start
+        self.flat_params = np.zeros(self.n_params, self.dtype)
+        self.params = self.views(self.flat_params)
+        self._init_params(seed)
+        self._ws: _Workspace | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-layer (W (fan_in, fan_out), b (fan_out,)) views into a flat buffer of n_params."""
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"flat buffer has shape {flat.shape}, the model needs ({self.n_params},)")
+        out = []
+        for (fi, fo), sl in zip(zip(self.sizes[:-1], self.sizes[1:]), self.layer_slices):
+            layer = flat[sl]
+            out.append((layer[: fi * fo].reshape(fi, fo), layer[fi * fo :]))
+        return out
+
+    def _init_params(self, seed: int) -> None:
+        # drawn in float64 then cast, so float32 and float64 models start from the same point
+        rng = np.random.default_rng(seed)
+        inits = [a.init for a in self.activations] + ["xavier"]
+        for (W, b), init, (fi, fo) in zip(self.params, inits, zip(self.sizes[:-1], self.sizes[1:])):
+            if init == "he":
+                W[...] = rng.standard_normal((fi, fo)) * np.sqrt(2.0 / fi)
+            else:
+                limit = np.sqrt(6.0 / (fi + fo))
+                W[...] = rng.uniform(-limit, limit, (fi, fo))
+            b[...] = 0
+
+    # ---- validation -------------------------------------------------------
+
+    def check_batch(self, X: np.ndarray, y: np.ndarray | None = None, allow_empty: bool = False) -> None:
+        """Raise ValueError naming the problem with a batch X (n, inputs) and targets y."""
+        if not isinstance(X, np.ndarray) or X.ndim != 2:
+            raise ValueError(f"X must be a 2-D array (rows, {self.sizes[0]} features), got "
+                             f"{getattr(X, 'shape', type(X).__name__)}")
+        if X.shape[1] != self.sizes[0]:
+            raise ValueError(f"X has {X.shape[1]} features but the model's input layer has {self.sizes[0]}")
+        if X.shape[0] == 0 and not allow_empty:
+            raise ValueError("empty batch: X has no rows")
+        if not np.issubdtype(X.dtype, np.floating):
+            raise ValueError(f"X must be floating point, got dtype {X.dtype}")
+        if X.size and not kernels.all_finite(X.reshape(-1) if X.flags.c_contiguous else X.ravel()):
+            raise ValueError("X contains NaN or Inf")
+        if y is not None:
+            self.loss.check_targets(y, X.shape[0], self.sizes[-1])
+
+    # ---- forward and backward ---------------------------------------------
+
+    def _workspace(self, n: int) -> _Workspace:
+        if self._ws is None or self._ws.rows < n:
+            self._ws = _Workspace(n, self.sizes, self.dtype)
+        return self._ws
+
+    def _forward(self, X: np.ndarray, ws: _Workspace, n: int) -> None:
+        """Fill z[l], a[l] (n rows) for every layer; a[-1] is before the output activation."""
+        a = X
+        for l, (W, b) in enumerate(self.params):
+            z = ws.z[l][:n]
+            np.matmul(a, W, out=z)
+            if l < self.n_layers - 1:
+                act = ws.a[l][:n]
+                kernels.bias_activation_forward(z, act, b, self.activations[l].fn)
+                a = act
+            else:
+                kernels.bias_activation_forward(z, z, b, _LINEAR)
+
+    def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
+                           hooks: BackwardHooks | None = None, progress_chunks: int = 1,
+                           validate: bool = True) -> float:
+        """The hot path: write ∂L/∂θ for the batch into `grad` (flat, n_params) and return L = Σₙ lⁿ.
+
+        X (n, inputs) in the model's dtype; y (n,) int labels or (n, outputs) targets.
+        An empty batch (a rank's empty shard) gives L = 0 and zero gradients.
+        `hooks.layer_ready(l)` is called as soon as layer l's gradients are final
+        (output layer first), and `hooks.progress()` between `progress_chunks`
+        row-chunks of each δ·Wᵀ product, so communication can overlap the backward pass.
+        Buffers are reused: no allocation once the largest batch has been seen.
+        """
+        if validate:
+            self.check_batch(X, y, allow_empty=True)
+        if X.dtype != self.dtype:
+            raise ValueError(f"X has dtype {X.dtype} but the model computes in {self.dtype}; convert it first")
+        n = X.shape[0]
+        grads = self.views(grad)
+        if n == 0:
+            grad[...] = 0
+            for l in reversed(range(self.n_layers)):
+                if hooks is not None:
+                    hooks.layer_ready(l)
+            return 0.0
+        ws = self._workspace(n)
+        self._forward(X, ws, n)
+
+        # output layer: δ = ∂l/∂z from the loss, written over z
+        L = self.n_layers - 1
+        delta = ws.z[L][:n]
+        row_loss = ws.row_loss[:n]
+        self.loss.loss_delta(delta, y, ws.a[L][:n], delta, row_loss)
+        loss = kernels.ordered_sum(row_loss)
+
+        for l in range(L, -1, -1):
+            dW, db = grads[l]
+            a_prev = X if l == 0 else ws.a[l - 1][:n]
+            if l == L:
+                kernels.column_sum(delta, db)  # hidden layers get db from activation_backward
+            np.matmul(a_prev.T, delta, out=dW)
+            if hooks is not None:
+                hooks.layer_ready(l)
+            if l == 0:
+                break
+            # δ_prev = σ'(z_prev) ⊙ (δ·Wᵀ), written over z_prev; also db_prev = Σₙ δ_prev
+            W = self.params[l][0]
+            g = ws.g[:n, : W.shape[0]]
+            _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
+            z_prev = ws.z[l - 1][:n]
+            kernels.activation_backward(z_prev, g, z_prev, a_prev, grads[l - 1][1],
+                                        self.activations[l - 1].prime)
+            delta = z_prev
+        return loss
+
+    def loss_and_grad(self, X: np.ndarray, y: np.ndarray) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
+        """L = Σₙ lⁿ over the rows of X and ∂L/∂θ as [(dW, db), …] (new arrays owned by the caller)."""
+        self.check_batch(X, y)
+        grad = np.empty(self.n_params, self.dtype)
+        loss = self.loss_and_grad_into(np.ascontiguousarray(X, self.dtype), y, grad, validate=False)
+        return loss, self.views(grad)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Output-layer activations (n, outputs): softmax probabilities or linear outputs."""
+        self.check_batch(X)
+        X = np.ascontiguousarray(X, self.dtype)
+        n = X.shape[0]
+        ws = self._workspace(n)
+        self._forward(X, ws, n)
+        out = np.empty((n, self.sizes[-1]), self.dtype)
+        self.loss.output(ws.z[-1][:n], out)
+        return out
+
+    def logits_into(self, X: np.ndarray) -> np.ndarray:
+        """Output pre-activations z (n, outputs) as a view into the workspace (valid until the next call)."""
+        n = X.shape[0]
+        ws = self._workspace(n)
+        if n:
+            self._forward(X, ws, n)
+        return ws.z[-1][:n]
+
+
+def _matmul_chunked(a, b, out, hooks, chunks: int) -> None:
+    """out = a·b, split into row chunks with hooks.progress() between them."""
+    if hooks is None or chunks <= 1:
+        np.matmul(a, b, out=out)
+        if hooks is not None:
+            hooks.progress()
+        return
+    n = a.shape[0]
+    step = -(-n // chunks)
+    for r0 in range(0, n, step):
+        np.matmul(a[r0:r0 + step], b, out=out[r0:r0 + step])
+        hooks.progress()
+
+
+def _check_sizes(sizes) -> list[int]:
+    try:
+        sizes = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise ValueError(f"layer sizes must be integers, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"need at least an input and an output layer, got layer list {sizes}")
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"layer sizes must be positive, got {sizes}")
+    return sizes
+
+
+from distbp.activations import linear as _LINEAR  # noqa: E402  (the output layer's pre-softmax identity)
