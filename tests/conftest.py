@@ -25,3 +25,14 @@ pin_threads_env(int(os.environ.get("DISTBP_TEST_THREADS", "1")))
 def repo_root() -> Path:
     """The checkout's top folder (holds pyproject.toml and launch/)."""
     return REPO
+
+
+def pytest_configure(config):
+    """Under `mpiexec ... pytest --with-mpi`, only rank 0 reports progress; other ranks print just failures."""
+    if not config.getoption("with_mpi", default=False):
+        return
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.rank > 0:
+        config.option.verbose = -2
+        config.option.no_header = True
