@@ -165,7 +165,8 @@ class Comm:
     is_root: bool
 
     # primitives -------------------------------------------------------------------------------
-    def allreduce_sum(self, buf: np.ndarray) -> None:
+    def allreduce_sum(self, buf: np.ndarray, piece_bytes: int = PIECE_BYTES) -> None:
+        """Sum buf over ranks in place, in calls of at most piece_bytes (benchmarks vary it)."""
         raise NotImplementedError
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
@@ -274,7 +275,7 @@ class SerialComm(Comm):
     def __init__(self):
         self.rank, self.size, self.is_root = 0, 1, True
 
-    def allreduce_sum(self, buf: np.ndarray) -> None:
+    def allreduce_sum(self, buf: np.ndarray, piece_bytes: int = PIECE_BYTES) -> None:
         if not isinstance(buf, np.ndarray):
             raise TypeError("allreduce_sum needs a numpy array")
 
@@ -320,8 +321,8 @@ class MPIComm(Comm):
         self.is_root = self.rank == 0
         self._ops: dict[str, object] = {}
 
-    def allreduce_sum(self, buf: np.ndarray) -> None:
-        for piece in _pieces(buf):
+    def allreduce_sum(self, buf: np.ndarray, piece_bytes: int = PIECE_BYTES) -> None:
+        for piece in _pieces(buf, piece_bytes):
             self._comm.Allreduce(self._MPI.IN_PLACE, piece, op=self._MPI.SUM)
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
