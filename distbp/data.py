@@ -1,0 +1,474 @@
+"""Datasets: load rows from a built-in generator or a file, split, and gather scaled rows into buffers.
+
+A Split keeps its features unscaled (possibly as a read-only np.memmap, so each
+rank reads only the rows it gathers); `gather` writes the requested rows into a
+preallocated buffer with the dataset's scaling applied. Scaling statistics come
+from the training split and are applied to the test split unchanged.
+
+Formats: see docs/data.md. Every loader ends in `_build`, which validates the
+arrays, holds out a test split if none was given and computes the scaling.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BUILTINS = ("synthetic", "digits")
+SCALES = ("auto", "standardize", "minmax", "none")
+CHUNK_ELEMENTS = 1 << 22  # elements per chunk for statistics and NaN checks (32 MiB of float64)
+
+
+@dataclass
+class Split:
+    """A set of rows: X (N, n_features) unscaled, maybe a memmap; y labels (n_rows,) int64 or targets (n_rows, k)."""
+
+    X: np.ndarray  # (N, n_features) source rows, never modified; may be a np.memmap
+    y: np.ndarray  # (n_rows,) int64 class labels or (n_rows, n_targets) float targets, in memory
+    index: np.ndarray | None  # (n_rows,) int64 rows of X in this split; None means all rows of X
+    offset: np.ndarray  # (n_features,) float64, subtracted from each row in gather
+    factor: np.ndarray  # (n_features,) float64, multiplied into each row after the offset
+    n_classes: int | None  # number of classes for integer labels, None for float targets
+    _cast: dict = field(default_factory=dict, init=False, repr=False)  # offset/factor cast per output dtype
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.y)
+
+    def labels(self) -> np.ndarray:
+        """All labels (n_rows,) int64, or targets (n_rows, n_targets); do not modify."""
+        return self.y
+
+    def gather(self, rows: np.ndarray, X_out: np.ndarray, y_out: np.ndarray) -> None:
+        """Write scaled features of `rows` (int64, any order) into X_out (len(rows), n_features).
+
+        y_out is int64 (len(rows),) for class labels, or float (len(rows), n_targets):
+        one-hot rows for integer labels, a copy for float targets.
+        """
+        n = len(rows)
+        if X_out.shape != (n, self.X.shape[1]):
+            raise ValueError(f"X_out has shape {X_out.shape}, expected {(n, self.X.shape[1])}")
+        if n and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"rows must lie in [0, {self.n_rows}), got {rows.min()}..{rows.max()}")
+        self._gather_features(rows, X_out)
+        self._gather_labels(rows, y_out)
+
+    def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> None:
+        source_rows = rows if self.index is None else np.take(self.index, rows)
+        if X_out.dtype == self.X.dtype:
+            # rows are checked in gather; mode="raise" would buffer out, i.e. allocate a copy per call.
+            np.take(self.X, source_rows, axis=0, out=X_out, mode="clip")
+        else:
+            # np.take cannot cast into out; fancy indexing makes one temporary in the source dtype.
+            X_out[...] = self.X[source_rows]
+        offset, factor = self._scaling_in(X_out.dtype)
+        if offset is not None:
+            X_out -= offset
+        if factor is not None:
+            X_out *= factor
+
+    def _gather_labels(self, rows: np.ndarray, y_out: np.ndarray) -> None:
+        n = len(rows)
+        if self.n_classes is None:
+            if y_out.shape != (n, self.y.shape[1]) or y_out.dtype.kind != "f":
+                raise ValueError(f"float targets need a float y_out of shape {(n, self.y.shape[1])}, "
+                                 f"got {y_out.dtype} {y_out.shape}")
+            y_out[...] = self.y[rows]
+        elif y_out.ndim == 1:
+            if y_out.shape != (n,) or y_out.dtype != np.int64:
+                raise ValueError(f"class labels need an int64 y_out of shape {(n,)}, got {y_out.dtype} {y_out.shape}")
+            np.take(self.y, rows, out=y_out, mode="clip")
+        else:
+            if y_out.shape != (n, self.n_classes) or y_out.dtype.kind != "f":
+                raise ValueError(f"one-hot labels need a float y_out of shape {(n, self.n_classes)}, "
+                                 f"got {y_out.dtype} {y_out.shape}")
+            y_out.fill(0)
+            y_out[np.arange(n), self.y[rows]] = 1
+
+    def _scaling_in(self, dtype: np.dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
+        # cast once per output dtype, so that gather allocates nothing for scaling.
+        if dtype not in self._cast:
+            offset = None if not self.offset.any() else self.offset.astype(dtype)
+            factor = None if (self.factor == 1).all() else self.factor.astype(dtype)
+            self._cast[dtype] = (offset, factor)
+        return self._cast[dtype]
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split | None
+    n_features: int
+    n_classes: int | None  # number of classes for integer labels; None for float targets
+    n_targets: int  # n_classes for labels, else the targets' width
+    scaling: str  # what gather applies, e.g. "standardized (train mean/std)"
+
+
+def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto") -> Dataset:
+    """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    name, _, options = spec.partition(":")
+    if name == "synthetic":
+        arrays, n_classes = _synthetic(options, seed)
+        return _build("synthetic", "synthetic", arrays, seed, test_fraction, scale, n_classes)
+    if name == "digits" and not options:
+        return _build("digits", "digits", _digits(), seed, test_fraction, scale)
+    path = Path(spec)
+    if not path.exists():
+        if os.sep not in spec and "." not in spec:
+            raise ValueError(f"unknown built-in dataset {spec!r}; built-ins are {', '.join(BUILTINS)}, "
+                             f"or give a path to a .npz, .csv, a directory of .npy files or MNIST IDX files")
+        raise FileNotFoundError(f"dataset not found: {spec}")
+    files = None  # for a directory, the file each array came from, so that errors name it
+    if path.is_dir():
+        arrays, files = _npy_directory(path) if (path / "X.npy").exists() else _idx_directory(path)
+    elif path.suffix == ".npz":
+        arrays = _npz(path)
+    elif path.suffix == ".csv":
+        arrays = _csv(path)
+    else:
+        raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
+    return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files)
+
+
+# ---------------------------------------------------------------- built-ins
+
+
+def _synthetic(options: str, seed: int) -> tuple[dict, int]:
+    """Class-conditional Gaussian clusters in a random 24-dimensional subspace, plus isotropic noise.
+
+    Each class has 4 cluster centres (N(0, 1.2^2) in the subspace); a row is a centre plus
+    N(0, 1) in the subspace, mapped to `features` dimensions, plus N(0, 1) per feature.
+    A linear model reaches about 2/3 accuracy, a 784-256-10 MLP about 98 % in 3 epochs.
+    """
+    keys = {"rows": 60000, "features": 784, "classes": 10, "test": None}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key not in keys:
+            raise ValueError(f"synthetic: unknown key {key!r}; keys are {', '.join(keys)}")
+        try:
+            keys[key] = int(value)
+        except ValueError:
+            raise ValueError(f"synthetic: {key} must be an integer, got {value!r}") from None
+    rows, features, classes, test = keys["rows"], keys["features"], keys["classes"], keys["test"]
+    if rows <= 0 or features <= 0 or classes <= 1 or (test is not None and test <= 0):
+        raise ValueError(f"synthetic: need rows > 0, features > 0, classes > 1, test > 0; got {options!r}")
+    latent, per_class = 24, 4
+    rng = np.random.default_rng([seed, 20240])
+    centres = rng.standard_normal((classes, per_class, latent), dtype=np.float32) * np.float32(1.2)
+    basis = rng.standard_normal((latent, features), dtype=np.float32) / np.float32(np.sqrt(latent))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, classes, n)
+        z = centres[y, rng.integers(0, per_class, n)]
+        z += rng.standard_normal((n, latent), dtype=np.float32)
+        X = z @ basis
+        X += rng.standard_normal((n, features), dtype=np.float32)
+        return X, y
+
+    X, y = draw(rows)
+    arrays = {"X": X, "y": y}
+    if test is not None:
+        arrays["X_test"], arrays["y_test"] = draw(test)
+    return arrays, classes
+
+
+def _digits() -> dict:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ValueError("the 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    return {"X": bunch.data.astype(np.float32), "y": bunch.target.astype(np.int64)}
+
+
+# ---------------------------------------------------------------- files
+
+
+def _npz(path: Path) -> dict:
+    _check_magic(path, b"PK", "an .npz (zip) file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "X" not in archive.files or "y" not in archive.files:
+                raise ValueError(f"needs arrays 'X' and 'y', found {archive.files}")
+            return {key: archive[key] for key in ("X", "y", "X_test", "y_test") if key in archive.files}
+    except Exception as error:  # zip, zlib and header errors all mean a corrupt file
+        raise ValueError(f"{path}: cannot read: {error}") from error
+
+
+def _npy(path: Path) -> np.ndarray:
+    _check_magic(path, b"\x93NUMPY", "a .npy file")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:
+        raise ValueError(f"{path}: cannot read: {error}") from error
+
+
+def _npy_directory(path: Path) -> dict:
+    if not (path / "y.npy").exists():
+        raise FileNotFoundError(f"{path}: has X.npy but no y.npy")
+    if (path / "X_test.npy").exists() != (path / "y_test.npy").exists():
+        raise FileNotFoundError(f"{path}: X_test.npy and y_test.npy must both be present or both absent")
+    keys = ("X", "y", "X_test", "y_test") if (path / "X_test.npy").exists() else ("X", "y")
+    return {key: _npy(path / f"{key}.npy") for key in keys}, {key: path / f"{key}.npy" for key in keys}
+
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    # mirrors spell the files with '-' or '.' before 'idx', gzipped or not.
+    for name in (stem, stem.replace("-idx", ".idx")):
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _idx(path: Path) -> np.ndarray:
+    """Parse an IDX file: 2 zero bytes, dtype code, ndim, ndim big-endian uint32 dims, then the data.
+
+    Returns (n, prod(other dims)) for ndim > 1, else (n,); a memmap unless the file is gzipped.
+    """
+    raw = None
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as stream:
+                raw = stream.read()
+        except (OSError, EOFError, zlib.error) as error:  # bad header, truncated or corrupt stream
+            raise ValueError(f"{path}: corrupt gzip: {error}") from error
+        head, size = raw[:1024], len(raw)
+    else:
+        with open(path, "rb") as stream:
+            head = stream.read(1024)
+        size = path.stat().st_size
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {head[:4].hex() or 'missing'})")
+    ndim, dtype = head[3], np.dtype(IDX_DTYPES[head[2]])
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(head)} bytes, {ndim} dims need {header})")
+    dims = [int(d) for d in np.frombuffer(head[4:header], dtype=">u4")]
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if size != expected:
+        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {size}")
+    if 0 in dims:
+        raise ValueError(f"{path}: empty dataset (IDX dims {tuple(dims)})")
+    if raw is not None:
+        data = np.frombuffer(raw, dtype=dtype, offset=header)
+    else:
+        data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(int(np.prod(dims)),))
+    return data.reshape(dims[0], int(np.prod(dims[1:]))) if ndim > 1 else data
+
+
+def _idx_directory(path: Path) -> dict:
+    images, labels = _idx_file(path, "train-images-idx3-ubyte"), _idx_file(path, "train-labels-idx1-ubyte")
+    if images is None or labels is None:
+        raise FileNotFoundError(f"{path}: no X.npy/y.npy and no MNIST train-images-idx3-ubyte/"
+                                f"train-labels-idx1-ubyte (optionally .gz)")
+    files = {"X": images, "y": labels}
+    test_images, test_labels = _idx_file(path, "t10k-images-idx3-ubyte"), _idx_file(path, "t10k-labels-idx1-ubyte")
+    if (test_images is None) != (test_labels is None):
+        raise FileNotFoundError(f"{path}: t10k images and labels must both be present or both absent")
+    if test_images is not None:
+        files["X_test"], files["y_test"] = test_images, test_labels
+    return {key: _idx(file) for key, file in files.items()}, files
+
+
+def _csv(path: Path) -> dict:
+    """Header row, then numeric rows; the label column is 'label' if present, else the last one."""
+    with open(path, newline="") as stream:
+        reader = csv.reader(stream)
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path}: empty dataset (no header row)")
+        label = header.index("label") if "label" in header else len(header) - 1
+        values = []
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
+            try:
+                values.append([float(cell) for cell in row])
+            except ValueError:
+                column = next(i for i, cell in enumerate(row) if not _is_float(cell))
+                raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
+                                 f"non-numeric cell {row[column]!r}") from None
+    if not values:
+        raise ValueError(f"{path}: empty dataset (no rows after the header)")
+    table = np.array(values)
+    y = table[:, label]
+    if not (np.isfinite(y) & (y == np.round(y))).all():
+        bad = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
+        raise ValueError(f"{path}: non-integer label {float(y[bad])!r} on line {bad + 2}")
+    return {"X": np.delete(table, label, axis=1), "y": y.astype(np.int64)}
+
+
+def _is_float(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_magic(path: Path, magic: bytes, what: str) -> None:
+    with open(path, "rb") as stream:
+        start = stream.read(len(magic))
+    if start != magic:
+        raise ValueError(f"{path}: not {what} (starts with {start!r})")
+
+
+# ---------------------------------------------------------------- validation, split and scaling
+
+
+def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float, scale: str,
+           n_classes: int | None = None, files: dict | None = None) -> Dataset:
+    """Validate X, y (and X_test, y_test), hold out a test split if none is given, compute the scaling."""
+    names = {key: f"{key} ({files[key] if files else source})" for key in arrays}
+    X, y = _check_arrays(arrays["X"], arrays["y"], names["X"], names["y"])
+    if "X_test" in arrays:
+        X_test, y_test = _check_arrays(arrays["X_test"], arrays["y_test"], names["X_test"], names["y_test"])
+        if X_test.shape[1] != X.shape[1]:
+            raise ValueError(f"{source}: X_test has {X_test.shape[1]} features, X has {X.shape[1]}")
+        if (y_test.ndim == 1) != (y.ndim == 1) or y_test.shape[1:] != y.shape[1:]:
+            raise ValueError(f"{source}: y_test ({y_test.dtype} {y_test.shape}) does not match y ({y.dtype} {y.shape})")
+        train_index, test_index = None, None
+    elif test_fraction > 0:
+        train_index, test_index = _held_out(len(X), seed, test_fraction, source)
+        X_test, y_test = X, y[test_index]
+        y = y[train_index]
+    else:
+        X_test = y_test = train_index = test_index = None
+    if not isinstance(X, np.memmap) and train_index is not None:
+        # in-memory rows are copied once, so that gather needs no index indirection.
+        X, X_test = X[train_index], X[test_index]
+        train_index = test_index = None
+
+    classification = y.ndim == 1
+    if classification:
+        largest = max(int(y.max()), int(y_test.max()) if y_test is not None else 0)
+        n_classes = max(n_classes or 0, largest + 1)
+    else:
+        n_classes = None
+    offset, factor, scaling = _scaling(X, train_index, scale)
+    train = Split(X, y, train_index, offset, factor, n_classes)
+    test = None if X_test is None else Split(X_test, y_test, test_index, offset, factor, n_classes)
+    n_targets = n_classes if classification else y.shape[1]
+    return Dataset(name, train, test, X.shape[1], n_classes, n_targets, scaling)
+
+
+def _check_arrays(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate features and labels; return X unchanged (maybe a memmap) and y in memory as int64 or float.
+
+    x_name and y_name say where the arrays came from (file and array), for the error messages.
+    """
+    if X.ndim != 2:
+        raise ValueError(f"{x_name} must be 2-D (rows, features), got shape {X.shape}")
+    if X.dtype.kind not in "iuf":
+        raise ValueError(f"{x_name} has non-numeric dtype {X.dtype}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"empty dataset: {x_name} has shape {X.shape}")
+    if len(y) != X.shape[0]:
+        raise ValueError(f"{x_name} has {X.shape[0]} rows but {y_name} has {len(y)}")
+    if X.dtype.kind == "f":
+        _check_finite(X, x_name)
+    y = np.asarray(y)
+    if y.dtype.kind in "iu" and (y.ndim == 1 or y.shape[1:] == (1,)):
+        y = y.reshape(-1).astype(np.int64)
+        if (y < 0).any():
+            first = int(np.flatnonzero(y < 0)[0])
+            raise ValueError(f"{y_name}: negative label {y[first]} in row {first}")
+        return X, y
+    if y.dtype.kind == "f" and y.ndim == 2:
+        _check_finite(y, y_name)
+        return X, np.array(y)  # a copy, so that targets are in memory even if y is a memmap
+    if y.dtype.kind == "f" and y.ndim == 1:
+        raise ValueError(f"{y_name}: non-integer labels (dtype {y.dtype}); store class labels as integers, "
+                         f"or regression targets as a 2-D float array (rows, targets)")
+    raise ValueError(f"{y_name} must be integer labels (rows,) or float targets (rows, k), got {y.dtype} {y.shape}")
+
+
+def _check_finite(A: np.ndarray, what: str) -> None:
+    """Raise naming how many NaN/Inf values A holds and the first row; reads A in chunks."""
+    step = max(1, CHUNK_ELEMENTS // max(1, A.shape[1] if A.ndim == 2 else 1))
+    count, first = 0, None
+    for start in range(0, len(A), step):
+        finite = np.isfinite(A[start : start + step])
+        if not finite.all():
+            bad_rows = ~finite.reshape(len(finite), -1).all(axis=1)
+            count += int((~finite).sum())
+            if first is None:
+                first = start + int(np.flatnonzero(bad_rows)[0])
+    if count:
+        raise ValueError(f"{what} has {count} NaN or Inf values; the first is in row {first}")
+
+
+def _held_out(n_rows: int, seed: int, test_fraction: float, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) row indices; the test rows are the first round(fraction·n) of a seeded permutation."""
+    n_test = max(1, round(test_fraction * n_rows))
+    if n_test >= n_rows:
+        raise ValueError(f"{source}: {n_rows} rows are too few to hold out a test fraction of {test_fraction}")
+    perm = np.random.default_rng([seed, 1]).permutation(n_rows)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _scaling(X: np.ndarray, index: np.ndarray | None, scale: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(offset, factor, description) from the training rows X[index] (all of X if index is None)."""
+    d = X.shape[1]
+    if scale == "none":
+        return np.zeros(d), np.ones(d), "none"
+    if scale == "auto" and X.dtype == np.uint8:
+        return np.zeros(d), np.full(d, 1 / 255), "divided by 255"
+    if scale in ("auto", "standardize"):
+        mean, var = _mean_var(X, index)
+        std = np.sqrt(var)
+        std[std == 0] = 1
+        return mean, 1 / std, "standardized (train mean/std)"
+    low, high = _min_max(X, index)
+    span = high - low
+    span[span == 0] = 1
+    return low, 1 / span, "min-max to [0, 1] (train min/max)"
+
+
+def _chunks(X: np.ndarray, index: np.ndarray | None):
+    """The training rows of X as float64 chunks, reading a memmap a chunk at a time."""
+    n = len(X) if index is None else len(index)
+    step = max(1, CHUNK_ELEMENTS // X.shape[1])
+    for start in range(0, n, step):
+        rows = slice(start, start + step) if index is None else index[start : start + step]
+        yield np.asarray(X[rows], dtype=np.float64)
+
+
+def _mean_var(X: np.ndarray, index: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    # chunk means and squared deviations merged pairwise (Chan et al.), stable for large offsets.
+    count, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for chunk in _chunks(X, index):
+        n = len(chunk)
+        chunk_mean = chunk.mean(axis=0)
+        chunk_m2 = ((chunk - chunk_mean) ** 2).sum(axis=0)
+        delta = chunk_mean - mean
+        total = count + n
+        mean += delta * (n / total)
+        m2 += chunk_m2 + delta**2 * (count * n / total)
+        count = total
+    return mean, m2 / count
+
+
+def _min_max(X: np.ndarray, index: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    low, high = np.full(X.shape[1], np.inf), np.full(X.shape[1], -np.inf)
+    for chunk in _chunks(X, index):
+        np.minimum(low, chunk.min(axis=0), out=low)
+        np.maximum(high, chunk.max(axis=0), out=high)
+    return low, high
