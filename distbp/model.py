@@ -230,6 +230,21 @@ class MLP:
             self._forward(X, ws, n)
         return ws.z[-1][:n]
 
+    def last_outputs(self, n: int) -> np.ndarray:
+        """Output activations (n, outputs) of the last loss_and_grad_into / loss_into call (a workspace view)."""
+        return self._ws.a[-1][:n]
+
+    def loss_into(self, X: np.ndarray, y: np.ndarray) -> float:
+        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); outputs stay in last_outputs."""
+        n = X.shape[0]
+        if n == 0:
+            return 0.0
+        ws = self._workspace(n)
+        self._forward(X, ws, n)
+        z = ws.z[-1][:n]
+        self.loss.loss_delta(z, y, ws.a[-1][:n], z, ws.row_loss[:n])
+        return kernels.ordered_sum(ws.row_loss[:n])
+
 
 def _matmul_chunked(a, b, out, hooks, chunks: int) -> None:
     """out = a·b, split into row chunks with hooks.progress() between them."""

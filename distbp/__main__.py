@@ -1,0 +1,5 @@
+import sys
+
+from distbp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""Command line: `distbp train …` and `distbp plot …` (also `python -m distbp …`).
+
+Thread counts must be fixed before numpy, SciPy or Numba start their pools, so
+this module imports only the standard library and `distbp.threads` until the
+thread count is known.
+
+    distbp train --data digits --epochs 20                          # one process
+    launch/local -n 4 distbp train --data synthetic --epochs 5      # four ranks on this machine
+    mpirun -n 64 python -m mpi4py -m distbp train --config run.toml # a cluster
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from distbp import threads
+
+USAGE = """usage: distbp {train,plot} [options]
+
+  train   train an MLP data-parallel over the MPI ranks (distbp train --help)
+  plot    draw loss/accuracy curves from --metrics files (distbp plot --help)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train_main(rest)
+    if command == "plot":
+        from distbp.plot import main as plot_main
+        return plot_main(rest)
+    print(f"distbp: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
+    return 2
+
+
+def _early_threads(argv: list[str]) -> int | None:
+    """--threads from the command line or the --config file, read without numpy."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            return int(argv[i + 1])
+        if arg.startswith("--threads=") and arg[10:].isdigit():
+            return int(arg[10:])
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[9:] if arg.startswith("--config=") else None
+        if path:
+            try:
+                import tomllib
+                with open(path, "rb") as fh:
+                    doc = tomllib.load(fh)
+                value = doc.get("train", doc).get("threads")
+                return int(value) if isinstance(value, int) and value > 0 else None
+            except Exception:
+                return None  # the config loader reports a bad file properly later
+    return None
+
+
+def prepare_environment(argv: list[str]) -> int:
+    """Pin threads per rank and set MPI/Numba defaults; must run before numpy or mpi4py.MPI load."""
+    n = _early_threads(argv) or threads.default_threads()
+    threads.pin_threads_env(n)
+    os.environ.setdefault("NUMBA_CACHE_DIR", threads.default_cache_dir())
+    # MPICH's default intra-node allreduce flips between a fast and a 4x slower mode from launch to
+    # launch (measured); this algorithm was fast and stable. A user's own setting wins.
+    os.environ.setdefault("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "reduce_scatter_allgather")
+    return n
+
+
+def train_main(argv: list[str]) -> int:
+    n_threads = prepare_environment(argv)
+    import argparse
+
+    from distbp.comm import DistbpError, world
+    from distbp.config import ConfigError, add_arguments, from_sources
+
+    comm = world()
+    is_root = comm.is_root
+    parser = argparse.ArgumentParser(prog="distbp train", exit_on_error=False,
+                                     description="Train an MLP by backpropagation, data-parallel over MPI ranks.")
+    add_arguments(parser)
+    if "-h" in argv or "--help" in argv:
+        if is_root:
+            parser.print_help()
+        return 0
+    err, cfg = None, None
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+        cfg = from_sources(args)
+    except (argparse.ArgumentError, ConfigError, ValueError) as e:
+        err = ConfigError(str(e))
+    try:
+        comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
+        from distbp import train
+
+        if cfg.threads is None:
+            cfg.threads = n_threads
+        run = train.setup(cfg, comm)
+        if is_root:
+            print(header(run), flush=True)
+        train.fit(run)
+        if cfg.save:
+            train.save_params(run, cfg.save)
+        run.watchdog.stop()
+        comm.barrier()
+        if is_root and cfg.save:
+            print(f"distbp: saved parameters to {cfg.save}", flush=True)
+        return 0
+    except DistbpError as e:
+        # raised on every rank alike (collective checks, or NaN in the allreduced gradient): report once
+        if is_root:
+            print(f"distbp: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
+        traceback.print_exc()
+        comm.abort(f"{type(e).__name__}: {e}", code=1)
+
+
+def header(run) -> str:
+    cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
+    test = f", {data.test.n_rows} test" if data.test is not None else ""
+    mode = "reproducible" if cfg.reproducible else ("overlapped" if cfg.overlap else "blocking")
+    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s); data {data.name}: {data.train.n_rows} train"
+            f"{test} rows, {data.scaling}\n"
+            f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
+            f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "
+            f"{cfg.batch_size}, {cfg.epochs} epochs; allreduce {mode}")

@@ -1,0 +1,169 @@
+"""The run's configuration: one typed dataclass, filled from a TOML file and the command line.
+
+Every flag of `distbp train` is a field here (`--batch-size` ↔ `batch_size`); a
+`--config FILE` (TOML) may set any of them with the same names (dashes or
+underscores), and flags given on the command line win over the file. The
+resolved configuration is checked once (`validate`), compared across ranks,
+logged by the root and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+
+from distbp.comm import DistbpError
+
+
+class ConfigError(DistbpError):
+    """A flag or configuration value that cannot work, named with the reason."""
+
+
+@dataclass
+class Config:
+    # data and model
+    data: str = "synthetic"  # built-in name (synthetic, synthetic:rows=…, digits) or a path; see docs/data.md
+    layers: list[int] | None = None  # [inputs, hidden…, outputs]; default [features, 256, classes]
+    activation: str = "sigmoid"  # one name, or comma-separated per hidden layer
+    loss: str = "cross_entropy"  # cross_entropy (integer labels) or mse (one-hot or float targets)
+    dtype: str = "float32"  # float32 or float64
+    scale: str = "auto"  # feature scaling: auto, standardize, minmax, none
+    test_fraction: float = 0.1  # held out when the data has no test split
+    # optimisation
+    optimizer: str = "gd"  # gd, momentum, adam
+    lr: float = 0.001  # η in θ ← θ − η·scale·∇L
+    lr_scale: str = "sum"  # sum: the seed's η·∇L of the summed loss; mean: η·∇L/B (B = rows in the global batch)
+    momentum: float = 0.9  # μ for --optimizer momentum
+    batch_size: int = 128  # global mini-batch, split over the ranks
+    epochs: int = 10
+    seed: int = 0  # weights, data permutation and synthetic data
+    # performance
+    threads: int | None = None  # Numba and BLAS threads per rank; default cores / ranks on the node
+    bucket_mb: float = 4.0  # gradient allreduce bucket size (MiB)
+    overlap: bool = True  # overlap the allreduce with the backward pass; False: one blocking allreduce
+    comm_dtype: str | None = None  # bfloat16 or float16: compress gradients for the allreduce
+    # output
+    save: str | None = None  # final parameters as .npz with W0, b0, W1, b1, …
+    metrics: str | None = None  # one JSON object per epoch (JSONL)
+    progress: str = "auto"  # auto (bar on a terminal, lines otherwise), bar, lines, none
+    # safety
+    check_every: int = 100  # compare a checksum of the parameters across ranks every N steps (0: never)
+    timeout: float = 300.0  # seconds a collective may wait for a peer before the job is ended (0: never)
+    skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
+    checkpoint_dir: str | None = None  # where checkpoints go; --resume reads the latest valid one
+    checkpoint_every: int = 1  # epochs between checkpoints (with checkpoint_dir)
+    checkpoint_steps: int = 0  # additionally every N steps (0: off)
+    keep_checkpoints: int = 3
+    resume: bool = False  # continue from the latest valid checkpoint in checkpoint_dir
+    reproducible: bool = False  # bit-identical results for any rank count (exact integer allreduce)
+    micro_batch: int = 32  # rows per fixed micro-block in --reproducible mode
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "loss": ("cross_entropy", "mse"),
+    "dtype": ("float32", "float64"),
+    "scale": ("auto", "standardize", "minmax", "none"),
+    "optimizer": ("gd", "momentum", "adam"),
+    "lr_scale": ("sum", "mean"),
+    "comm_dtype": (None, "bfloat16", "float16"),
+    "progress": ("auto", "bar", "lines", "none"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ConfigError for values that cannot work or flags that conflict."""
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"--{_flag(name)} must be one of {', '.join(str(a) for a in allowed)}; "
+                              f"got {getattr(cfg, name)!r}")
+    positive = {"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "bucket_mb": cfg.bucket_mb,
+                "keep_checkpoints": cfg.keep_checkpoints, "micro_batch": cfg.micro_batch,
+                "checkpoint_every": cfg.checkpoint_every}
+    for name, value in positive.items():
+        if not value > 0 or value != value:
+            raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
+    for name in ("check_every", "checkpoint_steps", "timeout", "seed"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
+    if not 0 < cfg.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be between 0 and 1, got {cfg.test_fraction}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.layers is not None and (len(cfg.layers) < 2 or any(s <= 0 for s in cfg.layers)):
+        raise ConfigError(f"--layers needs at least two positive sizes (inputs,…,outputs), got {cfg.layers}")
+    if cfg.resume and not cfg.checkpoint_dir:
+        raise ConfigError("--resume needs --checkpoint-dir (where to find the checkpoint)")
+    if cfg.reproducible and cfg.comm_dtype:
+        raise ConfigError("--reproducible and --comm-dtype conflict: compressed gradients are not exact")
+    return cfg
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 784,256,10, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field, help text from the field comments' intent."""
+    parser.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
+    for f in fields(Config):
+        flag = "--" + _flag(f.name)
+        default = f.default
+        if f.type in ("bool",) or isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "layers":
+            parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…")
+        else:
+            kind = {"int": int, "float": float}.get(type(default).__name__, str)
+            if f.name in ("threads",):
+                kind = int
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper())
+
+
+def from_sources(args: argparse.Namespace) -> Config:
+    """Config from defaults, then the TOML file (if --config), then the flags given on the command line."""
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_toml(args.config))
+    for f in fields(Config):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return validate(Config(**values))
+
+
+def load_toml(path: str) -> dict:
+    """The [train] table (or the top level) of a TOML file, keys checked against Config."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    table = doc.get("train", doc)
+    known = {f.name: f for f in fields(Config)}
+    out = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        if name == "layers" and isinstance(value, str):
+            value = _int_list(value)
+        if name == "activation" and isinstance(value, list):
+            value = ",".join(value)
+        out[name] = value
+    return out

@@ -1,0 +1,404 @@
+"""The data-parallel training loop.
+
+Per global batch (Horovod-style markers show the distributed steps):
+  1. every rank gathers its contiguous slice of the batch (`distbp.shard`);
+  2. backward on the slice gives Σₙ ∂lⁿ/∂θ over the slice into the flat gradient;
+  3. [dist] buckets of the gradient are allreduced (SUM) while backward still runs → ∇L;
+  4. every rank applies the same update θ ← θ − η·s·∇L (s = 1, or 1/B with --lr-scale mean).
+Only the root prints, writes metrics, checkpoints and the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distbp import checkpoint as ckpt
+from distbp import kernels
+from distbp.comm import Comm, DistbpError, GradientReducer, Watchdog
+from distbp.config import Config, ConfigError
+from distbp.data import Dataset, load_dataset
+from distbp.model import MLP
+from distbp.optim import make_optimizer
+from distbp.progress import Progress
+from distbp.shard import epoch_permutation, global_batches, max_shard_rows, rank_slice
+
+
+class NonFiniteError(DistbpError):
+    """NaN or Inf in the loss or in ∇L."""
+
+
+@dataclass
+class Position:
+    """Where training stands: the next batch to run is `batch` of `epoch`; `step` updates done so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    skipped: int = 0  # updates skipped for NaN/Inf (--skip-nonfinite)
+    # running sums of the current epoch (so a mid-epoch resume reports the same epoch metrics)
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+
+
+@dataclass
+class Timers:
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+
+    def reset(self):
+        self.data_s = self.compute_s = self.comm_s = 0.0
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by `setup`."""
+
+    cfg: Config
+    comm: Comm
+    data: Dataset
+    model: MLP
+    optimizer: object
+    grad: np.ndarray
+    X: np.ndarray  # (rows, features) gather buffer for this rank's slice
+    y: np.ndarray  # (rows,) int64 labels or (rows, outputs) float targets
+    reducer: object
+    watchdog: Watchdog
+    pos: Position = field(default_factory=Position)
+    timers: Timers = field(default_factory=Timers)
+    history: list = field(default_factory=list)
+
+
+def setup(cfg: Config, comm: Comm) -> Run:
+    """Load data, build the model and optimizer, agree across ranks, resume if asked."""
+    err = None
+    try:
+        data = load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale)
+        layers = resolve_layers(cfg, data)
+        check_data_fits(cfg, data, layers, comm.size)
+    except (ValueError, OSError, DistbpError) as e:
+        err = e
+    comm.agree_on_failure(err)  # [dist] one rank's bad file stops every rank, reported once
+    cfg.layers = layers
+    activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
+    model = MLP(layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
+    # [dist] every rank must run the same job on the same data, or the allreduce silently mixes two jobs
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
+    shared.update(n_params=model.n_params, train_rows=data.train.n_rows, features=data.n_features)
+    comm.check_agree("configuration", shared)
+    comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
+    opt_options = {"momentum": cfg.momentum} if cfg.optimizer == "momentum" else {}
+    optimizer = make_optimizer(cfg.optimizer, model.n_params, model.dtype, cfg.lr, **opt_options)
+    grad = np.zeros(model.n_params, model.dtype)
+    rows = max_shard_rows(cfg.batch_size, comm.size)
+    X = np.empty((rows, data.n_features), model.dtype)
+    y = (np.empty(rows, np.int64) if model.loss.labels else np.empty((rows, layers[-1]), model.dtype))
+    if cfg.reproducible:
+        from distbp.exact import ExactReducer
+        reducer = ExactReducer(comm, grad)
+    else:
+        reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
+                                  overlap=cfg.overlap, comm_dtype=cfg.comm_dtype)
+    run = Run(cfg, comm, data, model, optimizer, grad, X, y, reducer, Watchdog(comm, cfg.timeout))
+    if cfg.resume:
+        resume(run)
+    return run
+
+
+def resolve_layers(cfg: Config, data: Dataset) -> list[int]:
+    outputs = data.n_targets
+    layers = list(cfg.layers) if cfg.layers else [data.n_features, 256, outputs]
+    if layers[0] != data.n_features:
+        raise ConfigError(f"--layers starts with {layers[0]} inputs but {cfg.data} has {data.n_features} features")
+    if cfg.loss == "cross_entropy":
+        if data.n_classes is None:
+            raise ConfigError(f"{cfg.data} has float targets: use --loss mse")
+        if layers[-1] < data.n_classes:
+            raise ConfigError(f"--layers ends with {layers[-1]} outputs but {cfg.data} has labels up to "
+                              f"{data.n_classes - 1} ({data.n_classes} classes)")
+    elif data.n_classes is None and layers[-1] != data.n_targets:
+        raise ConfigError(f"--layers ends with {layers[-1]} outputs but {cfg.data} has {data.n_targets} targets")
+    elif data.n_classes is not None and layers[-1] != data.n_classes:
+        raise ConfigError(f"--loss mse on class labels needs {data.n_classes} outputs (one-hot), got {layers[-1]}")
+    return layers
+
+
+def check_data_fits(cfg: Config, data: Dataset, layers: list[int], ranks: int) -> None:
+    n = data.train.n_rows
+    if n < ranks:
+        raise ConfigError(f"{cfg.data} has {n} training rows, fewer than the {ranks} ranks: every rank needs data")
+
+
+# ---- one step ---------------------------------------------------------------------------------
+
+def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, float]:
+    """One global batch: gather, backward with overlapped allreduce, update. Returns (Σ loss, correct) over ranks."""
+    cfg, model, t = run.cfg, run.model, run.timers
+    k = rows.shape[0]
+    t0 = time.perf_counter()
+    run.data.train.gather(rows, run.X[:k], run.y[:k])
+    t1 = time.perf_counter()
+    inject_fault(run)
+    with run.watchdog.section("gradient allreduce", run.pos.step):
+        if cfg.reproducible:
+            loss = run.reducer.compute(model, run.X[:k], run.y[:k], run.pos, rows_before=rows_before(run, batch_rows))
+        else:
+            loss = model.loss_and_grad_into(run.X[:k], run.y[:k], run.grad, hooks=run.reducer,
+                                            progress_chunks=4, validate=False)
+        correct = count_correct(model, run.y[:k]) if k else 0.0
+        if _FAULT.get("kind") == "nan" and _fault_now(run):
+            run.grad[0] = np.nan  # test hook: a NaN in this rank's gradient before the allreduce
+        t2 = time.perf_counter()
+        if not cfg.reproducible:
+            run.reducer.finish()  # [dist] ∇L = Σ over ranks, now identical everywhere
+        totals = run.comm.sum_scalars([loss, correct])  # [dist] global loss of this batch (agreed finite or not)
+    t3 = time.perf_counter()
+    ok = np.isfinite(totals[0]) and kernels.all_finite(run.grad)
+    if ok:
+        scale = 1.0 if cfg.lr_scale == "sum" else 1.0 / batch_rows
+        run.optimizer.step(model.flat_params, run.grad, scale)
+    else:
+        handle_nonfinite(run, totals[0])
+    t4 = time.perf_counter()
+    exposed = getattr(run.reducer, "stats", {}).get("exposed_s", 0.0)
+    t.data_s += t1 - t0
+    t.comm_s += (t3 - t2)
+    t.compute_s += (t2 - t1) + (t4 - t3)
+    return float(totals[0]), float(totals[1])
+
+
+def rows_before(run: Run, batch_rows: int) -> int:
+    return rank_slice(batch_rows, run.comm.rank, run.comm.size)[0]
+
+
+def count_correct(model: MLP, y: np.ndarray) -> float:
+    """Correct predictions of the last forward pass (labels, or argmax of one-hot targets)."""
+    out = model.last_outputs(y.shape[0])
+    labels = y if y.ndim == 1 else y.argmax(axis=1)
+    return float(np.count_nonzero(out.argmax(axis=1) == labels))
+
+
+def handle_nonfinite(run: Run, loss: float) -> None:
+    """Stop (or skip with --skip-nonfinite) on NaN/Inf; every rank sees the same ∇L, so all decide alike."""
+    where = []
+    for l, (dW, db) in enumerate(run.model.views(run.grad)):
+        for name, a in (("dW", dW), ("db", db)):
+            if not np.isfinite(a).all():
+                where.append(f"layer {l} {name}")
+    what = ("loss " + str(loss) + ("; " if where else "")) if not np.isfinite(loss) else ""
+    msg = (f"non-finite values at epoch {run.pos.epoch} step {run.pos.step}: {what}"
+           f"{'NaN/Inf in ∇L of ' + ', '.join(where) if where else ''}")
+    if run.cfg.skip_nonfinite:
+        run.pos.skipped += 1
+        if run.comm.is_root:
+            print(f"distbp: warning: {msg}; update skipped (--skip-nonfinite)", file=sys.stderr, flush=True)
+        return
+    raise NonFiniteError(msg + " (lower --lr, check the data, or pass --skip-nonfinite)")
+
+
+# ---- epochs -----------------------------------------------------------------------------------
+
+def fit(run: Run) -> list[dict]:
+    """Train for cfg.epochs from the current position; returns the per-epoch metrics."""
+    cfg, comm, pos = run.cfg, run.comm, run.pos
+    n = run.data.train.n_rows
+    batches = global_batches(n, cfg.batch_size)
+    metrics_file = open_metrics(run)
+    while pos.epoch < cfg.epochs:
+        perm = epoch_permutation(n, cfg.seed, pos.epoch)
+        bar = Progress(len(batches), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.progress, comm.is_root)
+        t_epoch = time.perf_counter()
+        run.timers.reset()
+        if hasattr(run.reducer, "reset_stats"):
+            run.reducer.reset_stats()
+        while pos.batch < len(batches):
+            start, stop = batches[pos.batch]
+            r0, r1 = rank_slice(stop - start, comm.rank, comm.size)
+            loss, correct = train_step(run, perm[start + r0:start + r1], stop - start)
+            pos.loss_sum += loss
+            pos.correct += correct
+            pos.seen += stop - start
+            pos.batch += 1
+            pos.step += 1
+            bar.update(pos.batch, pos.loss_sum / pos.seen)
+            if cfg.check_every and pos.step % cfg.check_every == 0:
+                with run.watchdog.section("parameter check", pos.step):
+                    comm.check_identical(run.model.flat_params, pos.step)  # [dist] ranks still agree?
+            if cfg.checkpoint_dir and cfg.checkpoint_steps and pos.step % cfg.checkpoint_steps == 0:
+                save(run)
+        bar.close()
+        elapsed = time.perf_counter() - t_epoch
+        record = epoch_metrics(run, elapsed)
+        run.history.append(record)
+        if comm.is_root:
+            print(summary_line(record), flush=True)
+            if metrics_file:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+        pos.epoch += 1
+        pos.batch = 0
+        pos.loss_sum = pos.correct = pos.seen = 0.0
+        if cfg.checkpoint_dir and (pos.epoch % cfg.checkpoint_every == 0 or pos.epoch == cfg.epochs):
+            save(run)
+    if metrics_file:
+        metrics_file.close()
+    return run.history
+
+
+def epoch_metrics(run: Run, elapsed: float) -> dict:
+    pos, t = run.pos, run.timers
+    test = evaluate(run) if run.data.test is not None else None
+    # [dist] time split: the slowest rank's view decides the step time, so report the max over ranks
+    times = run.comm.max_scalar(t.comm_s), run.comm.max_scalar(t.compute_s), run.comm.max_scalar(t.data_s)
+    stats = getattr(run.reducer, "stats", {})
+    return {
+        "epoch": pos.epoch + 1,
+        "train_loss": pos.loss_sum / max(pos.seen, 1),
+        "train_accuracy": pos.correct / max(pos.seen, 1) if run.data.n_classes else None,
+        "test_loss": test[0] if test else None,
+        "test_accuracy": test[1] if test else None,
+        "samples_per_s": pos.seen / elapsed if elapsed > 0 else None,
+        "time_s": elapsed,
+        "compute_s": times[1],
+        "comm_s": times[0],
+        "data_s": times[2],
+        "overlapped_comm_s": stats.get("overlap_s"),
+        "steps": pos.step,
+        "skipped_nonfinite": pos.skipped,
+        "ranks": run.comm.size,
+    }
+
+
+def evaluate(run: Run) -> tuple[float, float | None]:
+    """[dist] Mean loss and accuracy on the test split: each rank scores a contiguous share, sums are allreduced."""
+    split, model, comm = run.data.test, run.model, run.comm
+    r0, r1 = rank_slice(split.n_rows, comm.rank, comm.size)
+    chunk = run.X.shape[0]
+    loss_sum = correct = 0.0
+    with run.watchdog.section("evaluation", run.pos.step):
+        for s in range(r0, r1, chunk):
+            rows = np.arange(s, min(s + chunk, r1), dtype=np.int64)
+            k = rows.shape[0]
+            split.gather(rows, run.X[:k], run.y[:k])
+            loss_sum += model.loss_into(run.X[:k], run.y[:k])
+            correct += count_correct(model, run.y[:k])
+        totals = comm.sum_scalars([loss_sum, correct])
+    n = split.n_rows
+    return totals[0] / n, (totals[1] / n if run.data.n_classes else None)
+
+
+def summary_line(r: dict) -> str:
+    acc = lambda v: "  -   " if v is None else f"{100 * v:5.1f}%"
+    return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train {acc(r['train_accuracy'])}  "
+            f"test {acc(r['test_accuracy'])}  {r['samples_per_s']:9.0f} samples/s  "
+            f"compute {r['compute_s']:.2f}s comm {r['comm_s']:.2f}s")
+
+
+def open_metrics(run: Run):
+    if not (run.cfg.metrics and run.comm.is_root):
+        return None
+    os.makedirs(os.path.dirname(os.path.abspath(run.cfg.metrics)), exist_ok=True)
+    return open(run.cfg.metrics, "a" if run.cfg.resume else "w")
+
+
+# ---- checkpoints and the saved model ----------------------------------------------------------
+
+MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer"]
+
+
+def save(run: Run) -> None:
+    """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure."""
+    if run.comm.is_root:
+        arrays = {"params": run.model.flat_params}
+        arrays.update({"opt_" + k: v for k, v in run.optimizer.state_arrays().items()})
+        meta = {"position": vars(run.pos).copy(), "optimizer_steps": run.optimizer.step_count,
+                "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
+        ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
+    with run.watchdog.section("checkpoint", run.pos.step):
+        run.comm.barrier()
+
+
+def resume(run: Run) -> None:
+    """Continue from the newest valid checkpoint in cfg.checkpoint_dir (every rank reads it)."""
+    err, found = None, None
+    try:
+        warn = (lambda m: print(f"distbp: warning: {m}", file=sys.stderr)) if run.comm.is_root else (lambda m: None)
+        found = ckpt.latest_checkpoint(run.cfg.checkpoint_dir, warn=warn)
+        if found is not None:
+            path, arrays, meta = found
+            expected = {"config": run.cfg.to_dict()}
+            ckpt.check_compatible(meta, expected, MUST_MATCH, path=path)
+            if arrays["params"].shape != run.model.flat_params.shape:
+                raise ckpt.CheckpointError(f"{path}: {arrays['params'].shape[0]} parameters, the model has "
+                                           f"{run.model.n_params}")
+    except (ckpt.CheckpointError, OSError, ValueError) as e:
+        err = e
+    run.comm.agree_on_failure(err)
+    if found is None:
+        if run.comm.is_root:
+            print(f"distbp: no checkpoint in {run.cfg.checkpoint_dir}; starting from scratch", flush=True)
+        return
+    path, arrays, meta = found
+    run.comm.check_agree("checkpoint", str(path.name))
+    run.model.flat_params[...] = arrays["params"]
+    run.optimizer.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}, meta["optimizer_steps"])
+    run.pos = Position(**meta["position"])
+    run.history = list(meta.get("history", []))
+    if run.comm.is_root:
+        print(f"distbp: resumed from {path} (epoch {run.pos.epoch + 1}, step {run.pos.step}, "
+              f"written by {meta['ranks']} ranks)", flush=True)
+
+
+def save_params(run: Run, path: str) -> None:
+    """Final parameters as .npz with W0, b0, W1, b1, … (root only, atomic)."""
+    if not run.comm.is_root:
+        return
+    arrays = {}
+    for l, (W, b) in enumerate(run.model.params):
+        arrays[f"W{l}"], arrays[f"b{l}"] = W, b
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ---- test hook: DISTBP_INJECT_FAULT=rank:step:kind (raise, kill, stall, nan) ---------------------
+
+def _parse_fault() -> dict:
+    spec = os.environ.get("DISTBP_INJECT_FAULT", "")
+    if not spec:
+        return {}
+    rank, step, kind = spec.split(":")
+    return {"rank": int(rank), "step": int(step), "kind": kind}
+
+
+_FAULT = _parse_fault()
+
+
+def _fault_now(run: Run) -> bool:
+    return bool(_FAULT) and run.comm.rank == _FAULT["rank"] and run.pos.step == _FAULT["step"]
+
+
+def inject_fault(run: Run) -> None:
+    """Faults for the fault-handling tests; inert unless DISTBP_INJECT_FAULT is set."""
+    if not _fault_now(run):
+        return
+    kind = _FAULT["kind"]
+    if kind == "raise":
+        raise RuntimeError(f"injected fault at step {run.pos.step}")
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "stall":
+        os.kill(os.getpid(), signal.SIGSTOP)
