@@ -422,3 +422,12 @@ def test_too_few_rows_to_hold_out_a_test_split(tmp_path):
     path = save_npz(tmp_path, X=np.zeros((1, 2)), y=np.zeros(1, int))
     with pytest.raises(ValueError, match="too few to hold out"):
         load_dataset(path)
+
+
+def test_gather_of_no_rows_is_a_no_op_for_an_empty_rank_shard(tmp_path, arrays):
+    X, y, _, _ = arrays
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    split = load_dataset(str(tmp_path / "d.npz"), test_fraction=0).train
+    none = np.empty(0, dtype=np.int64)
+    split.gather(none, np.empty((0, 5), np.float32), np.empty(0, np.int64))
+    split.gather(none, np.empty((0, 5), np.float32), np.empty((0, 3), np.float32))
