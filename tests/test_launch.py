@@ -29,7 +29,8 @@ REPORT = """
     env = {v: os.environ.get(v) for v in ("DISTBP_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
            "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "NUMBA_CACHE_DIR")}
     with open(os.path.join(sys.argv[1], f"rank-{comm.rank}.json"), "w") as f:
-        json.dump({"rank": comm.rank, "size": comm.size, "env": env}, f)
+        json.dump({"rank": comm.rank, "size": comm.size, "env": env,
+                   "cpus": sorted(os.sched_getaffinity(0))}, f)
 """
 
 WAIT_FOREVER = """
@@ -77,6 +78,26 @@ def test_default_threads_split_the_cores_between_ranks(tmp_path):
     assert done.returncode == 0, done.output
     for r in reports(tmp_path):
         assert r["env"]["DISTBP_THREADS"] == r["env"]["NUMBA_NUM_THREADS"] == str(max(1, cores // 2))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="binding two ranks needs two cores")
+def test_ranks_that_fit_are_bound_to_their_own_cores(tmp_path):
+    script = write_script(tmp_path, "report.py", REPORT)
+    done = run_job(2, ["python", script, str(tmp_path)], timeout=60)
+    first, second = (r["cpus"] for r in reports(tmp_path))
+    assert len(first) == len(second) == 1 and first != second, done.output
+
+
+def test_oversubscribed_or_unbound_ranks_may_use_every_core(tmp_path):
+    script = write_script(tmp_path, "report.py", REPORT)
+    cores = sorted(os.sched_getaffinity(0))
+    run_job(2, ["--bind", "none", "python", script, str(tmp_path)], timeout=60)
+    assert [r["cpus"] for r in reports(tmp_path)] == [cores, cores]
+    for stale in tmp_path.glob("rank-*.json"):
+        stale.unlink()
+    n = len(cores) + 1
+    run_job(n, ["python", script, str(tmp_path)], timeout=60)
+    assert [r["cpus"] for r in reports(tmp_path)] == [cores] * n
 
 
 def test_users_allreduce_algorithm_is_kept(tmp_path):
