@@ -1,0 +1,72 @@
+"""Data parallelism is exact: p ranks train the same parameters as one rank.
+
+Run by launch/test under MPI on 2, 3 and 4 ranks:
+    launch/local -n 3 python -m pytest --with-mpi -m mpi tests/test_train_mpi.py
+Each rank also trains the 1-rank reference itself (SerialComm), so the comparison needs no files.
+"""
+
+import numpy as np
+import pytest
+
+from distbp import train
+from distbp.comm import SerialComm, world
+from distbp.config import Config, validate
+
+SMALL = "synthetic:rows=230,features=10,classes=3,test=30"
+
+
+def train_on(comm, **overrides):
+    cfg = validate(Config(**{**dict(data=SMALL, layers=[10, 9, 3], dtype="float64", epochs=2, lr=0.01,
+                                    optimizer="momentum", progress="none", timeout=60, check_every=1),
+                             **overrides}))
+    r = train.setup(cfg, comm)
+    train.fit(r)
+    r.watchdog.stop()
+    return r
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("batch_size", [32, 7, 1])  # divisible or not by p, and smaller than p
+def test_p_ranks_match_one_rank(batch_size):
+    comm = world()
+    if batch_size == 1 and comm.size > 3:
+        batch_size = 2  # still smaller than p, keeps the step count low
+    p_run = train_on(comm, batch_size=batch_size)
+    one = train_on(SerialComm(), batch_size=batch_size)
+    assert np.abs(p_run.model.flat_params - one.model.flat_params).max() < 1e-10
+    assert p_run.history[-1]["train_loss"] == pytest.approx(one.history[-1]["train_loss"], rel=1e-9)
+    assert p_run.history[-1]["test_accuracy"] == pytest.approx(one.history[-1]["test_accuracy"])
+
+
+@pytest.mark.mpi(min_size=2)
+def test_all_ranks_hold_identical_parameters_after_every_step():
+    comm = world()
+    # check_every=1 compares a checksum of the parameters across ranks after every step and raises if they differ
+    r = train_on(comm, batch_size=13, dtype="float32", optimizer="adam", check_every=1)
+    from mpi4py import MPI
+    everyone = MPI.COMM_WORLD.allgather(r.model.flat_params.tobytes())
+    assert all(b == everyone[0] for b in everyone)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("overlap,bucket_mb", [(True, 0.0005), (False, 4.0)])
+def test_overlapped_buckets_and_one_blocking_allreduce_agree(overlap, bucket_mb):
+    comm = world()
+    r = train_on(comm, batch_size=16, overlap=overlap, bucket_mb=bucket_mb, epochs=1)
+    one = train_on(SerialComm(), batch_size=16, epochs=1)
+    assert np.abs(r.model.flat_params - one.model.flat_params).max() < 1e-10
+
+
+@pytest.mark.mpi(min_size=2)
+def test_resume_on_a_different_rank_count_continues_correctly(tmp_path_factory):
+    comm = world()
+    from mpi4py import MPI
+    d = MPI.COMM_WORLD.bcast(str(tmp_path_factory.mktemp("ck")) if comm.rank == 0 else None)
+    # one rank trains 1 epoch and checkpoints; p ranks resume for the second epoch
+    if comm.rank == 0:
+        train_on(SerialComm(), batch_size=16, epochs=1, checkpoint_dir=d)
+    comm.barrier()
+    resumed = train_on(comm, batch_size=16, epochs=2, checkpoint_dir=d, resume=True)
+    straight = train_on(SerialComm(), batch_size=16, epochs=2)
+    assert resumed.pos.step == straight.pos.step
+    assert np.abs(resumed.model.flat_params - straight.model.flat_params).max() < 1e-10
