@@ -99,11 +99,17 @@ def setup(cfg: Config, comm: Comm) -> Run:
     optimizer = make_optimizer(cfg.optimizer, model.n_params, model.dtype, cfg.lr, **opt_options)
     grad = np.zeros(model.n_params, model.dtype)
     rows = max_shard_rows(cfg.batch_size, comm.size)
+    if cfg.reproducible:
+        rows = max_shard_rows(-(-cfg.batch_size // cfg.micro_batch), comm.size) * cfg.micro_batch
     X = np.empty((rows, data.n_features), model.dtype)
     y = (np.empty(rows, np.int64) if model.loss.labels else np.empty((rows, layers[-1]), model.dtype))
     if cfg.reproducible:
+        from distbp import threads
         from distbp.exact import ExactReducer
-        reducer = ExactReducer(comm, grad)
+        # a block's gradient must be the same bits wherever it runs: one thread per rank
+        threads.set_threads(1)
+        cfg.threads = 1
+        reducer = ExactReducer(comm, grad, cfg.micro_batch)
     else:
         reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                                   overlap=cfg.overlap, comm_dtype=cfg.comm_dtype)
@@ -149,11 +155,11 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
     inject_fault(run)
     with run.watchdog.section("gradient allreduce", run.pos.step):
         if cfg.reproducible:
-            loss = run.reducer.compute(model, run.X[:k], run.y[:k], run.pos, rows_before=rows_before(run, batch_rows))
+            loss, correct = run.reducer.compute(model, run.X[:k], run.y[:k], batch_rows, count_correct)
         else:
             loss = model.loss_and_grad_into(run.X[:k], run.y[:k], run.grad, hooks=run.reducer,
                                             progress_chunks=4, validate=False)
-        correct = count_correct(model, run.y[:k]) if k else 0.0
+            correct = count_correct(model, run.y[:k]) if k else 0.0
         if _FAULT.get("kind") == "nan" and _fault_now(run):
             run.grad[0] = np.nan  # test hook: a NaN in this rank's gradient before the allreduce
         t2 = time.perf_counter()
@@ -175,8 +181,12 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
     return float(totals[0]), float(totals[1])
 
 
-def rows_before(run: Run, batch_rows: int) -> int:
-    return rank_slice(batch_rows, run.comm.rank, run.comm.size)[0]
+def my_rows(run: Run, batch_rows: int) -> tuple[int, int]:
+    """This rank's contiguous share of a global batch (whole micro-blocks with --reproducible)."""
+    if run.cfg.reproducible:
+        from distbp.exact import block_aligned_slice
+        return block_aligned_slice(batch_rows, run.cfg.micro_batch, run.comm.rank, run.comm.size)
+    return rank_slice(batch_rows, run.comm.rank, run.comm.size)
 
 
 def count_correct(model: MLP, y: np.ndarray) -> float:
@@ -221,7 +231,7 @@ def fit(run: Run) -> list[dict]:
             run.reducer.reset_stats()
         while pos.batch < len(batches):
             start, stop = batches[pos.batch]
-            r0, r1 = rank_slice(stop - start, comm.rank, comm.size)
+            r0, r1 = my_rows(run, stop - start)
             loss, correct = train_step(run, perm[start + r0:start + r1], stop - start)
             pos.loss_sum += loss
             pos.correct += correct

@@ -70,3 +70,13 @@ def test_resume_on_a_different_rank_count_continues_correctly(tmp_path_factory):
     straight = train_on(SerialComm(), batch_size=16, epochs=2)
     assert resumed.pos.step == straight.pos.step
     assert np.abs(resumed.model.flat_params - straight.model.flat_params).max() < 1e-10
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reproducible_mode_is_bit_identical_to_one_rank(dtype):
+    comm = world()
+    opts = dict(batch_size=50, micro_batch=8, dtype=dtype, reproducible=True, optimizer="adam")
+    p_run = train_on(comm, **opts)
+    one = train_on(SerialComm(), **opts)
+    assert p_run.model.flat_params.tobytes() == one.model.flat_params.tobytes()
