@@ -1,0 +1,182 @@
+"""Every class of bad input stops a 2-rank `distbp train` job at start-up with a non-zero exit code and
+one clear message naming the cause: printed once by the root, not once per rank, and never a hang."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs import run_job
+
+pytestmark = pytest.mark.timeout(90)
+
+FEATURES, CLASSES, ROWS = 16, 4, 60
+TRAIN = ["distbp", "train", "--epochs", "1", "--batch-size", "16", "--progress", "none", "--timeout", "30"]
+
+
+def arrays(rows: int = ROWS) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((rows, FEATURES)).astype(np.float32), rng.integers(0, CLASSES, rows)
+
+
+def truncated(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    """An IDX file of uint8 values: 2 zero bytes, dtype code 0x08, ndim, big-endian dims, data."""
+    return bytes([0, 0, 0x08, a.ndim]) + np.array(a.shape, dtype=">u4").tobytes() + a.tobytes()
+
+
+def csv_text(X: np.ndarray, y: np.ndarray) -> list[str]:
+    header = ",".join(f"f{i}" for i in range(X.shape[1])) + ",label"
+    return [header] + [",".join(map(str, row)) + f",{label}" for row, label in zip(X, y)]
+
+
+# each builder writes its bad input into the folder and returns the --data argument
+
+def malformed_npz(d: Path) -> str:
+    (d / "bad.npz").write_bytes(b"this is not a zip archive")
+    return str(d / "bad.npz")
+
+
+def truncated_npz(d: Path) -> str:
+    X, y = arrays()
+    np.savez(d / "cut.npz", X=X, y=y)
+    truncated(d / "cut.npz")
+    return str(d / "cut.npz")
+
+
+def truncated_npy_in_directory(d: Path) -> str:
+    X, y = arrays()
+    (d / "set").mkdir()
+    np.save(d / "set" / "X.npy", X)
+    np.save(d / "set" / "y.npy", y)
+    truncated(d / "set" / "X.npy", keep=0.8)
+    return str(d / "set")
+
+
+def truncated_idx_gz(d: Path) -> str:
+    X, y = arrays()
+    (d / "mnist").mkdir()
+    images = gzip.compress(idx_bytes((np.abs(X) * 50).astype(np.uint8).reshape(ROWS, 4, 4)))
+    (d / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(images[: len(images) // 2])
+    (d / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y.astype(np.uint8))))
+    return str(d / "mnist")
+
+
+def ragged_csv(d: Path) -> str:
+    lines = csv_text(*arrays())
+    lines[12] = lines[12].rsplit(",", 2)[0]  # line 13 of the file loses two cells
+    (d / "ragged.csv").write_text("\n".join(lines) + "\n")
+    return str(d / "ragged.csv")
+
+
+def string_features_csv(d: Path) -> str:
+    lines = csv_text(*arrays())
+    lines[6] = "abc," + lines[6].split(",", 1)[1]  # line 7, column f0
+    (d / "words.csv").write_text("\n".join(lines) + "\n")
+    return str(d / "words.csv")
+
+
+def float_labels_npz(d: Path) -> str:
+    X, y = arrays()
+    np.savez(d / "float_y.npz", X=X, y=y.astype(np.float64) + 0.5)
+    return str(d / "float_y.npz")
+
+
+def nan_features_npz(d: Path) -> str:
+    X, y = arrays()
+    X[7, 3] = np.nan
+    np.savez(d / "nan.npz", X=X, y=y)
+    return str(d / "nan.npz")
+
+
+def inf_features_npz(d: Path) -> str:
+    X, y = arrays()
+    X[9, 1] = -np.inf
+    np.savez(d / "inf.npz", X=X, y=y)
+    return str(d / "inf.npz")
+
+
+def labels_beyond_outputs_npz(d: Path) -> str:
+    X, y = arrays()
+    y[5] = 9  # ten classes, but --layers ends with 4 outputs
+    np.savez(d / "ten.npz", X=X, y=y)
+    return str(d / "ten.npz")
+
+
+def good_npz(d: Path) -> str:
+    X, y = arrays()
+    np.savez(d / "good.npz", X=X, y=y)
+    return str(d / "good.npz")
+
+
+def two_rows_npz(d: Path) -> str:
+    X, y = arrays(4)
+    np.savez(d / "two.npz", X=X[:2], y=y[:2], X_test=X[2:], y_test=y[2:])
+    return str(d / "two.npz")
+
+
+LAYERS = ["--layers", f"{FEATURES},8,{CLASSES}"]
+
+# (id, data builder, extra flags, ranks, words that must appear in the one error message)
+CASES = [
+    ("malformed npz", malformed_npz, LAYERS, 2, ["bad.npz", "not an .npz"]),
+    ("truncated npz", truncated_npz, LAYERS, 2, ["cut.npz", "cannot read"]),
+    ("truncated npy", truncated_npy_in_directory, LAYERS, 2, ["X.npy", "cannot read"]),
+    ("truncated idx gz", truncated_idx_gz, LAYERS, 2, ["train-images-idx3-ubyte.gz", "corrupt gzip"]),
+    ("ragged csv row", ragged_csv, LAYERS, 2, ["ragged.csv", "line 13", "cells"]),
+    ("string features in csv", string_features_csv, LAYERS, 2, ["words.csv", "line 7", "non-numeric", "'abc'"]),
+    ("float labels in npz", float_labels_npz, LAYERS, 2, ["float_y.npz", "non-integer labels"]),
+    ("nan in features", nan_features_npz, LAYERS, 2, ["nan.npz", "NaN or Inf", "row 7"]),
+    ("inf in features", inf_features_npz, LAYERS, 2, ["inf.npz", "NaN or Inf", "row 9"]),
+    ("labels out of range", labels_beyond_outputs_npz, LAYERS, 2, ["4 outputs", "10 classes"]),
+    ("fewer rows than ranks", two_rows_npz, LAYERS, 3, ["2 training rows", "3 ranks"]),
+    ("zero-size layer", good_npz, ["--layers", f"{FEATURES},0,{CLASSES}"], 2, ["--layers", "positive"]),
+    ("negative learning rate", good_npz, LAYERS + ["--lr", "-0.1"], 2, ["--lr must be positive", "-0.1"]),
+    ("zero batch", good_npz, LAYERS + ["--batch-size", "0"], 2, ["--batch-size must be positive"]),
+    ("unknown flag", good_npz, LAYERS + ["--learning-rat", "0.1"], 2, ["unrecognized arguments", "--learning-rat"]),
+    ("not a number", good_npz, LAYERS + ["--lr", "fast"], 2, ["--lr", "invalid float value", "'fast'"]),
+    ("resume without checkpoint dir", good_npz, LAYERS + ["--resume"], 2, ["--resume needs --checkpoint-dir"]),
+    ("reproducible with bfloat16", good_npz, LAYERS + ["--reproducible", "--comm-dtype", "bfloat16"], 2,
+     ["--reproducible", "--comm-dtype", "conflict"]),
+]
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("distbp: error:")]
+
+
+def assert_one_clear_error(done, words: list[str]) -> None:
+    """Non-zero exit; exactly one error line, on stderr, naming every word; no traceback."""
+    assert done.returncode != 0, done.output
+    combined = done.stdout + done.stderr
+    errors = error_lines(combined)
+    assert len(errors) == 1, f"expected the error once, got {len(errors)}:\n{done.output}"
+    assert errors[0] in done.stderr
+    for word in words:
+        assert word in errors[0], f"{word!r} missing from the error\n{done.output}"
+        # the cause itself is printed once too, not again by another rank in some other form
+        assert combined.count(word) == 1 or word.startswith("--"), done.output
+    assert "Traceback" not in combined, done.output
+
+
+@pytest.mark.parametrize("build,flags,ranks,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_error(tmp_path, build, flags, ranks, words):
+    data = build(tmp_path)
+    done = run_job(ranks, [*TRAIN, "--data", data, *flags], timeout=60)
+    assert_one_clear_error(done, words)
+    assert done.seconds < 45, done.output  # a start-up failure, not a watchdog timeout
+
+
+def test_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path):
+    data = good_npz(tmp_path)
+    ckpt = str(tmp_path / "ckpt")
+    first = run_job(2, [*TRAIN, "--data", data, *LAYERS, "--checkpoint-dir", ckpt], timeout=60)
+    assert first.returncode == 0, first.output
+    done = run_job(2, [*TRAIN, "--data", data, "--layers", f"{FEATURES},6,{CLASSES}",
+                       "--checkpoint-dir", ckpt, "--resume"], timeout=60)
+    assert_one_clear_error(done, ["incompatible checkpoint", "layers", "[16, 8, 4]", "[16, 6, 4]"])
