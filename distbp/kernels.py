@@ -6,49 +6,80 @@ z = a·W + b of shape (n, fan_out), with W (fan_in, fan_out) and b (fan_out,).
 Forward:   z = a·W (BLAS), then `bias_activation_forward`: z += b, a' = σ(z).
 Backward:  g = δ_next·Wᵀ (BLAS), then `activation_backward`: δ = σ'(z) ⊙ g and
            db = Σₙ δ in the same pass; dW = aᵀ·δ (BLAS).
-The activation `act` / `act_prime` is passed in as a Numba function (see
-`distbp.activations`); each one gets its own compiled specialisation.
+The activation is a compile-time constant: `bias_activation_forward_for(name)`
+and `activation_backward_for(name)` return kernels specialised on it (see
+`distbp.activations.kernel_key`), so σ is inlined and the loops vectorise.
 """
 
 import numpy as np
 from numba import njit, prange
 
+from distbp.activations import derivative, kernel_key, value
+
 # columns per parallel task in kernels that also reduce over rows: 64 float32 = 4 cache lines
 COLUMN_BLOCK = 64
 
 
-@njit(parallel=True, cache=True)
-def bias_activation_forward(z, a, b, act):
-    """z (n, m) += b (m,); a (n, m) = act(z). `a` may be `z` itself."""
-    n, m = z.shape
-    for i in prange(n):
-        for j in range(m):
-            zij = z[i, j] + b[j]
-            z[i, j] = zij
-            a[i, j] = act(zij)
+def bias_activation_forward_for(activation: str):
+    """The compiled kernel `bias_activation_forward(z, a, b)` for one activation (by name)."""
+    key = kernel_key(activation)
+    if key not in _FORWARD:
+        _FORWARD[key] = _make_bias_activation_forward(key)
+    return _FORWARD[key]
 
 
-@njit(parallel=True, cache=True)
-def activation_backward(delta, g, z, a, db, act_prime):
-    """δ (n, m) = act_prime(z, a) ⊙ g, and db (m,) = Σₙ δ.
+def activation_backward_for(activation: str):
+    """The compiled kernel `activation_backward(delta, g, z, a, db)` for one activation (by name)."""
+    key = kernel_key(activation)
+    if key not in _BACKWARD:
+        _BACKWARD[key] = _make_activation_backward(key)
+    return _BACKWARD[key]
 
-    g = δ_next·Wᵀ (n, m); z, a the layer's pre-activation and activation (n, m).
-    `delta` may be `z` (z is read before it is overwritten). Tasks own blocks of
-    columns, so the sum over rows has one writer per column (no race) and a fixed
-    order (the same result for any thread count).
-    """
-    n, m = g.shape
-    n_blocks = (m + COLUMN_BLOCK - 1) // COLUMN_BLOCK
-    for blk in prange(n_blocks):
-        j0 = blk * COLUMN_BLOCK
-        j1 = min(m, j0 + COLUMN_BLOCK)
-        for j in range(j0, j1):
-            db[j] = 0
-        for i in range(n):
+
+_FORWARD: dict = {}
+_BACKWARD: dict = {}
+
+
+# the factories close over `key`, a string constant: numba inlines the activation
+# through it and caches one entry per key on disk (the cache hashes the closure's
+# values, and a string hashes the same in every process)
+
+def _make_bias_activation_forward(key: str):
+    @njit(parallel=True, cache=True)
+    def bias_activation_forward(z, a, b):
+        """z (n, m) += b (m,); a (n, m) = σ(z). `a` may be `z` itself."""
+        n, m = z.shape
+        for i in prange(n):
+            for j in range(m):
+                zij = z[i, j] + b[j]
+                z[i, j] = zij
+                a[i, j] = value(key, zij)
+    return bias_activation_forward
+
+
+def _make_activation_backward(key: str):
+    @njit(parallel=True, cache=True)
+    def activation_backward(delta, g, z, a, db):
+        """δ (n, m) = σ'(z) ⊙ g, and db (m,) = Σₙ δ.
+
+        g = δ_next·Wᵀ (n, m); z, a the layer's pre-activation and activation (n, m).
+        `delta` may be `z` (z is read before it is overwritten). Tasks own blocks of
+        columns, so the sum over rows has one writer per column (no race) and a fixed
+        order (the same result for any thread count).
+        """
+        n, m = g.shape
+        n_blocks = (m + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        for blk in prange(n_blocks):
+            j0 = blk * COLUMN_BLOCK
+            j1 = min(m, j0 + COLUMN_BLOCK)
             for j in range(j0, j1):
-                d = g[i, j] * act_prime(z[i, j], a[i, j])
-                delta[i, j] = d
-                db[j] += d
+                db[j] = 0
+            for i in range(n):
+                for j in range(j0, j1):
+                    d = g[i, j] * derivative(key, z[i, j], a[i, j])
+                    delta[i, j] = d
+                    db[j] += d
+    return activation_backward
 
 
 @njit(parallel=True, cache=True)

@@ -69,6 +69,9 @@ class MLP:
             raise ValueError(f"{len(names)} activations given for {n_hidden} hidden layers")
         self.activation_names = names
         self.activations = [get_activation(a) for a in names]
+        # kernels specialised on each layer's activation (the output layer only adds its bias)
+        self._forward_kernels = [kernels.bias_activation_forward_for(a) for a in names + ["linear"]]
+        self._backward_kernels = [kernels.activation_backward_for(a) for a in names]
         self.loss = get_loss(loss)
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -145,10 +148,10 @@ class MLP:
             np.matmul(a, W, out=z)
             if l < self.n_layers - 1:
                 act = ws.a[l][:n]
-                kernels.bias_activation_forward(z, act, b, self.activations[l].fn)
+                self._forward_kernels[l](z, act, b)
                 a = act
             else:
-                kernels.bias_activation_forward(z, z, b, _LINEAR)
+                self._forward_kernels[l](z, z, b)
 
     def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
                            hooks: BackwardHooks | None = None, progress_chunks: int = 1,
@@ -199,8 +202,7 @@ class MLP:
             g = ws.g[:n, : W.shape[0]]
             _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
             z_prev = ws.z[l - 1][:n]
-            kernels.activation_backward(z_prev, g, z_prev, a_prev, grads[l - 1][1],
-                                        self.activations[l - 1].prime)
+            self._backward_kernels[l - 1](z_prev, g, z_prev, a_prev, grads[l - 1][1])
             delta = z_prev
         return loss
 
@@ -271,5 +273,3 @@ def _check_sizes(sizes) -> list[int]:
         raise ValueError(f"layer sizes must be positive, got {sizes}")
     return sizes
 
-
-from distbp.activations import linear as _LINEAR  # noqa: E402  (the output layer's pre-softmax identity)
