@@ -178,6 +178,18 @@ class Comm:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def reduce_scatter_sum(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
+        """out = this rank's part of Σ_ranks buf, where rank r's part is counts[r] elements in rank order."""
+        raise NotImplementedError
+
+    def allgather_parts(self, buf: np.ndarray, counts: list[int]) -> None:
+        """In place: every rank's part of buf (counts[r] elements in rank order) is copied to all ranks."""
+        raise NotImplementedError
+
+    def gather_parts(self, part: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        """The parts of all ranks concatenated in rank order on the root (None elsewhere)."""
+        raise NotImplementedError
+
     def abort(self, message: str, code: int = 1) -> NoReturn:
         raise NotImplementedError
 
@@ -308,6 +320,15 @@ class SerialComm(Comm):
     def _hard_exit(self, code: int) -> NoReturn:
         os._exit(code)
 
+    def reduce_scatter_sum(self, buf, out, counts) -> None:
+        out[...] = buf[:counts[0]]
+
+    def allgather_parts(self, buf, counts) -> None:
+        pass
+
+    def gather_parts(self, part, counts):
+        return part.copy()
+
 
 class MPIComm(Comm):
     """An mpi4py communicator (COMM_WORLD by default)."""
@@ -336,6 +357,18 @@ class MPIComm(Comm):
 
     def barrier(self) -> None:
         self._comm.Barrier()
+
+    def reduce_scatter_sum(self, buf, out, counts) -> None:
+        self._comm.Reduce_scatter(buf, out, recvcounts=list(counts), op=self._MPI.SUM)
+
+    def allgather_parts(self, buf, counts) -> None:
+        self._comm.Allgatherv(self._MPI.IN_PLACE, [buf, (list(counts), _displacements(counts))])
+
+    def gather_parts(self, part, counts):
+        full = np.empty(sum(counts), part.dtype) if self.is_root else None
+        recv = [full, (list(counts), _displacements(counts))] if self.is_root else None
+        self._comm.Gatherv(part, recv, root=0)
+        return full
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
         self._say(message)
@@ -371,6 +404,11 @@ class MPIComm(Comm):
         threading.Timer(2.0, os._exit, args=(code,)).start()
         self._comm.Abort(code)
         os._exit(code)
+
+
+def _displacements(counts: list[int]) -> list[int]:
+    """Start offset of each rank's part when parts of counts[r] elements follow each other in rank order."""
+    return [int(x) for x in np.concatenate([[0], np.cumsum(counts)[:-1]])]
 
 
 def world() -> Comm:

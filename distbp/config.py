@@ -37,6 +37,8 @@ class Config:
     lr_scale: str = "sum"  # sum: the seed's η·∇L of the summed loss; mean: η·∇L/B (B = rows in the global batch)
     momentum: float = 0.9  # μ for --optimizer momentum
     batch_size: int = 128  # global mini-batch, split over the ranks
+    accumulate: int = 1  # split each rank's share into K micro-batches, one allreduce per global batch
+    shard_optimizer: bool = False  # optimizer state split over ranks (reduce-scatter, update a part, allgather)
     epochs: int = 10
     seed: int = 0  # weights, data permutation and synthetic data
     # performance
@@ -48,6 +50,8 @@ class Config:
     save: str | None = None  # final parameters as .npz with W0, b0, W1, b1, …
     metrics: str | None = None  # one JSON object per epoch (JSONL)
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise), bar, lines, none
+    dry_run: bool = False  # print the per-rank memory estimate and exit without training
+    memory_budget: str | None = None  # e.g. 8GiB: with --dry-run, the largest per-rank batch that fits
     # safety
     check_every: int = 100  # compare a checksum of the parameters across ranks every N steps (0: never)
     timeout: float = 300.0  # seconds a collective may wait for a peer before the job is ended (0: never)
@@ -83,7 +87,7 @@ def validate(cfg: Config) -> Config:
                               f"got {getattr(cfg, name)!r}")
     positive = {"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "bucket_mb": cfg.bucket_mb,
                 "keep_checkpoints": cfg.keep_checkpoints, "micro_batch": cfg.micro_batch,
-                "checkpoint_every": cfg.checkpoint_every}
+                "checkpoint_every": cfg.checkpoint_every, "accumulate": cfg.accumulate}
     for name, value in positive.items():
         if not value > 0 or value != value:
             raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
@@ -102,6 +106,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("--resume needs --checkpoint-dir (where to find the checkpoint)")
     if cfg.reproducible and cfg.comm_dtype:
         raise ConfigError("--reproducible and --comm-dtype conflict: compressed gradients are not exact")
+    if cfg.reproducible and (cfg.accumulate > 1 or cfg.shard_optimizer):
+        raise ConfigError("--reproducible conflicts with --accumulate and --shard-optimizer "
+                          "(it already computes in micro-blocks and sums exactly)")
+    if cfg.shard_optimizer and cfg.comm_dtype:
+        raise ConfigError("--shard-optimizer and --comm-dtype conflict: the reduce-scatter sums full precision")
     return cfg
 
 

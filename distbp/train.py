@@ -26,6 +26,7 @@ from distbp.config import Config, ConfigError
 from distbp.data import Dataset, load_dataset
 from distbp.model import MLP
 from distbp.optim import make_optimizer
+from distbp.sharded import ShardedOptimizer
 from distbp.progress import Progress
 from distbp.shard import epoch_permutation, global_batches, max_shard_rows, rank_slice
 
@@ -72,6 +73,7 @@ class Run:
     y: np.ndarray  # (rows,) int64 labels or (rows, outputs) float targets
     reducer: object
     watchdog: Watchdog
+    acc: np.ndarray | None = None  # gradient of earlier micro-batches (--accumulate)
     pos: Position = field(default_factory=Position)
     timers: Timers = field(default_factory=Timers)
     history: list = field(default_factory=list)
@@ -96,9 +98,12 @@ def setup(cfg: Config, comm: Comm) -> Run:
     comm.check_agree("configuration", shared)
     comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
     opt_options = {"momentum": cfg.momentum} if cfg.optimizer == "momentum" else {}
-    optimizer = make_optimizer(cfg.optimizer, model.n_params, model.dtype, cfg.lr, **opt_options)
+    make = lambda n: make_optimizer(cfg.optimizer, n, model.dtype, cfg.lr, **opt_options)
+    optimizer = (ShardedOptimizer(comm, make, model.n_params, model.dtype) if cfg.shard_optimizer
+                 else make(model.n_params))
     grad = np.zeros(model.n_params, model.dtype)
-    rows = max_shard_rows(cfg.batch_size, comm.size)
+    acc = np.zeros(model.n_params, model.dtype) if cfg.accumulate > 1 else None
+    rows = -(-max_shard_rows(cfg.batch_size, comm.size) // cfg.accumulate)  # one micro-batch
     if cfg.reproducible:
         rows = max_shard_rows(-(-cfg.batch_size // cfg.micro_batch), comm.size) * cfg.micro_batch
     X = np.empty((rows, data.n_features), model.dtype)
@@ -113,7 +118,7 @@ def setup(cfg: Config, comm: Comm) -> Run:
     else:
         reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                                   overlap=cfg.overlap, comm_dtype=cfg.comm_dtype)
-    run = Run(cfg, comm, data, model, optimizer, grad, X, y, reducer, Watchdog(comm, cfg.timeout))
+    run = Run(cfg, comm, data, model, optimizer, grad, X, y, reducer, Watchdog(comm, cfg.timeout), acc=acc)
     if cfg.resume:
         resume(run)
     return run
@@ -146,39 +151,89 @@ def check_data_fits(cfg: Config, data: Dataset, layers: list[int], ranks: int) -
 # ---- one step ---------------------------------------------------------------------------------
 
 def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, float]:
-    """One global batch: gather, backward with overlapped allreduce, update. Returns (Σ loss, correct) over ranks."""
+    """One global batch: local gradient, [dist] sum over ranks, update. Returns (Σ loss, correct) over ranks."""
     cfg, model, t = run.cfg, run.model, run.timers
-    k = rows.shape[0]
-    t0 = time.perf_counter()
-    run.data.train.gather(rows, run.X[:k], run.y[:k])
-    t1 = time.perf_counter()
+    sharded = isinstance(run.optimizer, ShardedOptimizer)
     inject_fault(run)
+    data_before = t.data_s
     with run.watchdog.section("gradient allreduce", run.pos.step):
+        t1 = time.perf_counter()
         if cfg.reproducible:
+            k = rows.shape[0]
+            run.data.train.gather(rows, run.X[:k], run.y[:k])
+            t.data_s += time.perf_counter() - t1
             loss, correct = run.reducer.compute(model, run.X[:k], run.y[:k], batch_rows, count_correct)
         else:
-            loss = model.loss_and_grad_into(run.X[:k], run.y[:k], run.grad, hooks=run.reducer,
-                                            progress_chunks=4, validate=False)
-            correct = count_correct(model, run.y[:k]) if k else 0.0
+            loss, correct = local_gradient(run, rows, hooks=None if sharded else run.reducer)
         if _FAULT.get("kind") == "nan" and _fault_now(run):
             run.grad[0] = np.nan  # test hook: a NaN in this rank's gradient before the allreduce
         t2 = time.perf_counter()
-        if not cfg.reproducible:
-            run.reducer.finish()  # [dist] ∇L = Σ over ranks, now identical everywhere
-        totals = run.comm.sum_scalars([loss, correct])  # [dist] global loss of this batch (agreed finite or not)
+        if sharded:
+            run.optimizer.reduce(run.grad)  # [dist] this rank's part of ∇L
+            bad = 0.0 if kernels.all_finite(run.optimizer.grad_part) else 1.0
+        else:
+            if not cfg.reproducible:
+                run.reducer.finish()  # [dist] ∇L = Σ over ranks, now identical everywhere
+            bad = 0.0 if kernels.all_finite(run.grad) else 1.0
+        totals = run.comm.sum_scalars([loss, correct, bad])  # [dist] one agreed verdict for every rank
     t3 = time.perf_counter()
-    ok = np.isfinite(totals[0]) and kernels.all_finite(run.grad)
-    if ok:
-        scale = 1.0 if cfg.lr_scale == "sum" else 1.0 / batch_rows
-        run.optimizer.step(model.flat_params, run.grad, scale)
+    scale = 1.0 if cfg.lr_scale == "sum" else 1.0 / batch_rows
+    if np.isfinite(totals[0]) and totals[2] == 0:
+        if sharded:
+            with run.watchdog.section("parameter allgather", run.pos.step):
+                run.optimizer.step(model.flat_params, scale)
+        else:
+            run.optimizer.step(model.flat_params, run.grad, scale)
     else:
+        if sharded:
+            run.comm.allreduce_sum(run.grad)  # rare path: the whole ∇L, to name the layer
         handle_nonfinite(run, totals[0])
     t4 = time.perf_counter()
-    exposed = getattr(run.reducer, "stats", {}).get("exposed_s", 0.0)
-    t.data_s += t1 - t0
-    t.comm_s += (t3 - t2)
-    t.compute_s += (t2 - t1) + (t4 - t3)
+    t.comm_s += t3 - t2
+    t.compute_s += (t2 - t1) - (t.data_s - data_before) + (t4 - t3)
     return float(totals[0]), float(totals[1])
+
+
+def local_gradient(run: Run, rows: np.ndarray, hooks) -> tuple[float, float]:
+    """Σ loss, correct and Σ ∂lⁿ/∂θ over this rank's rows into run.grad, in cfg.accumulate micro-batches.
+
+    With K > 1 micro-batches the first K−1 gradients are summed into run.acc and the last one is
+    computed into run.grad, each layer's acc added as soon as that layer is done, so the
+    allreduce of finished buckets still overlaps the last backward pass.
+    """
+    model, K, k = run.model, run.cfg.accumulate, rows.shape[0]
+    loss = correct = 0.0
+    for i in range(K):
+        a, b = rank_slice(k, i, K)
+        m = b - a
+        t0 = time.perf_counter()
+        run.data.train.gather(rows[a:b], run.X[:m], run.y[:m])
+        run.timers.data_s += time.perf_counter() - t0
+        last = i == K - 1
+        target = run.grad if (last or i > 0) else run.acc
+        h = (AddAccumulated(run.acc, run.grad, model.layer_slices, hooks) if K > 1 else hooks) if last else None
+        loss += model.loss_and_grad_into(run.X[:m], run.y[:m], target, hooks=h, progress_chunks=4, validate=False)
+        correct += count_correct(model, run.y[:m]) if m else 0.0
+        if 0 < i < K - 1:
+            run.acc += run.grad
+    return loss, correct
+
+
+class AddAccumulated:
+    """Backward hooks for the last micro-batch: grad += acc layer by layer, then pass the news on."""
+
+    def __init__(self, acc: np.ndarray, grad: np.ndarray, layer_slices: list[slice], inner):
+        self.acc, self.grad, self.slices, self.inner = acc, grad, layer_slices, inner
+
+    def layer_ready(self, layer: int) -> None:
+        sl = self.slices[layer]
+        self.grad[sl] += self.acc[sl]
+        if self.inner is not None:
+            self.inner.layer_ready(layer)
+
+    def progress(self) -> None:
+        if self.inner is not None:
+            self.inner.progress()
 
 
 def my_rows(run: Run, batch_rows: int) -> tuple[int, int]:
@@ -326,9 +381,11 @@ MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype
 
 def save(run: Run) -> None:
     """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure."""
+    state = (run.optimizer.full_state() if isinstance(run.optimizer, ShardedOptimizer)  # [dist] gather the parts
+             else run.optimizer.state_arrays())
     if run.comm.is_root:
         arrays = {"params": run.model.flat_params}
-        arrays.update({"opt_" + k: v for k, v in run.optimizer.state_arrays().items()})
+        arrays.update({"opt_" + k: v for k, v in state.items()})
         meta = {"position": vars(run.pos).copy(), "optimizer_steps": run.optimizer.step_count,
                 "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
         ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
@@ -401,14 +458,47 @@ def _fault_now(run: Run) -> bool:
     return bool(_FAULT) and run.comm.rank == _FAULT["rank"] and run.pos.step == _FAULT["step"]
 
 
-def inject_fault(run: Run) -> None:
-    """Faults for the fault-handling tests; inert unless DISTBP_INJECT_FAULT is set."""
+def inject_fault(run: Run) -> bool:
+    """Faults for the fault-handling tests; inert unless DISTBP_INJECT_FAULT is set.
+
+    Returns True when kind nan fires: the caller then puts a NaN into this rank's gradient.
+    With DISTBP_INJECT_FAULT_ONCE=PATH the fault fires only if PATH does not exist yet, and
+    creates it first, so a job restarted by the launcher (same environment) does not fail again.
+    """
     if not _fault_now(run):
-        return
+        return False
+    once = os.environ.get("DISTBP_INJECT_FAULT_ONCE")
+    if once:
+        try:
+            open(once, "x").close()
+        except FileExistsError:
+            return False
     kind = _FAULT["kind"]
+    if kind == "nan":
+        return True
     if kind == "raise":
         raise RuntimeError(f"injected fault at step {run.pos.step}")
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "stall":
         os.kill(os.getpid(), signal.SIGSTOP)
+    return False
+
+
+class _NanBeforeAllreduce:
+    """Test hook: a NaN in layer 0's gradient before its bucket is handed to the allreduce.
+
+    Writing it after layer_ready would race with the in-flight Iallreduce and leave the ranks
+    with different gradients; this way every rank sees the NaN in ∇L, as with a real one.
+    """
+
+    def __init__(self, reducer, grad: np.ndarray):
+        self.reducer, self.grad = reducer, grad
+
+    def layer_ready(self, layer: int) -> None:
+        if layer == 0:
+            self.grad[0] = np.nan  # grad[0] is dW of layer 0, row 0, column 0
+        self.reducer.layer_ready(layer)
+
+    def progress(self) -> None:
+        self.reducer.progress()
