@@ -101,6 +101,8 @@ def train_main(argv: list[str]) -> int:
 
         if cfg.threads is None:
             cfg.threads = n_threads
+        if cfg.dry_run:
+            return dry_run(cfg, comm)
         run = train.setup(cfg, comm)
         if is_root:
             print(header(run), flush=True)
@@ -120,6 +122,23 @@ def train_main(argv: list[str]) -> int:
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         traceback.print_exc()
         comm.abort(f"{type(e).__name__}: {e}", code=1)
+
+
+def dry_run(cfg, comm) -> int:
+    """--dry-run: the per-rank memory table (root prints it), no training."""
+    from distbp import memory
+
+    layers, labels = cfg.layers, cfg.loss == "cross_entropy"
+    if layers is None:  # the default layers follow the data's shape
+        from distbp.data import load_dataset
+        from distbp.train import resolve_layers
+
+        layers = resolve_layers(cfg, load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction))
+    budget = memory.parse_bytes(cfg.memory_budget) if cfg.memory_budget else None
+    if comm.is_root:
+        print(memory.report(layers, cfg.dtype, cfg.batch_size, comm.size, cfg.optimizer, cfg.shard_optimizer,
+                            cfg.accumulate, labels, budget))
+    return 0
 
 
 def header(run) -> str:

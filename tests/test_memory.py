@@ -1,0 +1,58 @@
+"""The memory estimate matches the buffers a run really allocates."""
+
+import numpy as np
+import pytest
+
+from distbp import memory, train
+from distbp.comm import SerialComm
+from distbp.config import Config, validate
+
+
+@pytest.mark.parametrize("optimizer,accumulate", [("gd", 1), ("adam", 1), ("momentum", 3)])
+def test_estimate_equals_the_allocated_buffers(optimizer, accumulate):
+    cfg = validate(Config(data="synthetic:rows=200,features=12,classes=3,test=20", layers=[12, 9, 7, 3],
+                          batch_size=40, optimizer=optimizer, accumulate=accumulate, epochs=1, progress="none",
+                          timeout=0))
+    run = train.setup(cfg, SerialComm())
+    train.fit(run)
+    run.watchdog.stop()
+    ws = run.model._ws
+    allocated = {
+        "parameters": run.model.flat_params.nbytes,
+        "gradients": run.grad.nbytes + (run.acc.nbytes if run.acc is not None else 0),
+        "optimizer_state": sum(a.nbytes for a in run.optimizer.state_arrays().values()),
+        "activations": sum(a.nbytes for a in ws.z + ws.a) + ws.g.nbytes + ws.row_loss.nbytes,
+        "batch_buffers": run.X.nbytes + run.y.nbytes,
+    }
+    est = memory.per_rank_bytes(cfg.layers, cfg.dtype, cfg.batch_size, 1, optimizer, False, accumulate)
+    for key, value in allocated.items():
+        assert est[key] == value, key
+
+
+def test_sharding_divides_optimizer_state_by_the_rank_count():
+    plain = memory.per_rank_bytes([784, 1024, 10], "float32", 512, 4, "adam", False)
+    sharded = memory.per_rank_bytes([784, 1024, 10], "float32", 512, 4, "adam", True)
+    assert sharded["optimizer_state"] == pytest.approx(plain["optimizer_state"] / 4, rel=1e-5)
+
+
+def test_accumulation_divides_activation_memory():
+    one = memory.per_rank_bytes([784, 1024, 10], "float32", 512, 1, accumulate=1)
+    four = memory.per_rank_bytes([784, 1024, 10], "float32", 512, 1, accumulate=4)
+    assert four["activations"] * 4 == one["activations"]
+
+
+def test_largest_batch_fits_and_one_more_row_does_not():
+    layers, budget = [784, 1024, 1024, 10], 64 << 20
+    rows = memory.largest_batch_per_rank(budget, layers, "float32", 1, optimizer="adam")
+    assert memory.per_rank_bytes(layers, "float32", rows, 1, "adam")["total"] <= budget
+    assert memory.per_rank_bytes(layers, "float32", rows + 1, 1, "adam")["total"] > budget
+
+
+@pytest.mark.parametrize("text,value", [("8GiB", 8 << 30), ("512MB", 512_000_000), ("1e9", 10**9)])
+def test_memory_sizes_parse(text, value):
+    assert memory.parse_bytes(text) == value
+
+
+def test_a_nonsense_memory_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="memory size"):
+        memory.parse_bytes("lots")
