@@ -154,7 +154,7 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
     """One global batch: local gradient, [dist] sum over ranks, update. Returns (Σ loss, correct) over ranks."""
     cfg, model, t = run.cfg, run.model, run.timers
     sharded = isinstance(run.optimizer, ShardedOptimizer)
-    inject_fault(run)
+    nan_fault = inject_fault(run)
     data_before = t.data_s
     with run.watchdog.section("gradient allreduce", run.pos.step):
         t1 = time.perf_counter()
@@ -162,11 +162,16 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
             k = rows.shape[0]
             run.data.train.gather(rows, run.X[:k], run.y[:k])
             t.data_s += time.perf_counter() - t1
+            if nan_fault and k:
+                run.X[0, 0] = np.nan  # test hook: the exact reducer meets a NaN before its allreduce
             loss, correct = run.reducer.compute(model, run.X[:k], run.y[:k], batch_rows, count_correct)
         else:
-            loss, correct = local_gradient(run, rows, hooks=None if sharded else run.reducer)
-        if _FAULT.get("kind") == "nan" and _fault_now(run):
-            run.grad[0] = np.nan  # test hook: a NaN in this rank's gradient before the allreduce
+            hooks = None if sharded else run.reducer
+            if nan_fault and hooks is not None:
+                hooks = _NanBeforeAllreduce(hooks, run.grad)  # test hook: before the bucket is sent
+            loss, correct = local_gradient(run, rows, hooks=hooks)
+            if nan_fault and sharded:
+                run.grad[0] = np.nan  # test hook: nothing is in flight yet, the reduce-scatter comes next
         t2 = time.perf_counter()
         if sharded:
             run.optimizer.reduce(run.grad)  # [dist] this rank's part of ∇L
