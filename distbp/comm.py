@@ -178,8 +178,9 @@ class Comm:
     def barrier(self) -> None:
         raise NotImplementedError
 
-    def reduce_scatter_sum(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
-        """out = this rank's part of Σ_ranks buf, where rank r's part is counts[r] elements in rank order."""
+    def reduce_scatter_sum(self, buf: np.ndarray, counts: list[int]) -> None:
+        """In place: buf[:counts[rank]] = this rank's part of Σ_ranks buf (rank r's part: counts[r] elements
+        in rank order). The rest of buf is left undefined."""
         raise NotImplementedError
 
     def allgather_parts(self, buf: np.ndarray, counts: list[int]) -> None:
@@ -196,6 +197,10 @@ class Comm:
     def _allgather(self, obj) -> list:
         """obj of every rank, in rank order (pickled: small objects and rare calls only)."""
         raise NotImplementedError
+
+    def allgather_object(self, obj) -> list:
+        """Collective: obj of every rank, in rank order (pickled: small objects, rare calls only)."""
+        return self._allgather(obj)
 
     def _start_allreduce(self, buf: np.ndarray, codec: _Codec):
         """Start an in-place SUM of buf over ranks; returns a handle for _test_all/_wait_all."""
@@ -320,8 +325,8 @@ class SerialComm(Comm):
     def _hard_exit(self, code: int) -> NoReturn:
         os._exit(code)
 
-    def reduce_scatter_sum(self, buf, out, counts) -> None:
-        out[...] = buf[:counts[0]]
+    def reduce_scatter_sum(self, buf, counts) -> None:
+        pass
 
     def allgather_parts(self, buf, counts) -> None:
         pass
@@ -358,8 +363,9 @@ class MPIComm(Comm):
     def barrier(self) -> None:
         self._comm.Barrier()
 
-    def reduce_scatter_sum(self, buf, out, counts) -> None:
-        self._comm.Reduce_scatter(buf, out, recvcounts=list(counts), op=self._MPI.SUM)
+    def reduce_scatter_sum(self, buf, counts) -> None:
+        # MPI_IN_PLACE puts this rank's part at the start of buf: no second gradient-sized buffer
+        self._comm.Reduce_scatter(self._MPI.IN_PLACE, buf, recvcounts=list(counts), op=self._MPI.SUM)
 
     def allgather_parts(self, buf, counts) -> None:
         self._comm.Allgatherv(self._MPI.IN_PLACE, [buf, (list(counts), _displacements(counts))])

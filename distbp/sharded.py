@@ -30,7 +30,7 @@ class ShardedOptimizer:
         self.counts = [hi - lo for lo, hi in bounds]
         self.lo, self.hi = bounds[comm.rank]
         self.inner = make(self.hi - self.lo)
-        self.grad_part = np.empty(self.hi - self.lo, dtype)
+        self.grad_part = np.empty(0, dtype)  # this rank's part of ∇L: a view into the gradient after reduce
         self.name = self.inner.name
 
     @property
@@ -38,13 +38,30 @@ class ShardedOptimizer:
         return self.inner.step_count
 
     def reduce(self, grad: np.ndarray) -> None:
-        """[dist] this rank's part of ∇L = Σ_ranks grad, into grad_part."""
-        self.comm.reduce_scatter_sum(grad, self.grad_part, self.counts)
+        """[dist] this rank's part of ∇L = Σ_ranks grad, in place: grad_part = grad[:part size].
+
+        The rest of grad is overwritten by the reduce-scatter; it is not needed after it.
+        """
+        self.comm.reduce_scatter_sum(grad, self.counts)
+        self.grad_part = grad[:self.hi - self.lo]
 
     def step(self, params: np.ndarray, scale: float = 1.0) -> None:
         """Update this rank's part of params from grad_part, then [dist] allgather every part."""
         self.inner.step(params[self.lo:self.hi], self.grad_part, scale)
         self.comm.allgather_parts(params, self.counts)
+
+    def nonfinite_parts(self, layer_slices: list[slice], sizes: list[int]) -> list[str]:
+        """Collective: 'layer l dW|db' for each layer with NaN/Inf in any rank's part of ∇L."""
+        bad = np.flatnonzero(~np.isfinite(self.grad_part)) + self.lo
+        mine = []
+        for l, (sl, fi, fo) in enumerate(zip(layer_slices, sizes[:-1], sizes[1:])):
+            w_end = sl.start + fi * fo
+            if ((bad >= sl.start) & (bad < w_end)).any():
+                mine.append(f"layer {l} dW")
+            if ((bad >= w_end) & (bad < sl.stop)).any():
+                mine.append(f"layer {l} db")
+        found = set().union(*self.comm.allgather_object(mine))
+        return sorted(found, key=lambda name: (int(name.split()[1]), name))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """This rank's part of the optimizer state."""

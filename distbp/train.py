@@ -190,9 +190,8 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
         else:
             run.optimizer.step(model.flat_params, run.grad, scale)
     else:
-        if sharded:
-            run.comm.allreduce_sum(run.grad)  # rare path: the whole ∇L, to name the layer
-        handle_nonfinite(run, totals[0])
+        where = run.optimizer.nonfinite_parts(model.layer_slices, model.sizes) if sharded else None
+        handle_nonfinite(run, totals[0], where)
     t4 = time.perf_counter()
     t.comm_s += t3 - t2
     t.compute_s += (t2 - t1) - (t.data_s - data_before) + (t4 - t3)
@@ -256,13 +255,17 @@ def count_correct(model: MLP, y: np.ndarray) -> float:
     return float(np.count_nonzero(out.argmax(axis=1) == labels))
 
 
-def handle_nonfinite(run: Run, loss: float) -> None:
-    """Stop (or skip with --skip-nonfinite) on NaN/Inf; every rank sees the same ∇L, so all decide alike."""
-    where = []
-    for l, (dW, db) in enumerate(run.model.views(run.grad)):
-        for name, a in (("dW", dW), ("db", db)):
-            if not np.isfinite(a).all():
-                where.append(f"layer {l} {name}")
+def handle_nonfinite(run: Run, loss: float, where: list[str] | None = None) -> None:
+    """Stop (or skip with --skip-nonfinite) on NaN/Inf; every rank sees the same ∇L, so all decide alike.
+
+    where: the layers with NaN/Inf when already known (sharded ∇L); else found in run.grad.
+    """
+    if where is None:
+        where = []
+        for l, (dW, db) in enumerate(run.model.views(run.grad)):
+            for name, a in (("dW", dW), ("db", db)):
+                if not np.isfinite(a).all():
+                    where.append(f"layer {l} {name}")
     what = ("loss " + str(loss) + ("; " if where else "")) if not np.isfinite(loss) else ""
     msg = (f"non-finite values at epoch {run.pos.epoch} step {run.pos.step}: {what}"
            f"{'NaN/Inf in ∇L of ' + ', '.join(where) if where else ''}")

@@ -124,3 +124,11 @@ def test_sharded_checkpoints_resume_bit_exact_on_the_same_rank_count_and_correct
     comm.barrier()
     resumed = train_on(comm, epochs=2, checkpoint_dir=d, resume=True, **opts)
     assert resumed.model.flat_params.tobytes() == full.model.flat_params.tobytes()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sharded_nonfinite_gradient_names_the_layer_on_every_rank(monkeypatch):
+    comm = world()
+    monkeypatch.setattr(train, "_FAULT", {"rank": comm.size - 1, "step": 1, "kind": "nan"})
+    with pytest.raises(train.NonFiniteError, match=r"step 1.*layer 0 dW"):
+        train_on(comm, batch_size=16, shard_optimizer=True)
