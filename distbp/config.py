@@ -21,48 +21,53 @@ class ConfigError(DistbpError):
     """A flag or configuration value that cannot work, named with the reason."""
 
 
+def opt(default, help: str):
+    """A Config field whose help text is shown by `distbp train --help`."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     # data and model
-    data: str = "synthetic"  # built-in name (synthetic, synthetic:rows=…, digits) or a path; see docs/data.md
-    layers: list[int] | None = None  # [inputs, hidden…, outputs]; default [features, 256, classes]
-    activation: str = "sigmoid"  # one name, or comma-separated per hidden layer
-    loss: str = "cross_entropy"  # cross_entropy (integer labels) or mse (one-hot or float targets)
-    dtype: str = "float32"  # float32 or float64
-    scale: str = "auto"  # feature scaling: auto, standardize, minmax, none
-    test_fraction: float = 0.1  # held out when the data has no test split
+    data: str = opt("synthetic", "built-in name (synthetic, synthetic:rows=…, digits) or a path; see docs/data.md")
+    layers: list[int] | None = opt(None, "inputs,hidden…,outputs; if omitted: features,256,classes")
+    activation: str = opt("sigmoid", "one name, or comma-separated per hidden layer")
+    loss: str = opt("cross_entropy", "cross_entropy (integer labels) or mse (one-hot or float targets)")
+    dtype: str = opt("float32", "float32 or float64")
+    scale: str = opt("auto", "feature scaling: auto, standardize, minmax, none")
+    test_fraction: float = opt(0.1, "held out when the data has no test split")
     # optimisation
-    optimizer: str = "gd"  # gd, momentum, adam
-    lr: float = 0.001  # η in θ ← θ − η·scale·∇L
-    lr_scale: str = "sum"  # sum: the seed's η·∇L of the summed loss; mean: η·∇L/B (B = rows in the global batch)
-    momentum: float = 0.9  # μ for --optimizer momentum
-    batch_size: int = 128  # global mini-batch, split over the ranks
-    accumulate: int = 1  # split each rank's share into K micro-batches, one allreduce per global batch
-    shard_optimizer: bool = False  # optimizer state split over ranks (reduce-scatter, update a part, allgather)
-    epochs: int = 10
-    seed: int = 0  # weights, data permutation and synthetic data
+    optimizer: str = opt("gd", "gd, momentum, adam")
+    lr: float = opt(0.001, "η in θ ← θ − η·scale·∇L")
+    lr_scale: str = opt("sum", "sum: the seed's η·∇L of the summed loss; mean: η·∇L/B (B = rows in the global batch)")
+    momentum: float = opt(0.9, "μ for --optimizer momentum")
+    batch_size: int = opt(128, "global mini-batch, split over the ranks")
+    accumulate: int = opt(1, "split each rank's share into K micro-batches, one allreduce per global batch")
+    shard_optimizer: bool = opt(False, "optimizer state split over ranks (reduce-scatter, update a part, allgather)")
+    epochs: int = opt(10, "passes over the training rows")
+    seed: int = opt(0, "weights, data permutation and synthetic data")
     # performance
-    threads: int | None = None  # Numba and BLAS threads per rank; default cores / ranks on the node
-    bucket_mb: float = 4.0  # gradient allreduce bucket size (MiB)
-    overlap: bool = True  # overlap the allreduce with the backward pass; False: one blocking allreduce
-    comm_dtype: str | None = None  # bfloat16 or float16: compress gradients for the allreduce
+    threads: int | None = opt(None, "Numba and BLAS threads per rank; default cores / ranks on the node")
+    bucket_mb: float = opt(4.0, "gradient allreduce bucket size (MiB)")
+    overlap: bool = opt(True, "overlap the allreduce with the backward pass; False: one blocking allreduce")
+    comm_dtype: str | None = opt(None, "bfloat16 or float16: compress gradients for the allreduce")
     # output
-    save: str | None = None  # final parameters as .npz with W0, b0, W1, b1, …
-    metrics: str | None = None  # one JSON object per epoch (JSONL)
-    progress: str = "auto"  # auto (bar on a terminal, lines otherwise), bar, lines, none
-    dry_run: bool = False  # print the per-rank memory estimate and exit without training
-    memory_budget: str | None = None  # e.g. 8GiB: with --dry-run, the largest per-rank batch that fits
+    save: str | None = opt(None, "final parameters as .npz with W0, b0, W1, b1, …")
+    metrics: str | None = opt(None, "one JSON object per epoch (JSONL)")
+    progress: str = opt("auto", "auto (bar on a terminal, lines otherwise), bar, lines, none")
+    dry_run: bool = opt(False, "print the per-rank memory estimate and exit without training")
+    memory_budget: str | None = opt(None, "e.g. 8GiB: with --dry-run, the largest per-rank batch that fits")
     # safety
-    check_every: int = 100  # compare a checksum of the parameters across ranks every N steps (0: never)
-    timeout: float = 300.0  # seconds a collective may wait for a peer before the job is ended (0: never)
-    skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
-    checkpoint_dir: str | None = None  # where checkpoints go; --resume reads the latest valid one
-    checkpoint_every: int = 1  # epochs between checkpoints (with checkpoint_dir)
-    checkpoint_steps: int = 0  # additionally every N steps (0: off)
-    keep_checkpoints: int = 3
-    resume: bool = False  # continue from the latest valid checkpoint in checkpoint_dir
-    reproducible: bool = False  # bit-identical results for any rank count (exact integer allreduce)
-    micro_batch: int = 32  # rows per fixed micro-block in --reproducible mode
+    check_every: int = opt(100, "compare a checksum of the parameters across ranks every N steps (0: never)")
+    timeout: float = opt(300.0, "seconds a collective may wait for a peer before the job is ended (0: never)")
+    skip_nonfinite: bool = opt(False, "skip (and count) updates with NaN/Inf instead of stopping")
+    checkpoint_dir: str | None = opt(None, "where checkpoints go; --resume reads the latest valid one")
+    checkpoint_every: int = opt(1, "epochs between checkpoints (with checkpoint_dir)")
+    checkpoint_steps: int = opt(0, "additionally every N steps (0: off)")
+    keep_checkpoints: int = opt(3, "how many of the newest checkpoints to keep")
+    resume: bool = opt(False, "continue from the latest valid checkpoint in checkpoint_dir")
+    reproducible: bool = opt(False, "bit-identical results for any rank count (exact integer allreduce)")
+    micro_batch: int = opt(32, "rows per fixed micro-block in --reproducible mode")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,15 +136,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         flag = "--" + _flag(f.name)
         default = f.default
+        help = f"{f.metadata.get('help', '')} (default: {default})"
         if f.type in ("bool",) or isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.name == "layers":
-            parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…")
+            parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…", help=help)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
             if f.name in ("threads",):
                 kind = int
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper())
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help)
 
 
 def from_sources(args: argparse.Namespace) -> Config:
