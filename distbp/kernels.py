@@ -11,8 +11,17 @@ and `activation_backward_for(name)` return kernels specialised on it (see
 `distbp.activations.kernel_key`), so σ is inlined and the loops vectorise.
 """
 
-import numpy as np
-from numba import njit, prange
+import os
+
+# numba's OpenMP workers (threading layer 'omp', libgomp) spin after every parallel
+# kernel by default and take the core OpenBLAS's second thread needs for the next
+# GEMM: at 2 threads the step of 784-1024-1024-10 (batch 512) ran at 6,400 samples/s
+# spinning and 22,000 passive (benchmarks/step.py). libgomp reads this when numba
+# starts its pool, on the first parallel kernel; an explicit setting is respected.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from distbp.activations import derivative, kernel_key, value
 

@@ -42,6 +42,12 @@ class _Workspace:
         self.g = np.empty((rows, max(outs[:-1], default=1)), dtype)  # δ_next·Wᵀ, reused by every layer
         self.row_loss = np.empty(rows, dtype)
 
+    @staticmethod
+    def nbytes(rows: int, sizes: Sequence[int], dtype) -> int:
+        outs = sizes[1:]
+        elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1)
+        return elements * np.dtype(dtype).itemsize
+
 
 class MLP:
     """A multilayer perceptron trained with the summed loss L = Σₙ lⁿ.
@@ -114,6 +120,21 @@ class MLP:
                 limit = np.sqrt(6.0 / (fi + fo))
                 W[...] = rng.uniform(-limit, limit, (fi, fo))
             b[...] = 0
+
+    def memory_bytes(self, rows: int) -> dict[str, int]:
+        """Bytes a training step holds for batches of `rows` rows (optimizer state not included).
+
+        parameters and gradients: the two flat buffers; workspace: the forward/backward
+        buffers (z and a of every layer, one δ·Wᵀ scratch, the per-row loss);
+        workspace_minimum: what backpropagation cannot do without, the activations of
+        every hidden layer plus the output logits (δ could overwrite both in place).
+        The workspace keeps z beside a because σ'(z, a) may need z, and δ·Wᵀ needs a
+        scratch because a is still read while δ is formed.
+        """
+        item = self.dtype.itemsize
+        return {"parameters": self.n_params * item, "gradients": self.n_params * item,
+                "workspace": _Workspace.nbytes(rows, self.sizes, self.dtype),
+                "workspace_minimum": rows * sum(self.sizes[1:]) * item}
 
     # ---- validation -------------------------------------------------------
 

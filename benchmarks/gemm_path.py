@@ -1,0 +1,125 @@
+"""Which GEMM path the model takes: numpy's matmul into a preallocated out vs np.dot inside @njit.
+
+    .venv/bin/python benchmarks/gemm_path.py                       # 784-1024-1024-10, batch 512, 1 and 2 threads
+    .venv/bin/python benchmarks/gemm_path.py --threads 1 --repeats 30
+
+For each product kind of the MLP step, with the transposed views the model uses
+(a@W, aᵀ@δ with aᵀ a view of a row-major a, δ@Wᵀ with Wᵀ a view of W):
+numpy's np.matmul(A, B, out=C), which calls numpy's OpenBLAS, against np.dot(A, B, C)
+inside an @njit function, which calls SciPy's OpenBLAS (another build and thread
+pool). Both run round-robin in one process; the table gives GFLOP/s and the ratio.
+It also checks that np.matmul with the transposed views makes no hidden copy
+(it would show as a large allocation during the call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+from benchmarks.common import interleaved_medians, machine, print_table, write_json  # noqa: E402
+from distbp.threads import blas_threads, cores_available, set_threads  # noqa: E402
+
+
+@njit(cache=True)
+def dot_a_w(a, W, out):
+    np.dot(a, W, out)
+
+
+@njit(cache=True)
+def dot_at_d(a, d, out):
+    np.dot(a.T, d, out)
+
+
+@njit(cache=True)
+def dot_d_wt(d, W, out):
+    np.dot(d, W.T, out)
+
+
+def products(sizes: list[int], n: int, dtype) -> list[dict]:
+    """Every product kind per layer: name, numpy call, njit call, flops."""
+    rng = np.random.default_rng(0)
+    out = []
+    for l, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:])):
+        a = rng.random((n, fi)).astype(dtype)
+        W = rng.standard_normal((fi, fo)).astype(dtype)
+        d = rng.standard_normal((n, fo)).astype(dtype)
+        z, dW, g = np.empty((n, fo), dtype), np.empty((fi, fo), dtype), np.empty((n, fi), dtype)
+        fl = 2 * n * fi * fo
+        out.append({"name": f"a@W     {n}x{fi} @ {fi}x{fo}", "flops": fl,
+                    "numpy": lambda a=a, W=W, z=z: np.matmul(a, W, out=z),
+                    "njit": lambda a=a, W=W, z=z: dot_a_w(a, W, z)})
+        out.append({"name": f"aT@d    {fi}x{n} @ {n}x{fo}", "flops": fl,
+                    "numpy": lambda a=a, d=d, dW=dW: np.matmul(a.T, d, out=dW),
+                    "njit": lambda a=a, d=d, dW=dW: dot_at_d(a, d, dW)})
+        if l > 0:
+            out.append({"name": f"d@WT    {n}x{fo} @ {fo}x{fi}", "flops": fl,
+                        "numpy": lambda d=d, W=W, g=g: np.matmul(d, W.T, out=g),
+                        "njit": lambda d=d, W=W, g=g: dot_d_wt(d, W, g)})
+    return out
+
+
+def hidden_copy_bytes(fn) -> int:
+    """Peak bytes numpy allocates during one call (0 when matmul writes straight into `out`)."""
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", default="784,1024,1024,10")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", default=f"1,{max(2, cores_available())}")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--out", default="results/gemm_path.json")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.layers.split(",")]
+    prods = products(sizes, args.batch, np.dtype(args.dtype))
+    # numba loads SciPy's OpenBLAS on the first np.dot call; set_threads only reaches
+    # libraries already loaded, so call every path once before setting threads
+    for pr in prods:
+        pr["njit"]()
+
+    rows, results = [], []
+    for t in dict.fromkeys(int(x) for x in args.threads.split(",")):
+        set_threads(t)
+        cases = {}
+        for k, pr in enumerate(prods):
+            cases[(k, "numpy")] = pr["numpy"]
+            cases[(k, "njit")] = pr["njit"]
+        med = interleaved_medians(cases, args.repeats)
+        for k, pr in enumerate(prods):
+            r = {"threads": t, "product": pr["name"],
+                 "numpy matmul GFLOP/s": pr["flops"] / med[(k, "numpy")] / 1e9,
+                 "njit np.dot GFLOP/s": pr["flops"] / med[(k, "njit")] / 1e9,
+                 "numpy/njit": med[(k, "njit")] / med[(k, "numpy")],
+                 "matmul alloc bytes": hidden_copy_bytes(pr["numpy"])}
+            rows.append(r)
+            results.append(r)
+        tot = sum(pr["flops"] for pr in prods)
+        rows.append({"threads": t, "product": "all (executed FLOPs / total time)",
+                     "numpy matmul GFLOP/s": tot / sum(med[(k, "numpy")] for k in range(len(prods))) / 1e9,
+                     "njit np.dot GFLOP/s": tot / sum(med[(k, "njit")] for k in range(len(prods))) / 1e9,
+                     "numpy/njit": sum(med[(k, "njit")] for k in range(len(prods)))
+                     / sum(med[(k, "numpy")] for k in range(len(prods)))})
+        results.append(dict(rows[-1], blas_threads=blas_threads()))
+    print_table(rows, ["threads", "product", "numpy matmul GFLOP/s", "njit np.dot GFLOP/s", "numpy/njit",
+                       "matmul alloc bytes"],
+                title=f"GEMM path, {args.dtype}, MLP {args.layers}, batch {args.batch}, median of {args.repeats}")
+    write_json(args.out, {"benchmark": "gemm_path", "layers": sizes, "batch": args.batch, "dtype": args.dtype,
+                          "machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""One training step, side by side: distbp vs plain numpy vs PyTorch CPU, and numpy's GEMM rate.
+
+    .venv/bin/python benchmarks/step.py                      # 784-1024-1024-10, batch 512, 1 and all threads
+    .venv/bin/python benchmarks/step.py --threads 1 --repeats 30 --plot results/step.png
+    OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/step.py   # environment knobs go before the run
+
+A step is loss_and_grad_into + a gradient-descent update (distbp), the same
+maths in plain numpy, and nn.Linear+activation layers with CrossEntropyLoss(sum)
+and SGD in PyTorch (when it is installed; it is only a baseline). All cases run
+round-robin within one process for each thread count, so machine load falls on
+all of them alike; the table reports medians.
+
+Executed GFLOP/s counts the matrix products the step really runs: forward
+2·n·Σ fi·fo, dW = aᵀ·δ 2·n·Σ fi·fo, and δ·Wᵀ for every layer but the first.
+"6PN" GFLOP/s is the usual 6 × parameters × batch estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import bar_chart, interleaved_medians, machine, print_table, write_json  # noqa: E402
+from distbp import GD, MLP  # noqa: E402
+from distbp.threads import cores_available, set_threads  # noqa: E402
+
+LR = 1e-4
+
+
+def gemms(model: MLP, X: np.ndarray, n: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(name, A, B, out) for every product the step executes, with the model's transposed views."""
+    rng = np.random.default_rng(1)
+    dt = model.dtype
+    out = []
+    a = X
+    for l, (W, _) in enumerate(model.params):
+        fi, fo = W.shape
+        delta = rng.standard_normal((n, fo)).astype(dt)
+        out.append((f"a@W[{l}] {n}x{fi}@{fi}x{fo}", a, W, np.empty((n, fo), dt)))
+        out.append((f"aT@d[{l}] {fi}x{n}@{n}x{fo}", a.T, delta, np.empty((fi, fo), dt)))
+        if l > 0:
+            out.append((f"d@WT[{l}] {n}x{fo}@{fo}x{fi}", delta, W.T, np.empty((n, fi), dt)))
+        a = rng.random((n, fo)).astype(dt)
+    return out
+
+
+def flops(A: np.ndarray, B: np.ndarray) -> int:
+    return 2 * A.shape[0] * A.shape[1] * B.shape[1]
+
+
+# ---- plain numpy twin: allocates as numpy code naturally does ------------------
+
+NUMPY_ACT = {
+    "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda a: a * (1 - a)),
+    "tanh": (np.tanh, lambda a: 1 - a * a),
+    "relu": (lambda z: np.maximum(z, 0), lambda a: (a > 0).astype(a.dtype)),
+}
+
+
+def numpy_step(params: list, X: np.ndarray, y: np.ndarray, activation: str, lr: float) -> float:
+    """Softmax cross-entropy (sum) forward, backward and θ -= lr·∇L on params [(W, b)] in place."""
+    act, act_prime = NUMPY_ACT[activation]
+    acts = [X]
+    for W, b in params[:-1]:
+        acts.append(act(acts[-1] @ W + b))
+    z = acts[-1] @ params[-1][0] + params[-1][1]
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    rows = np.arange(len(y))
+    loss = -np.log(p[rows, y]).sum()
+    delta = p
+    delta[rows, y] -= 1
+    for l in range(len(params) - 1, -1, -1):
+        W, b = params[l]
+        dW = acts[l].T @ delta
+        db = delta.sum(axis=0)
+        if l:
+            delta = (delta @ W.T) * act_prime(acts[l])
+        W -= lr * dW
+        b -= lr * db
+    return float(loss)
+
+
+# ---- PyTorch baseline ----------------------------------------------------------
+
+def torch_step_fn(sizes: list[int], activation: str, dtype: str, X: np.ndarray, y: np.ndarray):
+    """A zero-argument PyTorch training step, or None when torch is not importable."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    layers = []
+    act = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[activation]
+    for l, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(fi, fo))
+        if l < len(sizes) - 2:
+            layers.append(act())
+    net = torch.nn.Sequential(*layers).to(getattr(torch, dtype))
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(net(Xt), yt)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def set_all_threads(t: int) -> None:
+    set_threads(t)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(t)
+
+
+def measure(t: int, args, sizes, X, y) -> dict:
+    set_all_threads(t)
+    n = args.batch
+    model = MLP(sizes, activation=args.activation, dtype=args.dtype, seed=0)
+    opt = GD(model.n_params, model.dtype, lr=LR)
+    grad = np.empty(model.n_params, model.dtype)
+    np_params = [(W.copy(), b.copy()) for W, b in model.params]
+    products = gemms(model, X, n)
+
+    def distbp_step():
+        model.loss_and_grad_into(X, y, grad)
+        opt.step(model.flat_params, grad)
+
+    def gemm_all():
+        for _, A, B, out in products:
+            np.matmul(A, B, out=out)
+
+    cases = {"distbp": distbp_step, "numpy": lambda: numpy_step(np_params, X, y, args.activation, LR),
+             "gemms": gemm_all}
+    torch_step = torch_step_fn(sizes, args.activation, args.dtype, X, y) if not args.no_torch else None
+    if torch_step is not None:
+        cases["torch"] = torch_step
+    med = interleaved_medians(cases, args.repeats)
+    per_gemm = interleaved_medians({name: (lambda A=A, B=B, o=o: np.matmul(A, B, out=o))
+                                    for name, A, B, o in products}, max(5, args.repeats // 2), warmup=1)
+
+    executed = sum(flops(A, B) for _, A, B, _ in products)
+    gemm_rate = executed / med["gemms"] / 1e9
+    mem = model.memory_bytes(n)
+    mem["optimizer_state"] = sum(a.nbytes for a in opt.state_arrays().values())
+    mem["step_total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_state"] + mem["workspace"]
+    mem["step_minimum"] = mem["step_total"] - mem["workspace"] + mem["workspace_minimum"]
+    res = {
+        "threads": t,
+        "seconds": med,
+        "samples_per_s": {k: n / v for k, v in med.items() if k != "gemms"},
+        "executed_gflop": executed / 1e9,
+        "numpy_gemm_gflops": gemm_rate,
+        "distbp_executed_gflops": executed / med["distbp"] / 1e9,
+        "distbp_6pn_gflops": 6 * model.n_params * n / med["distbp"] / 1e9,
+        "distbp_gemm_fraction": med["gemms"] / med["distbp"],
+        "distbp_over_numpy_step": med["numpy"] / med["distbp"],
+        "distbp_over_torch": med["torch"] / med["distbp"] if "torch" in med else None,
+        "gemm_gflops_by_shape": {name: flops(A, B) / per_gemm[name] / 1e9 for name, A, B, _ in products},
+        "memory_bytes": mem,
+    }
+    return res
+
+
+def table_rows(r: dict, torch_missing: bool) -> list[dict]:
+    t, sps = r["threads"], r["samples_per_s"]
+    rows = [{"threads": t, "case": "numpy GEMMs of the step", "ms": r["seconds"]["gemms"] * 1e3,
+             "GFLOP/s": r["numpy_gemm_gflops"]},
+            {"threads": t, "case": "distbp step", "ms": r["seconds"]["distbp"] * 1e3, "samples/s": sps["distbp"],
+             "GFLOP/s": r["distbp_executed_gflops"], "6PN GFLOP/s": r["distbp_6pn_gflops"],
+             "of GEMM rate": f"{100 * r['distbp_gemm_fraction']:.1f}%"},
+            {"threads": t, "case": "plain numpy step", "ms": r["seconds"]["numpy"] * 1e3, "samples/s": sps["numpy"],
+             "distbp/this": r["distbp_over_numpy_step"]}]
+    if "torch" in sps:
+        rows.append({"threads": t, "case": "PyTorch CPU step", "ms": r["seconds"]["torch"] * 1e3,
+                     "samples/s": sps["torch"], "distbp/this": r["distbp_over_torch"]})
+    else:
+        rows.append({"threads": t, "case": "PyTorch CPU step: " + ("skipped" if not torch_missing
+                                                                     else "not installed")})
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", default="784,1024,1024,10", help="layer sizes, comma separated")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--activation", default="sigmoid", choices=sorted(NUMPY_ACT))
+    p.add_argument("--threads", default=f"1,{cores_available()}", help="thread counts, comma separated")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
+    p.add_argument("--out", default="results/step.json")
+    p.add_argument("--plot", default=None, help="PNG path for a bar chart (needs matplotlib)")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.layers.split(",")]
+    threads = list(dict.fromkeys(int(t) for t in args.threads.split(",")))
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((args.batch, sizes[0])).astype(args.dtype)
+    y = rng.integers(0, sizes[-1], args.batch)
+    torch_missing = False
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            torch_missing = True
+
+    results, rows = [], []
+    for t in threads:
+        r = measure(t, args, sizes, X, y)
+        results.append(r)
+        rows += table_rows(r, torch_missing)
+    mem = results[0]["memory_bytes"]
+    print_table(rows, ["threads", "case", "ms", "samples/s", "GFLOP/s", "6PN GFLOP/s", "of GEMM rate",
+                       "distbp/this"],
+                title=f"step of MLP {args.layers}, batch {args.batch}, {args.dtype}, {args.activation}; "
+                      f"median of {args.repeats}, load avg {os.getloadavg()[0]:.1f}")
+    print(f"distbp memory per step: parameters {mem['parameters'] / 2**20:.1f} MiB + gradients "
+          f"{mem['gradients'] / 2**20:.1f} MiB + optimizer state {mem['optimizer_state'] / 2**20:.1f} MiB + "
+          f"workspace {mem['workspace'] / 2**20:.1f} MiB (minimum {mem['workspace_minimum'] / 2**20:.1f} MiB) = "
+          f"{mem['step_total'] / 2**20:.1f} MiB (minimum {mem['step_minimum'] / 2**20:.1f} MiB)")
+    write_json(args.out, {"benchmark": "step", "layers": sizes, "batch": args.batch, "dtype": args.dtype,
+                          "activation": args.activation, "repeats": args.repeats, "machine": machine(),
+                          "pytorch": "not installed" if torch_missing else ("skipped" if args.no_torch else
+                                                                            sys.modules["torch"].__version__),
+                          "results": results})
+    if args.plot:
+        names = ["distbp", "numpy"] + (["torch"] if "torch" in results[0]["samples_per_s"] else [])
+        bar_chart(args.plot, [f"{r['threads']} thread(s)" for r in results],
+                  {k: [r["samples_per_s"][k] for r in results] for k in names},
+                  "samples / s", f"training step, MLP {args.layers}, batch {args.batch}")
+
+
+if __name__ == "__main__":
+    main()
