@@ -82,9 +82,11 @@ def unavailable_reason() -> str | None:
 
 
 def venv_bin() -> Path:
-    """The venv whose python and mpiexec the ranks use: the running interpreter's, else the repo's .venv."""
-    here = Path(sys.prefix) / "bin"
-    return here if (here / "mpiexec").exists() else REPO / ".venv" / "bin"
+    """The venv whose python and mpiexec the ranks use: the active venv if it has mpiexec, else the repo's .venv."""
+    active = Path(sys.prefix) / "bin"
+    if sys.prefix != sys.base_prefix and (active / "mpiexec").exists():
+        return active
+    return REPO / ".venv" / "bin"
 
 
 def namespaces() -> list[str]:
