@@ -115,9 +115,14 @@ def train_main(argv: list[str]) -> int:
             print(f"distbp: saved parameters to {cfg.save}", flush=True)
         return 0
     except DistbpError as e:
-        # raised on every rank alike (collective checks, or NaN in the allreduced gradient): report once
+        # raised on every rank alike (collective checks, or NaN in the allreduced gradient): the root
+        # reports it once. The barrier keeps the other ranks from exiting (which aborts the job under
+        # `python -m mpi4py`) before the root has printed; a rank whose peers never arrive had the
+        # error alone, so it reports it itself.
         if is_root:
             print(f"distbp: error: {e}", file=sys.stderr, flush=True)
+        if not comm.barrier_within(10.0) and not is_root:
+            print(f"distbp: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
         return 2
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         traceback.print_exc()

@@ -178,6 +178,10 @@ class Comm:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def barrier_within(self, seconds: float) -> bool:
+        """Barrier that gives up after `seconds`; True when every rank arrived (for exits after an error)."""
+        raise NotImplementedError
+
     def reduce_scatter_sum(self, buf: np.ndarray, counts: list[int]) -> None:
         """In place: buf[:counts[rank]] = this rank's part of Σ_ranks buf (rank r's part: counts[r] elements
         in rank order). The rest of buf is left undefined."""
@@ -328,6 +332,9 @@ class SerialComm(Comm):
     def reduce_scatter_sum(self, buf, counts) -> None:
         pass
 
+    def barrier_within(self, seconds: float) -> bool:
+        return True
+
     def allgather_parts(self, buf, counts) -> None:
         pass
 
@@ -362,6 +369,15 @@ class MPIComm(Comm):
 
     def barrier(self) -> None:
         self._comm.Barrier()
+
+    def barrier_within(self, seconds: float) -> bool:
+        request = self._comm.Ibarrier()
+        deadline = time.monotonic() + seconds
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False  # the request is left pending: the process is about to exit
+            time.sleep(0.005)
+        return True
 
     def reduce_scatter_sum(self, buf, counts) -> None:
         # MPI_IN_PLACE puts this rank's part at the start of buf: no second gradient-sized buffer
