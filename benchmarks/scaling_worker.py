@@ -27,7 +27,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from distbp.comm import GradientReducer, world  # noqa: E402
+from distbp.comm import GradientReducer, SerialComm, world  # noqa: E402
 from distbp.model import MLP  # noqa: E402
 from distbp.optim import make_optimizer  # noqa: E402
 
@@ -73,20 +73,36 @@ def gather_rows(comm, values) -> np.ndarray:
     return out
 
 
-class Variant:
-    """One configuration timed in this job: a per-rank batch and a reducer mode."""
+def sleeping_barrier(comm) -> None:
+    """A barrier that sleeps instead of spinning, so a waiting rank leaves its core idle as in a 1-rank job."""
+    if comm.size == 1:
+        return
+    from mpi4py import MPI  # a benchmark harness detail, not distbp's interface: MPI's own Ibarrier
 
-    def __init__(self, comm, model: MLP, grad, rows: int, overlap: bool, bucket_bytes: int):
-        self.rows, self.overlap = rows, overlap
-        self.reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=bucket_bytes, overlap=overlap)
+    request = MPI.COMM_WORLD.Ibarrier()
+    while not request.Test():
+        time.sleep(0.001)
+
+
+class Variant:
+    """One configuration timed in this job: a per-rank batch and a reducer mode.
+
+    solo: rank 0 alone on one thread without communication (SerialComm), the 1 rank x 1 thread base measured
+    inside this job, in turns with the others, so that the efficiency ratios see the same machine load.
+    """
+
+    def __init__(self, comm, model: MLP, grad, rows: int, overlap: bool, bucket_bytes: int, solo: bool = False):
+        self.rows, self.overlap, self.solo = rows, overlap, solo
+        self.comm = SerialComm() if solo else comm
+        self.reducer = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes, overlap=overlap)
         self.times: dict[str, list[float]] = {k: [] for k in ("step", "compute", "hooks", "exposed", "other")}
 
     @property
     def name(self) -> str:
-        return f"{self.rows}:{'overlap' if self.overlap else 'blocking'}"
+        return f"{self.rows}:{'solo' if self.solo else 'overlap' if self.overlap else 'blocking'}"
 
 
-def step(comm, model: MLP, opt, grad, X, y, v: Variant, record: bool) -> None:
+def step(model: MLP, opt, grad, X, y, v: Variant, record: bool) -> None:
     """One training step as in distbp.train.train_step, with the phases timed."""
     r = v.reducer
     hooks0, exposed0 = r.stats["overlap_s"], r.stats["exposed_s"]
@@ -95,7 +111,7 @@ def step(comm, model: MLP, opt, grad, X, y, v: Variant, record: bool) -> None:
     t1 = time.perf_counter()
     r.finish()  # [dist] ∇L = Σ over ranks
     t2 = time.perf_counter()
-    comm.sum_scalars([loss])  # [dist] the trainer's global loss of the batch
+    v.comm.sum_scalars([loss])  # [dist] the trainer's global loss of the batch
     t3 = time.perf_counter()
     opt.step(model.flat_params, grad)
     t4 = time.perf_counter()
@@ -114,6 +130,7 @@ def main(argv=None) -> None:
     p.add_argument("--layers", default="784,1024,1024,10")
     p.add_argument("--batches", default="512", help="per-rank batch sizes to time, comma-separated")
     p.add_argument("--modes", default="overlap,blocking", help="reducers: overlap (buckets), blocking (one call)")
+    p.add_argument("--solo", default="", help="per-rank batches to time on rank 0 alone, 1 thread, no MPI")
     p.add_argument("--bucket-mb", type=float, default=4.0)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (Numba compiles on the first)")
     p.add_argument("--rounds", type=int, default=3, help="turns of A, B, ... ")
@@ -126,6 +143,7 @@ def main(argv=None) -> None:
     sizes = [int(s) for s in args.layers.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     modes = args.modes.split(",")
+    solo = [int(b) for b in args.solo.split(",") if b]
 
     # compile every kernel on a tiny model first, so the baseline RSS holds the runtime and the compiled code
     tiny = MLP([sizes[0], 4, 4, sizes[-1]], seed=1)
@@ -144,7 +162,7 @@ def main(argv=None) -> None:
     model = MLP(sizes, activation="sigmoid", loss="cross_entropy", dtype="float32", seed=0)
     opt = make_optimizer("gd", model.n_params, model.dtype, LR)
     grad = np.zeros(model.n_params, model.dtype)
-    rows = max(batches)
+    rows = max(batches + solo)
     # synthetic data: a speed benchmark needs the shapes, not a learnable task
     X = rng.standard_normal((rows, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], rows).astype(np.int64)
@@ -152,29 +170,52 @@ def main(argv=None) -> None:
     model.loss_and_grad_into(X, y, grad, validate=False)
     opt.step(model.flat_params, grad)
     model_rss = rss_bytes()
+    training_peak = None
     variants = [Variant(comm, model, grad, b, m == "overlap", int(args.bucket_mb * (1 << 20)))
                 for b in batches for m in modes]
+    variants += [Variant(comm, model, grad, b, True, 1 << 20, solo=True) for b in solo]
+    n_threads = threads.default_threads()
 
-    for v in variants:
-        for _ in range(args.warmup):
-            step(comm, model, opt, grad, X, y, v, record=False)
+    def turn(v: Variant, count: int, record: bool) -> None:
+        if v.solo and comm.rank == 0:
+            threads.set_threads(1)
+            for _ in range(count):
+                step(model, opt, grad, X, y, v, record)
+            threads.set_threads(n_threads)
+        if v.solo:
+            sleeping_barrier(comm)  # the other ranks leave rank 0's core (and theirs) to the machine meanwhile
+            return
+        for _ in range(count):
+            step(model, opt, grad, X, y, v, record)
+
+    # warm up the overlapped variants first: the peak RSS then is what training (overlap is its default) needs,
+    # before the blocking allreduce adds MPICH's own scratch buffers
+    for v in sorted(variants, key=lambda v: not v.overlap):
+        if not v.overlap and training_peak is None:
+            training_peak = peak_rss_bytes()
+        turn(v, args.warmup, record=False)
+    if training_peak is None:
+        training_peak = peak_rss_bytes()
     for _ in range(args.rounds):
         for v in variants:
             comm.barrier()  # every variant starts its turn together
-            for _ in range(args.steps):
-                step(comm, model, opt, grad, X, y, v, record=True)
+            turn(v, args.steps, record=True)
     comm.barrier()
 
     opt_state = sum(a.nbytes for a in opt.state_arrays().values())
-    memory = gather_rows(comm, [peak_rss_bytes(), baseline_rss, model_rss])
-    times = {v.name: {k: gather_rows(comm, t).tolist() for k, t in v.times.items()} for v in variants}
+    memory = gather_rows(comm, [peak_rss_bytes(), baseline_rss, model_rss, training_peak])
+    # solo variants ran on rank 0 only: their times go as rank 0's list
+    times = {v.name: {k: ([t] if v.solo else gather_rows(comm, t).tolist()) for k, t in v.times.items()}
+             for v in variants}
     if is_root:
-        result = {"ranks": comm.size, "threads": threads.default_threads(), "layers": sizes,
+        result = {"ranks": comm.size, "threads": n_threads, "layers": sizes,
                   "n_params": model.n_params, "buckets": len(variants[0].reducer.buckets),
                   "theory": theory_bytes(sizes, rows, model.dtype.itemsize, opt_state), "rows_per_rank": rows,
                   "peak_rss": memory[:, 0].tolist(), "baseline_rss": memory[:, 1].tolist(),
-                  "model_rss": memory[:, 2].tolist(),
-                  "times": times, "blas_threads": threads.blas_threads()}
+                  "model_rss": memory[:, 2].tolist(), "overlap_peak_rss": memory[:, 3].tolist(),
+                  "times": times, "blas_threads": threads.blas_threads(),
+                  # the model's own account of the same buffers, as a cross-check of the formula above
+                  "model_memory_bytes": model.memory_bytes(rows) if hasattr(model, "memory_bytes") else None}
         Path(args.out).write_text(json.dumps(result))
 
 
