@@ -57,13 +57,38 @@ def machine() -> dict:
             "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
             "numpy": numpy.__version__, "numba": numba.__version__,
             "numba_threading_layer_env": os.environ.get("NUMBA_THREADING_LAYER", "default"),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+            "openblas_kernels": openblas_kernels()}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return info
+
+
+def openblas_kernels() -> dict[str, str]:
+    """Each loaded OpenBLAS's file name -> the kernel set it chose (e.g. Haswell, SkylakeX).
+
+    OpenBLAS picks kernels from the CPU id; OPENBLAS_CORETYPE (set before numpy loads) overrides it.
+    """
+    import ctypes
+
+    found = {}
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                    "openblas_get_corename64_", "openblas_get_corename"):
+            if hasattr(lib, sym):
+                getattr(lib, sym).restype = ctypes.c_char_p
+                found[Path(path).name] = getattr(lib, sym)().decode()
+                break
+    return found
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/gemm_path.py                       # 784-1024-1024-10, batch 512, 1 and 2 threads
     .venv/bin/python benchmarks/gemm_path.py --threads 1 --repeats 30
+    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python benchmarks/gemm_path.py   # both OpenBLAS builds on AVX-512
 
 For each product kind of the MLP step, with the transposed views the model uses
 (a@W, aᵀ@δ with aᵀ a view of a row-major a, δ@Wᵀ with Wᵀ a view of W):
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
-from benchmarks.common import interleaved_medians, machine, print_table, write_json  # noqa: E402
+from benchmarks.common import interleaved_medians, machine, openblas_kernels, print_table, write_json  # noqa: E402
 from distbp.threads import blas_threads, cores_available, set_threads  # noqa: E402
 
 
@@ -116,7 +117,8 @@ def main(argv=None) -> None:
         results.append(dict(rows[-1], blas_threads=blas_threads()))
     print_table(rows, ["threads", "product", "numpy matmul GFLOP/s", "njit np.dot GFLOP/s", "numpy/njit",
                        "matmul alloc bytes"],
-                title=f"GEMM path, {args.dtype}, MLP {args.layers}, batch {args.batch}, median of {args.repeats}")
+                title=f"GEMM path, {args.dtype}, MLP {args.layers}, batch {args.batch}, median of {args.repeats}; "
+                      f"OpenBLAS kernels {openblas_kernels()}")
     write_json(args.out, {"benchmark": "gemm_path", "layers": sizes, "batch": args.batch, "dtype": args.dtype,
                           "machine": machine(), "results": results})
 

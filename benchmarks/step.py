@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/step.py                      # 784-1024-1024-10, batch 512, 1 and all threads
     .venv/bin/python benchmarks/step.py --threads 1 --repeats 30 --plot results/step.png
-    OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/step.py   # environment knobs go before the run
+    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python benchmarks/step.py   # OpenBLAS's AVX-512 kernels
+
+OpenBLAS reads OPENBLAS_CORETYPE when numpy loads it; the table title names the
+kernel set in use (it picks Haswell's AVX2 kernels on this AVX-512 EPYC by itself).
 
 A step is loss_and_grad_into + a gradient-descent update (distbp), the same
 maths in plain numpy, and nn.Linear+activation layers with CrossEntropyLoss(sum)
@@ -26,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import bar_chart, interleaved_medians, machine, print_table, write_json  # noqa: E402
+from benchmarks.common import (bar_chart, interleaved_medians, machine, openblas_kernels, print_table,
+                               write_json)  # noqa: E402
 from distbp import GD, MLP  # noqa: E402
 from distbp.threads import cores_available, set_threads  # noqa: E402
 
@@ -222,7 +226,8 @@ def main(argv=None) -> None:
     print_table(rows, ["threads", "case", "ms", "samples/s", "GFLOP/s", "6PN GFLOP/s", "of GEMM rate",
                        "distbp/this"],
                 title=f"step of MLP {args.layers}, batch {args.batch}, {args.dtype}, {args.activation}; "
-                      f"median of {args.repeats}, load avg {os.getloadavg()[0]:.1f}")
+                      f"median of {args.repeats}, load avg {os.getloadavg()[0]:.1f}, OpenBLAS kernels "
+                      f"{'/'.join(sorted(set(openblas_kernels().values())))}")
     print(f"distbp memory per step: parameters {mem['parameters'] / 2**20:.1f} MiB + gradients "
           f"{mem['gradients'] / 2**20:.1f} MiB + optimizer state {mem['optimizer_state'] / 2**20:.1f} MiB + "
           f"workspace {mem['workspace'] / 2**20:.1f} MiB (minimum {mem['workspace_minimum'] / 2**20:.1f} MiB) = "
