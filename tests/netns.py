@@ -134,6 +134,17 @@ def rank_command(command: list[str], python: str) -> list[str]:
     return command
 
 
+@dataclass
+class Job:
+    """A started job: the launcher process (its own session) and when it started (time.monotonic)."""
+
+    proc: subprocess.Popen
+    started: float
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+
 class Cluster:
     """N test hosts (namespaces) on one bridge, and MPI jobs across them. Use as a context manager."""
 
@@ -203,8 +214,20 @@ class Cluster:
         """Cut host `host` off: its port on the switch goes down (like a pulled cable)."""
         ip("-n", self.switch, "link", "set", f"p{host}", "down")
 
-    def link_up(self, host: int) -> None:
+    def link_up(self, host: int, timeout: float = 10.0) -> None:
+        """Reconnect host `host` and wait until it and host 0 reach each other again.
+
+        The neighbour (ARP) entries that failed during the outage are flushed: until they expire the
+        kernel answers "No route to host" at once, and hydra's proxy gives up on the first try.
+        """
         ip("-n", self.switch, "link", "set", f"p{host}", "up")
+        for name in self.hosts:
+            ip("-n", name, "neigh", "flush", "all")
+        deadline = time.monotonic() + timeout
+        while not (self.answers(host) and self.answers(0, source=host)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"host h{host} is still unreachable {timeout:g} s after its link came back")
+            time.sleep(0.1)
 
     def counters(self, host: int) -> dict[str, int]:
         """{'rx': bytes, 'tx': bytes} through eth0 of host `host` since it was made (headers included)."""
@@ -256,20 +279,21 @@ class Cluster:
         return merged
 
     def start(self, command: list[str], ranks_per_host: int = 1, threads: int = 1, env: dict | None = None,
-              hide: dict[int, str] | None = None, cwd=None, capture: bool = True) -> subprocess.Popen:
+              hide: dict[int, str] | None = None, cwd=None, capture: bool = True) -> Job:
         """Start a job; `hide` maps a host index to a directory that host must not see (empty tmpfs over it)."""
         for d in (hide or {}).values():
             if not os.path.isdir(d) or " " in d:
                 raise ValueError(f"hide: {d!r} must be an existing directory without spaces")
         self.ranks_per_host = ranks_per_host
         pipe = subprocess.PIPE if capture else None
+        started = time.monotonic()
         proc = subprocess.Popen(self.launch_args(command, ranks_per_host, threads), stdout=pipe, stderr=pipe,
                                 text=True, env=self.environment(env, hide), cwd=cwd or REPO, start_new_session=True)
-        proc.started = time.monotonic()
-        return proc
+        return Job(proc, started)
 
-    def wait(self, proc: subprocess.Popen, timeout: float) -> Result:
+    def wait(self, job: Job, timeout: float | None) -> Result:
         """Wait for a started job; after `timeout` s kill it (returncode None). Leaves no process behind."""
+        proc = job.proc
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
             code = proc.returncode
@@ -277,7 +301,7 @@ class Cluster:
             self.kill_jobs(proc)
             stdout, stderr = proc.communicate()
             code = None
-        seconds = time.monotonic() - proc.started
+        seconds = time.monotonic() - job.started
         self.kill_jobs(proc)  # normally nothing is left: hydra reaps its ranks
         diagnosis = self.diagnose() if code != 0 and len(self.hosts) > 1 else []
         return Result(proc.args, code, stdout or "", stderr or "", seconds, diagnosis)
