@@ -107,6 +107,9 @@ def main(argv=None) -> None:
     # set before torch loads in any process, so intra-op pools start with the right size
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    # the same OpenMP setting distbp's kernels use (distbp.kernels sets PASSIVE unless told otherwise): spinning
+    # OpenMP workers collapse when a shared machine deschedules one of them
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     with tempfile.TemporaryDirectory() as tmpdir:
         if args.ranks == 1:
@@ -116,7 +119,7 @@ def main(argv=None) -> None:
             mp.spawn(run_rank, args=(args, tmpdir), nprocs=args.ranks, join=True)
         per_rank = [json.loads(Path(tmpdir, f"rank{r}.json").read_text()) for r in range(args.ranks)]
     result = {"ranks": args.ranks, "threads": args.threads, "plain": args.plain, "layers": args.layers,
-              "torch": per_rank[0]["torch"], "peak_rss": [r["peak_rss"] for r in per_rank],
+              "torch": per_rank[0]["torch"], "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "peak_rss": [r["peak_rss"] for r in per_rank],
               "times": {b: [r["times"][b] for r in per_rank] for b in per_rank[0]["times"]}}
     Path(args.out).write_text(json.dumps(result))
 

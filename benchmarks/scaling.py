@@ -127,8 +127,9 @@ def summarize_distbp(results: list[dict], ranks: int, threads: int) -> dict:
     for variant, ph in times.items():
         batch, mode = variant.split(":")
         step = slowest_step(ph["step"])
-        rows[variant] = {"per_rank_batch": int(batch), "global_batch": int(batch) * ranks, "mode": mode,
-                         "step_s": step, "samples_per_s": int(batch) * ranks / step,
+        workers = 1 if mode == "solo" else ranks  # solo: rank 0 alone
+        rows[variant] = {"per_rank_batch": int(batch), "global_batch": int(batch) * workers, "mode": mode,
+                         "step_s": step, "samples_per_s": int(batch) * workers / step,
                          **{f"{k}_s": phase(ph[k]) for k in ("compute", "hooks", "exposed", "other")},
                          "steps_timed": len(ph["step"][0])}
     last = results[-1]
