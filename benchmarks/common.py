@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each case, timed round-robin (a, b, c, a, b, c, …).
+def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of every call of each case, timed round-robin (a, b, c, a, b, c, …).
 
     Round-robin, so load from other processes on a shared machine falls on every
     case alike and the ratios between them stay meaningful. `warmup` untimed calls
@@ -27,7 +27,12 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int, wa
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each case, timed round-robin (see `interleaved_times`)."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup).items()}
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[str], title: str = "") -> str:

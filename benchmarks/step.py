@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import (bar_chart, interleaved_medians, machine, openblas_kernels, print_table,
+from benchmarks.common import (bar_chart, interleaved_medians, interleaved_times, machine, openblas_kernels, print_table,
                                write_json)  # noqa: E402
 from distbp import GD, MLP  # noqa: E402
 from distbp.threads import cores_available, set_threads  # noqa: E402
@@ -147,7 +147,9 @@ def measure(t: int, args, sizes, X, y) -> dict:
     torch_step = torch_step_fn(sizes, args.activation, args.dtype, X, y) if not args.no_torch else None
     if torch_step is not None:
         cases["torch"] = torch_step
-    med = interleaved_medians(cases, args.repeats)
+    times = interleaved_times(cases, args.repeats)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}  # least disturbed by other processes
     per_gemm = interleaved_medians({name: (lambda A=A, B=B, o=o: np.matmul(A, B, out=o))
                                     for name, A, B, o in products}, max(5, args.repeats // 2), warmup=1)
 
@@ -160,6 +162,9 @@ def measure(t: int, args, sizes, X, y) -> dict:
     res = {
         "threads": t,
         "seconds": med,
+        "seconds_best": best,
+        "distbp_over_torch_best": best["torch"] / best["distbp"] if "torch" in best else None,
+        "distbp_gemm_fraction_best": best["gemms"] / best["distbp"],
         "samples_per_s": {k: n / v for k, v in med.items() if k != "gemms"},
         "executed_gflop": executed / 1e9,
         "numpy_gemm_gflops": gemm_rate,
@@ -228,10 +233,14 @@ def main(argv=None) -> None:
                 title=f"step of MLP {args.layers}, batch {args.batch}, {args.dtype}, {args.activation}; "
                       f"median of {args.repeats}, load avg {os.getloadavg()[0]:.1f}, OpenBLAS kernels "
                       f"{'/'.join(sorted(set(openblas_kernels().values())))}")
-    print(f"distbp memory per step: parameters {mem['parameters'] / 2**20:.1f} MiB + gradients "
-          f"{mem['gradients'] / 2**20:.1f} MiB + optimizer state {mem['optimizer_state'] / 2**20:.1f} MiB + "
-          f"workspace {mem['workspace'] / 2**20:.1f} MiB (minimum {mem['workspace_minimum'] / 2**20:.1f} MiB) = "
-          f"{mem['step_total'] / 2**20:.1f} MiB (minimum {mem['step_minimum'] / 2**20:.1f} MiB)")
+    for r in results:
+        vs_torch = (f"distbp/PyTorch {r['distbp_over_torch_best']:.2f}, " if r["distbp_over_torch_best"] else "")
+        print(f"best of {args.repeats}, {r['threads']} thread(s): distbp {args.batch / r['seconds_best']['distbp']:,.0f} "
+              f"samples/s, {vs_torch}of GEMM rate {100 * r['distbp_gemm_fraction_best']:.1f}%")
+    print(f"distbp memory per step: parameters {mem['parameters'] / 2**20:.2f} MiB + gradients "
+          f"{mem['gradients'] / 2**20:.2f} MiB + optimizer state {mem['optimizer_state'] / 2**20:.2f} MiB + "
+          f"workspace {mem['workspace'] / 2**20:.2f} MiB (minimum {mem['workspace_minimum'] / 2**20:.2f} MiB) = "
+          f"{mem['step_total'] / 2**20:.2f} MiB (minimum {mem['step_minimum'] / 2**20:.2f} MiB)")
     write_json(args.out, {"benchmark": "step", "layers": sizes, "batch": args.batch, "dtype": args.dtype,
                           "activation": args.activation, "repeats": args.repeats, "machine": machine(),
                           "pytorch": "not installed" if torch_missing else ("skipped" if args.no_torch else
