@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds of every call of each case, timed round-robin (a, b, c, a, b, c, …).
+def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                      lead: int = 0) -> dict[str, list[float]]:
+    """Seconds of every timed call of each case, run round-robin (a, b, c, a, b, c, …).
 
     Round-robin, so load from other processes on a shared machine falls on every
     case alike and the ratios between them stay meaningful. `warmup` untimed calls
-    of each case come first (Numba compiles on its first call).
+    of each case come first (Numba compiles on its first call); `lead` untimed calls
+    precede each timed one, so a case is timed in its own steady state rather than
+    just after another library's thread pool (OpenBLAS's idle workers spin ~0.1 s
+    after a GEMM and halved a PyTorch step that followed at 2 threads).
     """
     for fn in cases.values():
         for _ in range(warmup):
@@ -24,6 +28,8 @@ def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warm
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            for _ in range(lead):
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -147,7 +147,10 @@ def measure(t: int, args, sizes, X, y) -> dict:
     torch_step = torch_step_fn(sizes, args.activation, args.dtype, X, y) if not args.no_torch else None
     if torch_step is not None:
         cases["torch"] = torch_step
-    times = interleaved_times(cases, args.repeats)
+    # untimed lead-in calls before each timed one: right after numpy's GEMMs, OpenBLAS's
+    # idle workers spin and took half of PyTorch's second core (10,300 samples/s on
+    # 2 threads timed straight after them, 19,000 in its own loop)
+    times = interleaved_times(cases, args.repeats, lead=args.lead)
     med = {k: float(np.median(v)) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}  # least disturbed by other processes
     per_gemm = interleaved_medians({name: (lambda A=A, B=B, o=o: np.matmul(A, B, out=o))
@@ -205,6 +208,7 @@ def main(argv=None) -> None:
     p.add_argument("--activation", default="sigmoid", choices=sorted(NUMPY_ACT))
     p.add_argument("--threads", default=f"1,{cores_available()}", help="thread counts, comma separated")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--lead", type=int, default=3, help="untimed calls before each timed call (steady state)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
     p.add_argument("--out", default="results/step.json")
     p.add_argument("--plot", default=None, help="PNG path for a bar chart (needs matplotlib)")
@@ -248,8 +252,9 @@ def main(argv=None) -> None:
                           "results": results})
     if args.plot:
         names = ["distbp", "numpy"] + (["torch"] if "torch" in results[0]["samples_per_s"] else [])
+        label = {"distbp": "distbp", "numpy": "plain numpy", "torch": "PyTorch"}
         bar_chart(args.plot, [f"{r['threads']} thread(s)" for r in results],
-                  {k: [r["samples_per_s"][k] for r in results] for k in names},
+                  {label[k]: [r["samples_per_s"][k] for r in results] for k in names},
                   "samples / s", f"training step, MLP {args.layers}, batch {args.batch}")
 
 
