@@ -36,9 +36,10 @@ def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warm
     return times
 
 
-def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                        lead: int = 0) -> dict[str, float]:
     """Median seconds per call of each case, timed round-robin (see `interleaved_times`)."""
-    return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup).items()}
+    return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup, lead).items()}
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[str], title: str = "") -> str:

@@ -16,7 +16,9 @@ It also checks that np.matmul with the transposed views makes no hidden copy
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -25,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
-from benchmarks.common import interleaved_medians, machine, openblas_kernels, print_table, write_json  # noqa: E402
+from benchmarks.common import interleaved_times, machine, openblas_kernels, print_table, write_json  # noqa: E402
 from distbp.threads import blas_threads, cores_available, set_threads  # noqa: E402
+
+
+PATHS = ("numpy", "njit")
 
 
 @njit(cache=True)
@@ -82,7 +87,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--threads", default=f"1,{max(2, cores_available())}")
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--lead", type=int, default=2, help="untimed calls of each product before it is timed")
+    p.add_argument("--pause", type=float, default=0.3, help="seconds between blocks, so idle BLAS workers stop")
     p.add_argument("--out", default="results/gemm_path.json")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.layers.split(",")]
@@ -95,11 +102,18 @@ def main(argv=None) -> None:
     rows, results = [], []
     for t in dict.fromkeys(int(x) for x in args.threads.split(",")):
         set_threads(t)
-        cases = {}
-        for k, pr in enumerate(prods):
-            cases[(k, "numpy")] = pr["numpy"]
-            cases[(k, "njit")] = pr["njit"]
-        med = interleaved_medians(cases, args.repeats)
+        # the two paths use two OpenBLAS copies with separate pools, whose idle workers spin
+        # ~0.1 s after a call: timing one path straight after the other measured both
+        # (2 threads looked no faster than 1). so each round times one path's products as
+        # a block, after a pause, and the paths alternate from round to round.
+        times = {(k, path): [] for k in range(len(prods)) for path in PATHS}
+        for _ in range(args.repeats):
+            for path in PATHS:
+                time.sleep(args.pause)
+                block = interleaved_times({k: pr[path] for k, pr in enumerate(prods)}, 1, warmup=args.lead)
+                for k, ts in block.items():
+                    times[(k, path)] += ts
+        med = {key: statistics.median(ts) for key, ts in times.items()}
         for k, pr in enumerate(prods):
             r = {"threads": t, "product": pr["name"],
                  "numpy matmul GFLOP/s": pr["flops"] / med[(k, "numpy")] / 1e9,
