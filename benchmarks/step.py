@@ -11,7 +11,11 @@ A step is loss_and_grad_into + a gradient-descent update (distbp), the same
 maths in plain numpy, and nn.Linear+activation layers with CrossEntropyLoss(sum)
 and SGD in PyTorch (when it is installed; it is only a baseline). All cases run
 round-robin within one process for each thread count, so machine load falls on
-all of them alike; the table reports medians.
+all of them alike, each timed call after `--lead` untimed ones so every library
+is timed in its own steady state; the table reports medians, a line below it the
+best of the repeats. PyTorch shares libgomp with numba in one process, so it runs
+with the OMP_WAIT_POLICY distbp sets (PASSIVE; PyTorch alone measured the same
+with either policy here: ~10,400 samples/s on 1 thread, ~19,500 on 2).
 
 Executed GFLOP/s counts the matrix products the step really runs: forward
 2·n·Σ fi·fo, dW = aᵀ·δ 2·n·Σ fi·fo, and δ·Wᵀ for every layer but the first.
@@ -29,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import (bar_chart, interleaved_medians, interleaved_times, machine, openblas_kernels, print_table,
-                               write_json)  # noqa: E402
+from benchmarks.common import (bar_chart, interleaved_medians, interleaved_times, machine,  # noqa: E402
+                               openblas_kernels, print_table, write_json)
 from distbp import GD, MLP  # noqa: E402
 from distbp.threads import cores_available, set_threads  # noqa: E402
 
@@ -239,8 +243,9 @@ def main(argv=None) -> None:
                       f"{'/'.join(sorted(set(openblas_kernels().values())))}")
     for r in results:
         vs_torch = (f"distbp/PyTorch {r['distbp_over_torch_best']:.2f}, " if r["distbp_over_torch_best"] else "")
-        print(f"best of {args.repeats}, {r['threads']} thread(s): distbp {args.batch / r['seconds_best']['distbp']:,.0f} "
-              f"samples/s, {vs_torch}of GEMM rate {100 * r['distbp_gemm_fraction_best']:.1f}%")
+        rate = args.batch / r["seconds_best"]["distbp"]
+        print(f"best of {args.repeats}, {r['threads']} thread(s): distbp {rate:,.0f} samples/s, {vs_torch}"
+              f"of GEMM rate {100 * r['distbp_gemm_fraction_best']:.1f}%")
     print(f"distbp memory per step: parameters {mem['parameters'] / 2**20:.2f} MiB + gradients "
           f"{mem['gradients'] / 2**20:.2f} MiB + optimizer state {mem['optimizer_state'] / 2**20:.2f} MiB + "
           f"workspace {mem['workspace'] / 2**20:.2f} MiB (minimum {mem['workspace_minimum'] / 2**20:.2f} MiB) = "
