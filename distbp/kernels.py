@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from distbp.activations import derivative, kernel_key, value
+from distbp.activations import derivative, kernel_key, value  # noqa: E402
 
 # rows per parallel task in kernels that also sum over rows. each task streams whole
 # rows and keeps its own partial sums, added in chunk order afterwards: the chunks do
