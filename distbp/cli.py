@@ -125,7 +125,7 @@ def train_main(argv: list[str]) -> int:
             print(f"distbp: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
         return 2
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
-        traceback.print_exc()
+        sys.stderr.write(traceback.format_exc())  # one write: less to lose if the job ends now
         comm.abort(f"{type(e).__name__}: {e}", code=1)
 
 

@@ -37,6 +37,8 @@ import numpy as np
 
 # one allreduce of 64 MiB is ~3x slower than four of 16 MiB with MPICH (measured), so big buffers go in pieces
 PIECE_BYTES = 16 << 20
+# seconds between writing a fatal message and aborting, so the launcher forwards the message first
+ABORT_GRACE_S = 0.3
 
 
 class DistbpError(Exception):
@@ -394,6 +396,9 @@ class MPIComm(Comm):
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
         self._say(message)
+        # hydra forwards a rank's output through a pipe; MPI_Abort right after the write can end the
+        # job before the message is forwarded (seen in tests: only the first traceback line arrived)
+        time.sleep(ABORT_GRACE_S)
         self._comm.Abort(code)
         os._exit(code)  # not reached: Abort does not return
 
@@ -424,6 +429,7 @@ class MPIComm(Comm):
         # Abort ends every rank under any launcher; if it cannot (the MPI library wedged), a timer
         # exits this process, which hydra also turns into the end of the job (checked with MPICH)
         threading.Timer(2.0, os._exit, args=(code,)).start()
+        time.sleep(ABORT_GRACE_S)
         self._comm.Abort(code)
         os._exit(code)
 
