@@ -59,9 +59,14 @@ def splits(cores: int, max_ranks: int) -> list[tuple[int, int]]:
     return out
 
 
-def run(cmd: list[str], what: str) -> None:
+def run(cmd: list[str], what: str, attempts: int = 2) -> None:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for _ in range(attempts):
+        # one retry: PyTorch's gloo teardown sometimes aborts a finished job ("terminate called
+        # without an active exception"), seen here on one DDP run in several
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            break
     if proc.returncode != 0:
         sys.exit(f"scaling: {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     print(f"  {what}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
