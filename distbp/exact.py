@@ -72,6 +72,7 @@ class ExactReducer:
         self.acc = np.zeros(grad.shape[0], np.int64)
         self.block_grad = np.empty_like(grad)
         self.prev_max: float | None = None
+        self._set_threads = None  # threads.thread_setter(), made on first use
         self.stats = {"exposed_s": 0.0, "overlap_s": 0.0, "recomputed": 0, "steps": 0}
 
     def reset_stats(self) -> None:
@@ -108,6 +109,21 @@ class ExactReducer:
         return loss, correct
 
     def _local_sum(self, model, X, y, scale, count) -> tuple[float, float, float]:
+        # a block's gradient must be the same bits wherever it runs, whatever the rank's thread count:
+        # compute blocks on one thread (Numba and BLAS), then give the rank its threads back
+        import numba
+
+        if self._set_threads is None:
+            from distbp.threads import thread_setter
+            self._set_threads = thread_setter()
+        threads = numba.get_num_threads()
+        self._set_threads(1)
+        try:
+            return self._blocks(model, X, y, scale, count)
+        finally:
+            self._set_threads(threads)
+
+    def _blocks(self, model, X, y, scale, count) -> tuple[float, float, float]:
         self.acc[...] = 0
         loss, correct, m = 0.0, 0.0, 0.0
         for s in range(0, X.shape[0], self.micro_batch):

@@ -95,6 +95,23 @@ def set_threads(n: int) -> None:
         getattr(lib, setter)(ctypes.c_int(n))
 
 
+def thread_setter():
+    """A fast set_threads(n) bound to the BLAS libraries loaded now, for switching every step.
+
+    set_threads looks the libraries up in /proc/self/maps each call (about 1 ms); this looks once.
+    """
+    import numba
+
+    setters = [getattr(lib, setter) for lib, setter, _ in _loaded_blas()]
+    cap = numba.config.NUMBA_NUM_THREADS
+
+    def set_threads_now(n: int) -> None:
+        numba.set_num_threads(min(n, cap))
+        for fn in setters:
+            fn(ctypes.c_int(n))
+    return set_threads_now
+
+
 def blas_threads() -> dict[str, int]:
     """Each loaded BLAS library's file name -> its current thread count."""
     return {Path(path).name: int(getattr(lib, getter)())

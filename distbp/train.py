@@ -109,11 +109,7 @@ def setup(cfg: Config, comm: Comm) -> Run:
     X = np.empty((rows, data.n_features), model.dtype)
     y = (np.empty(rows, np.int64) if model.loss.labels else np.empty((rows, layers[-1]), model.dtype))
     if cfg.reproducible:
-        from distbp import threads
         from distbp.exact import ExactReducer
-        # a block's gradient must be the same bits wherever it runs: one thread per rank
-        threads.set_threads(1)
-        cfg.threads = 1
         reducer = ExactReducer(comm, grad, cfg.micro_batch)
     else:
         reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
