@@ -41,7 +41,7 @@ def bias_activation_forward_for(activation: str):
 
 
 def activation_backward_for(activation: str):
-    """The compiled kernel `activation_backward(delta, g, z, a, db)` for one activation (by name)."""
+    """The compiled kernel `activation_backward(delta, g, z, a, db, partial)` for one activation (by name)."""
     key = kernel_key(activation)
     if key not in _BACKWARD:
         _BACKWARD[key] = _make_activation_backward(key)
@@ -71,16 +71,16 @@ def _make_bias_activation_forward(key: str):
 
 def _make_activation_backward(key: str):
     @njit(parallel=True, cache=True)
-    def activation_backward(delta, g, z, a, db):
+    def activation_backward(delta, g, z, a, db, partial):
         """δ (n, m) = σ'(z) ⊙ g, and db (m,) = Σₙ δ.
 
         g = δ_next·Wᵀ (n, m); z, a the layer's pre-activation and activation (n, m).
         `delta` may be `z` (z is read before it is overwritten). db sums fixed chunks
-        of ROW_CHUNK rows, so it is the same for any thread count.
+        of ROW_CHUNK rows, so it is the same for any thread count; partial is scratch
+        of at least (⌈n/ROW_CHUNK⌉, m) for the chunk sums.
         """
         n, m = g.shape
         n_chunks = (n + ROW_CHUNK - 1) // ROW_CHUNK
-        partial = np.empty((n_chunks, m), db.dtype)
         for c in prange(n_chunks):
             p = partial[c]
             p[:] = 0
@@ -89,23 +89,25 @@ def _make_activation_backward(key: str):
                     d = g[i, j] * derivative(key, z[i, j], a[i, j])
                     delta[i, j] = d
                     p[j] += d
-        sum_rows_into(partial, db)
+        sum_rows_into(partial[:n_chunks, :m], db)
     return activation_backward
 
 
 @njit(parallel=True, cache=True)
-def column_sum(delta, db):
-    """db (m,) = Σₙ delta (n, m), by fixed chunks of ROW_CHUNK rows (the same for any thread count)."""
+def column_sum(delta, db, partial):
+    """db (m,) = Σₙ delta (n, m), by fixed chunks of ROW_CHUNK rows (the same for any thread count).
+
+    partial: scratch of at least (⌈n/ROW_CHUNK⌉, m).
+    """
     n, m = delta.shape
     n_chunks = (n + ROW_CHUNK - 1) // ROW_CHUNK
-    partial = np.empty((n_chunks, m), db.dtype)
     for c in prange(n_chunks):
         p = partial[c]
         p[:] = 0
         for i in range(c * ROW_CHUNK, min(n, (c + 1) * ROW_CHUNK)):
             for j in range(m):
                 p[j] += delta[i, j]
-    sum_rows_into(partial, db)
+    sum_rows_into(partial[:n_chunks, :m], db)
 
 
 @njit(cache=True)

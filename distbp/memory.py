@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from distbp.kernels import ROW_CHUNK
+
 STATE_COPIES = {"gd": 0, "momentum": 1, "adam": 2}  # optimizer state arrays of n_params each
 
 
@@ -31,7 +33,9 @@ def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, o
         "gradients": P * item * (2 if accumulate > 1 else 1),  # the reduce-scatter works in place
         "optimizer_state": STATE_COPIES[optimizer] * part * item,
         # z and a per layer, the δ·Wᵀ scratch, per-row losses; plus the gathered inputs and targets
-        "activations": rows * item * (2 * sum(outs) + max(outs[:-1], default=1) + 1),
+        # ... and the per-chunk column sums of db
+        "activations": item * (rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1)
+                               + -(-rows // ROW_CHUNK) * max(outs)),
         "batch_buffers": rows * (layers[0] * item + (8 if labels else layers[-1] * item)),
     }
     out["total"] = sum(out.values())
@@ -44,11 +48,17 @@ def micro_batch_rows(batch_size: int, ranks: int, accumulate: int = 1) -> int:
 
 
 def largest_batch_per_rank(budget: int, layers: list[int], dtype: str, ranks: int, **kw) -> int:
-    """Largest per-rank batch (rows) whose total fits in budget bytes (0 if even the fixed part does not)."""
-    fixed = per_rank_bytes(layers, dtype, 0, ranks, **kw)["total"]
-    per_row = per_rank_bytes(layers, dtype, ranks, ranks, **kw)["total"] - fixed  # one row per rank
-    accumulate = kw.get("accumulate", 1)
-    return max(0, (budget - fixed) // per_row) * accumulate if budget > fixed else 0
+    """Largest per-rank batch (rows) whose total fits in budget bytes (0 if even one row does not)."""
+    def fits(rows: int) -> bool:
+        return per_rank_bytes(layers, dtype, rows * ranks, ranks, **kw)["total"] <= budget
+
+    lo, hi = 0, 1
+    while fits(hi):  # the total grows with the rows: double, then bisect
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def parse_bytes(text: str) -> int:

@@ -41,12 +41,17 @@ class _Workspace:
         self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
         self.g = np.empty((rows, max(outs[:-1], default=1)), dtype)  # δ_next·Wᵀ, reused by every layer
         self.row_loss = np.empty(rows, dtype)
+        self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
 
     @staticmethod
     def nbytes(rows: int, sizes: Sequence[int], dtype) -> int:
         outs = sizes[1:]
-        elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1)
+        elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1) + _chunks(rows) * max(outs)
         return elements * np.dtype(dtype).itemsize
+
+
+def _chunks(rows: int) -> int:
+    return -(-rows // kernels.ROW_CHUNK)
 
 
 class MLP:
@@ -212,7 +217,7 @@ class MLP:
             dW, db = grads[l]
             a_prev = X if l == 0 else ws.a[l - 1][:n]
             if l == L:
-                kernels.column_sum(delta, db)  # hidden layers get db from activation_backward
+                kernels.column_sum(delta, db, ws.partial)  # hidden layers get db from activation_backward
             np.matmul(a_prev.T, delta, out=dW)
             if hooks is not None:
                 hooks.layer_ready(l)
@@ -223,7 +228,7 @@ class MLP:
             g = ws.g[:n, : W.shape[0]]
             _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
             z_prev = ws.z[l - 1][:n]
-            self._backward_kernels[l - 1](z_prev, g, z_prev, a_prev, grads[l - 1][1])
+            self._backward_kernels[l - 1](z_prev, g, z_prev, a_prev, grads[l - 1][1], ws.partial)
             delta = z_prev
         return loss
 
