@@ -114,10 +114,24 @@ def setup(cfg: Config, comm: Comm) -> Run:
     else:
         reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                                   overlap=cfg.overlap, comm_dtype=cfg.comm_dtype)
-    run = Run(cfg, comm, data, model, optimizer, grad, X, y, reducer, Watchdog(comm, cfg.timeout), acc=acc)
+    watchdog = Watchdog(comm, cfg.timeout, heartbeat_dir(cfg, comm))
+    run = Run(cfg, comm, data, model, optimizer, grad, X, y, reducer, watchdog, acc=acc)
     if cfg.resume:
         resume(run)
     return run
+
+
+def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:
+    """Where the watchdogs leave heartbeats: beside the checkpoints (shared by every node), else a
+    directory in this machine's temp folder, named by the root (enough when all ranks share a node)."""
+    if cfg.timeout <= 0 or comm.size == 1:
+        return None
+    if cfg.checkpoint_dir:
+        return os.path.join(cfg.checkpoint_dir, ".heartbeat")
+    import tempfile
+    import uuid
+    name = comm.allgather_object(f"distbp-heartbeat-{uuid.uuid4().hex[:12]}" if comm.is_root else None)[0]
+    return os.path.join(tempfile.gettempdir(), name)
 
 
 def resolve_layers(cfg: Config, data: Dataset) -> list[int]:

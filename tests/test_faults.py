@@ -107,6 +107,8 @@ def test_a_stalled_rank_is_caught_by_the_watchdog_and_killed_too(tmp_path):
     assert seconds_since(marker) < 3 + 7, done.output
     assert "no progress" in done.stderr and "gradient allreduce" in done.stderr, done.output
     assert done.stderr.count("no progress") == 1, done.output
+    # the heartbeats name the culprit: rank 1 stopped beating
+    assert "rank 1 on" in done.stderr and "silent for" in done.stderr, done.output
     # the SIGSTOPped rank ignores SIGTERM; it must be gone all the same
     assert_no_orphans(str(tmp_path))
 
