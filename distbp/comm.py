@@ -733,3 +733,4 @@ class Watchdog:
         if self.heartbeat_dir:
             with contextlib.suppress(OSError):
                 os.remove(self._heartbeat_path(self.comm.rank))
+                os.rmdir(self.heartbeat_dir)  # the last rank to stop finds it empty
