@@ -37,7 +37,7 @@ def worker(args) -> None:
     """Runs on every rank: build one Run per variant, time train_step round-robin."""
     import numpy as np
 
-    from distbp import memory, train
+    from distbp import train
     from distbp.comm import world
     from distbp.config import Config, validate
     from distbp.shard import epoch_permutation, global_batches

@@ -12,7 +12,6 @@ ru_maxrss of every rank and the theoretical memory of a rank's shard as JSON.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time

@@ -97,7 +97,7 @@ def train_main(argv: list[str]) -> int:
         err = ConfigError(str(e))
     try:
         comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
-        from distbp import train
+        from distbp import runstate, train
 
         if cfg.threads is None:
             cfg.threads = n_threads
@@ -108,7 +108,7 @@ def train_main(argv: list[str]) -> int:
             print(header(run), flush=True)
         train.fit(run)
         if cfg.save:
-            train.save_params(run, cfg.save)
+            runstate.save_params(run, cfg.save)
         run.watchdog.stop()
         comm.barrier()
         if is_root and cfg.save:

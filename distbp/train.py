@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from distbp import checkpoint as ckpt
-from distbp import kernels
+from distbp import faults, kernels
+from distbp.runstate import resume, save
 from distbp.comm import Comm, DistbpError, GradientReducer, Watchdog
 from distbp.config import Config, ConfigError
 from distbp.data import Dataset, load_dataset
@@ -164,7 +163,7 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
     """One global batch: local gradient, [dist] sum over ranks, update. Returns (Σ loss, correct) over ranks."""
     cfg, model, t = run.cfg, run.model, run.timers
     sharded = isinstance(run.optimizer, ShardedOptimizer)
-    nan_fault = inject_fault(run)
+    nan_fault = faults.inject(run.comm.rank, run.pos.step)
     data_before = t.data_s
     with run.watchdog.section("gradient allreduce", run.pos.step):
         t1 = time.perf_counter()
@@ -178,7 +177,7 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
         else:
             hooks = None if sharded else run.reducer
             if nan_fault and hooks is not None:
-                hooks = _NanBeforeAllreduce(hooks, run.grad)  # test hook: before the bucket is sent
+                hooks = faults.NanBeforeAllreduce(hooks, run.grad)  # test hook: before the bucket is sent
             loss, correct = local_gradient(run, rows, hooks=hooks)
             if nan_fault and sharded:
                 run.grad[0] = np.nan  # test hook: nothing is in flight yet, the reduce-scatter comes next
@@ -390,133 +389,3 @@ def open_metrics(run: Run):
         return None
     os.makedirs(os.path.dirname(os.path.abspath(run.cfg.metrics)), exist_ok=True)
     return open(run.cfg.metrics, "a" if run.cfg.resume else "w")
-
-
-# ---- checkpoints and the saved model ----------------------------------------------------------
-
-MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer"]
-
-
-def save(run: Run) -> None:
-    """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure."""
-    state = (run.optimizer.full_state() if isinstance(run.optimizer, ShardedOptimizer)  # [dist] gather the parts
-             else run.optimizer.state_arrays())
-    if run.comm.is_root:
-        arrays = {"params": run.model.flat_params}
-        arrays.update({"opt_" + k: v for k, v in state.items()})
-        meta = {"position": vars(run.pos).copy(), "optimizer_steps": run.optimizer.step_count,
-                "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
-        ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
-    with run.watchdog.section("checkpoint", run.pos.step):
-        run.comm.barrier()
-
-
-def resume(run: Run) -> None:
-    """Continue from the newest valid checkpoint in cfg.checkpoint_dir (every rank reads it)."""
-    err, found = None, None
-    try:
-        warn = (lambda m: print(f"distbp: warning: {m}", file=sys.stderr)) if run.comm.is_root else (lambda m: None)
-        found = ckpt.latest_checkpoint(run.cfg.checkpoint_dir, warn=warn)
-        if found is not None:
-            path, arrays, meta = found
-            expected = {"config": run.cfg.to_dict()}
-            ckpt.check_compatible(meta, expected, MUST_MATCH, path=path)
-            if arrays["params"].shape != run.model.flat_params.shape:
-                raise ckpt.CheckpointError(f"{path}: {arrays['params'].shape[0]} parameters, the model has "
-                                           f"{run.model.n_params}")
-    except (ckpt.CheckpointError, OSError, ValueError) as e:
-        err = e
-    run.comm.agree_on_failure(err)
-    if found is None:
-        if run.comm.is_root:
-            print(f"distbp: no checkpoint in {run.cfg.checkpoint_dir}; starting from scratch", flush=True)
-        return
-    path, arrays, meta = found
-    run.comm.check_agree("checkpoint", str(path.name))
-    run.model.flat_params[...] = arrays["params"]
-    run.optimizer.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}, meta["optimizer_steps"])
-    run.pos = Position(**meta["position"])
-    run.history = list(meta.get("history", []))
-    if run.comm.is_root:
-        print(f"distbp: resumed from {path} (epoch {run.pos.epoch + 1}, step {run.pos.step}, "
-              f"written by {meta['ranks']} ranks)", flush=True)
-
-
-def save_params(run: Run, path: str) -> None:
-    """Final parameters as .npz with W0, b0, W1, b1, … (root only, atomic)."""
-    if not run.comm.is_root:
-        return
-    arrays = {}
-    for l, (W, b) in enumerate(run.model.params):
-        arrays[f"W{l}"], arrays[f"b{l}"] = W, b
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-# ---- test hook: DISTBP_INJECT_FAULT=rank:step:kind (raise, kill, stall, nan) ---------------------
-
-def _parse_fault() -> dict:
-    spec = os.environ.get("DISTBP_INJECT_FAULT", "")
-    if not spec:
-        return {}
-    rank, step, kind = spec.split(":")
-    return {"rank": int(rank), "step": int(step), "kind": kind}
-
-
-_FAULT = _parse_fault()
-
-
-def _fault_now(run: Run) -> bool:
-    return bool(_FAULT) and run.comm.rank == _FAULT["rank"] and run.pos.step == _FAULT["step"]
-
-
-def inject_fault(run: Run) -> bool:
-    """Faults for the fault-handling tests; inert unless DISTBP_INJECT_FAULT is set.
-
-    Returns True when kind nan fires: the caller then puts a NaN into this rank's gradient.
-    With DISTBP_INJECT_FAULT_ONCE=PATH the fault fires only if PATH does not exist yet, and
-    creates it first, so a job restarted by the launcher (same environment) does not fail again.
-    """
-    if not _fault_now(run):
-        return False
-    once = os.environ.get("DISTBP_INJECT_FAULT_ONCE")
-    if once:
-        try:
-            open(once, "x").close()
-        except FileExistsError:
-            return False
-    kind = _FAULT["kind"]
-    if kind == "nan":
-        return True
-    if kind == "raise":
-        raise RuntimeError(f"injected fault at step {run.pos.step}")
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "stall":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    return False
-
-
-class _NanBeforeAllreduce:
-    """Test hook: a NaN in layer 0's gradient before its bucket is handed to the allreduce.
-
-    Writing it after layer_ready would race with the in-flight Iallreduce and leave the ranks
-    with different gradients; this way every rank sees the NaN in ∇L, as with a real one.
-    """
-
-    def __init__(self, reducer, grad: np.ndarray):
-        self.reducer, self.grad = reducer, grad
-
-    def layer_ready(self, layer: int) -> None:
-        if layer == 0:
-            self.grad[0] = np.nan  # grad[0] is dW of layer 0, row 0, column 0
-        self.reducer.layer_ready(layer)
-
-    def progress(self) -> None:
-        self.reducer.progress()

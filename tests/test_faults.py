@@ -2,13 +2,12 @@
 within seconds, a message naming the rank and the cause, no process left behind, and a killed run
 resumes from its last checkpoint to the same parameters as a run that was never interrupted.
 
-Faults come from the test hook in distbp/train.py: DISTBP_INJECT_FAULT=rank:step:kind, and
+Faults come from the test hook in distbp/faults.py: DISTBP_INJECT_FAULT=rank:step:kind, and
 DISTBP_INJECT_FAULT_ONCE=PATH, which fires the fault only if PATH does not exist and creates it
 first, so a restarted job does not fail again. The file's mtime also tells when the fault fired.
 """
 
 import json
-import os
 import stat
 import sys
 import time

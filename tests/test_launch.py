@@ -104,6 +104,7 @@ def test_users_allreduce_algorithm_is_kept(tmp_path):
     script = write_script(tmp_path, "report.py", REPORT)
     done = run_job(2, ["python", script, str(tmp_path)],
                    env={"MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM": "recursive_doubling"})
+    assert done.returncode == 0, done.output
     assert {r["env"]["MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM"] for r in reports(tmp_path)} == {"recursive_doubling"}
 
 

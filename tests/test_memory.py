@@ -1,6 +1,5 @@
 """The memory estimate matches the buffers a run really allocates."""
 
-import numpy as np
 import pytest
 
 from distbp import memory, train

@@ -7,7 +7,7 @@ import pytest
 
 from distbp.comm import SerialComm
 from distbp.config import Config, ConfigError, validate
-from distbp import train
+from distbp import faults, runstate, train
 
 SMALL = "synthetic:rows=240,features=12,classes=3,test=40"
 
@@ -61,7 +61,7 @@ def test_metrics_file_has_one_line_per_epoch(tmp_path):
 def test_save_writes_W_and_b_per_layer(tmp_path):
     r = run(epochs=1)
     path = tmp_path / "p.npz"
-    train.save_params(r, str(path))
+    runstate.save_params(r, str(path))
     with np.load(path) as f:
         assert sorted(f.files) == ["W0", "W1", "b0", "b1"]
         np.testing.assert_array_equal(f["W1"], r.model.params[1][0])
@@ -90,13 +90,13 @@ def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
 
 
 def test_nonfinite_gradient_stops_with_step_and_layer(monkeypatch):
-    monkeypatch.setattr(train, "_FAULT", {"rank": 0, "step": 2, "kind": "nan"})
+    monkeypatch.setattr(faults, "PLAN", {"rank": 0, "step": 2, "kind": "nan"})
     with pytest.raises(train.NonFiniteError, match=r"step 2.*layer 0 dW"):
         run(epochs=1)
 
 
 def test_skip_nonfinite_skips_and_counts_the_update(monkeypatch):
-    monkeypatch.setattr(train, "_FAULT", {"rank": 0, "step": 2, "kind": "nan"})
+    monkeypatch.setattr(faults, "PLAN", {"rank": 0, "step": 2, "kind": "nan"})
     r = run(epochs=1, skip_nonfinite=True)
     assert r.pos.skipped == 1
     assert r.history[0]["skipped_nonfinite"] == 1

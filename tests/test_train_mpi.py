@@ -8,7 +8,7 @@ Each rank also trains the 1-rank reference itself (SerialComm), so the compariso
 import numpy as np
 import pytest
 
-from distbp import train
+from distbp import faults, train
 from distbp.comm import SerialComm, world
 from distbp.config import Config, validate
 
@@ -129,6 +129,6 @@ def test_sharded_checkpoints_resume_bit_exact_on_the_same_rank_count_and_correct
 @pytest.mark.mpi(min_size=2)
 def test_sharded_nonfinite_gradient_names_the_layer_on_every_rank(monkeypatch):
     comm = world()
-    monkeypatch.setattr(train, "_FAULT", {"rank": comm.size - 1, "step": 1, "kind": "nan"})
+    monkeypatch.setattr(faults, "PLAN", {"rank": comm.size - 1, "step": 1, "kind": "nan"})
     with pytest.raises(train.NonFiniteError, match=r"step 1.*layer 0 dW"):
         train_on(comm, batch_size=16, shard_optimizer=True)
