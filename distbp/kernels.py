@@ -136,3 +136,32 @@ def all_finite(x):
         if not np.isfinite(x[i]):
             bad += 1
     return bad == 0
+
+
+@njit(cache=True)
+def _argmax_row(x, i):
+    best = 0
+    for j in range(1, x.shape[1]):
+        if x[i, j] > x[i, best]:
+            best = j
+    return best
+
+
+@njit(cache=True)
+def count_correct(out, labels):
+    """Rows whose largest output (first one on ties, like np.argmax) is the label; out (n, k), labels (n,)."""
+    c = 0
+    for i in range(out.shape[0]):
+        if _argmax_row(out, i) == labels[i]:
+            c += 1
+    return c
+
+
+@njit(cache=True)
+def count_correct_onehot(out, targets):
+    """count_correct for one-hot (or float) targets (n, k): argmax of the outputs equals argmax of the targets."""
+    c = 0
+    for i in range(out.shape[0]):
+        if _argmax_row(out, i) == _argmax_row(targets, i):
+            c += 1
+    return c

@@ -260,8 +260,7 @@ def my_rows(run: Run, batch_rows: int) -> tuple[int, int]:
 def count_correct(model: MLP, y: np.ndarray) -> float:
     """Correct predictions of the last forward pass (labels, or argmax of one-hot targets)."""
     out = model.last_outputs(y.shape[0])
-    labels = y if y.ndim == 1 else y.argmax(axis=1)
-    return float(np.count_nonzero(out.argmax(axis=1) == labels))
+    return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
 
 def handle_nonfinite(run: Run, loss: float, where: list[str] | None = None) -> None:

@@ -86,3 +86,12 @@ def test_all_finite_finds_a_single_nan_or_inf():
     assert not kernels.all_finite(x)
     x[999] = -np.inf
     assert not kernels.all_finite(x)
+
+
+def test_correct_counts_match_numpy_argmax_including_ties():
+    rng = np.random.default_rng(3)
+    out = rng.integers(0, 3, (200, 4)).astype(np.float32)  # many ties
+    labels = rng.integers(0, 4, 200)
+    assert kernels.count_correct(out, labels) == np.count_nonzero(out.argmax(axis=1) == labels)
+    onehot = np.eye(4)[labels]
+    assert kernels.count_correct_onehot(out, onehot) == np.count_nonzero(out.argmax(axis=1) == labels)
