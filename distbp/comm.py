@@ -185,11 +185,6 @@ class Comm:
         """Barrier that gives up after `seconds`; True when every rank arrived (for exits after an error)."""
         raise NotImplementedError
 
-    def reduce_scatter_sum(self, buf: np.ndarray, counts: list[int]) -> None:
-        """In place: buf[:counts[rank]] = this rank's part of Σ_ranks buf (rank r's part: counts[r] elements
-        in rank order). The rest of buf is left undefined."""
-        raise NotImplementedError
-
     def allgather_parts(self, buf: np.ndarray, counts: list[int]) -> None:
         """In place: every rank's part of buf (counts[r] elements in rank order) is copied to all ranks."""
         raise NotImplementedError
@@ -211,6 +206,10 @@ class Comm:
 
     def _start_allreduce(self, buf: np.ndarray, codec: _Codec):
         """Start an in-place SUM of buf over ranks; returns a handle for _test_all/_wait_all."""
+        raise NotImplementedError
+
+    def _start_reduce_scatter(self, send: np.ndarray, recv: np.ndarray, counts: list[int]):
+        """Start recv = this rank's part (counts[rank] elements) of Σ_ranks send; a handle for _wait_all."""
         raise NotImplementedError
 
     def _test_all(self, handles: list) -> bool:
@@ -323,6 +322,10 @@ class SerialComm(Comm):
     def _start_allreduce(self, buf, codec):
         return None
 
+    def _start_reduce_scatter(self, send, recv, counts):
+        recv[...] = send
+        return None
+
     def _test_all(self, handles) -> bool:
         return True
 
@@ -331,9 +334,6 @@ class SerialComm(Comm):
 
     def _hard_exit(self, code: int) -> NoReturn:
         os._exit(code)
-
-    def reduce_scatter_sum(self, buf, counts) -> None:
-        pass
 
     def barrier_within(self, seconds: float) -> bool:
         return True
@@ -382,10 +382,6 @@ class MPIComm(Comm):
             time.sleep(0.005)
         return True
 
-    def reduce_scatter_sum(self, buf, counts) -> None:
-        # MPI_IN_PLACE puts this rank's part at the start of buf: no second gradient-sized buffer
-        self._comm.Reduce_scatter(self._MPI.IN_PLACE, buf, recvcounts=list(counts), op=self._MPI.SUM)
-
     def allgather_parts(self, buf, counts) -> None:
         self._comm.Allgatherv(self._MPI.IN_PLACE, [buf, (list(counts), _displacements(counts))])
 
@@ -419,6 +415,9 @@ class MPIComm(Comm):
     def _start_allreduce(self, buf: np.ndarray, codec: _Codec):
         spec = buf if codec.name is None else [buf, self._MPI.UINT16_T]
         return self._comm.Iallreduce(self._MPI.IN_PLACE, spec, op=self._op(codec))
+
+    def _start_reduce_scatter(self, send, recv, counts):
+        return self._comm.Ireduce_scatter(send, recv, list(counts), op=self._MPI.SUM)
 
     def _test_all(self, handles: list) -> bool:
         return self._MPI.Request.Testall(handles)
@@ -590,13 +589,17 @@ class GradientReducer:
             self.comm._test_all(self._handles)
             self.stats["overlap_s"] += time.perf_counter() - t0
 
+    def _reduce_blocking(self) -> None:
+        """overlap=False: one blocking allreduce of the whole gradient (in pieces)."""
+        self.comm.allreduce_sum(self.grad)
+        self.stats["bytes"] += self.grad.nbytes
+        self.stats["calls"] += -(-self.grad.nbytes // PIECE_BYTES)
+
     def finish(self) -> None:
         """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
         t0 = time.perf_counter()
         if not self.overlap and self._codec.name is None:
-            self.comm.allreduce_sum(self.grad)
-            self.stats["bytes"] += self.grad.nbytes
-            self.stats["calls"] += -(-self.grad.nbytes // PIECE_BYTES)
+            self._reduce_blocking()
         else:
             while self._next < len(self.buckets):
                 self._start(self._next)

@@ -30,7 +30,8 @@ def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, o
     outs = layers[1:]
     out = {
         "parameters": P * item,
-        "gradients": P * item * (2 if accumulate > 1 else 1),  # the reduce-scatter works in place
+        # the whole local gradient, the accumulated one (--accumulate), this rank's part of ∇L (sharded)
+        "gradients": P * item * (2 if accumulate > 1 else 1) + (part * item if shard_optimizer else 0),
         "optimizer_state": STATE_COPIES[optimizer] * part * item,
         # z and a per layer, the δ·Wᵀ scratch, per-row losses; plus the gathered inputs and targets
         # ... and the per-chunk column sums of db

@@ -3,7 +3,9 @@
 Instead of every rank holding the whole optimizer state and applying the whole
 update, rank r owns a contiguous part θ[lo_r:hi_r] (parts differ by at most one
 element):
-  1. reduce-scatter (SUM) of the local gradients gives rank r its part of ∇L;
+  1. reduce-scatter (SUM) of the local gradients gives rank r its part of ∇L; like the
+     allreduce it goes bucket by bucket while the backward pass runs
+     (`ShardedGradientReducer`), each bucket scattered to the ranks owning pieces of it;
   2. rank r updates θ[lo_r:hi_r] with its part of the optimizer state;
   3. allgather of the parts gives every rank the whole new θ.
 Reduce-scatter + allgather move the same bytes as one ring allreduce, and
@@ -17,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from distbp.comm import Comm
+from distbp.comm import Comm, GradientReducer
 from distbp.shard import rank_slice
 
 
@@ -26,24 +28,16 @@ class ShardedOptimizer:
 
     def __init__(self, comm: Comm, make: Callable[[int], object], n_params: int, dtype):
         self.comm = comm
-        bounds = [rank_slice(n_params, r, comm.size) for r in range(comm.size)]
-        self.counts = [hi - lo for lo, hi in bounds]
-        self.lo, self.hi = bounds[comm.rank]
+        self.bounds = [rank_slice(n_params, r, comm.size) for r in range(comm.size)]
+        self.counts = [hi - lo for lo, hi in self.bounds]
+        self.lo, self.hi = self.bounds[comm.rank]
         self.inner = make(self.hi - self.lo)
-        self.grad_part = np.empty(0, dtype)  # this rank's part of ∇L: a view into the gradient after reduce
+        self.grad_part = np.empty(self.hi - self.lo, dtype)  # this rank's part of ∇L (ShardedGradientReducer)
         self.name = self.inner.name
 
     @property
     def step_count(self) -> int:
         return self.inner.step_count
-
-    def reduce(self, grad: np.ndarray) -> None:
-        """[dist] this rank's part of ∇L = Σ_ranks grad, in place: grad_part = grad[:part size].
-
-        The rest of grad is overwritten by the reduce-scatter; it is not needed after it.
-        """
-        self.comm.reduce_scatter_sum(grad, self.counts)
-        self.grad_part = grad[:self.hi - self.lo]
 
     def step(self, params: np.ndarray, scale: float = 1.0) -> None:
         """Update this rank's part of params from grad_part, then [dist] allgather every part."""
@@ -74,3 +68,36 @@ class ShardedOptimizer:
     def load_state(self, arrays: dict[str, np.ndarray], step_count: int) -> None:
         """From the whole state (a checkpoint of any rank count): keep this rank's part."""
         self.inner.load_state({k: v[self.lo:self.hi] for k, v in arrays.items()}, step_count)
+
+
+class ShardedGradientReducer(GradientReducer):
+    """A GradientReducer whose buckets are reduce-scattered into the owners' parts, not allreduced.
+
+    part: this rank's part of ∇L (ShardedOptimizer.grad_part); bounds[r] = (lo, hi) of rank r's part of
+    the flat gradient. A bucket [start, stop) goes to every rank whose part overlaps it (the others get
+    zero elements). After finish(), part holds this rank's piece of Σ_ranks grad.
+    """
+
+    def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], part: np.ndarray,
+                 bounds: list[tuple[int, int]], bucket_bytes: int = 4 << 20, overlap: bool = True):
+        super().__init__(comm, grad, layer_slices, bucket_bytes=bucket_bytes, overlap=overlap)
+        self.part, self.bounds = part, bounds
+        lo, hi = bounds[comm.rank]
+        self._scatter = []  # per bucket: (elements each rank receives, this rank's receive view)
+        for b in self.buckets:
+            counts = [max(0, min(b.stop, h) - max(b.start, l)) for l, h in bounds]
+            first = min(max(b.start, lo), hi)
+            self._scatter.append((counts, part[first - lo:first - lo + counts[comm.rank]]))
+
+    def _start(self, i: int) -> None:
+        b = self.buckets[i]
+        counts, recv = self._scatter[i]
+        self._handles.append(self.comm._start_reduce_scatter(self.grad[b.start:b.stop], recv, counts))
+        self.stats["bytes"] += (b.stop - b.start) * self.grad.itemsize
+        self.stats["calls"] += 1
+
+    def _reduce_blocking(self) -> None:
+        counts = [h - l for l, h in self.bounds]
+        self.comm._wait_all([self.comm._start_reduce_scatter(self.grad, self.part, counts)])
+        self.stats["bytes"] += self.grad.nbytes
+        self.stats["calls"] += 1

@@ -25,7 +25,7 @@ from distbp.config import Config, ConfigError
 from distbp.data import Dataset, load_dataset
 from distbp.model import MLP
 from distbp.optim import make_optimizer
-from distbp.sharded import ShardedOptimizer
+from distbp.sharded import ShardedGradientReducer, ShardedOptimizer
 from distbp.progress import Progress
 from distbp.shard import epoch_permutation, global_batches, max_shard_rows, rank_slice
 
@@ -110,6 +110,9 @@ def setup(cfg: Config, comm: Comm) -> Run:
     if cfg.reproducible:
         from distbp.exact import ExactReducer
         reducer = ExactReducer(comm, grad, cfg.micro_batch)
+    elif cfg.shard_optimizer:
+        reducer = ShardedGradientReducer(comm, grad, model.layer_slices, optimizer.grad_part, optimizer.bounds,
+                                         bucket_bytes=int(cfg.bucket_mb * (1 << 20)), overlap=cfg.overlap)
     else:
         reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                                   overlap=cfg.overlap, comm_dtype=cfg.comm_dtype)
@@ -175,20 +178,15 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
                 run.X[0, 0] = np.nan  # test hook: the exact reducer meets a NaN before its allreduce
             loss, correct = run.reducer.compute(model, run.X[:k], run.y[:k], batch_rows, count_correct)
         else:
-            hooks = None if sharded else run.reducer
-            if nan_fault and hooks is not None:
+            hooks = run.reducer
+            if nan_fault:
                 hooks = faults.NanBeforeAllreduce(hooks, run.grad)  # test hook: before the bucket is sent
             loss, correct = local_gradient(run, rows, hooks=hooks)
-            if nan_fault and sharded:
-                run.grad[0] = np.nan  # test hook: nothing is in flight yet, the reduce-scatter comes next
         t2 = time.perf_counter()
-        if sharded:
-            run.optimizer.reduce(run.grad)  # [dist] this rank's part of ∇L
-            bad = 0.0 if kernels.all_finite(run.optimizer.grad_part) else 1.0
-        else:
-            if not cfg.reproducible:
-                run.reducer.finish()  # [dist] ∇L = Σ over ranks, now identical everywhere
-            bad = 0.0 if kernels.all_finite(run.grad) else 1.0
+        if not cfg.reproducible:
+            run.reducer.finish()  # [dist] ∇L (sharded: this rank's part of it), identical on every rank
+        reduced = run.optimizer.grad_part if sharded else run.grad
+        bad = 0.0 if kernels.all_finite(reduced) else 1.0
         totals = run.comm.sum_scalars([loss, correct, bad])  # [dist] one agreed verdict for every rank
     t3 = time.perf_counter()
     scale = 1.0 if cfg.lr_scale == "sum" else 1.0 / batch_rows
