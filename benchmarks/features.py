@@ -71,6 +71,7 @@ def worker(args) -> None:
             allocated = (run.model.flat_params.nbytes + run.grad.nbytes
                          + (run.acc.nbytes if run.acc is not None else 0)
                          + sum(a.nbytes for a in run.optimizer.state_arrays().values())
+                         + getattr(run.optimizer, "grad_part", np.empty(0)).nbytes
                          + sum(a.nbytes for a in ws.z + ws.a) + ws.g.nbytes + run.X.nbytes + run.y.nbytes)
             out[name] = {"step_s": float(np.median(times[name])), "allocated_bytes": int(allocated)}
         print("RESULT " + json.dumps(out), flush=True)
