@@ -1,8 +1,9 @@
 """Fault injection for the fault-handling tests: inert unless DISTBP_INJECT_FAULT is set.
 
 DISTBP_INJECT_FAULT=rank:step:kind makes `rank` fail at `step` with kind
-raise (an exception), kill (SIGKILL to itself), stall (SIGSTOP to itself) or nan
-(a NaN in its gradient before the allreduce). DISTBP_INJECT_FAULT_ONCE=PATH fires
+raise (an exception), kill (SIGKILL to itself), stall (SIGSTOP to itself), nan
+(a NaN in its gradient before the allreduce) or desync (its step counter jumps ahead,
+as if it had skipped a batch). DISTBP_INJECT_FAULT_ONCE=PATH fires
 it only if PATH does not exist yet, and creates it first, so a job restarted by
 the launcher (same environment) does not fail again.
 """
@@ -26,26 +27,30 @@ def parse(spec: str) -> dict:
 PLAN = parse(os.environ.get("DISTBP_INJECT_FAULT", ""))
 
 
-def inject(rank: int, step: int) -> bool:
-    """Fire the planned fault if it is for this rank and step; True when the caller must inject a NaN."""
+def inject(rank: int, step: int) -> str | None:
+    """Fire the planned fault if it is for this rank and step.
+
+    Returns "nan" or "desync" when the caller must do the damage itself (it owns the gradient
+    and the step counter), else None.
+    """
     if not (PLAN and rank == PLAN["rank"] and step == PLAN["step"]):
-        return False
+        return None
     once = os.environ.get("DISTBP_INJECT_FAULT_ONCE")
     if once:
         try:
             open(once, "x").close()
         except FileExistsError:
-            return False
+            return None
     kind = PLAN["kind"]
-    if kind == "nan":
-        return True
+    if kind in ("nan", "desync"):
+        return kind
     if kind == "raise":
         raise RuntimeError(f"injected fault at step {step}")
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "stall":
         os.kill(os.getpid(), signal.SIGSTOP)
-    return False
+    return None
 
 
 class NanBeforeAllreduce:

@@ -166,7 +166,10 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
     """One global batch: local gradient, [dist] sum over ranks, update. Returns (Σ loss, correct) over ranks."""
     cfg, model, t = run.cfg, run.model, run.timers
     sharded = isinstance(run.optimizer, ShardedOptimizer)
-    nan_fault = faults.inject(run.comm.rank, run.pos.step)
+    fault = faults.inject(run.comm.rank, run.pos.step)
+    nan_fault = fault == "nan"
+    if fault == "desync":
+        run.pos.step += 1  # test hook: this rank now counts one step ahead of the others
     data_before = t.data_s
     with run.watchdog.section("gradient allreduce", run.pos.step):
         t1 = time.perf_counter()
@@ -187,8 +190,16 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
             run.reducer.finish()  # [dist] ∇L (sharded: this rank's part of it), identical on every rank
         reduced = run.optimizer.grad_part if sharded else run.grad
         bad = 0.0 if kernels.all_finite(reduced) else 1.0
-        totals = run.comm.sum_scalars([loss, correct, bad])  # [dist] one agreed verdict for every rank
+        step = float(run.pos.step)
+        # [dist] one agreed verdict for every rank; Σ step and Σ step² also show whether all ranks
+        # are at the same step (p·Σs² − (Σs)² is 0 exactly then, and every rank sees the same value)
+        totals = run.comm.sum_scalars([loss, correct, bad, step, step * step])
     t3 = time.perf_counter()
+    p = run.comm.size
+    if p * totals[4] - totals[3] ** 2 != 0:
+        raise DistbpError(f"ranks are out of step: this batch is step {run.pos.step} on rank {run.comm.rank}, "
+                          f"but the ranks' mean step is {totals[3] / p:g}; they would mix gradients "
+                          "of different batches")
     scale = 1.0 if cfg.lr_scale == "sum" else 1.0 / batch_rows
     if np.isfinite(totals[0]) and totals[2] == 0:
         if sharded:

@@ -162,3 +162,11 @@ def test_skip_nonfinite_finishes_and_counts_the_skipped_update(tmp_path):
     assert [r["skipped_nonfinite"] for r in records] == [1, 1]  # a running count
     params = load(tmp_path / "params.npz")
     assert all(np.isfinite(a).all() for a in params.values())
+
+
+def test_ranks_out_of_step_stop_with_a_clear_message_once(tmp_path):
+    done = run_job(3, train(tmp_path, "--epochs", "1"), env={"DISTBP_INJECT_FAULT": "1:3:desync"}, timeout=60)
+    assert done.returncode != 0, done.output
+    assert "ranks are out of step" in done.stderr, done.output
+    assert done.stderr.count("distbp: error:") == 1, done.output
+    assert_no_orphans(str(tmp_path))
