@@ -16,21 +16,28 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(inline="always", cache=True)
+def softmax_row(z, i, out):
+    """out[i] = softmax(z[i]) with the row maximum subtracted (no overflow); returns (max, Σ exp(z − max))."""
+    k = z.shape[1]
+    m = z[i, 0]
+    for j in range(1, k):
+        m = max(m, z[i, j])
+    s = type(m)(0)
+    for j in range(k):
+        e = np.exp(z[i, j] - m)
+        out[i, j] = e
+        s += e
+    for j in range(k):
+        out[i, j] /= s
+    return m, s
+
+
 @njit(parallel=True, cache=True)
 def softmax(z, out):
-    """out[n] = exp(z[n] - max z[n]) / Σ exp(...): softmax per row, (n, k)."""
-    n, k = z.shape
-    for i in prange(n):
-        m = z[i, 0]
-        for j in range(1, k):
-            m = max(m, z[i, j])
-        s = type(m)(0)
-        for j in range(k):
-            e = np.exp(z[i, j] - m)
-            out[i, j] = e
-            s += e
-        for j in range(k):
-            out[i, j] /= s
+    """out (n, k) = softmax of each row of z (n, k)."""
+    for i in prange(z.shape[0]):
+        softmax_row(z, i, out)
 
 
 @njit(parallel=True, cache=True)
@@ -42,17 +49,11 @@ def cross_entropy_delta(z, y, out, delta, row_loss):
     """
     n, k = z.shape
     for i in prange(n):
-        m = z[i, 0]
-        for j in range(1, k):
-            m = max(m, z[i, j])
-        s = type(m)(0)
+        z_label = z[i, y[i]]  # read before delta (which may be z) is written
+        m, s = softmax_row(z, i, out)
+        row_loss[i] = np.log(s) + m - z_label
         for j in range(k):
-            s += np.exp(z[i, j] - m)
-        row_loss[i] = np.log(s) + m - z[i, y[i]]
-        for j in range(k):
-            p = np.exp(z[i, j] - m) / s
-            out[i, j] = p
-            delta[i, j] = p
+            delta[i, j] = out[i, j]
         delta[i, y[i]] -= type(m)(1)
 
 
