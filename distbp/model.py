@@ -250,14 +250,6 @@ class MLP:
         self.loss.output(ws.z[-1][:n], out)
         return out
 
-    def logits_into(self, X: np.ndarray) -> np.ndarray:
-        """Output pre-activations z (n, outputs) as a view into the workspace (valid until the next call)."""
-        n = X.shape[0]
-        ws = self._workspace(n)
-        if n:
-            self._forward(X, ws, n)
-        return ws.z[-1][:n]
-
     def last_outputs(self, n: int) -> np.ndarray:
         """Output activations (n, outputs) of the last loss_and_grad_into / loss_into call (a workspace view)."""
         return self._ws.a[-1][:n]
