@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distbp.comm import PIECE_BYTES, GradientReducer, world  # noqa: E402
+from distbp.comm import PIECE_BYTES, world  # noqa: E402
+from distbp.reducer import GradientReducer  # noqa: E402
 
 MIB = 1 << 20
 MLP = [784, 1024, 1024, 10]  # its float32 gradient is 7.45 MB

@@ -26,7 +26,8 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from distbp.comm import GradientReducer, SerialComm, world  # noqa: E402
+from distbp.comm import SerialComm, world  # noqa: E402
+from distbp.reducer import GradientReducer  # noqa: E402
 from distbp.model import MLP  # noqa: E402
 from distbp.optim import make_optimizer  # noqa: E402
 

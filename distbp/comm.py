@@ -10,8 +10,8 @@
     comm.check_agree / check_identical / agree_on_failure    fail loudly and on every rank
     comm.abort(message)            end the whole job now
 
-plus `GradientReducer` (bucketed gradient allreduce overlapped with the backward pass, optionally
-compressed to 16 bits) and `Watchdog` (ends the job when a collective phase makes no progress).
+plus `RingAllreduce` (distbp's own non-blocking ring allreduce, which `distbp.reducer.GradientReducer`
+drives during the backward pass) and `Watchdog` (ends the job when a collective phase makes no progress).
 
 Hot paths use mpi4py's upper-case buffer methods on numpy arrays (no pickling); the lower-case
 pickling methods appear only in the rare checks (a hash per rank, the causes of a failure).
@@ -23,6 +23,7 @@ the job instead of leaving the other ranks waiting forever in a collective.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import hashlib
@@ -98,65 +99,6 @@ def _dict_differences(ref: dict, other: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 16-bit gradient compression
-# ---------------------------------------------------------------------------------------------
-
-def bf16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """bfloat16 bits (uint16, same shape) of x: the upper 16 bits of float32 with round-to-nearest-even.
-
-    NaN stays NaN (a quiet NaN); values that round past the largest bfloat16 become inf.
-    """
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    # adding 0x7fff plus the lowest kept bit rounds the dropped 16 bits to nearest, ties to even
-    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
-    bits = rounded.astype(np.uint16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    if nan.any():
-        bits[nan] = np.uint16(0x7FC0) | (u[nan] >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
-    if out is None:
-        return bits
-    out[...] = bits
-    return out
-
-
-def bf16_decode(bits: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """float values (dtype) of bfloat16 bits (uint16): exact, the low 16 bits of float32 are zero."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(dtype, copy=False)
-
-
-class _Codec:
-    """How a bucket travels: as itself (None), float16 or bfloat16 (both as 16-bit words)."""
-
-    def __init__(self, name: str | None):
-        if name not in (None, "float16", "bfloat16"):
-            raise ValueError(f"comm_dtype must be None, 'float16' or 'bfloat16', got {name!r}")
-        self.name = name
-
-    def empty(self, n: int, grad_dtype) -> np.ndarray:
-        return np.empty(n, dtype=grad_dtype if self.name is None else np.uint16)
-
-    def encode(self, src: np.ndarray, dst: np.ndarray) -> None:
-        if self.name == "float16":
-            dst.view(np.float16)[...] = src
-        else:
-            bf16_encode(src, out=dst)
-
-    def decode(self, src: np.ndarray, dst: np.ndarray) -> None:
-        if self.name == "float16":
-            dst[...] = src.view(np.float16)
-        else:
-            dst[...] = bf16_decode(src)
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """b <- round16(float32(a) + float32(b)) for 16-bit words a, b: the reduction operator."""
-        if self.name == "float16":
-            fa, fb = a.view(np.float16), b.view(np.float16)
-            fb[...] = fa.astype(np.float32) + fb.astype(np.float32)
-        else:
-            bf16_encode(bf16_decode(a) + bf16_decode(b), out=b)
-
-
-# ---------------------------------------------------------------------------------------------
 # the interface and its shared checks
 # ---------------------------------------------------------------------------------------------
 
@@ -204,8 +146,20 @@ class Comm:
         """Collective: obj of every rank, in rank order (pickled: small objects, rare calls only)."""
         return self._allgather(obj)
 
-    def _start_allreduce(self, buf: np.ndarray, codec: _Codec):
-        """Start an in-place SUM of buf over ranks; returns a handle for _test_all/_wait_all."""
+    def _start_allreduce(self, buf: np.ndarray, codec):
+        """Start an in-place SUM of buf over ranks; returns a handle for _test_all/_wait_all.
+
+        codec (`distbp.reducer._Codec`): None-named for plain floats, else buf holds 16-bit words
+        that codec.add sums.
+        """
+        raise NotImplementedError
+
+    def ring_allreduce(self, max_elems: int, dtype) -> "RingAllreduce":
+        """Collective: distbp's own ring allreduce for buffers of up to max_elems elements of dtype."""
+        raise NotImplementedError(f"{type(self).__name__} has no ring allreduce (one rank needs none)")
+
+    def single_node(self) -> bool:
+        """Collective: True when every rank runs on this one node (shares memory with this rank)."""
         raise NotImplementedError
 
     def _start_reduce_scatter(self, send: np.ndarray, recv: np.ndarray, counts: list[int]):
@@ -322,6 +276,9 @@ class SerialComm(Comm):
     def _start_allreduce(self, buf, codec):
         return None
 
+    def single_node(self) -> bool:
+        return True
+
     def _start_reduce_scatter(self, send, recv, counts):
         recv[...] = send
         return None
@@ -402,7 +359,7 @@ class MPIComm(Comm):
     def _allgather(self, obj) -> list:
         return self._comm.allgather(obj)
 
-    def _op(self, codec: _Codec):
+    def _op(self, codec):
         """The MPI operator for codec: SUM, or a user-defined 16-bit add (MPICH has no float16 SUM)."""
         if codec.name is None:
             return self._MPI.SUM
@@ -412,9 +369,20 @@ class MPIComm(Comm):
             self._ops[codec.name] = self._MPI.Op.Create(add, commute=True)
         return self._ops[codec.name]
 
-    def _start_allreduce(self, buf: np.ndarray, codec: _Codec):
+    def _start_allreduce(self, buf: np.ndarray, codec):
         spec = buf if codec.name is None else [buf, self._MPI.UINT16_T]
         return self._comm.Iallreduce(self._MPI.IN_PLACE, spec, op=self._op(codec))
+
+    def ring_allreduce(self, max_elems: int, dtype) -> RingAllreduce:
+        # a duplicate communicator keeps the ring's messages apart from everything else
+        return RingAllreduce(self._comm.Dup(), max_elems, dtype)
+
+    def single_node(self) -> bool:
+        local = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+        try:
+            return local.Get_size() == self.size
+        finally:
+            local.Free()
 
     def _start_reduce_scatter(self, send, recv, counts):
         return self._comm.Ireduce_scatter(send, recv, list(counts), op=self._MPI.SUM)
@@ -434,6 +402,90 @@ class MPIComm(Comm):
         os._exit(code)
 
 
+class RingAllreduce:
+    """In-place SUM over ranks by a ring of point-to-point messages, advanced by its caller.
+
+    A buffer of n elements is cut into p chunks. In p−1 reduce-scatter steps rank r sends one chunk
+    to rank r+1 and adds the chunk it receives from rank r−1 into its own copy, so that rank r ends
+    up holding the complete sum of chunk (r+1) mod p; in p−1 allgather steps those sums travel round
+    the ring into every rank's buffer. Each rank sends and receives 2(p−1)/p·n elements (the least any
+    allreduce moves), and the result is the same bits on every rank: each chunk is summed once, along
+    the ring, and then copied.
+
+    Why distbp has its own: on one node with MPICH it measured faster than MPICH's Iallreduce for the
+    gradient's buckets and needs no message-sized temporary per call (benchmarks/allreduce.py).
+
+    Buffers are summed one after another in the order start() was called (every rank must start the
+    same buffers, of the same sizes, in the same order); only the first unfinished one has messages in
+    flight, so one scratch array of ceil(max_elems / p) elements serves them all. Like MPI's own
+    non-blocking collectives it moves only when called: progress() between compute chunks, wait() at
+    the end. Do not touch a started buffer before wait() returns.
+    """
+
+    def __init__(self, mpi_comm, max_elems: int, dtype):
+        from mpi4py import MPI
+
+        self._MPI, self._comm = MPI, mpi_comm
+        self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        self.max_elems = int(max_elems)
+        self.scratch = np.empty(-(-self.max_elems // self.size), dtype=dtype)
+        self._queue: collections.deque[list] = collections.deque()  # [buffer, chunk bounds, step, requests]
+
+    def start(self, buf: np.ndarray) -> None:
+        """Queue buf (flat, contiguous, the ring's dtype, at most max_elems elements) for summing in place."""
+        if buf.dtype != self.scratch.dtype or buf.ndim != 1 or buf.size > self.max_elems or not buf.flags.c_contiguous:
+            raise ValueError(f"ring allreduce takes flat contiguous {self.scratch.dtype} buffers of at most "
+                             f"{self.max_elems} elements, got {buf.dtype} {buf.shape}")
+        if self.size == 1:
+            return
+        bounds = [buf.size * k // self.size for k in range(self.size + 1)]
+        self._queue.append([buf, bounds, 0, None])
+
+    def _post(self, op: list) -> None:
+        """Post the sends and receives of op's current step."""
+        buf, bounds, step, _ = op
+        p, r = self.size, self.rank
+        if step < p - 1:  # reduce-scatter: the chunk received is added, so it lands in scratch first
+            send, recv = (r - step) % p, (r - step - 1) % p
+            into = self.scratch[:bounds[recv + 1] - bounds[recv]]
+        else:  # allgather: the received chunk is final and goes straight into the buffer
+            send, recv = (r + 1 - (step - p + 1)) % p, (r - (step - p + 1)) % p
+            into = buf[bounds[recv]:bounds[recv + 1]]
+        op[3] = [self._comm.Irecv(into, (r - 1) % p, 0),
+                 self._comm.Isend(buf[bounds[send]:bounds[send + 1]], (r + 1) % p, 0)]
+
+    def _complete(self, op: list) -> None:
+        """op's current step has arrived: add it (reduce-scatter) and move on."""
+        buf, bounds, step, _ = op
+        if step < self.size - 1:
+            recv = (self.rank - step - 1) % self.size
+            chunk = buf[bounds[recv]:bounds[recv + 1]]
+            np.add(chunk, self.scratch[:chunk.size], out=chunk)
+        op[2], op[3] = step + 1, None
+        if op[2] == 2 * (self.size - 1):
+            self._queue.popleft()
+
+    def progress(self) -> bool:
+        """Advance without blocking as far as the messages allow; True when nothing is left in flight."""
+        while self._queue:
+            op = self._queue[0]
+            if op[3] is None:
+                self._post(op)
+            if not self._MPI.Request.Testall(op[3]):
+                return False
+            self._complete(op)
+        return True
+
+    def wait(self) -> None:
+        """Block until every started buffer holds its sum over ranks."""
+        while self._queue:
+            op = self._queue[0]
+            if op[3] is None:
+                self._post(op)
+            self._MPI.Request.Waitall(op[3])
+            self._complete(op)
+
+
 def _displacements(counts: list[int]) -> list[int]:
     """Start offset of each rank's part when parts of counts[r] elements follow each other in rank order."""
     return [int(x) for x in np.concatenate([[0], np.cumsum(counts)[:-1]])]
@@ -448,169 +500,6 @@ def world() -> Comm:
     # only takes effect if mpi4py.MPI is not imported yet; `python -m mpi4py` uses "multiple" already
     mpi4py.rc.thread_level = "multiple"
     return MPIComm()
-
-
-# ---------------------------------------------------------------------------------------------
-# bucketed, overlapped gradient allreduce
-# ---------------------------------------------------------------------------------------------
-
-class Bucket(NamedTuple):
-    """grad[start:stop] travels in one allreduce once every layer in `layers` has its gradient."""
-
-    start: int
-    stop: int
-    layers: tuple[int, ...]
-
-
-def bucket_layout(layer_slices: list[slice], n: int, itemsize: int, bucket_bytes: int) -> list[Bucket]:
-    """Buckets of a flat gradient of n elements, in the order the backward pass completes them.
-
-    layer_slices must tile range(n) in layer order. Buckets are formed from the last layer
-    backwards, each a contiguous run of whole layers of at most bucket_bytes, except that a
-    layer bigger than bucket_bytes is cut into equal pieces of at most bucket_bytes each.
-    """
-    if bucket_bytes <= 0:
-        raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
-    expected = 0
-    for l, s in enumerate(layer_slices):
-        if s.step not in (None, 1) or s.start != expected or s.stop <= s.start:
-            raise ValueError(f"layer_slices must tile the gradient in order; layer {l} is {s}, expected start {expected}")
-        expected = s.stop
-    if expected != n:
-        raise ValueError(f"layer_slices cover {expected} elements but the gradient has {n}")
-    cap = max(1, bucket_bytes // itemsize)
-    buckets: list[Bucket] = []
-    run: list[int] = []  # layers of the bucket being filled, last layer first
-
-    def close_run():
-        if run:
-            buckets.append(Bucket(layer_slices[run[-1]].start, layer_slices[run[0]].stop, tuple(run)))
-            run.clear()
-
-    for l in reversed(range(len(layer_slices))):
-        s = layer_slices[l]
-        if s.stop - s.start > cap:
-            close_run()
-            pieces = -(-(s.stop - s.start) // cap)
-            bounds = np.linspace(s.start, s.stop, pieces + 1).round().astype(int)
-            for k in reversed(range(pieces)):
-                buckets.append(Bucket(int(bounds[k]), int(bounds[k + 1]), (l,)))
-            continue
-        if run and layer_slices[run[0]].stop - s.start > cap:
-            close_run()
-        run.append(l)
-    close_run()
-    return buckets
-
-
-class GradientReducer:
-    """Sums a flat gradient over ranks in buckets, started while the backward pass is still running.
-
-    grad: flat float32/float64 gradient (n,); layer_slices[l]: layer l's (dW, db) part of it.
-    Usage per step: backward calls layer_ready(l) as each layer's gradient completes (last layer
-    first) and progress() between compute chunks; finish() before the update. After finish, grad
-    holds the sum over ranks on every rank. Do not write a layer's gradient after layer_ready.
-
-    overlap=True starts an Iallreduce for each bucket as soon as all its layers are ready, in the
-    fixed bucket order (so every rank starts the same collectives in the same order). MPICH only
-    advances them inside Test/Wait, hence progress(). overlap=False does one blocking allreduce of
-    the whole buffer (in 16 MiB pieces) in finish().
-
-    comm_dtype compresses each bucket to 16 bits for the wire and sums with a user-defined MPI op
-    that adds in float32 and rounds back after every partial sum:
-      "bfloat16": upper 16 bits of float32, round to nearest even; relative error ~2^-8 per
-        rounding, same range as float32.
-      "float16": relative error ~2^-11 per rounding, but values above 65504 become inf and values
-        below ~6e-8 flush to zero: scale the loss if gradients are large or tiny.
-    Each element is rounded once on encoding and once per partial sum (at most p-1 times), so
-    |error| <= p * u * sum_r |g_r| to first order, u = 2^-8 (bf16) or 2^-11 (fp16). Measured on 2^20
-    normal values: max 1.95u with 2 ranks, 2.30u with 4 ranks, median 0.3u (tests/test_comm.py). A 1-rank run (SerialComm) applies the same encode/decode
-    rounding, so results do not jump when going from one rank to several.
-
-    stats: exposed_s (seconds waiting in finish), overlap_s (seconds in layer_ready/progress),
-    bytes (bytes handed to allreduce on this rank), calls (allreduce calls), steps (finish calls).
-    """
-
-    def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], bucket_bytes: int = 4 << 20,
-                 overlap: bool = True, comm_dtype: str | None = None):
-        if grad.ndim != 1 or not grad.flags.c_contiguous or grad.dtype not in (np.float32, np.float64):
-            raise ValueError(f"grad must be a flat contiguous float32/float64 array, got {grad.dtype} {grad.shape}")
-        self.comm, self.grad, self.overlap = comm, grad, overlap
-        self._codec = _Codec(comm_dtype)
-        self.buckets = bucket_layout(layer_slices, grad.size, grad.itemsize, bucket_bytes)
-        compressed = self._codec.name is not None
-        self._wire = [self._codec.empty(b.stop - b.start, grad.dtype) if compressed else grad[b.start:b.stop]
-                      for b in self.buckets]
-        self._buckets_of_layer: list[list[int]] = [[] for _ in layer_slices]
-        for i, b in enumerate(self.buckets):
-            for l in b.layers:
-                self._buckets_of_layer[l].append(i)
-        self._n_layers = len(layer_slices)
-        self._new_step()
-        self.reset_stats()
-
-    def reset_stats(self) -> None:
-        self.stats = {"exposed_s": 0.0, "overlap_s": 0.0, "bytes": 0, "calls": 0, "steps": 0}
-
-    def _new_step(self) -> None:
-        self._layer_done = [False] * self._n_layers
-        self._missing = [len(b.layers) for b in self.buckets]
-        self._next = 0  # first bucket not started yet
-        self._handles: list = []
-
-    def _start(self, i: int) -> None:
-        b, wire = self.buckets[i], self._wire[i]
-        if self._codec.name is not None:
-            self._codec.encode(self.grad[b.start:b.stop], wire)
-        self._handles.append(self.comm._start_allreduce(wire, self._codec))
-        self.stats["bytes"] += wire.nbytes
-        self.stats["calls"] += 1
-
-    def layer_ready(self, layer: int) -> None:
-        """Layer's gradient is complete: start every bucket that is now complete (overlap=True)."""
-        t0 = time.perf_counter()
-        if self._layer_done[layer]:
-            raise ValueError(f"layer {layer} reported ready twice in one step")
-        self._layer_done[layer] = True
-        for i in self._buckets_of_layer[layer]:
-            self._missing[i] -= 1
-        if self.overlap:
-            while self._next < len(self.buckets) and self._missing[self._next] == 0:
-                self._start(self._next)
-                self._next += 1
-            if self._handles:
-                self.comm._test_all(self._handles)
-        self.stats["overlap_s"] += time.perf_counter() - t0
-
-    def progress(self) -> None:
-        """Let MPI advance the outstanding allreduces (it only does so inside Test/Wait)."""
-        if self._handles:
-            t0 = time.perf_counter()
-            self.comm._test_all(self._handles)
-            self.stats["overlap_s"] += time.perf_counter() - t0
-
-    def _reduce_blocking(self) -> None:
-        """overlap=False: one blocking allreduce of the whole gradient (in pieces)."""
-        self.comm.allreduce_sum(self.grad)
-        self.stats["bytes"] += self.grad.nbytes
-        self.stats["calls"] += -(-self.grad.nbytes // PIECE_BYTES)
-
-    def finish(self) -> None:
-        """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
-        t0 = time.perf_counter()
-        if not self.overlap and self._codec.name is None:
-            self._reduce_blocking()
-        else:
-            while self._next < len(self.buckets):
-                self._start(self._next)
-                self._next += 1
-            self.comm._wait_all(self._handles)
-            if self._codec.name is not None:
-                for b, wire in zip(self.buckets, self._wire):
-                    self._codec.decode(wire, self.grad[b.start:b.stop])
-        self._new_step()
-        self.stats["exposed_s"] += time.perf_counter() - t0
-        self.stats["steps"] += 1
 
 
 # ---------------------------------------------------------------------------------------------

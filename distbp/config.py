@@ -51,6 +51,8 @@ class Config:
     bucket_mb: float = opt(4.0, "gradient allreduce bucket size (MiB)")
     overlap: bool = opt(True, "overlap the allreduce with the backward pass; False: one blocking allreduce")
     comm_dtype: str | None = opt(None, "bfloat16 or float16: compress gradients for the allreduce")
+    allreduce: str = opt("auto", "ring (distbp's ring: less memory, faster on one node), mpi (the MPI library's), "
+                                 "auto: ring when all ranks share one node, else mpi")
     # output
     save: str | None = opt(None, "final parameters as .npz with W0, b0, W1, b1, …")
     metrics: str | None = opt(None, "one JSON object per epoch (JSONL)")
@@ -80,6 +82,7 @@ CHOICES = {
     "optimizer": ("gd", "momentum", "adam"),
     "lr_scale": ("sum", "mean"),
     "comm_dtype": (None, "bfloat16", "float16"),
+    "allreduce": ("auto", "ring", "mpi"),
     "progress": ("auto", "bar", "lines", "none"),
 }
 
@@ -114,6 +117,9 @@ def validate(cfg: Config) -> Config:
     if cfg.reproducible and (cfg.accumulate > 1 or cfg.shard_optimizer):
         raise ConfigError("--reproducible conflicts with --accumulate and --shard-optimizer "
                           "(it already computes in micro-blocks and sums exactly)")
+    if cfg.allreduce == "ring" and (cfg.comm_dtype or cfg.shard_optimizer or cfg.reproducible):
+        raise ConfigError("--allreduce ring conflicts with --comm-dtype, --shard-optimizer and --reproducible "
+                          "(compressed, reduce-scattered and exact sums use their own collectives)")
     if cfg.shard_optimizer and cfg.comm_dtype:
         raise ConfigError("--shard-optimizer and --comm-dtype conflict: the reduce-scatter sums full precision")
     return cfg

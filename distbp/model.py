@@ -25,7 +25,7 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 class BackwardHooks(Protocol):
-    """What the backward pass tells a gradient reducer (see `distbp.comm.GradientReducer`)."""
+    """What the backward pass tells a gradient reducer (see `distbp.reducer.GradientReducer`)."""
 
     def layer_ready(self, layer: int) -> None: ...  # layer's dW, db are final
     def progress(self) -> None: ...  # called between compute chunks

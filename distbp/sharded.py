@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from distbp.comm import Comm, GradientReducer
+from distbp.comm import Comm
+from distbp.reducer import GradientReducer
 from distbp.shard import rank_slice
 
 

@@ -20,13 +20,14 @@ import numpy as np
 
 from distbp import faults, kernels
 from distbp.runstate import resume, save
-from distbp.comm import Comm, DistbpError, GradientReducer, Watchdog
+from distbp.comm import Comm, DistbpError, Watchdog
 from distbp.config import Config, ConfigError
 from distbp.data import Dataset, load_dataset
 from distbp.model import MLP
 from distbp.optim import make_optimizer
 from distbp.sharded import ShardedGradientReducer, ShardedOptimizer
 from distbp.progress import Progress
+from distbp.reducer import GradientReducer
 from distbp.shard import epoch_permutation, global_batches, max_shard_rows, rank_slice
 
 
@@ -78,6 +79,20 @@ class Run:
     history: list = field(default_factory=list)
 
 
+def allreduce_algorithm(cfg: Config, comm: Comm) -> str:
+    """Collective: "ring" or "mpi" for the gradient allreduce (--allreduce).
+
+    auto takes distbp's ring when every rank is on one node, where it measured faster than MPICH's
+    Iallreduce and needs no message-sized scratch (benchmarks/allreduce.py), and the MPI library's own
+    across nodes, where a vendor MPI knows the network's topology and a flat ring pays 2(p−1) latencies.
+    """
+    if cfg.allreduce != "auto":
+        return cfg.allreduce
+    if cfg.comm_dtype:
+        return "mpi"
+    return "ring" if comm.single_node() else "mpi"
+
+
 def setup(cfg: Config, comm: Comm) -> Run:
     """Load data, build the model and optimizer, agree across ranks, resume if asked."""
     err = None
@@ -115,7 +130,8 @@ def setup(cfg: Config, comm: Comm) -> Run:
                                          bucket_bytes=int(cfg.bucket_mb * (1 << 20)), overlap=cfg.overlap)
     else:
         reducer = GradientReducer(comm, grad, model.layer_slices, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
-                                  overlap=cfg.overlap, comm_dtype=cfg.comm_dtype)
+                                  overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
+                                  algorithm=allreduce_algorithm(cfg, comm))
     watchdog = Watchdog(comm, cfg.timeout, heartbeat_dir(cfg, comm))
     run = Run(cfg, comm, data, model, optimizer, grad, X, y, reducer, watchdog, acc=acc)
     if cfg.resume:

@@ -7,9 +7,8 @@ Run with 2, 3 or 4 ranks:
 import numpy as np
 import pytest
 
-from distbp.comm import (
-    PIECE_BYTES, ConfigMismatchError, DistbpError, DivergenceError, GradientReducer, MPIComm,
-)
+from distbp.comm import PIECE_BYTES, ConfigMismatchError, DistbpError, DivergenceError, MPIComm
+from distbp.reducer import GradientReducer
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -156,10 +155,11 @@ def run_backward(reducer, grad, values):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("overlap", [True, False])
 @pytest.mark.parametrize("bucket_bytes", [1000, 64 << 10, 4 << 20])
-def test_reducer_equals_a_plain_allreduce(comm, dtype, overlap, bucket_bytes):
+@pytest.mark.parametrize("algorithm", ["mpi", "ring"])
+def test_reducer_equals_a_plain_allreduce(comm, dtype, overlap, bucket_bytes, algorithm):
     n = sum(LAYER_SIZES)
     grad = np.zeros(n, dtype)
-    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), bucket_bytes, overlap)
+    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), bucket_bytes, overlap, algorithm=algorithm)
     for step in range(2):  # the second step checks that the reducer resets between steps
         values = rank_array(comm.rank, n, dtype, seed=step)
         run_backward(reducer, grad, values)
@@ -169,6 +169,52 @@ def test_reducer_equals_a_plain_allreduce(comm, dtype, overlap, bucket_bytes):
         assert np.allclose(grad, plain, rtol=0, atol=4 * comm.size * np.finfo(dtype).eps * np.abs(plain).max())
     assert reducer.stats["steps"] == 2 and reducer.stats["bytes"] == 2 * grad.nbytes
     assert reducer.stats["calls"] >= (2 * len(reducer.buckets) if overlap else 2)
+    comm.check_identical(grad, step=1)  # the same bits on every rank, so parameters stay identical
+
+
+# ---- distbp's ring allreduce ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 1000, 300_001])
+def test_ring_allreduce_sums_any_length_to_the_same_bits_on_every_rank(comm, dtype, n):
+    ring = comm.ring_allreduce(300_001, dtype)
+    buf = rank_array(comm.rank, n, dtype, seed=n)
+    ring.start(buf)
+    ring.wait()
+    # each element is rounded once per partial sum, p-1 of them
+    assert_sum_close(buf, comm, n, dtype, ulps=comm.size, seed=n)
+    comm.check_identical(buf, step=0)
+
+
+def test_ring_allreduce_runs_queued_buffers_in_order_with_progress_calls(comm):
+    ring = comm.ring_allreduce(50_000, np.float64)
+    bufs = [rank_array(comm.rank, n, np.float64, seed=k) for k, n in enumerate([50_000, 2, 12_345, 50_000])]
+    for buf in bufs:
+        ring.start(buf)
+        ring.progress()
+    polls = 0
+    while not ring.progress():
+        polls += 1
+        assert polls < 10**7, "the ring made no progress"
+    for k, buf in enumerate(bufs):
+        assert_sum_close(buf, comm, buf.size, np.float64, ulps=comm.size, seed=k)
+    # its scratch holds one chunk of the largest buffer, not a copy of every buffer in flight
+    assert ring.scratch.size == -(-50_000 // comm.size)
+
+
+def test_ring_allreduce_refuses_a_buffer_it_was_not_built_for(comm):
+    ring = comm.ring_allreduce(100, np.float32)
+    with pytest.raises(ValueError, match="at most 100 elements"):
+        ring.start(np.zeros(101, np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        ring.start(np.zeros(10, np.float64))
+    with pytest.raises(ValueError, match="contiguous"):
+        ring.start(np.zeros(20, np.float32)[::2])
+
+
+def test_every_rank_agrees_that_this_job_runs_on_one_node(comm):
+    # the test jobs run on one machine (the multi-host tests live in test_multinode.py)
+    assert comm.single_node()
 
 
 # one rounding's relative error; each element is rounded on encoding (error <= u*sum|g_r|) and after each

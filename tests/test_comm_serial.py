@@ -8,10 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from distbp.comm import (
-    Bucket, ConfigMismatchError, DistbpError, DivergenceError, GradientReducer, SerialComm, StallError,
-    Watchdog, bf16_decode, bf16_encode, bucket_layout,
-)
+from distbp.comm import ConfigMismatchError, DistbpError, DivergenceError, SerialComm, StallError, Watchdog
+from distbp.reducer import Bucket, GradientReducer, bf16_decode, bf16_encode, bucket_layout
 
 
 def layer_slices(sizes):
@@ -105,12 +103,14 @@ def test_layer_slices_that_do_not_tile_the_gradient_are_rejected(slices, n):
 
 # ---- reducer on one rank --------------------------------------------------------------------
 
+@pytest.mark.parametrize("algorithm", ["mpi", "ring"])
 @pytest.mark.parametrize("overlap", [True, False])
-def test_serial_reducer_leaves_an_uncompressed_gradient_unchanged(overlap):
+def test_serial_reducer_leaves_an_uncompressed_gradient_unchanged(overlap, algorithm):
     rng = np.random.default_rng(0)
     grad = rng.standard_normal(1000).astype(np.float32)
     expected = grad.copy()
-    reducer = GradientReducer(SerialComm(), grad, layer_slices([100, 300, 600]), bucket_bytes=256, overlap=overlap)
+    reducer = GradientReducer(SerialComm(), grad, layer_slices([100, 300, 600]), bucket_bytes=256, overlap=overlap,
+                              algorithm=algorithm)
     for layer in (2, 1, 0):
         reducer.layer_ready(layer)
         reducer.progress()
@@ -139,6 +139,10 @@ def test_reducer_rejects_a_layer_reported_twice_and_bad_options():
         GradientReducer(SerialComm(), grad, layer_slices([5, 5]), comm_dtype="int8")
     with pytest.raises(ValueError, match="flat contiguous"):
         GradientReducer(SerialComm(), np.zeros(10, np.float16), layer_slices([5, 5]))
+    with pytest.raises(ValueError, match="algorithm must be"):
+        GradientReducer(SerialComm(), grad, layer_slices([5, 5]), algorithm="tree")
+    with pytest.raises(ValueError, match="comm_dtype needs algorithm='mpi'"):
+        GradientReducer(SerialComm(), grad, layer_slices([5, 5]), comm_dtype="bfloat16", algorithm="ring")
 
 
 # ---- bfloat16 encoding ----------------------------------------------------------------------

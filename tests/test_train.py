@@ -115,6 +115,9 @@ def test_learning_rate_too_high_is_reported_as_nonfinite_not_silently_trained_on
     (dict(optimizer="sgdx"), "--optimizer must be one of"),
     (dict(resume=True), "--resume needs --checkpoint-dir"),
     (dict(reproducible=True, comm_dtype="bfloat16"), "conflict"),
+    (dict(allreduce="ring", comm_dtype="bfloat16"), "conflict"),
+    (dict(allreduce="ring", shard_optimizer=True), "conflict"),
+    (dict(allreduce="nccl"), "--allreduce must be one of"),
     (dict(layers=[12, 0, 3]), "positive sizes"),
     (dict(test_fraction=1.5), "--test-fraction"),
 ])

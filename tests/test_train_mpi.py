@@ -27,11 +27,13 @@ def train_on(comm, **overrides):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("batch_size", [32, 7, 1])  # divisible or not by p, and smaller than p
-def test_p_ranks_match_one_rank(batch_size):
+@pytest.mark.parametrize("allreduce", ["ring", "mpi"])
+def test_p_ranks_match_one_rank(batch_size, allreduce):
     comm = world()
     if batch_size == 1 and comm.size > 3:
         batch_size = 2  # still smaller than p, keeps the step count low
-    p_run = train_on(comm, batch_size=batch_size)
+    p_run = train_on(comm, batch_size=batch_size, allreduce=allreduce)
+    assert p_run.reducer.algorithm == allreduce
     one = train_on(SerialComm(), batch_size=batch_size)
     assert np.abs(p_run.model.flat_params - one.model.flat_params).max() < 1e-10
     assert p_run.history[-1]["train_loss"] == pytest.approx(one.history[-1]["train_loss"], rel=1e-9)
@@ -39,10 +41,11 @@ def test_p_ranks_match_one_rank(batch_size):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_all_ranks_hold_identical_parameters_after_every_step():
+@pytest.mark.parametrize("allreduce", ["ring", "mpi"])
+def test_all_ranks_hold_identical_parameters_after_every_step(allreduce):
     comm = world()
     # check_every=1 compares a checksum of the parameters across ranks after every step and raises if they differ
-    r = train_on(comm, batch_size=13, dtype="float32", optimizer="adam", check_every=1)
+    r = train_on(comm, batch_size=13, dtype="float32", optimizer="adam", check_every=1, allreduce=allreduce)
     from mpi4py import MPI
     everyone = MPI.COMM_WORLD.allgather(r.model.flat_params.tobytes())
     assert all(b == everyone[0] for b in everyone)
@@ -50,11 +53,19 @@ def test_all_ranks_hold_identical_parameters_after_every_step():
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("overlap,bucket_mb", [(True, 0.0005), (False, 4.0)])
-def test_overlapped_buckets_and_one_blocking_allreduce_agree(overlap, bucket_mb):
+@pytest.mark.parametrize("allreduce", ["ring", "mpi"])
+def test_overlapped_buckets_and_one_blocking_allreduce_agree(overlap, bucket_mb, allreduce):
     comm = world()
-    r = train_on(comm, batch_size=16, overlap=overlap, bucket_mb=bucket_mb, epochs=1)
+    r = train_on(comm, batch_size=16, overlap=overlap, bucket_mb=bucket_mb, epochs=1, allreduce=allreduce)
     one = train_on(SerialComm(), batch_size=16, epochs=1)
     assert np.abs(r.model.flat_params - one.model.flat_params).max() < 1e-10
+
+
+@pytest.mark.mpi(min_size=2)
+def test_auto_picks_the_ring_on_one_node_and_mpi_for_compressed_gradients():
+    comm = world()
+    assert train.allreduce_algorithm(validate(Config(data=SMALL)), comm) == "ring"  # the test jobs share one node
+    assert train.allreduce_algorithm(validate(Config(data=SMALL, comm_dtype="bfloat16")), comm) == "mpi"
 
 
 @pytest.mark.mpi(min_size=2)
