@@ -76,7 +76,7 @@ def mlp_layer_sizes(widths: list[int]) -> list[int]:
 
 
 def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
-    """The MLP gradient as one call, in 16 MiB pieces, and through GradientReducer with several bucket sizes.
+    """The MLP gradient as one call, in 16 MiB pieces, and through GradientReducer: MPI's Iallreduce and distbp's ring, several bucket sizes.
 
     All layers are ready at once (no compute to hide behind): this measures what bucketing costs.
     The variants take turns within each repeat so that load from other processes hits them alike;
@@ -88,15 +88,18 @@ def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
     grad = np.zeros(int(bounds[-1]), np.float32)  # zeros: repeated sums stay finite
     variants = [("one call", lambda: comm.allreduce_sum(grad, piece_bytes=1 << 62), 1),
                 ("16 MiB pieces", lambda: comm.allreduce_sum(grad), -(-grad.nbytes // PIECE_BYTES))]
-    for bucket_bytes, comm_dtype in [(256 << 10, None), (MIB, None), (4 * MIB, None), (8 * MIB, None),
-                                     (4 * MIB, "bfloat16"), (4 * MIB, "float16")]:
-        reducer = GradientReducer(comm, grad, slices, bucket_bytes, overlap=True, comm_dtype=comm_dtype)
+    for bucket_bytes, comm_dtype, algorithm in [
+            (256 << 10, None, "mpi"), (MIB, None, "mpi"), (4 * MIB, None, "mpi"), (8 * MIB, None, "mpi"),
+            (MIB, None, "ring"), (4 * MIB, None, "ring"), (8 * MIB, None, "ring"),
+            (4 * MIB, "bfloat16", "mpi"), (4 * MIB, "float16", "mpi")]:
+        reducer = GradientReducer(comm, grad, slices, bucket_bytes, overlap=True, comm_dtype=comm_dtype,
+                                  algorithm=algorithm)
 
         def step(reducer=reducer):
             for layer in reversed(range(len(slices))):
                 reducer.layer_ready(layer)
             reducer.finish()
-        label = f"reducer {bucket_bytes // 1024} KiB" + (f" {comm_dtype}" if comm_dtype else "")
+        label = f"{algorithm} {bucket_bytes // 1024} KiB" + (f" {comm_dtype}" if comm_dtype else "")
         variants.append((label, step, len(reducer.buckets)))
     times = {label: [] for label, _, _ in variants}
     for rep in range(repeats + 3):  # the first 3 rounds are warm-up

@@ -13,7 +13,7 @@ Definitions (printed with the tables):
   step time      per step the slowest rank's time, median over all timed steps
   phases         median over steps on each rank, then the max over ranks:
                    compute = forward + backward + update, minus the time spent inside the reducer's hooks
-                   hooks   = Iallreduce starts and Testall calls made during backward (MPI progress)
+                   hooks   = bucket starts and progress calls made during backward (MPI only moves inside them)
                    exposed = waiting in GradientReducer.finish (communication not hidden behind compute)
                    other   = the rest (global loss sum, Python)
   1x1 base       rank 0 alone on 1 thread, no communication, timed in turns inside the same job as the split
@@ -21,8 +21,11 @@ Definitions (printed with the tables):
   strong scaling fixed global batch G: speed-up = step(1x1, G) / step; efficiency = speed-up / (ranks x threads)
   weak scaling   fixed per-rank batch P: speed-up = samples/s / samples/s(1x1, P); efficiency = speed-up /
                  (ranks x threads), which for 1 thread per rank is the per-rank throughput ratio
-  hidden         1 - exposed(overlapped buckets) / exposed(one blocking allreduce), same split and batch:
-                 the share of the blocking allreduce's wait that overlapping took off the critical path
+  transport      distbp's ring allreduce (what `distbp train` uses when all ranks share a node); "block" starts
+                 the same buckets only after backward; "ring vs MPI" times the same overlapped buckets through the
+                 MPI library's Iallreduce instead, in turns in the same job
+  hidden         1 - exposed(overlapped buckets) / exposed(buckets after backward), same split and batch:
+                 the share of the allreduce's wait that overlapping took off the critical path
   memory         peak = ru_maxrss; increment = peak - RSS after imports and kernel compilation (measured before
                  the model exists); theory = parameters + gradients + optimizer state + z, a per layer + g scratch
                  + row losses + the batch slice, from the layer sizes
@@ -193,6 +196,10 @@ def scaling_rows(d: dict, kind: str, G: int, P: int, cores: int) -> list[dict]:
             row["blocking_step_s"] = blocking["step_s"]
             row["blocking_exposed_s"] = blocking["exposed_s"]
             row["hidden_fraction"] = (1 - v["exposed_s"] / blocking["exposed_s"]) if blocking["exposed_s"] > 0 else None
+        mpi = s["variants"].get(f"{batch}:overlap-mpi")
+        if mpi is not None:  # the same buckets through MPI's Iallreduce instead of distbp's ring
+            row["mpi_step_s"], row["mpi_exposed_s"] = mpi["step_s"], mpi["exposed_s"]
+            row["ring_speedup_vs_mpi"] = mpi["step_s"] / v["step_s"]
         rows.append(row)
     return rows
 
@@ -231,6 +238,11 @@ def print_scaling(rows: list[dict], title: str) -> None:
               f"{fmt(r.get('hidden_fraction'), '7.1%')} {fmt(r.get('vs_torch_same_split'), '9.2f')} "
               f"{fmt(r.get('vs_torch_all_cores'), '12.2f')} {1e3 * r['base_step_s']:8.1f} "
               f"{r['efficiency_vs_1x1_job']:11.1%}")
+    for r in rows:
+        if "mpi_step_s" in r:
+            print(f"{r['ranks']:>7} x {r['threads']:<3} ring vs MPI Iallreduce (same buckets, overlapped): step "
+                  f"{1e3 * r['step_s']:.1f} vs {1e3 * r['mpi_step_s']:.1f} ms ({r['ring_speedup_vs_mpi']:.3f}x), "
+                  f"exposed {1e3 * r['exposed_s']:.2f} vs {1e3 * r['mpi_exposed_s']:.2f} ms")
 
 
 def print_torch(torch: dict) -> None:
@@ -366,7 +378,7 @@ def main(argv=None) -> None:
         for rep in range(repeats):
             for r, t in plan:
                 batches = sorted({G // r, P} | ({G} if r == 1 else set()))
-                modes = "overlap,blocking" if r > 1 else "overlap"
+                modes = "overlap,blocking,overlap-mpi" if r > 1 else "overlap"
                 solo = sorted({G, P}) if (r, t) != (1, 1) else []  # the 1x1 base, again inside this job
                 raw_d[(r, t)].append(run_distbp(r, t, batches, modes, solo, steps, Path(tmp, f"d{r}x{t}.{rep}.json")))
                 if not use_torch:
@@ -389,7 +401,7 @@ def main(argv=None) -> None:
           f"{steps['rounds']} rounds x {steps['steps']} steps per variant; load average {load0[0]:.1f} -> "
           f"{load1[0]:.1f} (shared machine); {elapsed:.0f} s")
     print(__doc__.split("\n\n", 3)[3].rstrip())
-    print_scaling(strong, f"STRONG scaling, global batch {G} (overlapped bucketed reducer; block = one blocking "
+    print_scaling(strong, f"STRONG scaling, global batch {G} (overlapped ring buckets; block = the same after backward; "
                           "allreduce; times in ms, max over ranks)")
     print_scaling(weak, f"WEAK scaling, {P} rows per rank")
     if torch:

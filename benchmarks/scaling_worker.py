@@ -91,15 +91,20 @@ class Variant:
     inside this job, in turns with the others, so that the efficiency ratios see the same machine load.
     """
 
-    def __init__(self, comm, model: MLP, grad, rows: int, overlap: bool, bucket_bytes: int, solo: bool = False):
-        self.rows, self.overlap, self.solo = rows, overlap, solo
+    def __init__(self, comm, model: MLP, grad, rows: int, mode: str, bucket_bytes: int, algorithm: str,
+                 solo: bool = False):
+        self.rows, self.mode, self.solo = rows, mode, solo
+        self.overlap = mode != "blocking"
+        # overlap-mpi: the MPI library's Iallreduce in the same buckets, the baseline of distbp's ring
+        self.algorithm = "mpi" if mode == "overlap-mpi" else algorithm
         self.comm = SerialComm() if solo else comm
-        self.reducer = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes, overlap=overlap)
+        self.reducer = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes,
+                                       overlap=self.overlap, algorithm=self.algorithm)
         self.times: dict[str, list[float]] = {k: [] for k in ("step", "compute", "hooks", "exposed", "other")}
 
     @property
     def name(self) -> str:
-        return f"{self.rows}:{'solo' if self.solo else 'overlap' if self.overlap else 'blocking'}"
+        return f"{self.rows}:{'solo' if self.solo else self.mode}"
 
 
 def step(model: MLP, opt, grad, X, y, v: Variant, record: bool) -> None:
@@ -129,7 +134,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", default="784,1024,1024,10")
     p.add_argument("--batches", default="512", help="per-rank batch sizes to time, comma-separated")
-    p.add_argument("--modes", default="overlap,blocking", help="reducers: overlap (buckets), blocking (one call)")
+    p.add_argument("--modes", default="overlap,blocking",
+                   help="reducers: overlap (buckets during backward), blocking (all after backward), "
+                        "overlap-mpi (overlap with the MPI library's Iallreduce)")
+    p.add_argument("--allreduce", default="ring", choices=["ring", "mpi"],
+                   help="transport of the overlap and blocking modes (distbp train's default on one node: ring)")
     p.add_argument("--solo", default="", help="per-rank batches to time on rank 0 alone, 1 thread, no MPI")
     p.add_argument("--bucket-mb", type=float, default=4.0)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (Numba compiles on the first)")
@@ -148,7 +157,7 @@ def main(argv=None) -> None:
     # compile every kernel on a tiny model first, so the baseline RSS holds the runtime and the compiled code
     tiny = MLP([sizes[0], 4, 4, sizes[-1]], seed=1)
     tiny_grad = np.zeros(tiny.n_params, np.float32)
-    tiny_red = GradientReducer(comm, tiny_grad, tiny.layer_slices)
+    tiny_red = GradientReducer(comm, tiny_grad, tiny.layer_slices, algorithm=args.allreduce)
     rng = np.random.default_rng(comm.rank)
     Xt = rng.standard_normal((4, sizes[0]), dtype=np.float32)
     yt = rng.integers(0, sizes[-1], 4)
@@ -171,9 +180,9 @@ def main(argv=None) -> None:
     opt.step(model.flat_params, grad)
     model_rss = rss_bytes()
     training_peak = None
-    variants = [Variant(comm, model, grad, b, m == "overlap", int(args.bucket_mb * (1 << 20)))
+    variants = [Variant(comm, model, grad, b, m, int(args.bucket_mb * (1 << 20)), args.allreduce)
                 for b in batches for m in modes]
-    variants += [Variant(comm, model, grad, b, True, 1 << 20, solo=True) for b in solo]
+    variants += [Variant(comm, model, grad, b, "overlap", 1 << 20, args.allreduce, solo=True) for b in solo]
     n_threads = threads.default_threads()
 
     def turn(v: Variant, count: int, record: bool) -> None:
@@ -189,9 +198,9 @@ def main(argv=None) -> None:
             step(model, opt, grad, X, y, v, record)
 
     # warm up the overlapped variants first: the peak RSS then is what training (overlap is its default) needs,
-    # before the blocking allreduce adds MPICH's own scratch buffers
-    for v in sorted(variants, key=lambda v: not v.overlap):
-        if not v.overlap and training_peak is None:
+    # before the other variants add their transports' scratch (MPICH's Iallreduce and Allreduce allocate some)
+    for v in sorted(variants, key=lambda v: v.mode != "overlap"):
+        if v.mode != "overlap" and training_peak is None:
             training_peak = peak_rss_bytes()
         turn(v, args.warmup, record=False)
     if training_peak is None:
@@ -208,7 +217,7 @@ def main(argv=None) -> None:
     times = {v.name: {k: ([t] if v.solo else gather_rows(comm, t).tolist()) for k, t in v.times.items()}
              for v in variants}
     if is_root:
-        result = {"ranks": comm.size, "threads": n_threads, "layers": sizes,
+        result = {"ranks": comm.size, "threads": n_threads, "layers": sizes, "allreduce": args.allreduce,
                   "n_params": model.n_params, "buckets": len(variants[0].reducer.buckets),
                   "theory": theory_bytes(sizes, rows, model.dtype.itemsize, opt_state), "rows_per_rank": rows,
                   "peak_rss": memory[:, 0].tolist(), "baseline_rss": memory[:, 1].tolist(),
