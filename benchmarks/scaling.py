@@ -76,12 +76,12 @@ def run(cmd: list[str], what: str, attempts: int = 2) -> None:
 
 
 def run_distbp(ranks: int, threads: int, batches: list[int], modes: str, solo: list[int], steps: dict,
-               out: Path) -> dict:
+               out: Path, allreduce: str = "ring") -> dict:
     cmd = [sys.executable, str(LAUNCH), "-n", str(ranks), "--threads", str(threads), "python", str(WORKER),
            "--layers", LAYERS, "--batches", ",".join(map(str, batches)), "--modes", modes, "--out", str(out),
-           "--solo", ",".join(map(str, solo)),
+           "--solo", ",".join(map(str, solo)), "--allreduce", allreduce,
            *[f"--{k}={v}" for k, v in steps.items()]]
-    run(cmd, f"distbp {ranks}x{threads} batches {batches} {modes}")
+    run(cmd, f"distbp {ranks}x{threads} batches {batches} {modes} ({allreduce})")
     return json.loads(out.read_text())
 
 
@@ -142,18 +142,24 @@ def summarize_distbp(results: list[dict], ranks: int, threads: int) -> dict:
                          "steps_timed": len(ph["step"][0])}
     last = results[-1]
     theory = last["theory"]["total"]
+    # increments are taken within each job (its own baseline) and then the worst job is kept: the baseline RSS
+    # of a fresh process varies by several MB from launch to launch, so mixing jobs would invent or hide memory
+    def worst(key: str, base: str = "baseline_rss") -> list[float]:
+        return [max(r[key][k] - r[base][k] for r in results) for k in range(ranks)]
+
     peaks = [max(r["peak_rss"][k] for r in results) for k in range(ranks)]
     bases = [min(r["baseline_rss"][k] for r in results) for k in range(ranks)]
+    increments = worst("peak_rss")
     # RSS after one step without communication: what the model itself touched; the rest of the peak came later
-    models = [max(r["model_rss"][k] for r in results) for k in range(ranks)]
-    trains = [max(r["overlap_peak_rss"][k] for r in results) for k in range(ranks)]
+    models = worst("model_rss")
+    trains = worst("overlap_peak_rss")
     memory = {"peak_bytes": peaks, "baseline_bytes": bases, "theory_bytes": theory, "theory_parts": last["theory"],
-              "increment_bytes": [p - b for p, b in zip(peaks, bases)],
-              "model_increment_bytes": [m - b for m, b in zip(models, bases)],
-              "after_comm_bytes": [p - m for p, m in zip(peaks, models)],
-              "increment_over_theory": max((p - b) / theory for p, b in zip(peaks, bases)),
-              "overlap_peak_bytes": trains,
-              "overlap_increment_over_theory": max((p - b) / theory for p, b in zip(trains, bases)),
+              "increment_bytes": increments,
+              "model_increment_bytes": models,
+              "after_comm_bytes": worst("peak_rss", "model_rss"),
+              "increment_over_theory": max(increments) / theory,
+              "overlap_increment_bytes": trains,
+              "overlap_increment_over_theory": max(trains) / theory,
               "peak_over_theory": max(peaks) / theory}
     return {"ranks": ranks, "threads": threads, "variants": rows, "memory": memory, "buckets": last["buckets"],
             "model_memory_bytes": last.get("model_memory_bytes"),
@@ -256,10 +262,12 @@ def print_torch(torch: dict) -> None:
 def print_memory(d: dict, torch: dict) -> None:
     print("\nMemory per rank (MB; peak = ru_maxrss; increment = peak - RSS after imports and compilation)")
     print("  model = RSS after one step without communication - baseline; comm = peak - that (reducer, MPI buffers);\n"
-          "  training = increment after the overlapped reducer's steps only (what `distbp train` runs), before the\n"
-          "  blocking-allreduce variant of this benchmark adds MPICH's scratch for a whole-gradient allreduce")
+          "  training = increment of a separate job that runs only the overlapped ring reducer at the per-rank\n"
+          "  batch (what `distbp train` runs); 'with MPI Iallreduce' the same job with --allreduce mpi;\n"
+          "  each job against its own baseline, the worst job shown")
     print(f"{'ranks x thr':>11} {'rows':>5} {'peak':>7} {'baseline':>9} {'increment':>10} {'model':>6} {'comm':>6} "
-          f"{'theory':>7} {'incr/theory':>11} {'training/theory':>15} {'peak/theory':>11} {'torch peak':>10}")
+          f"{'theory':>7} {'incr/theory':>11} {'training/theory':>15} {'with MPI Iallreduce':>19} {'peak/theory':>11} "
+          f"{'torch peak':>10}")
     for (r, t), s in d.items():
         m = s["memory"]
         k = max(range(r), key=lambda i: m["increment_bytes"][i])
@@ -267,7 +275,8 @@ def print_memory(d: dict, torch: dict) -> None:
         print(f"{r:>7} x {t:<3}{m['theory_parts']['gather_X_y'] // (784 * 4 + 8):>5} {m['peak_bytes'][k] / MB:7.1f} "
               f"{m['baseline_bytes'][k] / MB:9.1f} {m['increment_bytes'][k] / MB:10.1f} "
               f"{m['model_increment_bytes'][k] / MB:6.1f} {m['after_comm_bytes'][k] / MB:6.1f} {m['theory_bytes'] / MB:7.1f} "
-              f"{m['increment_over_theory']:11.2f} {m['overlap_increment_over_theory']:15.2f} "
+              f"{m['increment_over_theory']:11.2f} {m['training_job_increment_over_theory']:15.2f} "
+              f"{fmt(m.get('training_job_mpi_increment_over_theory'), '19.2f')} "
               f"{m['peak_over_theory']:11.2f} {fmt(tp and max(tp) / MB, '10.1f')}")
     parts = next(iter(d.values()))["memory"]["theory_parts"]
     print("  theory: " + ", ".join(f"{k} {v / MB:.2f}" for k, v in parts.items()))
@@ -304,8 +313,9 @@ def targets(strong: list[dict], weak: list[dict], d: dict, cores: int) -> list[d
         out.append({"target": ">= 1.3x DDP at the same ranks and global batch (worst multi-rank row)",
                     "measured": worst["vs_torch_same_split"], "met": worst["vs_torch_same_split"] >= 1.3,
                     "where": f"{worst['kind']} {worst['ranks']}x{worst['threads']}"})
-    inc = max(s["memory"]["overlap_increment_over_theory"] for s in d.values())
-    out.append({"target": "peak memory increment of training (overlapped reducer) <= theory + 20%",
+    inc = max(s["memory"]["training_job_increment_over_theory"] for s in d.values())
+    out.append({"target": "peak memory increment of training (a job running only what distbp train runs) "
+                          "<= theory + 20%",
                 "measured": inc, "met": inc <= 1.2})
     inc = max(s["memory"]["increment_over_theory"] for s in d.values())
     out.append({"target": "peak memory increment, whole benchmark job (+ blocking allreduce) <= theory + 20%",
@@ -373,6 +383,8 @@ def main(argv=None) -> None:
 
     raw_d: dict = {s: [] for s in plan}
     raw_t: dict = {}
+    raw_m: dict = {}
+    raw_mm: dict = {}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
@@ -381,6 +393,12 @@ def main(argv=None) -> None:
                 modes = "overlap,blocking,overlap-mpi" if r > 1 else "overlap"
                 solo = sorted({G, P}) if (r, t) != (1, 1) else []  # the 1x1 base, again inside this job
                 raw_d[(r, t)].append(run_distbp(r, t, batches, modes, solo, steps, Path(tmp, f"d{r}x{t}.{rep}.json")))
+                # memory of training alone: one job with one reducer, as `distbp train` runs it
+                raw_m.setdefault((r, t), []).append(
+                    run_distbp(r, t, [P], "overlap", [], steps, Path(tmp, f"m{r}x{t}.{rep}.json")))
+                if r > 1:  # the same with MPI's Iallreduce, the baseline of the ring's memory
+                    raw_mm.setdefault((r, t), []).append(
+                        run_distbp(r, t, [P], "overlap", [], steps, Path(tmp, f"mm{r}x{t}.{rep}.json"), "mpi"))
                 if not use_torch:
                     continue
                 tb = set(batches)
@@ -390,6 +408,13 @@ def main(argv=None) -> None:
                     run_torch(r, t, sorted(tb), r == 1, steps, Path(tmp, f"t{r}x{t}.{rep}.json")))
     elapsed = time.perf_counter() - t_start
     d = {s: summarize_distbp(res, *s) for s, res in raw_d.items()}
+    for s, res in raw_m.items():
+        m = summarize_distbp(res, *s)["memory"]
+        d[s]["memory"]["training_job_increment_bytes"] = m["overlap_increment_bytes"]
+        d[s]["memory"]["training_job_increment_over_theory"] = m["overlap_increment_over_theory"]
+    for s, res in raw_mm.items():
+        m = summarize_distbp(res, *s)["memory"]
+        d[s]["memory"]["training_job_mpi_increment_over_theory"] = m["overlap_increment_over_theory"]
     torch = {s: summarize_torch(res, s[0]) for s, res in raw_t.items()}
     strong, weak = scaling_rows(d, "strong", G, P, cores), scaling_rows(d, "weak", G, P, cores)
     add_torch(strong, torch, cores)

@@ -92,14 +92,18 @@ class Variant:
     """
 
     def __init__(self, comm, model: MLP, grad, rows: int, mode: str, bucket_bytes: int, algorithm: str,
-                 solo: bool = False):
+                 reducers: dict, solo: bool = False):
         self.rows, self.mode, self.solo = rows, mode, solo
         self.overlap = mode != "blocking"
         # overlap-mpi: the MPI library's Iallreduce in the same buckets, the baseline of distbp's ring
         self.algorithm = "mpi" if mode == "overlap-mpi" else algorithm
         self.comm = SerialComm() if solo else comm
-        self.reducer = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes,
-                                       overlap=self.overlap, algorithm=self.algorithm)
+        # one reducer per mode, shared by the batch sizes, as one training run has one (its scratch counts once)
+        key = (mode, solo)
+        if key not in reducers:
+            reducers[key] = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes,
+                                            overlap=self.overlap, algorithm=self.algorithm)
+        self.reducer = reducers[key]
         self.times: dict[str, list[float]] = {k: [] for k in ("step", "compute", "hooks", "exposed", "other")}
 
     @property
@@ -180,9 +184,11 @@ def main(argv=None) -> None:
     opt.step(model.flat_params, grad)
     model_rss = rss_bytes()
     training_peak = None
-    variants = [Variant(comm, model, grad, b, m, int(args.bucket_mb * (1 << 20)), args.allreduce)
+    reducers: dict = {}
+    variants = [Variant(comm, model, grad, b, m, int(args.bucket_mb * (1 << 20)), args.allreduce, reducers)
                 for b in batches for m in modes]
-    variants += [Variant(comm, model, grad, b, "overlap", 1 << 20, args.allreduce, solo=True) for b in solo]
+    variants += [Variant(comm, model, grad, b, "overlap", 1 << 20, args.allreduce, reducers, solo=True)
+                 for b in solo]
     n_threads = threads.default_threads()
 
     def turn(v: Variant, count: int, record: bool) -> None:
