@@ -97,7 +97,8 @@ class Variant:
         self.overlap = mode != "blocking"
         # overlap-mpi: the MPI library's Iallreduce in the same buckets, the baseline of distbp's ring
         self.algorithm = "mpi" if mode == "overlap-mpi" else algorithm
-        self.comm = SerialComm() if solo else comm
+        # nocomm: every rank steps at once without communicating, what sharing the machine alone costs
+        self.comm = SerialComm() if solo or mode == "nocomm" else comm
         # one reducer per mode, shared by the batch sizes, as one training run has one (its scratch counts once)
         key = (mode, solo)
         if key not in reducers:
@@ -140,7 +141,8 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="512", help="per-rank batch sizes to time, comma-separated")
     p.add_argument("--modes", default="overlap,blocking",
                    help="reducers: overlap (buckets during backward), blocking (all after backward), "
-                        "overlap-mpi (overlap with the MPI library's Iallreduce)")
+                        "overlap-mpi (overlap with the MPI library's Iallreduce), "
+                        "nocomm (all ranks step at once without communicating)")
     p.add_argument("--allreduce", default="ring", choices=["ring", "mpi"],
                    help="transport of the overlap and blocking modes (distbp train's default on one node: ring)")
     p.add_argument("--solo", default="", help="per-rank batches to time on rank 0 alone, 1 thread, no MPI")
