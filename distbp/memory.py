@@ -1,4 +1,4 @@
-"""Per-rank memory of a training configuration: parameters, gradients, optimizer state, activations.
+"""Per-rank memory of a training configuration: parameters, gradients, optimizer state, activations, scratch.
 
 The figures follow the buffers distbp allocates (see model._Workspace and train.setup),
 so `distbp train --dry-run` can say before a run what each rank will hold, and
@@ -21,8 +21,13 @@ def n_params(layers: list[int]) -> int:
 
 
 def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: str = "gd",
-                   shard_optimizer: bool = False, accumulate: int = 1, labels: bool = True) -> dict[str, int]:
-    """Bytes per rank by kind, and their total."""
+                   shard_optimizer: bool = False, accumulate: int = 1, labels: bool = True,
+                   ring_bucket_bytes: int = 0) -> dict[str, int]:
+    """Bytes per rank by kind, and their total.
+
+    ring_bucket_bytes: the bucket size when the gradient goes through distbp's ring allreduce (0: it does
+    not), whose one scratch array holds 1/ranks of the largest bucket.
+    """
     item = np.dtype(dtype).itemsize
     P = n_params(layers)
     part = -(-P // ranks) if shard_optimizer else P
@@ -38,9 +43,23 @@ def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, o
         "activations": item * (rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1)
                                + -(-rows // ROW_CHUNK) * max(outs)),
         "batch_buffers": rows * (layers[0] * item + (8 if labels else layers[-1] * item)),
+        "allreduce_scratch": ring_scratch_elements(layers, item, ranks, ring_bucket_bytes) * item,
     }
     out["total"] = sum(out.values())
     return out
+
+
+def ring_scratch_elements(layers: list[int], itemsize: int, ranks: int, bucket_bytes: int) -> int:
+    """Elements of the ring allreduce's scratch: ceil(largest bucket / ranks), 0 without a ring."""
+    if ranks <= 1 or bucket_bytes <= 0:
+        return 0
+    from distbp.reducer import bucket_layout
+
+    sizes = [fi * fo + fo for fi, fo in zip(layers[:-1], layers[1:])]
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    largest = max(b.stop - b.start for b in bucket_layout(slices, int(bounds[-1]), itemsize, bucket_bytes))
+    return -(-largest // ranks)
 
 
 def micro_batch_rows(batch_size: int, ranks: int, accumulate: int = 1) -> int:
@@ -81,9 +100,10 @@ def human(n: float) -> str:
 
 
 def report(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumulate, labels=True,
-           budget: int | None = None) -> str:
+           budget: int | None = None, ring_bucket_bytes: int = 0) -> str:
     """The --dry-run table."""
-    b = per_rank_bytes(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumulate, labels)
+    b = per_rank_bytes(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumulate, labels,
+                       ring_bucket_bytes)
     lines = [f"memory per rank: {'-'.join(map(str, layers))} {dtype}, {n_params(layers)} parameters, global batch "
              f"{batch_size} over {ranks} rank(s) = {micro_batch_rows(batch_size, ranks, accumulate)} rows at once"
              f"{f' (accumulate {accumulate})' if accumulate > 1 else ''}, {optimizer}"
@@ -92,7 +112,8 @@ def report(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumul
         lines.append(f"  {k.replace('_', ' '):16s} {human(v):>12s}")
     if budget is not None:
         rows = largest_batch_per_rank(budget, layers, dtype, ranks, optimizer=optimizer,
-                                      shard_optimizer=shard_optimizer, accumulate=accumulate, labels=labels)
+                                      shard_optimizer=shard_optimizer, accumulate=accumulate, labels=labels,
+                                      ring_bucket_bytes=ring_bucket_bytes)
         lines.append(f"  largest batch per rank within {human(budget)}: {rows} rows "
                      f"(global batch {rows * ranks})")
     return "\n".join(lines)

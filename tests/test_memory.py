@@ -28,6 +28,15 @@ def test_estimate_equals_the_allocated_buffers(optimizer, accumulate):
         assert est[key] == value, key
 
 
+def test_one_rank_has_no_allreduce_scratch_and_more_ranks_share_the_largest_bucket():
+    layers = [784, 1024, 1024, 10]
+    assert memory.per_rank_bytes(layers, "float32", 512, 1, ring_bucket_bytes=4 << 20)["allreduce_scratch"] == 0
+    assert memory.per_rank_bytes(layers, "float32", 512, 4, ring_bucket_bytes=0)["allreduce_scratch"] == 0
+    two = memory.per_rank_bytes(layers, "float32", 512, 2, ring_bucket_bytes=4 << 20)["allreduce_scratch"]
+    four = memory.per_rank_bytes(layers, "float32", 512, 4, ring_bucket_bytes=4 << 20)["allreduce_scratch"]
+    assert 0 < four < two <= 2 << 20  # half a 4 MiB bucket at most
+
+
 def test_sharding_divides_optimizer_state_by_the_rank_count():
     plain = memory.per_rank_bytes([784, 1024, 10], "float32", 512, 4, "adam", False)
     sharded = memory.per_rank_bytes([784, 1024, 10], "float32", 512, 4, "adam", True)

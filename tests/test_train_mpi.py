@@ -8,7 +8,7 @@ Each rank also trains the 1-rank reference itself (SerialComm), so the compariso
 import numpy as np
 import pytest
 
-from distbp import faults, train
+from distbp import faults, memory, train
 from distbp.comm import SerialComm, world
 from distbp.config import Config, validate
 
@@ -66,6 +66,15 @@ def test_auto_picks_the_ring_on_one_node_and_mpi_for_compressed_gradients():
     comm = world()
     assert train.allreduce_algorithm(validate(Config(data=SMALL)), comm) == "ring"  # the test jobs share one node
     assert train.allreduce_algorithm(validate(Config(data=SMALL, comm_dtype="bfloat16")), comm) == "mpi"
+
+
+@pytest.mark.mpi(min_size=2)
+def test_memory_estimate_counts_the_ring_scratch_a_run_allocates():
+    comm = world()
+    bucket = 1000 * 8  # bytes: several buckets for this model
+    r = train_on(comm, batch_size=16, epochs=1, allreduce="ring", bucket_mb=bucket / (1 << 20))
+    est = memory.per_rank_bytes(r.cfg.layers, r.cfg.dtype, 16, comm.size, "momentum", ring_bucket_bytes=bucket)
+    assert est["allreduce_scratch"] == r.reducer._ring.scratch.nbytes > 0
 
 
 @pytest.mark.mpi(min_size=2)
