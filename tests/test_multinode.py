@@ -89,18 +89,21 @@ def assert_clean(cluster: netns.Cluster) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("hosts, ranks_per_host", [(2, 2), (3, 1)])
+@pytest.mark.parametrize("hosts, ranks_per_host, allreduce", [(2, 2, "auto"), (3, 1, "auto"), (3, 1, "ring")])
 def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_cluster, one_rank_params, tmp_path,
-                                                                       hosts, ranks_per_host):
+                                                                       hosts, ranks_per_host, allreduce):
     cluster = make_cluster(hosts)
     before = [cluster.counters(h) for h in range(hosts)]
     save, metrics = tmp_path / "params.npz", tmp_path / "metrics.jsonl"
-    result = cluster.run(["distbp", "train", *TRAIN, "--save", str(save), "--metrics", str(metrics)],
-                         ranks_per_host=ranks_per_host, timeout=180)
+    result = cluster.run(["distbp", "train", *TRAIN, "--save", str(save), "--metrics", str(metrics),
+                          "--allreduce", allreduce], ranks_per_host=ranks_per_host, timeout=180)
     after = [cluster.counters(h) for h in range(hosts)]
     assert result.returncode == 0, result.output
     assert f"distbp: {hosts * ranks_per_host} rank(s) x 1 thread(s)" in result.stdout, result.output
     assert f"{n_params(LAYERS)} parameters" in result.stdout, result.output
+    # auto leaves several nodes to the MPI library; the ring works across them when asked for
+    transport = "(distbp ring)" if allreduce == "ring" else "(MPI)"
+    assert f"allreduce overlapped {transport}" in result.stdout, result.output
 
     params = load_params(save)
     for name, expected in one_rank_params.items():
