@@ -20,7 +20,7 @@ import numpy as np
 
 from distbp import faults, kernels
 from distbp.runstate import resume, save
-from distbp.comm import Comm, DistbpError, Watchdog
+from distbp.comm import Comm, DistbpError
 from distbp.config import Config, ConfigError
 from distbp.data import Dataset, load_dataset
 from distbp.model import MLP
@@ -29,6 +29,7 @@ from distbp.sharded import ShardedGradientReducer, ShardedOptimizer
 from distbp.progress import Progress
 from distbp.reducer import GradientReducer
 from distbp.shard import epoch_permutation, global_batches, max_shard_rows, rank_slice
+from distbp.watchdog import Watchdog
 
 
 class NonFiniteError(DistbpError):

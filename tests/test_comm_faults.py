@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found besid
 PRELUDE = """
 import os, signal, sys, time
 import numpy as np
-from distbp.comm import DistbpError, Watchdog, world
+from distbp.comm import DistbpError, world
+from distbp.watchdog import Watchdog
 comm = world()
 """
 

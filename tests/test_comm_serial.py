@@ -8,8 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from distbp.comm import ConfigMismatchError, DistbpError, DivergenceError, SerialComm, StallError, Watchdog
+from distbp.comm import ConfigMismatchError, DistbpError, DivergenceError, SerialComm, StallError
 from distbp.reducer import Bucket, GradientReducer, bf16_decode, bf16_encode, bucket_layout
+from distbp.watchdog import Watchdog
 
 
 def layer_slices(sizes):
@@ -211,7 +212,8 @@ def test_watchdog_stays_quiet_when_sections_finish_in_time():
 def test_watchdog_ends_a_stalled_process_with_a_message():
     script = textwrap.dedent("""
         import time
-        from distbp.comm import SerialComm, Watchdog
+        from distbp.comm import SerialComm
+        from distbp.watchdog import Watchdog
         dog = Watchdog(SerialComm(), timeout=0.5)
         with dog.section("gradient allreduce", 7):
             time.sleep(60)
