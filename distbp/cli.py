@@ -142,8 +142,7 @@ def dry_run(cfg, comm) -> int:
     budget = memory.parse_bytes(cfg.memory_budget) if cfg.memory_budget else None
     from distbp.train import allreduce_algorithm
 
-    plain = not (cfg.reproducible or cfg.shard_optimizer)  # the other reducers have no ring
-    ring = plain and allreduce_algorithm(cfg, comm) == "ring"  # collective: every rank runs the dry run
+    ring = allreduce_algorithm(cfg, comm) == "ring"  # collective: every rank runs the dry run
     if comm.is_root:
         print(memory.report(layers, cfg.dtype, cfg.batch_size, comm.size, cfg.optimizer, cfg.shard_optimizer,
                             cfg.accumulate, labels, budget,
@@ -155,8 +154,8 @@ def header(run) -> str:
     cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
     test = f", {data.test.n_rows} test" if data.test is not None else ""
     mode = "reproducible" if cfg.reproducible else ("overlapped" if cfg.overlap else "blocking")
-    algorithm = getattr(run.reducer, "algorithm", None)
-    mode += f" ({'distbp ring' if algorithm == 'ring' else 'MPI'})" if algorithm and comm.size > 1 else ""
+    if comm.size > 1:
+        mode += " (distbp ring)" if run.reducer.algorithm == "ring" else " (MPI)"
     return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s); data {data.name}: {data.train.n_rows} train"
             f"{test} rows, {data.scaling}\n"
             f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "

@@ -428,61 +428,63 @@ class RingAllreduce:
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
         self.max_elems = int(max_elems)
         self.scratch = np.empty(-(-self.max_elems // self.size), dtype=dtype)
-        self._queue: collections.deque[list] = collections.deque()  # [buffer, chunk bounds, step, requests]
+        self._queue: collections.deque[_RingOp] = collections.deque()
 
     def start(self, buf: np.ndarray) -> None:
         """Queue buf (flat, contiguous, the ring's dtype, at most max_elems elements) for summing in place."""
         if buf.dtype != self.scratch.dtype or buf.ndim != 1 or buf.size > self.max_elems or not buf.flags.c_contiguous:
             raise ValueError(f"ring allreduce takes flat contiguous {self.scratch.dtype} buffers of at most "
                              f"{self.max_elems} elements, got {buf.dtype} {buf.shape}")
-        if self.size == 1:
-            return
-        bounds = [buf.size * k // self.size for k in range(self.size + 1)]
-        self._queue.append([buf, bounds, 0, None])
-
-    def _post(self, op: list) -> None:
-        """Post the sends and receives of op's current step."""
-        buf, bounds, step, _ = op
-        p, r = self.size, self.rank
-        if step < p - 1:  # reduce-scatter: the chunk received is added, so it lands in scratch first
-            send, recv = (r - step) % p, (r - step - 1) % p
-            into = self.scratch[:bounds[recv + 1] - bounds[recv]]
-        else:  # allgather: the received chunk is final and goes straight into the buffer
-            send, recv = (r + 1 - (step - p + 1)) % p, (r - (step - p + 1)) % p
-            into = buf[bounds[recv]:bounds[recv + 1]]
-        op[3] = [self._comm.Irecv(into, (r - 1) % p, 0),
-                 self._comm.Isend(buf[bounds[send]:bounds[send + 1]], (r + 1) % p, 0)]
-
-    def _complete(self, op: list) -> None:
-        """op's current step has arrived: add it (reduce-scatter) and move on."""
-        buf, bounds, step, _ = op
-        if step < self.size - 1:
-            recv = (self.rank - step - 1) % self.size
-            chunk = buf[bounds[recv]:bounds[recv + 1]]
-            np.add(chunk, self.scratch[:chunk.size], out=chunk)
-        op[2], op[3] = step + 1, None
-        if op[2] == 2 * (self.size - 1):
-            self._queue.popleft()
+        if self.size > 1:
+            self._queue.append(_RingOp(buf, self.size))
 
     def progress(self) -> bool:
         """Advance without blocking as far as the messages allow; True when nothing is left in flight."""
-        while self._queue:
-            op = self._queue[0]
-            if op[3] is None:
-                self._post(op)
-            if not self._MPI.Request.Testall(op[3]):
-                return False
-            self._complete(op)
-        return True
+        return self._advance(block=False)
 
     def wait(self) -> None:
         """Block until every started buffer holds its sum over ranks."""
+        self._advance(block=True)
+
+    def _advance(self, block: bool) -> bool:
+        """Run the queue's steps as their messages arrive: waiting for them (block) or only testing."""
+        p, r = self.size, self.rank
         while self._queue:
             op = self._queue[0]
-            if op[3] is None:
-                self._post(op)
-            self._MPI.Request.Waitall(op[3])
-            self._complete(op)
+            reduce = op.step < p - 1  # else allgather
+            # chunk offsets: reduce-scatter step s sends chunk r-s; allgather step s sends chunk r-(s-p),
+            # the sum this rank completed (r+1 at s = p-1) and then the ones it received
+            send = (r - (op.step if reduce else op.step - p)) % p
+            recv = (send - 1) % p
+            if op.requests is None:
+                # a reduce-scatter chunk is added, so it lands in scratch first; an allgather chunk is final
+                into = self.scratch[:op.bounds[recv + 1] - op.bounds[recv]] if reduce else op.chunk(recv)
+                op.requests = [self._comm.Irecv(into, (r - 1) % p, 0),
+                               self._comm.Isend(op.chunk(send), (r + 1) % p, 0)]
+            if block:
+                self._MPI.Request.Waitall(op.requests)
+            elif not self._MPI.Request.Testall(op.requests):
+                return False
+            if reduce:
+                chunk = op.chunk(recv)
+                np.add(chunk, self.scratch[:chunk.size], out=chunk)
+            op.step, op.requests = op.step + 1, None
+            if op.step == 2 * (p - 1):
+                self._queue.popleft()
+        return True
+
+
+class _RingOp:
+    """One buffer in the ring: its p chunk bounds, the step it is at, that step's requests."""
+
+    __slots__ = ("buf", "bounds", "step", "requests")
+
+    def __init__(self, buf: np.ndarray, p: int):
+        self.buf, self.step, self.requests = buf, 0, None
+        self.bounds = [buf.size * k // p for k in range(p + 1)]
+
+    def chunk(self, k: int) -> np.ndarray:
+        return self.buf[self.bounds[k]:self.bounds[k + 1]]
 
 
 def _displacements(counts: list[int]) -> list[int]:

@@ -87,10 +87,10 @@ def allreduce_algorithm(cfg: Config, comm: Comm) -> str:
     Iallreduce and needs no message-sized scratch (benchmarks/allreduce.py), and the MPI library's own
     across nodes, where a vendor MPI knows the network's topology and a flat ring pays 2(p−1) latencies.
     """
+    if cfg.comm_dtype or cfg.shard_optimizer or cfg.reproducible:
+        return "mpi"  # compressed, reduce-scattered and exact sums use MPI's collectives (config forbids ring)
     if cfg.allreduce != "auto":
         return cfg.allreduce
-    if cfg.comm_dtype:
-        return "mpi"
     return "ring" if comm.single_node() else "mpi"
 
 
