@@ -100,16 +100,23 @@ def test_corrupted_byte_is_detected(tmp_path):
         load_checkpoint(path)
 
 
+def _rewrite_member(path, name: str, change) -> tuple[bytes, bytes]:
+    """Replace zip member `name` by change(old bytes) in a valid zip (its crc32 right again); (old, new)."""
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    old = members[name]
+    members[name] = change(old)
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return old, members[name]
+
+
 def test_changed_array_in_a_valid_zip_fails_the_checksum(tmp_path):
     # rewrite one member so that the zip's own crc32 is right again: only our
     # sha256 can notice.
     path = save_checkpoint(tmp_path, 1, {"w": np.ones(4)}, {"epoch": 1})
-    with zipfile.ZipFile(path) as zf:
-        members = {info.filename: zf.read(info) for info in zf.infolist()}
-    members["w.npy"] = members["w.npy"][:-8] + np.float64(2.0).tobytes()
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    _rewrite_member(path, "w.npy", lambda data: data[:-8] + np.float64(2.0).tobytes())
     assert np.load(path)["w"][-1] == 2.0
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_checkpoint(path)
@@ -117,14 +124,8 @@ def test_changed_array_in_a_valid_zip_fails_the_checksum(tmp_path):
 
 def test_changed_meta_fails_the_checksum(tmp_path):
     path = save_checkpoint(tmp_path, 1, {"w": np.ones(4)}, {"epoch": 1})
-    with zipfile.ZipFile(path) as zf:
-        members = {info.filename: zf.read(info) for info in zf.infolist()}
-    meta_npy = members["__distbp_meta__.npy"]
-    members["__distbp_meta__.npy"] = meta_npy.replace(b'"epoch": 1', b'"epoch": 9')
-    assert members["__distbp_meta__.npy"] != meta_npy
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    old, new = _rewrite_member(path, "__distbp_meta__.npy", lambda data: data.replace(b'"epoch": 1', b'"epoch": 9'))
+    assert new != old
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_checkpoint(path)
 
