@@ -37,7 +37,7 @@ def worker(args) -> None:
     """Runs on every rank: build one Run per variant, time train_step round-robin."""
     import numpy as np
 
-    from distbp import train
+    from distbp import memory, train
     from distbp.comm import world
     from distbp.config import Config, validate
     from distbp.shard import epoch_permutation, global_batches
@@ -55,7 +55,7 @@ def worker(args) -> None:
     times = {name: [] for name in runs}
     for i in range(args.steps + 2):
         for name, run in runs.items():
-            r0, r1 = train.my_rows(run, stop - start)
+            r0, r1 = run.sync.my_rows(stop - start)
             comm.barrier()
             t0 = time.perf_counter()
             train.train_step(run, perm[start + r0:start + r1], stop - start)
@@ -67,12 +67,7 @@ def worker(args) -> None:
     if comm.is_root:
         out = {}
         for name, run in runs.items():
-            ws = run.model._ws
-            allocated = (run.model.flat_params.nbytes + run.grad.nbytes
-                         + (run.acc.nbytes if run.acc is not None else 0)
-                         + sum(a.nbytes for a in run.optimizer.state_arrays().values())
-                         + getattr(run.optimizer, "grad_part", np.empty(0)).nbytes
-                         + sum(a.nbytes for a in ws.z + ws.a) + ws.g.nbytes + run.X.nbytes + run.y.nbytes)
+            allocated = memory.allocated_bytes(run, skip=(run.data, run.comm))
             out[name] = {"step_s": float(np.median(times[name])), "allocated_bytes": int(allocated)}
         print("RESULT " + json.dumps(out), flush=True)
 

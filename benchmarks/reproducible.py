@@ -58,7 +58,7 @@ def worker(args) -> None:
         threads.set_threads(run.cfg.threads)  # reproducible setup pins 1 thread; the default mode gets its own back
         for i in range(count):
             start = starts[(run.pos.step + i) % len(starts)]
-            r0, r1 = train.my_rows(run, args.batch)
+            r0, r1 = run.sync.my_rows(args.batch)
             t0 = time.perf_counter()
             train.train_step(run, perm[start + r0:start + r1], args.batch)
             if record:

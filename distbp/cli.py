@@ -11,6 +11,7 @@ thread count is known.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -130,34 +131,37 @@ def train_main(argv: list[str]) -> int:
 
 
 def dry_run(cfg, comm) -> int:
-    """--dry-run: the per-rank memory table (root prints it), no training."""
-    from distbp import memory
+    """--dry-run: the per-rank memory table of the strategy the job would run (root prints it), no training."""
+    import numpy as np
 
-    layers, labels = cfg.layers, cfg.loss == "cross_entropy"
+    from distbp import memory
+    from distbp.sync import make_sync
+    from distbp.sync.base import ModelShape
+    from distbp.train import layout_of, resolve_layers
+
+    layers = cfg.layers
     if layers is None:  # the default layers follow the data's shape
         from distbp.data import load_dataset
-        from distbp.train import resolve_layers
 
         layers = resolve_layers(cfg, load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction))
+    layout = layout_of(comm)  # collective: every rank runs the dry run
+    shape = ModelShape(tuple(layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy")
     budget = memory.parse_bytes(cfg.memory_budget) if cfg.memory_budget else None
-    from distbp.train import allreduce_algorithm
 
-    ring = allreduce_algorithm(cfg, comm) == "ring"  # collective: every rank runs the dry run
+    def plan_for(batch_size: int):
+        return make_sync(dataclasses.replace(cfg, batch_size=batch_size), layout, shape)
+
+    # rank 0 has the largest share of every split (rows, sharded state), so its figures bound every rank's
     if comm.is_root:
-        print(memory.report(layers, cfg.dtype, cfg.batch_size, comm.size, cfg.optimizer, cfg.shard_optimizer,
-                            cfg.accumulate, labels, budget,
-                            ring_bucket_bytes=int(cfg.bucket_mb * (1 << 20)) if ring else 0))
+        print(memory.report(make_sync(cfg, layout, shape), cfg.batch_size, cfg.optimizer, budget, plan_for))
     return 0
 
 
 def header(run) -> str:
     cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
     test = f", {data.test.n_rows} test" if data.test is not None else ""
-    mode = "reproducible" if cfg.reproducible else ("overlapped" if cfg.overlap else "blocking")
-    if comm.size > 1:
-        mode += " (distbp ring)" if run.reducer.algorithm == "ring" else " (MPI)"
     return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s); data {data.name}: {data.train.n_rows} train"
             f"{test} rows, {data.scaling}\n"
             f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
             f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "
-            f"{cfg.batch_size}, {cfg.epochs} epochs; allreduce {mode}")
+            f"{cfg.batch_size}, {cfg.epochs} epochs; {run.sync.describe()}")

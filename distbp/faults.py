@@ -2,10 +2,13 @@
 
 DISTBP_INJECT_FAULT=rank:step:kind makes `rank` fail at `step` with kind
 raise (an exception), kill (SIGKILL to itself), stall (SIGSTOP to itself), nan
-(a NaN in its gradient before the allreduce) or desync (its step counter jumps ahead,
-as if it had skipped a batch). DISTBP_INJECT_FAULT_ONCE=PATH fires
+(a NaN in its first input row, so its local gradient carries NaN into the sum over ranks, in
+every mode) or desync (its step counter jumps ahead, as if it had skipped a batch). DISTBP_INJECT_FAULT_ONCE=PATH fires
 it only if PATH does not exist yet, and creates it first, so a job restarted by
 the launcher (same environment) does not fail again.
+
+The training loop knows nothing of this: `setup` wraps the gradient-sync strategy in `FaultySync`
+when a fault is planned, and the wrapper fires it as the planned step's local gradient starts.
 """
 
 from __future__ import annotations
@@ -53,20 +56,37 @@ def inject(rank: int, step: int) -> str | None:
     return None
 
 
-class NanBeforeAllreduce:
-    """Backward hooks that put a NaN into layer 0's gradient before its bucket goes to the allreduce.
+class FaultySync:
+    """A gradient-sync strategy that fires the planned fault as its step's local gradient starts.
 
-    Writing it after layer_ready would race with the in-flight Iallreduce and leave the ranks
-    with different gradients; this way every rank sees the NaN in ∇L, as with a real one.
+    run: the training run (for this rank and the step counter, which desync moves). Everything
+    else is the wrapped strategy's own.
     """
 
-    def __init__(self, reducer, grad: np.ndarray):
-        self.reducer, self.grad = reducer, grad
+    def __init__(self, inner, run):
+        self.inner, self.run = inner, run
 
-    def layer_ready(self, layer: int) -> None:
-        if layer == 0:
-            self.grad[0] = np.nan  # grad[0] is dW of layer 0, row 0, column 0
-        self.reducer.layer_ready(layer)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
-    def progress(self) -> None:
-        self.reducer.progress()
+    def local_gradient(self, gather, rows, batch_rows):
+        kind = inject(self.run.comm.rank, self.run.pos.step)
+        if kind == "desync":
+            self.run.pos.step += 1  # this rank now counts one step ahead of the others
+        if kind == "nan":
+            gather = _nan_in_first_row(gather)
+        return self.inner.local_gradient(gather, rows, batch_rows)
+
+
+def _nan_in_first_row(gather):
+    """gather that puts a NaN into X[0, 0] of the first non-empty rows it returns (before any backward
+    pass reads them, so every rank sees the NaN in ∇L, as with a real one)."""
+    pending = [True]
+
+    def poisoned(rows):
+        X, y = gather(rows)
+        if pending[0] and X.shape[0]:
+            X[0, 0] = np.nan
+            pending[0] = False
+        return X, y
+    return poisoned

@@ -1,76 +1,82 @@
-"""Per-rank memory of a training configuration: parameters, gradients, optimizer state, activations, scratch.
+"""Per-rank memory of a training run: parameters, gradients, optimizer state, activations, scratch.
 
-The figures follow the buffers distbp allocates (see model._Workspace and train.setup),
-so `distbp train --dry-run` can say before a run what each rank will hold, and
-which per-rank batch fits a memory budget.
+The figures come from the very objects a run builds: the gradient-sync strategy says how many rows
+it computes at once and what it allocates (`GradientSync.memory`), the model module says what its
+workspace holds for those rows (`model.workspace_bytes`). So `distbp train --dry-run` says before a
+run what each rank will hold, and which per-rank batch fits a memory budget, without drifting from
+what training allocates (tests/test_memory.py checks every mode against the arrays of a real run).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 
-from distbp.kernels import ROW_CHUNK
+from distbp.model import workspace_bytes
 
-STATE_COPIES = {"gd": 0, "momentum": 1, "adam": 2}  # optimizer state arrays of n_params each
+KINDS = ("parameters", "gradients", "optimizer_state", "activations", "batch_buffers", "allreduce_scratch")
 
 
 def n_params(layers: list[int]) -> int:
     return sum(fi * fo + fo for fi, fo in zip(layers[:-1], layers[1:]))
 
 
-def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: str = "gd",
-                   shard_optimizer: bool = False, accumulate: int = 1, labels: bool = True,
-                   ring_bucket_bytes: int = 0) -> dict[str, int]:
-    """Bytes per rank by kind, and their total.
-
-    ring_bucket_bytes: the bucket size when the gradient goes through distbp's ring allreduce (0: it does
-    not), whose one scratch array holds 1/ranks of the largest bucket.
-    """
-    item = np.dtype(dtype).itemsize
-    P = n_params(layers)
-    part = -(-P // ranks) if shard_optimizer else P
-    rows = micro_batch_rows(batch_size, ranks, accumulate)
-    outs = layers[1:]
+def per_rank(sync) -> dict[str, int]:
+    """Bytes by kind, and their total, that a rank running `sync` (a `GradientSync`, built or not) allocates."""
+    shape, rows = sync.shape, sync.rows_at_once
+    item = np.dtype(shape.dtype).itemsize
+    own = sync.memory()
     out = {
-        "parameters": P * item,
-        # the whole local gradient, the accumulated one (--accumulate), this rank's part of ∇L (sharded)
-        "gradients": P * item * (2 if accumulate > 1 else 1) + (part * item if shard_optimizer else 0),
-        "optimizer_state": STATE_COPIES[optimizer] * part * item,
-        # z and a per layer, the δ·Wᵀ scratch, per-row losses; plus the gathered inputs and targets
-        # ... and the per-chunk column sums of db
-        "activations": item * (rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1)
-                               + -(-rows // ROW_CHUNK) * max(outs)),
-        "batch_buffers": rows * (layers[0] * item + (8 if labels else layers[-1] * item)),
-        "allreduce_scratch": ring_scratch_elements(layers, item, ranks, ring_bucket_bytes) * item,
+        "parameters": shape.n_params * item,
+        "gradients": own["gradients"],
+        "optimizer_state": own["optimizer_state"],
+        # z and a per layer, the δ·Wᵀ scratch, per-row losses, per-chunk column sums of db
+        "activations": workspace_bytes(rows, shape.sizes, shape.dtype),
+        # the gathered inputs and targets
+        "batch_buffers": rows * (shape.sizes[0] * item + (8 if shape.labels else shape.sizes[-1] * item)),
+        "allreduce_scratch": own["allreduce_scratch"],
     }
     out["total"] = sum(out.values())
     return out
 
 
-def ring_scratch_elements(layers: list[int], itemsize: int, ranks: int, bucket_bytes: int) -> int:
-    """Elements of the ring allreduce's scratch: ceil(largest bucket / ranks), 0 without a ring."""
-    if ranks <= 1 or bucket_bytes <= 0:
-        return 0
-    from distbp.reducer import bucket_layout
+def plan(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: str = "gd",
+         shard_optimizer: bool = False, accumulate: int = 1, labels: bool = True, ring_bucket_bytes: int = 0,
+         rank: int = 0, **config):
+    """The strategy rank `rank` of `ranks` (on one node) would run, sized but not built.
 
-    sizes = [fi * fo + fo for fi, fo in zip(layers[:-1], layers[1:])]
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-    largest = max(b.stop - b.start for b in bucket_layout(slices, int(bounds[-1]), itemsize, bucket_bytes))
-    return -(-largest // ranks)
+    ring_bucket_bytes: the bucket size when the gradient goes through distbp's ring allreduce (0: MPI's).
+    """
+    from distbp.config import Config, validate
+    from distbp.sync import make_sync
+    from distbp.sync.base import Layout, ModelShape
+
+    ring = dict(allreduce="ring", bucket_mb=ring_bucket_bytes / (1 << 20)) if ring_bucket_bytes else {}
+    if not ring and not (config.get("reproducible") or shard_optimizer or config.get("comm_dtype")):
+        ring = dict(allreduce="mpi")
+    cfg = validate(Config(layers=list(layers), dtype=dtype, batch_size=batch_size, optimizer=optimizer,
+                          shard_optimizer=shard_optimizer, accumulate=accumulate, **{**ring, **config}))
+    shape = ModelShape(tuple(layers), np.dtype(dtype), labels)
+    return make_sync(cfg, Layout(rank, ranks, single_node=True), shape)
 
 
-def micro_batch_rows(batch_size: int, ranks: int, accumulate: int = 1) -> int:
-    """Rows one rank computes at once: its share of the global batch, split into `accumulate` micro-batches."""
-    return -(-(-(-batch_size // ranks)) // accumulate)
+def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: str = "gd",
+                   shard_optimizer: bool = False, accumulate: int = 1, labels: bool = True,
+                   ring_bucket_bytes: int = 0, **config) -> dict[str, int]:
+    """Bytes per rank by kind for a configuration given by its sizes (rank 0: the largest share)."""
+    return per_rank(plan(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumulate, labels,
+                         ring_bucket_bytes, **config))
 
 
-def largest_batch_per_rank(budget: int, layers: list[int], dtype: str, ranks: int, **kw) -> int:
-    """Largest per-rank batch (rows) whose total fits in budget bytes (0 if even one row does not)."""
+def largest_batch(budget: int, plan_for: Callable[[int], object], ranks: int) -> int:
+    """Largest per-rank batch (rows) whose total fits in budget bytes (0 if even one row does not).
+
+    plan_for(global_batch) gives the strategy that batch would run.
+    """
     def fits(rows: int) -> bool:
-        return per_rank_bytes(layers, dtype, rows * ranks, ranks, **kw)["total"] <= budget
+        return per_rank(plan_for(rows * ranks))["total"] <= budget
 
     lo, hi = 0, 1
     while fits(hi):  # the total grows with the rows: double, then bisect
@@ -79,6 +85,11 @@ def largest_batch_per_rank(budget: int, layers: list[int], dtype: str, ranks: in
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def largest_batch_per_rank(budget: int, layers: list[int], dtype: str, ranks: int, **kw) -> int:
+    """largest_batch for a configuration given by its sizes (the keywords of per_rank_bytes)."""
+    return largest_batch(budget, lambda batch: plan(layers, dtype, batch, ranks, **kw), ranks)
 
 
 def parse_bytes(text: str) -> int:
@@ -99,21 +110,48 @@ def human(n: float) -> str:
         n /= 1024
 
 
-def report(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumulate, labels=True,
-           budget: int | None = None, ring_bucket_bytes: int = 0) -> str:
-    """The --dry-run table."""
-    b = per_rank_bytes(layers, dtype, batch_size, ranks, optimizer, shard_optimizer, accumulate, labels,
-                       ring_bucket_bytes)
-    lines = [f"memory per rank: {'-'.join(map(str, layers))} {dtype}, {n_params(layers)} parameters, global batch "
-             f"{batch_size} over {ranks} rank(s) = {micro_batch_rows(batch_size, ranks, accumulate)} rows at once"
-             f"{f' (accumulate {accumulate})' if accumulate > 1 else ''}, {optimizer}"
-             f"{' sharded' if shard_optimizer else ''}"]
+def report(sync, batch_size: int, optimizer: str, budget: int | None = None,
+           plan_for: Callable[[int], object] | None = None) -> str:
+    """The --dry-run table for the strategy `sync` (rank 0's: the largest share of rows and state)."""
+    shape, size = sync.shape, sync.layout.size
+    b = per_rank(sync)
+    lines = [f"memory per rank: {'-'.join(map(str, shape.sizes))} {np.dtype(shape.dtype).name}, "
+             f"{shape.n_params} parameters, global batch {batch_size} over {size} rank(s) = "
+             f"{sync.rows_at_once} rows at once, {optimizer}; {sync.describe()}"]
     for k, v in b.items():
-        lines.append(f"  {k.replace('_', ' '):16s} {human(v):>12s}")
-    if budget is not None:
-        rows = largest_batch_per_rank(budget, layers, dtype, ranks, optimizer=optimizer,
-                                      shard_optimizer=shard_optimizer, accumulate=accumulate, labels=labels,
-                                      ring_bucket_bytes=ring_bucket_bytes)
-        lines.append(f"  largest batch per rank within {human(budget)}: {rows} rows "
-                     f"(global batch {rows * ranks})")
+        lines.append(f"  {k.replace('_', ' '):17s} {human(v):>12s}" + (f"  ({v} bytes)" if k == "total" else ""))
+    if budget is not None and plan_for is not None:
+        rows = largest_batch(budget, plan_for, size)
+        lines.append(f"  largest batch per rank within {human(budget)}: {rows} rows (global batch {rows * size})")
     return "\n".join(lines)
+
+
+def allocated_bytes(root, skip: tuple = ()) -> int:
+    """Bytes of the distinct numpy buffers reachable from `root`: what a run really holds.
+
+    Walks distbp's own objects and any gradient-sync strategy (their attributes and slots), lists, tuples
+    and dicts; views count once,
+    as the buffer they look into. Objects in `skip` (say the dataset) are not entered. Independent of
+    the estimate above, so tests can compare the two.
+    """
+    from distbp.sync.base import GradientSync
+
+    seen, buffers, stack = {id(s) for s in skip}, {}, [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            owner = obj if obj.base is None else obj.base  # numpy points a view's base at the owner
+            if isinstance(owner, np.ndarray) and owner.base is None:
+                buffers[id(owner)] = owner.nbytes
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif type(obj).__module__.startswith("distbp") or isinstance(obj, GradientSync):
+            stack.extend(getattr(obj, "__dict__", {}).values())
+            stack.extend(getattr(obj, name) for cls in type(obj).__mro__
+                         for name in getattr(cls, "__slots__", ()) if hasattr(obj, name))
+    return sum(buffers.values())

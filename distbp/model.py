@@ -43,11 +43,24 @@ class _Workspace:
         self.row_loss = np.empty(rows, dtype)
         self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
 
-    @staticmethod
-    def nbytes(rows: int, sizes: Sequence[int], dtype) -> int:
-        outs = sizes[1:]
-        elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1) + _chunks(rows) * max(outs)
-        return elements * np.dtype(dtype).itemsize
+    def arrays(self) -> list[np.ndarray]:
+        return [*self.z, *self.a, self.g, self.row_loss, self.partial]
+
+
+def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
+    """Bytes of the forward/backward buffers for batches of up to `rows` rows (what _Workspace allocates)."""
+    outs = sizes[1:]
+    elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1) + _chunks(rows) * max(outs)
+    return elements * np.dtype(dtype).itemsize
+
+
+def layer_slices_of(sizes: Sequence[int]) -> list[slice]:
+    """Layer l's (W, b) within the flat parameter/gradient buffers: W (fan_in·fan_out) then b (fan_out)."""
+    slices, start = [], 0
+    for fi, fo in zip(sizes[:-1], sizes[1:]):
+        slices.append(slice(start, start + fi * fo + fo))
+        start += fi * fo + fo
+    return slices
 
 
 def _chunks(rows: int) -> int:
@@ -88,13 +101,8 @@ class MLP:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         self.dtype = np.dtype(DTYPES[str(dtype)])
 
-        shapes = [(fi, fo) for fi, fo in zip(self.sizes[:-1], self.sizes[1:])]
-        self.layer_slices: list[slice] = []  # layer l's (W, b) within the flat buffers
-        start = 0
-        for fi, fo in shapes:
-            self.layer_slices.append(slice(start, start + fi * fo + fo))
-            start += fi * fo + fo
-        self.n_params = start
+        self.layer_slices = layer_slices_of(self.sizes)  # layer l's (W, b) within the flat buffers
+        self.n_params = self.layer_slices[-1].stop
         self.flat_params = np.zeros(self.n_params, self.dtype)
         self.params = self.views(self.flat_params)
         self._init_params(seed)
@@ -138,7 +146,7 @@ class MLP:
         """
         item = self.dtype.itemsize
         return {"parameters": self.n_params * item, "gradients": self.n_params * item,
-                "workspace": _Workspace.nbytes(rows, self.sizes, self.dtype),
+                "workspace": workspace_bytes(rows, self.sizes, self.dtype),
                 "workspace_minimum": rows * sum(self.sizes[1:]) * item}
 
     # ---- validation -------------------------------------------------------
@@ -165,6 +173,15 @@ class MLP:
         if self._ws is None or self._ws.rows < n:
             self._ws = _Workspace(n, self.sizes, self.dtype)
         return self._ws
+
+    def reserve_workspace(self, rows: int) -> None:
+        """Allocate the forward/backward buffers for batches of up to `rows` rows now (training does, so
+        that its memory is known before the first step and never grows)."""
+        self._workspace(max(1, rows))
+
+    def workspace_arrays(self) -> list[np.ndarray]:
+        """The forward/backward buffers allocated so far (for memory checks)."""
+        return [] if self._ws is None else self._ws.arrays()
 
     def _forward(self, X: np.ndarray, ws: _Workspace, n: int) -> None:
         """Fill z[l], a[l] (n rows) for every layer; a[-1] is before the output activation."""
@@ -253,6 +270,14 @@ class MLP:
     def last_outputs(self, n: int) -> np.ndarray:
         """Output activations (n, outputs) of the last loss_and_grad_into / loss_into call (a workspace view)."""
         return self._ws.a[-1][:n]
+
+    def count_correct(self, y: np.ndarray) -> float:
+        """Correct predictions of the last forward pass over y's rows: labels (n,), or one-hot targets (n, outputs)
+        compared by argmax."""
+        if y.shape[0] == 0:
+            return 0.0
+        out = self.last_outputs(y.shape[0])
+        return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
     def loss_into(self, X: np.ndarray, y: np.ndarray) -> float:
         """L = Σₙ lⁿ over the rows of X without gradients (evaluation); outputs stay in last_outputs."""

@@ -47,6 +47,7 @@ class GD:
     """Plain gradient descent, exactly the seed's θ ← θ − η∇L."""
 
     name = "gd"
+    state_copies = 0  # state arrays of n_params elements each (for memory estimates)
 
     def __init__(self, n_params: int, dtype, lr: float):
         _check_lr(lr)
@@ -76,6 +77,7 @@ class Momentum(GD):
     """Gradient descent with heavy-ball momentum μ."""
 
     name = "momentum"
+    state_copies = 1
 
     def __init__(self, n_params: int, dtype, lr: float, momentum: float = 0.9):
         super().__init__(n_params, dtype, lr)
@@ -97,6 +99,7 @@ class Adam(GD):
     """Adam with β₁, β₂, ε; bias-corrected."""
 
     name = "adam"
+    state_copies = 2
 
     def __init__(self, n_params: int, dtype, lr: float, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8):

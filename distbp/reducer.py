@@ -1,8 +1,10 @@
-"""The gradient's way over the ranks: buckets, overlap with the backward pass, 16-bit compression.
+"""The gradient's way over the ranks: buckets, and their overlap with the backward pass.
 
 `GradientReducer` sums the flat gradient over ranks in buckets that start while the backward pass is
-still running (output layer first). It calls only the small `Comm` interface; the MPI calls, including
-distbp's own ring allreduce (`comm.RingAllreduce`), live in `distbp.comm`.
+still running (output layer first), optionally 16-bit compressed (`distbp.codecs`);
+`ShardedGradientReducer` reduce-scatters the same buckets into the ranks' parts instead. Both call
+only the public `Comm` interface; the MPI calls, including distbp's own ring allreduce
+(`distbp.ring`), live in `distbp.comm`.
 """
 
 from __future__ import annotations
@@ -12,67 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from distbp.comm import PIECE_BYTES, Comm
-
-# ---------------------------------------------------------------------------------------------
-# 16-bit gradient compression
-# ---------------------------------------------------------------------------------------------
-
-def bf16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """bfloat16 bits (uint16, same shape) of x: the upper 16 bits of float32 with round-to-nearest-even.
-
-    NaN stays NaN (a quiet NaN); values that round past the largest bfloat16 become inf.
-    """
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    # adding 0x7fff plus the lowest kept bit rounds the dropped 16 bits to nearest, ties to even
-    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
-    bits = rounded.astype(np.uint16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    if nan.any():
-        bits[nan] = np.uint16(0x7FC0) | (u[nan] >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
-    if out is None:
-        return bits
-    out[...] = bits
-    return out
-
-
-def bf16_decode(bits: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """float values (dtype) of bfloat16 bits (uint16): exact, the low 16 bits of float32 are zero."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(dtype, copy=False)
-
-
-class _Codec:
-    """How a bucket travels: as itself (None), float16 or bfloat16 (both as 16-bit words)."""
-
-    def __init__(self, name: str | None):
-        if name not in (None, "float16", "bfloat16"):
-            raise ValueError(f"comm_dtype must be None, 'float16' or 'bfloat16', got {name!r}")
-        self.name = name
-
-    def empty(self, n: int, grad_dtype) -> np.ndarray:
-        return np.empty(n, dtype=grad_dtype if self.name is None else np.uint16)
-
-    def encode(self, src: np.ndarray, dst: np.ndarray) -> None:
-        if self.name == "float16":
-            dst.view(np.float16)[...] = src
-        else:
-            bf16_encode(src, out=dst)
-
-    def decode(self, src: np.ndarray, dst: np.ndarray) -> None:
-        if self.name == "float16":
-            dst[...] = src.view(np.float16)
-        else:
-            dst[...] = bf16_decode(src)
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """b <- round16(float32(a) + float32(b)) for 16-bit words a, b: the reduction operator."""
-        if self.name == "float16":
-            fa, fb = a.view(np.float16), b.view(np.float16)
-            fb[...] = fa.astype(np.float32) + fb.astype(np.float32)
-        else:
-            bf16_encode(bf16_decode(a) + bf16_decode(b), out=b)
-
-
+from distbp.codecs import codec_for
+from distbp.comm import PIECE_BYTES, Comm, Handle
 
 # ---------------------------------------------------------------------------------------------
 # bucketed, overlapped gradient allreduce
@@ -141,7 +84,7 @@ class GradientReducer:
     allreduce of the whole buffer (in 16 MiB pieces) in finish().
 
     algorithm: "mpi" uses the MPI library's Iallreduce/Allreduce; "ring" uses distbp's ring of
-    point-to-point messages (`comm.RingAllreduce`), which on one node here was faster than MPICH's
+    point-to-point messages (`distbp.ring.RingAllreduce`), which on one node here was faster than MPICH's
     and needs one scratch array of bucket/p elements instead of a message-sized temporary per
     call (benchmarks/allreduce.py). Compressed buckets always take the MPI path (its user op).
 
@@ -165,18 +108,17 @@ class GradientReducer:
         if grad.ndim != 1 or not grad.flags.c_contiguous or grad.dtype not in (np.float32, np.float64):
             raise ValueError(f"grad must be a flat contiguous float32/float64 array, got {grad.dtype} {grad.shape}")
         self.comm, self.grad, self.overlap = comm, grad, overlap
-        self._codec = _Codec(comm_dtype)
+        self._codec = codec_for(comm_dtype)
         self.buckets = bucket_layout(layer_slices, grad.size, grad.itemsize, bucket_bytes)
         if algorithm not in ("mpi", "ring"):
             raise ValueError(f"algorithm must be 'mpi' or 'ring', got {algorithm!r}")
         if algorithm == "ring" and comm_dtype is not None:
             raise ValueError("the ring allreduce sends the gradient's own dtype; comm_dtype needs algorithm='mpi'")
-        # one rank has nothing to send; the serial comm's no-op handles stand in for the ring
-        self._ring = (comm.ring_allreduce(max(b.stop - b.start for b in self.buckets), grad.dtype)
-                      if algorithm == "ring" and comm.size > 1 else None)
+        # on one rank the ring sends nothing and holds no scratch
+        self.ring = comm.ring_allreduce(max(b.stop - b.start for b in self.buckets), grad.dtype) \
+            if algorithm == "ring" else None
         self.algorithm = algorithm
-        compressed = self._codec.name is not None
-        self._wire = [self._codec.empty(b.stop - b.start, grad.dtype) if compressed else grad[b.start:b.stop]
+        self._wire = [grad[b.start:b.stop] if self._codec is None else self._codec.empty(b.stop - b.start)
                       for b in self.buckets]
         self._buckets_of_layer: list[list[int]] = [[] for _ in layer_slices]
         for i, b in enumerate(self.buckets):
@@ -193,16 +135,22 @@ class GradientReducer:
         self._layer_done = [False] * self._n_layers
         self._missing = [len(b.layers) for b in self.buckets]
         self._next = 0  # first bucket not started yet
-        self._handles: list = []
+        self._handles: list[Handle] = []
 
-    def _start(self, i: int) -> None:
+    def buffers(self) -> list[np.ndarray]:
+        """The arrays this reducer allocated (16-bit wire copies, the ring's scratch), for memory counts."""
+        own = [] if self._codec is None else list(self._wire)
+        return own + ([self.ring.scratch] if self.ring is not None else [])
+
+    def start_bucket(self, i: int) -> None:
+        """Start bucket i's sum over ranks (subclasses change what a bucket's collective is)."""
         b, wire = self.buckets[i], self._wire[i]
-        if self._codec.name is not None:
+        if self._codec is not None:
             self._codec.encode(self.grad[b.start:b.stop], wire)
-        if self._ring is not None:
-            self._ring.start(wire)
+        if self.ring is not None:
+            self.ring.start(wire)
         else:
-            self._handles.append(self.comm._start_allreduce(wire, self._codec))
+            self._handles.append(self.comm.start_allreduce(wire, self._codec))
         self.stats["bytes"] += wire.nbytes
         self.stats["calls"] += 1
 
@@ -216,25 +164,25 @@ class GradientReducer:
             self._missing[i] -= 1
         if self.overlap:
             while self._next < len(self.buckets) and self._missing[self._next] == 0:
-                self._start(self._next)
+                self.start_bucket(self._next)
                 self._next += 1
             self._advance()
         self.stats["overlap_s"] += time.perf_counter() - t0
 
     def _advance(self) -> None:
-        if self._ring is not None:
-            self._ring.progress()
+        if self.ring is not None:
+            self.ring.progress()
         if self._handles:
-            self.comm._test_all(self._handles)
+            self.comm.test_all(self._handles)
 
     def progress(self) -> None:
         """Let MPI advance the outstanding allreduces (it only does so inside Test/Wait)."""
-        if self._handles or self._ring is not None:
+        if self._handles or self.ring is not None:
             t0 = time.perf_counter()
             self._advance()
             self.stats["overlap_s"] += time.perf_counter() - t0
 
-    def _reduce_blocking(self) -> None:
+    def reduce_blocking(self) -> None:
         """overlap=False: one blocking allreduce of the whole gradient (in pieces)."""
         self.comm.allreduce_sum(self.grad)
         self.stats["bytes"] += self.grad.nbytes
@@ -243,18 +191,60 @@ class GradientReducer:
     def finish(self) -> None:
         """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
         t0 = time.perf_counter()
-        if not self.overlap and self._codec.name is None and self._ring is None:
-            self._reduce_blocking()
+        if not self.overlap and self._codec is None and self.ring is None:
+            self.reduce_blocking()
         else:
             while self._next < len(self.buckets):
-                self._start(self._next)
+                self.start_bucket(self._next)
                 self._next += 1
-            if self._ring is not None:
-                self._ring.wait()
-            self.comm._wait_all(self._handles)
-            if self._codec.name is not None:
+            if self.ring is not None:
+                self.ring.wait()
+            self.comm.wait_all(self._handles)
+            if self._codec is not None:
                 for b, wire in zip(self.buckets, self._wire):
                     self._codec.decode(wire, self.grad[b.start:b.stop])
         self._new_step()
         self.stats["exposed_s"] += time.perf_counter() - t0
         self.stats["steps"] += 1
+
+
+class ShardedGradientReducer(GradientReducer):
+    """A GradientReducer whose buckets are reduce-scattered into the owners' parts, not allreduced.
+
+    part: this rank's part of ∇L; bounds[r] = (lo, hi) of rank r's part of the flat gradient. A bucket
+    [start, stop) goes to every rank whose part overlaps it (the others get zero elements). After
+    finish(), part holds this rank's piece of Σ_ranks grad (grad itself is left as this rank's own).
+    """
+
+    def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], part: np.ndarray,
+                 bounds: list[tuple[int, int]], bucket_bytes: int = 4 << 20, overlap: bool = True):
+        super().__init__(comm, grad, layer_slices, bucket_bytes=bucket_bytes, overlap=overlap)
+        self.part, self.bounds = part, bounds
+        lo, hi = bounds[comm.rank]
+        self._scatter = []  # per bucket: (elements each rank receives, this rank's receive view)
+        for b in self.buckets:
+            counts = [max(0, min(b.stop, h) - max(b.start, l)) for l, h in bounds]
+            first = min(max(b.start, lo), hi)
+            self._scatter.append((counts, part[first - lo:first - lo + counts[comm.rank]]))
+
+    def start_bucket(self, i: int) -> None:
+        b = self.buckets[i]
+        counts, recv = self._scatter[i]
+        self._handles.append(self.comm.start_reduce_scatter(self.grad[b.start:b.stop], recv, counts))
+        self.stats["bytes"] += (b.stop - b.start) * self.grad.itemsize
+        self.stats["calls"] += 1
+
+    def reduce_blocking(self) -> None:
+        counts = [h - l for l, h in self.bounds]
+        self.comm.wait_all([self.comm.start_reduce_scatter(self.grad, self.part, counts)])
+        self.stats["bytes"] += self.grad.nbytes
+        self.stats["calls"] += 1
+
+
+def ring_scratch_elements(layer_slices: list[slice], itemsize: int, ranks: int, bucket_bytes: int) -> int:
+    """Elements of the ring allreduce's one scratch array: ceil(largest bucket / ranks), 0 on one rank."""
+    if ranks <= 1:
+        return 0
+    n = layer_slices[-1].stop
+    largest = max(b.stop - b.start for b in bucket_layout(layer_slices, n, itemsize, bucket_bytes))
+    return -(-largest // ranks)

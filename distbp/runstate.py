@@ -1,36 +1,31 @@
 """Checkpoints of a training run: what goes in, how a run resumes, and the saved model.
 
 The file format (atomic, checksummed) is `distbp.checkpoint`; this module decides the
-contents: parameters, optimizer state (gathered from the ranks when it is sharded), the
-position in the epoch with its running sums, the metrics so far and the configuration.
+contents: parameters, what the gradient-sync strategy keeps (optimizer state, gathered from the
+ranks when it is sharded, and the strategy's own meta), the position in the epoch with its
+running sums, the metrics so far and the configuration.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from distbp import checkpoint as ckpt
-from distbp.sharded import ShardedOptimizer
-
-if TYPE_CHECKING:
-    from distbp.train import Run
+from distbp.run import Position, Run
 
 MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer"]
 
 
 def save(run: Run) -> None:
     """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure."""
-    state = (run.optimizer.full_state() if isinstance(run.optimizer, ShardedOptimizer)  # [dist] gather the parts
-             else run.optimizer.state_arrays())
+    state, sync_meta = run.sync.checkpoint_state()  # [dist] collective when the state is sharded
     if run.comm.is_root:
         arrays = {"params": run.model.flat_params}
         arrays.update({"opt_" + k: v for k, v in state.items()})
-        meta = {"position": vars(run.pos).copy(), "optimizer_steps": run.optimizer.step_count,
-                "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
+        meta = {"position": vars(run.pos).copy(), "optimizer_steps": run.sync.optimizer_steps,
+                "sync": sync_meta, "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
         ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
     with run.watchdog.section("checkpoint", run.pos.step):
         run.comm.barrier()
@@ -59,8 +54,9 @@ def resume(run: Run) -> None:
     path, arrays, meta = found
     run.comm.check_agree("checkpoint", str(path.name))
     run.model.flat_params[...] = arrays["params"]
-    run.optimizer.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}, meta["optimizer_steps"])
-    run.pos = type(run.pos)(**meta["position"])
+    run.sync.load_checkpoint_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt_")},
+                                   meta.get("sync", {}), meta["optimizer_steps"])
+    run.pos = Position(**meta["position"])
     run.history = list(meta.get("history", []))
     if run.comm.is_root:
         print(f"distbp: resumed from {path} (epoch {run.pos.epoch + 1}, step {run.pos.step}, "

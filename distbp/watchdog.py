@@ -14,7 +14,9 @@ import socket
 import threading
 import time
 
-from distbp.comm import Comm, StallError, rank_list
+from distbp.checks import rank_list
+from distbp.comm import Comm
+from distbp.errors import StallError
 
 STALL_EXIT_CODE = 124
 
@@ -80,8 +82,8 @@ class Watchdog:
                 what, step, _ = current
                 stall = StallError(f"no progress for {self.timeout:g} s in {what} at step {step} "
                                    f"({self._diagnose()})")
-                self.comm._say(str(stall))
-                self.comm._hard_exit(STALL_EXIT_CODE)
+                self.comm.say(str(stall))
+                self.comm.hard_exit(STALL_EXIT_CODE)
 
     def _heartbeat_path(self, rank: int) -> str:
         return os.path.join(self.heartbeat_dir, f"rank-{rank}.json")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from distbp.comm import ConfigMismatchError, DistbpError, DivergenceError, SerialComm, StallError
-from distbp.reducer import Bucket, GradientReducer, bf16_decode, bf16_encode, bucket_layout
+from distbp.codecs import bf16_decode, bf16_encode
+from distbp.reducer import Bucket, GradientReducer, bucket_layout
 from distbp.watchdog import Watchdog
 
 

@@ -18,10 +18,10 @@ def test_estimate_equals_the_allocated_buffers(optimizer, accumulate):
     ws = run.model._ws
     allocated = {
         "parameters": run.model.flat_params.nbytes,
-        "gradients": run.grad.nbytes + (run.acc.nbytes if run.acc is not None else 0),
-        "optimizer_state": sum(a.nbytes for a in run.optimizer.state_arrays().values()),
+        "gradients": run.sync.grad.nbytes + (run.sync.acc.nbytes if run.sync.acc is not None else 0),
+        "optimizer_state": sum(a.nbytes for a in run.sync.optimizer.state_arrays().values()),
         "activations": sum(a.nbytes for a in ws.z + ws.a) + ws.g.nbytes + ws.row_loss.nbytes + ws.partial.nbytes,
-        "batch_buffers": run.X.nbytes + run.y.nbytes,
+        "batch_buffers": run.batch.X.nbytes + run.batch.y.nbytes,
     }
     est = memory.per_rank_bytes(cfg.layers, cfg.dtype, cfg.batch_size, 1, optimizer, False, accumulate)
     for key, value in allocated.items():

@@ -79,7 +79,7 @@ def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path):
     resumed = run(epochs=3, optimizer="adam", checkpoint_dir=str(d), resume=True)
     assert resumed.pos.step == full.pos.step
     np.testing.assert_array_equal(resumed.model.flat_params, full.model.flat_params)
-    np.testing.assert_array_equal(resumed.optimizer.m, full.optimizer.m)
+    np.testing.assert_array_equal(resumed.sync.optimizer.m, full.sync.optimizer.m)
 
 
 def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):

@@ -8,7 +8,7 @@ Each rank also trains the 1-rank reference itself (SerialComm), so the compariso
 import numpy as np
 import pytest
 
-from distbp import faults, memory, train
+from distbp import faults, memory, sync, train
 from distbp.comm import SerialComm, world
 from distbp.config import Config, validate
 
@@ -33,7 +33,7 @@ def test_p_ranks_match_one_rank(batch_size, allreduce):
     if batch_size == 1 and comm.size > 3:
         batch_size = 2  # still smaller than p, keeps the step count low
     p_run = train_on(comm, batch_size=batch_size, allreduce=allreduce)
-    assert p_run.reducer.algorithm == allreduce
+    assert p_run.sync.algorithm == allreduce
     one = train_on(SerialComm(), batch_size=batch_size)
     assert np.abs(p_run.model.flat_params - one.model.flat_params).max() < 1e-10
     assert p_run.history[-1]["train_loss"] == pytest.approx(one.history[-1]["train_loss"], rel=1e-9)
@@ -64,8 +64,9 @@ def test_overlapped_buckets_and_one_blocking_allreduce_agree(overlap, bucket_mb,
 @pytest.mark.mpi(min_size=2)
 def test_auto_picks_the_ring_on_one_node_and_mpi_for_compressed_gradients():
     comm = world()
-    assert train.allreduce_algorithm(validate(Config(data=SMALL)), comm) == "ring"  # the test jobs share one node
-    assert train.allreduce_algorithm(validate(Config(data=SMALL, comm_dtype="bfloat16")), comm) == "mpi"
+    single_node = train.layout_of(comm).single_node
+    assert sync.allreduce_algorithm(validate(Config(data=SMALL)), single_node) == "ring"  # the test jobs share one node
+    assert sync.allreduce_algorithm(validate(Config(data=SMALL, comm_dtype="bfloat16")), single_node) == "mpi"
 
 
 @pytest.mark.mpi(min_size=2)
@@ -74,7 +75,7 @@ def test_memory_estimate_counts_the_ring_scratch_a_run_allocates():
     bucket = 1000 * 8  # bytes: several buckets for this model
     r = train_on(comm, batch_size=16, epochs=1, allreduce="ring", bucket_mb=bucket / (1 << 20))
     est = memory.per_rank_bytes(r.cfg.layers, r.cfg.dtype, 16, comm.size, "momentum", ring_bucket_bytes=bucket)
-    assert est["allreduce_scratch"] == r.reducer._ring.scratch.nbytes > 0
+    assert est["allreduce_scratch"] == r.sync.reducer.ring.scratch.nbytes > 0
 
 
 @pytest.mark.mpi(min_size=2)
@@ -124,7 +125,7 @@ def test_sharded_optimizer_equals_the_plain_run(optimizer, overlap, bucket_mb):
     if optimizer == "adam":
         # each rank holds only its part of the state
         n = sharded.model.n_params
-        assert sharded.optimizer.state_arrays()["m"].size <= -(-n // comm.size)
+        assert sharded.sync.optimizer.state_arrays()["m"].size <= -(-n // comm.size)
 
 
 @pytest.mark.mpi(min_size=2)

@@ -1,0 +1,83 @@
+"""What a training run holds: its parts (`Run`), where it stands (`Position`), where its time went (`Timers`).
+
+Both the training loop (`distbp.train`) and the checkpoint code (`distbp.runstate`) import this
+module; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distbp.comm import Comm
+from distbp.config import Config
+from distbp.data import Dataset, Split
+from distbp.model import MLP
+from distbp.sync.base import GradientSync
+from distbp.watchdog import Watchdog
+
+
+@dataclass
+class Position:
+    """Where training stands: the next batch to run is `batch` of `epoch`; `step` updates done so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    skipped: int = 0  # updates skipped for NaN/Inf (--skip-nonfinite)
+    # running sums of the current epoch (so a mid-epoch resume reports the same epoch metrics)
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+
+
+@dataclass
+class Timers:
+    """Seconds of this epoch on this rank: gathering rows, computing, waiting for other ranks."""
+
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+
+    def reset(self) -> None:
+        self.data_s = self.compute_s = self.comm_s = 0.0
+
+
+class BatchBuffers:
+    """This rank's gather buffers: X (rows, features) in the model's dtype, y (rows,) int64 labels or
+    (rows, outputs) float targets, reused by every step and by evaluation."""
+
+    def __init__(self, rows: int, features: int, outputs: int, dtype, labels: bool):
+        self.X = np.empty((rows, features), dtype)
+        self.y = np.empty(rows, np.int64) if labels else np.empty((rows, outputs), dtype)
+
+    def gather(self, split: Split, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows `rows` (int64 indices, at most the buffers' rows) of `split`, as views of the buffers."""
+        k = rows.shape[0]
+        split.gather(rows, self.X[:k], self.y[:k])
+        return self.X[:k], self.y[:k]
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by `distbp.train.setup`."""
+
+    cfg: Config
+    comm: Comm
+    data: Dataset
+    model: MLP
+    sync: GradientSync  # the mode: rows, local gradient, sum over ranks, update, checkpoint state
+    batch: BatchBuffers
+    watchdog: Watchdog
+    pos: Position = field(default_factory=Position)
+    timers: Timers = field(default_factory=Timers)
+    history: list = field(default_factory=list)
+
+    def gather_train(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training rows into the buffers (what strategies call), timed as data."""
+        t0 = time.perf_counter()
+        out = self.batch.gather(self.data.train, rows)
+        self.timers.data_s += time.perf_counter() - t0
+        return out

@@ -1,0 +1,91 @@
+"""Gradient-sync strategies, and the one factory that picks one from the configuration.
+
+A strategy (`distbp.sync.base.GradientSync`) owns everything about one way of turning shard gradients
+into the same update on every rank: the rows a rank computes, the local gradient (accumulation
+included), the sum over ranks and its overlap with the backward pass, the NaN/Inf check, the update,
+its checkpoint state, its memory, its header line and its statistics.
+
+    strategy    rows per rank            reduction                      update       module
+    allreduce   contiguous share         bucketed allreduce (ring/MPI,  replicated   sync/allreduce.py
+                                         optionally 16-bit)
+    sharded     contiguous share         bucketed reduce-scatter        sharded +    sync/sharded.py
+                                                                        allgather
+    exact       whole micro-blocks       int64 fixed-point allreduce    replicated   sync/exact.py
+
+This module is the only code that reads the mode flags (`reproducible`, `shard_optimizer`,
+`comm_dtype`, `allreduce`, `accumulate`, `micro_batch`, `bucket_mb`, `overlap`); the rules for which
+of them go together live beside it (`check_modes`). A new mode is a new file with a GradientSync
+subclass and one line in STRATEGIES.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Callable
+
+from distbp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distbp.config import Config
+    from distbp.sync.base import GradientSync, Layout, ModelShape, SyncOptions
+
+# name: (the class, or "module:Class" imported when chosen; when it applies). The first that applies wins.
+STRATEGIES: dict[str, tuple[type | str, Callable[[Config], bool]]] = {
+    "exact": ("distbp.sync.exact:ExactSync", lambda cfg: cfg.reproducible),
+    "sharded": ("distbp.sync.sharded:ShardedSync", lambda cfg: cfg.shard_optimizer),
+    "allreduce": ("distbp.sync.allreduce:AllreduceSync", lambda cfg: True),
+}
+
+
+def check_modes(cfg: Config) -> None:
+    """Raise ConfigError for mode flags that cannot go together (called by config.validate)."""
+    if cfg.reproducible and cfg.comm_dtype:
+        raise ConfigError("--reproducible and --comm-dtype conflict: compressed gradients are not exact")
+    if cfg.reproducible and (cfg.accumulate > 1 or cfg.shard_optimizer):
+        raise ConfigError("--reproducible conflicts with --accumulate and --shard-optimizer "
+                          "(it already computes in micro-blocks and sums exactly)")
+    if cfg.allreduce == "ring" and (cfg.comm_dtype or cfg.shard_optimizer or cfg.reproducible):
+        raise ConfigError("--allreduce ring conflicts with --comm-dtype, --shard-optimizer and --reproducible "
+                          "(compressed, reduce-scattered and exact sums use their own collectives)")
+    if cfg.shard_optimizer and cfg.comm_dtype:
+        raise ConfigError("--shard-optimizer and --comm-dtype conflict: the reduce-scatter sums full precision")
+
+
+def strategy_name(cfg: Config) -> str:
+    """The registry name of the strategy this configuration runs."""
+    return next(name for name, (_, applies) in STRATEGIES.items() if applies(cfg))
+
+
+def allreduce_algorithm(cfg: Config, single_node: bool) -> str:
+    """"ring" or "mpi" for the gradient's collectives (--allreduce).
+
+    auto takes distbp's ring when every rank is on one node, where it measured faster than MPICH's
+    Iallreduce and needs no message-sized scratch (benchmarks/allreduce.py), and the MPI library's own
+    across nodes, where a vendor MPI knows the network's topology and a flat ring pays 2(p−1) latencies.
+    Compressed, reduce-scattered and exact sums always use MPI's collectives (check_modes forbids ring).
+    """
+    if cfg.comm_dtype or cfg.shard_optimizer or cfg.reproducible:
+        return "mpi"
+    if cfg.allreduce != "auto":
+        return cfg.allreduce
+    return "ring" if single_node else "mpi"
+
+
+def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
+    """The strategy's view of the configuration."""
+    from distbp.sync.base import SyncOptions
+
+    return SyncOptions(batch_size=cfg.batch_size, accumulate=cfg.accumulate, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
+                       overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
+                       algorithm=allreduce_algorithm(cfg, layout.single_node), micro_batch=cfg.micro_batch,
+                       optimizer=cfg.optimizer, lr=cfg.lr,
+                       optimizer_options={"momentum": cfg.momentum} if cfg.optimizer == "momentum" else {})
+
+
+def make_sync(cfg: Config, layout: Layout, shape: ModelShape) -> GradientSync:
+    """The strategy for this configuration, sized for this rank and model; nothing allocated until build()."""
+    cls, _ = STRATEGIES[strategy_name(cfg)]
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls(sync_options(cfg, layout), layout, shape)

@@ -1,0 +1,75 @@
+"""The default mode: every rank sums the whole gradient (bucketed allreduce) and applies the whole update.
+
+Buckets of the flat gradient start their allreduce while the backward pass still runs (output layer
+first); the transport is the MPI library's Iallreduce or distbp's own ring (`--allreduce`), and a
+bucket may travel as 16-bit words (`--comm-dtype`, `distbp.codecs`). Every rank ends with the same
+∇L and applies the same replicated update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distbp import kernels
+from distbp.reducer import GradientReducer, ring_scratch_elements
+from distbp.sync.base import layers_with_nonfinite
+from distbp.sync.bucketed import BucketedSync
+
+
+class AllreduceSync(BucketedSync):
+    name = "allreduce"
+
+    def memory(self) -> dict[str, int]:
+        o, P, item = self.options, self.shape.n_params, np.dtype(self.shape.dtype).itemsize
+        ring = o.algorithm == "ring" and self.layout.size > 1
+        scratch = ring_scratch_elements(self.shape.layer_slices, item, self.layout.size, o.bucket_bytes) * item \
+            if ring else 0
+        wire = 2 * P if o.comm_dtype else 0  # every bucket's 16-bit copy
+        return {"gradients": self.gradient_bytes(), "optimizer_state": o.optimizer_state_bytes(P, self.shape.dtype),
+                "allreduce_scratch": scratch + wire}
+
+    def describe(self) -> str:
+        o = self.options
+        how = "overlapped" if o.overlap else "blocking"
+        text = f"allreduce {how}"
+        if self.layout.size > 1:
+            text += " (distbp ring)" if o.algorithm == "ring" else " (MPI)"
+        if o.comm_dtype:
+            text += f", {o.comm_dtype} on the wire"
+        if o.accumulate > 1:
+            text += f", accumulate {o.accumulate}"
+        return text
+
+    @property
+    def algorithm(self) -> str:
+        return self.options.algorithm
+
+    def build(self, comm, model) -> None:
+        super().build(comm, model)
+        o = self.options
+        self.reducer = GradientReducer(comm, self.grad, model.layer_slices, bucket_bytes=o.bucket_bytes,
+                                       overlap=o.overlap, comm_dtype=o.comm_dtype, algorithm=o.algorithm)
+        self.optimizer = o.make_optimizer(model.n_params, model.dtype)
+
+    def all_finite(self) -> bool:
+        return bool(kernels.all_finite(self.grad))
+
+    def nonfinite_layers(self) -> list[str]:
+        # every rank holds the same ∇L: no communication needed
+        return layers_with_nonfinite(np.flatnonzero(~np.isfinite(self.grad)), self.shape.sizes)
+
+    def apply(self, params: np.ndarray, scale: float) -> None:
+        self.optimizer.step(params, self.grad, scale)
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.optimizer.step_count
+
+    def checkpoint_state(self):
+        return self.optimizer.state_arrays(), {}
+
+    def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
+        self.optimizer.load_state(arrays, optimizer_steps)
+
+    def buffers(self) -> list[np.ndarray]:
+        return super().buffers() + list(self.optimizer.state_arrays().values())

@@ -1,0 +1,171 @@
+"""The gradient-sync interface: one object per mode owns how shard gradients become one update.
+
+A strategy is made in two steps. `__init__` takes only sizes (the options the factory read from the
+configuration, this rank's place in the job and the model's shape) and allocates nothing, so that
+`--dry-run` can ask it for its rows and its memory; `build(comm, model)` allocates what it said.
+In a training step the loop calls, in this order:
+
+    r0, r1 = sync.my_rows(B)                       which rows of a global batch of B rows this rank computes
+    loss, correct = sync.local_gradient(gather, rows, B)
+                                                   Σ lⁿ, correct count and Σ ∂lⁿ/∂θ over those rows; the sum
+                                                   over ranks may start while the backward pass runs
+    sync.finish()                                  [dist] ∇L (or this rank's part of it) is complete
+    sync.all_finite()                              this rank's share of ∇L has no NaN/Inf
+    sync.apply(params, scale)   or  sync.nonfinite_layers()      the update, or which layers are bad
+
+Everything else a mode decides lives here too: `rows_at_once` (rows of one forward/backward, which
+sizes the gather buffers and the model's workspace), `memory()`, `describe()`, `stats`, and what it
+adds to a checkpoint (`checkpoint_state` / `load_checkpoint_state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from distbp.comm import Comm
+from distbp.model import MLP, layer_slices_of
+from distbp.optim import OPTIMIZERS, make_optimizer
+from distbp.shard import max_shard_rows, rank_slice
+
+# gather(rows) -> (X, y): the training rows `rows` (int64 indices) in this rank's buffers, as views
+Gather = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this rank is: its rank, the rank count, and whether all ranks share one node."""
+
+    rank: int = 0
+    size: int = 1
+    single_node: bool = True
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The model as far as sizes go: layer sizes, dtype, and integer labels (True) or float targets."""
+
+    sizes: tuple[int, ...]
+    dtype: np.dtype
+    labels: bool = True
+
+    @property
+    def n_params(self) -> int:
+        return self.layer_slices[-1].stop
+
+    @property
+    def layer_slices(self) -> list[slice]:
+        return layer_slices_of(self.sizes)
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """What strategies need from the configuration; the factory (`distbp.sync`) is the only reader of
+    the mode flags and fills this."""
+
+    batch_size: int
+    accumulate: int = 1  # micro-batches per rank share, one sum over ranks per global batch
+    bucket_bytes: int = 4 << 20
+    overlap: bool = True
+    comm_dtype: str | None = None  # 16-bit codec for the allreduce (distbp.codecs)
+    algorithm: str = "mpi"  # "mpi" or "ring" for bucketed allreduces
+    micro_batch: int = 32  # rows per fixed micro-block (exact sums)
+    optimizer: str = "gd"
+    lr: float = 1e-3
+    optimizer_options: dict = field(default_factory=dict)
+
+    def make_optimizer(self, n: int, dtype):
+        """The configured optimizer for a flat buffer of n elements."""
+        return make_optimizer(self.optimizer, n, dtype, self.lr, **self.optimizer_options)
+
+    def optimizer_state_bytes(self, n: int, dtype) -> int:
+        return OPTIMIZERS[self.optimizer].state_copies * n * np.dtype(dtype).itemsize
+
+
+class GradientSync:
+    """One mode's way from shard gradients to the update; see the module docstring for the protocol."""
+
+    name = "?"  # the registry name
+
+    def __init__(self, options: SyncOptions, layout: Layout, shape: ModelShape):
+        self.options, self.layout, self.shape = options, layout, shape
+        self.comm: Comm | None = None
+        self.model: MLP | None = None
+
+    # ---- sizes: known before anything is allocated ------------------------------------------------
+    def my_rows(self, batch_rows: int) -> tuple[int, int]:
+        """(start, stop) of this rank's contiguous share of a global batch of batch_rows rows."""
+        return rank_slice(batch_rows, self.layout.rank, self.layout.size)
+
+    @property
+    def rows_at_once(self) -> int:
+        """Rows of the largest forward/backward this rank runs (gather buffers and model workspace)."""
+        return max_shard_rows(self.options.batch_size, self.layout.size)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this strategy allocates in build(): gradients, optimizer_state, allreduce_scratch."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the start-up header: the reduction, its transport and overlap, the update."""
+        raise NotImplementedError
+
+    # ---- the job --------------------------------------------------------------------------------------
+    def build(self, comm: Comm, model: MLP) -> None:
+        """Allocate the buffers, reducer and optimizer (collective: may create communicators)."""
+        self.comm, self.model = comm, model
+        model.reserve_workspace(self.rows_at_once)
+
+    def local_gradient(self, gather: Gather, rows: np.ndarray, batch_rows: int) -> tuple[float, float]:
+        """(Σ loss, correct) over this rank's rows; the rows' gradient is on its way to the sum over ranks."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """[dist] Complete the sum over ranks."""
+
+    def all_finite(self) -> bool:
+        """No NaN/Inf in this rank's share of ∇L (the loop agrees the verdict over ranks)."""
+        raise NotImplementedError
+
+    def nonfinite_layers(self) -> list[str]:
+        """Collective: 'layer l dW|db' for each layer with NaN/Inf anywhere in ∇L, in layer order."""
+        raise NotImplementedError
+
+    def apply(self, params: np.ndarray, scale: float) -> None:
+        """θ ← update(θ, scale·∇L), the same on every rank."""
+        raise NotImplementedError
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    @property
+    def optimizer_steps(self) -> int:
+        raise NotImplementedError
+
+    def checkpoint_state(self) -> tuple[dict[str, np.ndarray | None], dict]:
+        """Collective: (arrays, meta) to store; the arrays are whole on the root (None elsewhere if sharded)."""
+        raise NotImplementedError
+
+    def load_checkpoint_state(self, arrays: dict[str, np.ndarray], meta: dict, optimizer_steps: int) -> None:
+        """Restore from what checkpoint_state stored (written by any rank count)."""
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> dict:
+        """Counters for the metrics since the last reset_stats (overlap_s: seconds of overlapped communication)."""
+        return {}
+
+    def reset_stats(self) -> None:
+        """Start the counters of a new epoch."""
+
+
+def layers_with_nonfinite(bad: np.ndarray, sizes: tuple[int, ...]) -> list[str]:
+    """'layer l dW' / 'layer l db' for every layer holding one of the flat indices `bad` (int64, any order)."""
+    names = []
+    for l, (sl, fi, fo) in enumerate(zip(layer_slices_of(sizes), sizes[:-1], sizes[1:])):
+        w_end = sl.start + fi * fo
+        if ((bad >= sl.start) & (bad < w_end)).any():
+            names.append(f"layer {l} dW")
+        if ((bad >= w_end) & (bad < sl.stop)).any():
+            names.append(f"layer {l} db")
+    return names
