@@ -173,7 +173,8 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
         y = rng.integers(0, classes, n)
         z = centres[y, rng.integers(0, per_class, n)]
         z += rng.standard_normal((n, latent), dtype=np.float32)
-        X = z @ basis
+        X = np.empty((n, features), np.float32)
+        product_without_blas(z, basis, X)
         X += rng.standard_normal((n, features), dtype=np.float32)
         return X, y
 
@@ -182,6 +183,23 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
     if test is not None:
         arrays["X_test"], arrays["y_test"] = draw(test)
     return arrays, classes
+
+
+def product_without_blas(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out (n, m) = a (n, k) · b (k, m), summed over k in order by element-wise passes.
+
+    A BLAS product's bits depend on its thread count and on the CPU's kernels (seen: float32 GEMM
+    differs between 1 and 2 OpenBLAS threads on AMD Zen 3), and data must not. Separate multiply
+    and add passes are exactly rounded element by element, so these bits are the same everywhere.
+    """
+    rows = max(1, CHUNK_ELEMENTS // (8 * b.shape[1]))  # row blocks that stay in cache
+    tmp = np.empty((rows, b.shape[1]), out.dtype)
+    for s in range(0, a.shape[0], rows):
+        o, t, ai = out[s:s + rows], tmp[:min(rows, a.shape[0] - s)], a[s:s + rows]
+        np.multiply(ai[:, :1], b[0], out=o)
+        for k in range(1, b.shape[0]):
+            np.multiply(ai[:, k:k + 1], b[k], out=t)
+            o += t
 
 
 def _digits() -> dict:

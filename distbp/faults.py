@@ -83,8 +83,8 @@ def _nan_in_first_row(gather):
     pass reads them, so every rank sees the NaN in ∇L, as with a real one)."""
     pending = [True]
 
-    def poisoned(rows):
-        X, y = gather(rows)
+    def poisoned(rows, **kw):
+        X, y = gather(rows, **kw)
         if pending[0] and X.shape[0]:
             X[0, 0] = np.nan
             pending[0] = False

@@ -31,7 +31,7 @@ class BackwardHooks(Protocol):
     def progress(self) -> None: ...  # called between compute chunks
 
 
-class _Workspace:
+class Workspace:
     """Per-layer buffers for batches of up to `rows` rows (reused from step to step)."""
 
     def __init__(self, rows: int, sizes: Sequence[int], dtype):
@@ -48,7 +48,7 @@ class _Workspace:
 
 
 def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
-    """Bytes of the forward/backward buffers for batches of up to `rows` rows (what _Workspace allocates)."""
+    """Bytes of the forward/backward buffers for batches of up to `rows` rows (what Workspace allocates)."""
     outs = sizes[1:]
     elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1) + _chunks(rows) * max(outs)
     return elements * np.dtype(dtype).itemsize
@@ -106,7 +106,7 @@ class MLP:
         self.flat_params = np.zeros(self.n_params, self.dtype)
         self.params = self.views(self.flat_params)
         self._init_params(seed)
-        self._ws: _Workspace | None = None
+        self._ws: Workspace | None = None
 
     @property
     def n_layers(self) -> int:
@@ -169,10 +169,14 @@ class MLP:
 
     # ---- forward and backward ---------------------------------------------
 
-    def _workspace(self, n: int) -> _Workspace:
+    def _workspace(self, n: int) -> Workspace:
         if self._ws is None or self._ws.rows < n:
-            self._ws = _Workspace(n, self.sizes, self.dtype)
+            self._ws = Workspace(n, self.sizes, self.dtype)
         return self._ws
+
+    def new_workspace(self, rows: int) -> Workspace:
+        """Forward/backward buffers of this model's own for batches of up to `rows` rows (one per thread)."""
+        return Workspace(rows, self.sizes, self.dtype)
 
     def reserve_workspace(self, rows: int) -> None:
         """Allocate the forward/backward buffers for batches of up to `rows` rows now (training does, so
@@ -183,7 +187,7 @@ class MLP:
         """The forward/backward buffers allocated so far (for memory checks)."""
         return [] if self._ws is None else self._ws.arrays()
 
-    def _forward(self, X: np.ndarray, ws: _Workspace, n: int) -> None:
+    def _forward(self, X: np.ndarray, ws: Workspace, n: int) -> None:
         """Fill z[l], a[l] (n rows) for every layer; a[-1] is before the output activation."""
         a = X
         for l, (W, b) in enumerate(self.params):
@@ -198,7 +202,7 @@ class MLP:
 
     def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
                            hooks: BackwardHooks | None = None, progress_chunks: int = 1,
-                           validate: bool = True) -> float:
+                           validate: bool = True, workspace: Workspace | None = None) -> float:
         """The hot path: write ∂L/∂θ for the batch into `grad` (flat, n_params) and return L = Σₙ lⁿ.
 
         X (n, inputs) in the model's dtype; y (n,) int labels or (n, outputs) targets.
@@ -206,7 +210,8 @@ class MLP:
         `hooks.layer_ready(l)` is called as soon as layer l's gradients are final
         (output layer first), and `hooks.progress()` between `progress_chunks`
         row-chunks of each δ·Wᵀ product, so communication can overlap the backward pass.
-        Buffers are reused: no allocation once the largest batch has been seen.
+        Buffers are reused: no allocation once the largest batch has been seen. `workspace`
+        (from new_workspace) lets several threads run passes of one model at once.
         """
         if validate:
             self.check_batch(X, y, allow_empty=True)
@@ -220,7 +225,7 @@ class MLP:
                 if hooks is not None:
                     hooks.layer_ready(l)
             return 0.0
-        ws = self._workspace(n)
+        ws = self._workspace(n) if workspace is None else workspace
         self._forward(X, ws, n)
 
         # output layer: δ = ∂l/∂z from the loss, written over z
@@ -271,12 +276,12 @@ class MLP:
         """Output activations (n, outputs) of the last loss_and_grad_into / loss_into call (a workspace view)."""
         return self._ws.a[-1][:n]
 
-    def count_correct(self, y: np.ndarray) -> float:
+    def count_correct(self, y: np.ndarray, workspace: Workspace | None = None) -> float:
         """Correct predictions of the last forward pass over y's rows: labels (n,), or one-hot targets (n, outputs)
-        compared by argmax."""
+        compared by argmax. workspace: the one that pass used, if not the model's own."""
         if y.shape[0] == 0:
             return 0.0
-        out = self.last_outputs(y.shape[0])
+        out = (self._ws if workspace is None else workspace).a[-1][:y.shape[0]]
         return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
     def loss_into(self, X: np.ndarray, y: np.ndarray) -> float:

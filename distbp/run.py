@@ -75,8 +75,14 @@ class Run:
     timers: Timers = field(default_factory=Timers)
     history: list = field(default_factory=list)
 
-    def gather_train(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Training rows into the buffers (what strategies call), timed as data."""
+    def gather_train(self, rows: np.ndarray, into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Training rows into the run's buffers, or a strategy's own (`into`), as views (what strategies call).
+
+        Timed as data in the run's buffers only: buffers of a strategy's own are filled by its other
+        threads, while the main thread's time is already being counted.
+        """
+        if into is not None:
+            return into.gather(self.data.train, rows)
         t0 = time.perf_counter()
         out = self.batch.gather(self.data.train, rows)
         self.timers.data_s += time.perf_counter() - t0

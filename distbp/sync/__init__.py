@@ -78,6 +78,7 @@ def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
     return SyncOptions(batch_size=cfg.batch_size, accumulate=cfg.accumulate, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                        overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
                        algorithm=allreduce_algorithm(cfg, layout.single_node), micro_batch=cfg.micro_batch,
+                       threads=cfg.threads,
                        optimizer=cfg.optimizer, lr=cfg.lr,
                        optimizer_options={"momentum": cfg.momentum} if cfg.optimizer == "momentum" else {})
 

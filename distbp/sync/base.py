@@ -30,8 +30,9 @@ from distbp.model import MLP, layer_slices_of
 from distbp.optim import OPTIMIZERS, make_optimizer
 from distbp.shard import max_shard_rows, rank_slice
 
-# gather(rows) -> (X, y): the training rows `rows` (int64 indices) in this rank's buffers, as views
-Gather = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# gather(rows, into=None) -> (X, y): the training rows `rows` (int64 indices) as views of this rank's
+# buffers, or of `into` (a distbp.run.BatchBuffers of the strategy's own, for threads gathering at once)
+Gather = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class SyncOptions:
     comm_dtype: str | None = None  # 16-bit codec for the allreduce (distbp.codecs)
     algorithm: str = "mpi"  # "mpi" or "ring" for bucketed allreduces
     micro_batch: int = 32  # rows per fixed micro-block (exact sums)
+    threads: int | None = None  # threads of this rank (None: what Numba has)
     optimizer: str = "gd"
     lr: float = 1e-3
     optimizer_options: dict = field(default_factory=dict)
@@ -105,7 +107,8 @@ class GradientSync:
         return max_shard_rows(self.options.batch_size, self.layout.size)
 
     def memory(self) -> dict[str, int]:
-        """Bytes this strategy allocates in build(): gradients, optimizer_state, allreduce_scratch."""
+        """Bytes this strategy allocates in build(): gradients, optimizer_state, allreduce_scratch, and any
+        activations or batch_buffers beyond the model's workspace and the run's buffers."""
         raise NotImplementedError
 
     def describe(self) -> str:

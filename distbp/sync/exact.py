@@ -3,8 +3,9 @@
 Floating-point sums depend on their order, and the order of an allreduce and
 of a rank's local sum depend on the rank count. Here they don't:
   1. each global batch is cut into fixed micro-blocks of `micro_batch` rows, and
-     a rank computes whole blocks, one at a time (the same shapes, kernels and
-     thread count wherever a block runs, so each block's gradient is the same bits);
+     a rank computes whole blocks, each on one thread (the same shapes, kernels and
+     single-threaded BLAS wherever a block runs, so each block's gradient is the same
+     bits); a rank with T threads runs T blocks at once, one per thread ("lanes");
   2. each block's gradient g is turned into integers q = rint(g·S) with one shared
      power-of-two scale S, and the integers are summed locally and over ranks (an
      int64 allreduce): integer sums are exact, so their order does not matter;
@@ -27,7 +28,13 @@ import time
 import numpy as np
 from numba import njit, prange
 
+import concurrent.futures
+
+import numba
+
 from distbp import kernels
+from distbp.model import workspace_bytes
+from distbp.run import BatchBuffers
 from distbp.shard import rank_slice
 from distbp.sync.base import GradientSync, layers_with_nonfinite
 from distbp.threads import thread_setter
@@ -36,11 +43,20 @@ HEADROOM_BITS = 8
 INT_BITS = 62  # keep clear of int64's sign bit
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def add_fixed_point(acc, g, scale):
-    """acc (int64, n) += rint(g·scale) elementwise; g float32/float64 (n,), scale a power of two."""
-    for i in prange(acc.shape[0]):
-        acc[i] += np.int64(np.rint(np.float64(g[i]) * scale))
+    """acc (int64, n) += rint(g·scale) elementwise; g float32/float64 (n,), scale a power of two.
+
+    Returns max |g| (inf if g holds NaN). One thread: it runs inside a lane.
+    """
+    m = 0.0
+    for i in range(acc.shape[0]):
+        v = np.float64(g[i])
+        acc[i] += np.int64(np.rint(v * scale))
+        a = abs(v)
+        if not a <= m:  # larger, or NaN
+            m = a if a == a else np.inf
+    return m
 
 
 @njit(parallel=True, cache=True)
@@ -50,14 +66,13 @@ def from_fixed_point(out, acc, scale):
         out[i] = np.float64(acc[i]) / scale
 
 
-@njit(cache=True)
-def max_abs(g):
-    m = 0.0
-    for i in range(g.shape[0]):
-        v = abs(np.float64(g[i]))
-        if v > m or v != v:
-            m = v if v == v else np.inf
-    return m
+def block_lanes(threads: int) -> int:
+    """Blocks a rank computes at once: one per thread when Numba's threading layer lets kernels be
+    launched from several threads at once (omp, tbb), else 1 (workqueue allows one launcher)."""
+    if threads <= 1:
+        return 1
+    kernels.all_finite(np.zeros(1, np.float32))  # Numba picks its threading layer at the first launch
+    return threads if numba.threading_layer() in ("omp", "tbb") else 1
 
 
 def block_aligned_slice(batch_rows: int, micro_batch: int, rank: int, size: int) -> tuple[int, int]:
@@ -68,39 +83,52 @@ def block_aligned_slice(batch_rows: int, micro_batch: int, rank: int, size: int)
 
 
 class ExactSync(GradientSync):
-    """Computes this rank's blocks one at a time and sums their gradients over all ranks exactly."""
+    """Computes this rank's blocks, `lanes` at a time, and sums their gradients over all ranks exactly."""
 
     name = "exact"
     algorithm = "mpi"  # the integer sums go through MPI's allreduce
+
+    def __init__(self, options, layout, shape):
+        super().__init__(options, layout, shape)
+        self.lanes = block_lanes(options.threads or numba.get_num_threads())
 
     def my_rows(self, batch_rows: int) -> tuple[int, int]:
         return block_aligned_slice(batch_rows, self.options.micro_batch, self.layout.rank, self.layout.size)
 
     @property
     def rows_at_once(self) -> int:
-        return min(self.options.micro_batch, self.options.batch_size)  # one block
+        return min(self.options.micro_batch, self.options.batch_size)  # one block (per lane)
 
     def memory(self) -> dict[str, int]:
-        P, item = self.shape.n_params, np.dtype(self.shape.dtype).itemsize
-        return {"gradients": 2 * P * item,  # ∇L and one block's gradient
+        P, item, L = self.shape.n_params, np.dtype(self.shape.dtype).itemsize, self.lanes
+        rows, sizes = self.rows_at_once, self.shape.sizes
+        row_bytes = sizes[0] * item + (8 if self.shape.labels else sizes[-1] * item)
+        return {"gradients": P * item * (1 + L),  # ∇L and each lane's block gradient
                 "optimizer_state": self.options.optimizer_state_bytes(P, self.shape.dtype),
-                "allreduce_scratch": 8 * P}  # the int64 sum
+                "allreduce_scratch": 8 * P * L,  # each lane's int64 sum
+                # lanes beyond the first have their own workspace and gather buffers
+                "activations": (L - 1) * workspace_bytes(rows, sizes, self.shape.dtype),
+                "batch_buffers": (L - 1) * rows * row_bytes}
 
     def describe(self) -> str:
         where = " (MPI)" if self.layout.size > 1 else ""
-        return (f"exact int64 allreduce{where}, micro-blocks of {self.options.micro_batch} rows on one thread "
-                "(reproducible)")
+        return (f"exact int64 allreduce{where}, micro-blocks of {self.options.micro_batch} rows, "
+                f"{self.lanes} at once on one thread each (reproducible)")
 
     def build(self, comm, model) -> None:
         super().build(comm, model)
-        self.grad = np.zeros(model.n_params, model.dtype)
-        self.acc = np.zeros(model.n_params, np.int64)
-        self.block_grad = np.empty_like(self.grad)
-        self.optimizer = self.options.make_optimizer(model.n_params, model.dtype)
+        P, rows, sizes = model.n_params, self.rows_at_once, model.sizes
+        self.grad = np.zeros(P, model.dtype)
+        self.optimizer = self.options.make_optimizer(P, model.dtype)
+        # lane 0 uses the model's workspace and the run's buffers (None); the others have their own
+        self._lanes = [(None if k == 0 else model.new_workspace(rows),
+                        None if k == 0 else BatchBuffers(rows, sizes[0], sizes[-1], model.dtype, model.loss.labels),
+                        np.empty(P, model.dtype), np.zeros(P, np.int64)) for k in range(self.lanes)]
+        self.acc = self._lanes[0][3]  # the rank's sum: lane 0's, the others added in
         self.prev_max: float | None = None
         self._set_threads = None  # made on first use, once every BLAS library is loaded
+        self._pool = None
         self.reset_stats()
-
     @property
     def stats(self) -> dict:
         return self._stats
@@ -140,11 +168,12 @@ class ExactSync(GradientSync):
 
     def _one_thread(self, gather, rows, scale) -> tuple[float, float, float]:
         # a block's gradient must be the same bits wherever it runs, whatever the rank's thread count:
-        # compute blocks on one thread (Numba and BLAS), then give the rank its threads back
-        import numba
-
+        # every block runs on one thread (Numba and BLAS); the rank's threads run different blocks
         if self._set_threads is None:
             self._set_threads = thread_setter()
+        if self._pool is None and self.lanes > 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.lanes - 1, "distbp-lane",
+                                                               initializer=numba.set_num_threads, initargs=(1,))
         threads = numba.get_num_threads()
         self._set_threads(1)
         try:
@@ -154,15 +183,30 @@ class ExactSync(GradientSync):
 
     def _blocks(self, gather, rows, scale) -> tuple[float, float, float]:
         """Σ loss, correct and the largest |g| over this rank's blocks; acc = Σ_blocks rint(g·scale)."""
-        self.acc[...] = 0
-        loss, correct, m = 0.0, 0.0, 0.0
-        for s in range(0, rows.shape[0], self.options.micro_batch):
-            X, y = gather(rows[s:s + self.options.micro_batch])
-            loss += self.model.loss_and_grad_into(X, y, self.block_grad, validate=False)
-            correct += self.model.count_correct(y)
-            m = max(m, max_abs(self.block_grad))
-            add_fixed_point(self.acc, self.block_grad, scale)
-        return loss, correct, m
+        mb = self.options.micro_batch
+        n_blocks = -(-rows.shape[0] // mb)
+        losses, corrects, maxima = [0.0] * n_blocks, [0.0] * n_blocks, [0.0] * n_blocks
+
+        def lane(k: int) -> None:
+            ws, buffers, block_grad, acc = self._lanes[k]
+            acc[...] = 0
+            for b in range(k, n_blocks, self.lanes):
+                X, y = gather(rows[b * mb:(b + 1) * mb], into=buffers)
+                losses[b] = self.model.loss_and_grad_into(X, y, block_grad, validate=False, workspace=ws)
+                corrects[b] = self.model.count_correct(y, workspace=ws)
+                maxima[b] = add_fixed_point(acc, block_grad, scale)
+
+        others = [self._pool.submit(lane, k) for k in range(1, self.lanes)]
+        lane(0)
+        for k, done in enumerate(others, start=1):
+            done.result()
+            np.add(self.acc, self._lanes[k][3], out=self.acc)  # integers: exact in any order
+        # the loss in block order, as one lane would add it
+        loss = correct = 0.0
+        for b in range(n_blocks):
+            loss += losses[b]
+            correct += corrects[b]
+        return loss, correct, max([0.0, *maxima])
 
     def all_finite(self) -> bool:
         return bool(kernels.all_finite(self.grad))
@@ -185,4 +229,5 @@ class ExactSync(GradientSync):
         self.prev_max = meta.get("prev_max_abs_gradient")  # absent in checkpoints of older versions
 
     def buffers(self) -> list[np.ndarray]:
-        return [self.grad, self.acc, self.block_grad] + list(self.optimizer.state_arrays().values())
+        return [self.grad] + [a for _, _, g, acc in self._lanes for a in (g, acc)] \
+            + list(self.optimizer.state_arrays().values())
