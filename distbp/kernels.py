@@ -6,7 +6,8 @@ z = a·W + b of shape (n, fan_out), with W (fan_in, fan_out) and b (fan_out,).
 Forward:   z = a·W (BLAS), then `bias_activation_forward`: z += b, a' = σ(z).
 Backward:  g = δ_next·Wᵀ (BLAS), then `activation_backward`: δ = σ'(z) ⊙ g and
            db = Σₙ δ in the same pass; dW = aᵀ·δ (BLAS).
-The activation is a compile-time constant: `bias_activation_forward_for(name)`
+Every kernel releases the GIL (nogil), so that threads of one rank can run passes of the model at
+once (--reproducible computes one micro-block per thread). The activation is a compile-time constant: `bias_activation_forward_for(name)`
 and `activation_backward_for(name)` return kernels specialised on it (see
 `distbp.activations.kernel_key`), so σ is inlined and the loops vectorise.
 """
@@ -57,7 +58,7 @@ _BACKWARD: dict = {}
 # values, and a string hashes the same in every process)
 
 def _make_bias_activation_forward(key: str):
-    @njit(parallel=True, cache=True)
+    @njit(parallel=True, cache=True, nogil=True)
     def bias_activation_forward(z, a, b):
         """z (n, m) += b (m,); a (n, m) = σ(z). `a` may be `z` itself."""
         n, m = z.shape
@@ -70,7 +71,7 @@ def _make_bias_activation_forward(key: str):
 
 
 def _make_activation_backward(key: str):
-    @njit(parallel=True, cache=True)
+    @njit(parallel=True, cache=True, nogil=True)
     def activation_backward(delta, g, z, a, db, partial):
         """δ (n, m) = σ'(z) ⊙ g, and db (m,) = Σₙ δ.
 
@@ -93,7 +94,7 @@ def _make_activation_backward(key: str):
     return activation_backward
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def column_sum(delta, db, partial):
     """db (m,) = Σₙ delta (n, m), by fixed chunks of ROW_CHUNK rows (the same for any thread count).
 
@@ -110,7 +111,7 @@ def column_sum(delta, db, partial):
     sum_rows_into(partial[:n_chunks, :m], db)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sum_rows_into(partial, out):
     """out (m,) = Σ_c partial[c] (c, m), rows added in order."""
     out[:] = 0
@@ -119,7 +120,7 @@ def sum_rows_into(partial, out):
             out[j] += partial[c, j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def ordered_sum(x):
     """Σ x in index order (deterministic, whatever the thread count); float64 accumulator."""
     s = 0.0
@@ -128,7 +129,7 @@ def ordered_sum(x):
     return s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def all_finite(x):
     """True when the 1-D array x holds no NaN or Inf."""
     bad = 0
@@ -138,7 +139,7 @@ def all_finite(x):
     return bad == 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _argmax_row(x, i):
     best = 0
     for j in range(1, x.shape[1]):
@@ -147,7 +148,7 @@ def _argmax_row(x, i):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_correct(out, labels):
     """Rows whose largest output (first one on ties, like np.argmax) is the label; out (n, k), labels (n,)."""
     c = 0
@@ -157,7 +158,7 @@ def count_correct(out, labels):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_correct_onehot(out, targets):
     """count_correct for one-hot (or float) targets (n, k): argmax of the outputs equals argmax of the targets."""
     c = 0

@@ -33,14 +33,14 @@ def softmax_row(z, i, out):
     return m, s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def softmax(z, out):
     """out (n, k) = softmax of each row of z (n, k)."""
     for i in prange(z.shape[0]):
         softmax_row(z, i, out)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def cross_entropy_delta(z, y, out, delta, row_loss):
     """Softmax cross-entropy: lⁿ = logΣexp(zⁿ) − zⁿ[yⁿ], δ = softmax(zⁿ) − onehot(yⁿ).
 
@@ -57,7 +57,7 @@ def cross_entropy_delta(z, y, out, delta, row_loss):
         delta[i, y[i]] -= type(m)(1)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def identity(z, out):
     n, k = z.shape
     for i in prange(n):
@@ -65,7 +65,7 @@ def identity(z, out):
             out[i, j] = z[i, j]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def mse_delta(z, y, out, delta, row_loss):
     """Squared error on a linear output: lⁿ = ½Σ(ŷ − y)², δ = ŷ − y.
 

@@ -43,7 +43,7 @@ HEADROOM_BITS = 8
 INT_BITS = 62  # keep clear of int64's sign bit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_fixed_point(acc, g, scale):
     """acc (int64, n) += rint(g·scale) elementwise; g float32/float64 (n,), scale a power of two.
 
@@ -59,7 +59,7 @@ def add_fixed_point(acc, g, scale):
     return m
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def from_fixed_point(out, acc, scale):
     """out (n,) = acc / scale, exactly rounded once to out's dtype."""
     for i in prange(acc.shape[0]):
