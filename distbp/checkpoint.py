@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -132,13 +133,15 @@ def _write_npz(f, entries: dict[str, np.ndarray]) -> None:
 
 def save_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarray], meta: dict,
                     keep: int = 3) -> Path:
-    """Write DIR/ckpt-<step>.npz atomically and keep only the newest `keep` checkpoints.
+    """Write DIR/ckpt-<step>.npz atomically and keep only the newest `keep` checkpoints of this run.
 
     `arrays` come back bit-identical (dtype, shape and bytes) from load_checkpoint;
     `meta` must be JSON-serializable and comes back as JSON types (tuples as lists).
-    Returns the path written. Leftover temporary files of earlier, interrupted saves
-    are removed with the pruned checkpoints: only the root writes here, so none of
-    them can belong to a save in progress.
+    Returns the path written. Only checkpoints whose meta has this meta's "run_id" count
+    towards `keep` and are pruned: files of another run, or not checkpoints at all, are
+    never deleted. Leftover temporary files of earlier, interrupted saves are removed
+    with them: the caller holds the directory's lock (`lock_directory`), so none of them
+    can belong to a save in progress.
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"checkpoint step must be a non-negative integer, got {step!r}")
@@ -171,14 +174,26 @@ def save_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarr
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
-    _prune(directory, keep)
+    _prune(directory, keep, meta.get("run_id"))
     return final
 
 
-def _prune(directory: Path, keep: int) -> None:
-    stale = list_checkpoints(directory)[:-keep] + _leftover_temp_files(directory)
-    for path in stale:
+def _prune(directory: Path, keep: int, run_id) -> None:
+    # a file is this run's when its meta names the same run (or neither names one); junk is nobody's
+    ours = [p for p in list_checkpoints(directory) if (m := read_meta(p)) is not None and m.get("run_id") == run_id]
+    for path in ours[:-keep] + _leftover_temp_files(directory):
         path.unlink(missing_ok=True)
+
+
+def read_meta(path: str | Path) -> dict | None:
+    """The meta dict of a checkpoint file, read without loading its arrays or checking its checksum
+    (for deciding whose file it is); None when it is not a readable distbp checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(_META_KEY + ".npy") as member:
+            meta = json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes().decode("utf-8"))
+    except Exception:  # noqa: BLE001 — zip, npy, JSON and OS errors all mean "not a checkpoint"
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -276,3 +291,87 @@ def check_compatible(meta: dict, expected: dict, keys: list[str], *, path: str |
     if problems:
         where = f"{path}: " if path is not None else ""
         raise CheckpointError(where + "incompatible checkpoint: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------- one job per directory
+
+LOCK_NAME = ".distbp-lock"
+LOCK_STALE_S = 600.0  # a holder on another host that has not refreshed its lock for this long is gone
+
+
+def lock_directory(directory: str | Path, host: str, pid: int, warn: Callable[[str], None] = _warn_stderr) -> Path:
+    """Take DIR/.distbp-lock for this job (host, pid), or raise CheckpointError naming the job holding it.
+
+    A lock is stale, and taken over with a warning, when its holder was on this host and its
+    process is gone, or when it was not refreshed (`refresh_lock`) for LOCK_STALE_S seconds. The
+    same process may take its own lock again (one process running several runs in turn).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    record = json.dumps({"host": host, "pid": pid, "time": _now()})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is not None and not _stale(path, holder, host, pid):
+                raise CheckpointError(
+                    f"{directory} is in use by another job (pid {holder.get('pid')} on {holder.get('host')}); "
+                    f"one job per --checkpoint-dir. If that job is gone, delete {path}") from None
+            if holder is not None and holder.get("pid") != pid:
+                warn(f"taking over {path}: its job (pid {holder.get('pid')} on {holder.get('host')}) is gone")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(record)
+        return path
+    raise CheckpointError(f"{path}: could not take the lock (another job keeps taking it)")
+
+
+def refresh_lock(path: str | Path) -> None:
+    """Mark the lock as held now (its holder calls this now and then)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def unlock_directory(path: str | Path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # half-written or unreadable: treat as stale
+    return holder if isinstance(holder, dict) else None
+
+
+def _stale(path: Path, holder: dict, host: str, pid: int) -> bool:
+    if holder.get("host") == host:
+        return holder.get("pid") == pid or not _alive(holder.get("pid"))
+    try:
+        return _now() - path.stat().st_mtime > LOCK_STALE_S
+    except OSError:
+        return True
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # an exited process not yet reaped by its parent (a zombie) answers kill() too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _now() -> float:
+    return time.time()

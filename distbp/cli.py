@@ -96,6 +96,7 @@ def train_main(argv: list[str]) -> int:
         cfg = from_sources(args)
     except (argparse.ArgumentError, ConfigError, ValueError) as e:
         err = ConfigError(str(e))
+    run = None
     try:
         comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
         from distbp import runstate, train
@@ -122,6 +123,9 @@ def train_main(argv: list[str]) -> int:
         # error alone, so it reports it itself.
         if is_root:
             print(f"distbp: error: {e}", file=sys.stderr, flush=True)
+        if run is not None:
+            from distbp.runstate import release_checkpoint_dir
+            release_checkpoint_dir(run)  # the job is over: the next one may have the directory
         if not comm.barrier_within(10.0) and not is_root:
             print(f"distbp: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -74,6 +74,9 @@ class Run:
     pos: Position = field(default_factory=Position)
     timers: Timers = field(default_factory=Timers)
     history: list = field(default_factory=list)
+    run_id: str | None = None  # names this run's checkpoints (kept across --resume)
+    lock: str | None = None  # the root's lock on cfg.checkpoint_dir (its path), else None
+    lock_refreshed: float = field(default_factory=time.monotonic)
 
     def gather_train(self, rows: np.ndarray, into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Training rows into the run's buffers, or a strategy's own (`into`), as views (what strategies call).

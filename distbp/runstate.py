@@ -9,13 +9,67 @@ running sums, the metrics so far and the configuration.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
+import uuid
 import numpy as np
 
 from distbp import checkpoint as ckpt
+from distbp.comm import Comm
+from distbp.config import Config
 from distbp.run import Position, Run
 
-MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer"]
+# a resumed run must be the same run: the model, and what decides its batches and data
+MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer",
+              "config.batch_size", "config.data", "config.seed", "config.scale", "config.test_fraction"]
+# allowed to change on resume, but they change the trajectory: named in a warning
+WARN_IF_CHANGED = ["lr", "lr_scale", "momentum"]
+LOCK_REFRESH_S = 10.0
+
+
+def claim_checkpoint_dir(cfg: Config, comm: Comm) -> str | None:
+    """Collective: the root locks cfg.checkpoint_dir for this job (returns the lock's path there, None
+    elsewhere), and a fresh run (no --resume) is refused on a directory holding another run's checkpoints."""
+    err, lock, directory = None, None, cfg.checkpoint_dir
+    if comm.is_root:
+        try:
+            lock = ckpt.lock_directory(directory, socket.gethostname(), os.getpid(), warn=_warn_if(comm.is_root))
+            theirs = [p for p in ckpt.list_checkpoints(directory) if ckpt.read_meta(p) is not None]
+            if theirs and not cfg.resume:
+                ckpt.unlock_directory(lock)
+                raise ckpt.CheckpointError(
+                    f"{directory} holds checkpoints of another run (newest {theirs[-1].name}); pass --resume to "
+                    "continue that run, or use another --checkpoint-dir (a run never deletes another's files)")
+        except ckpt.CheckpointError as e:
+            err = e
+        except OSError as e:
+            why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+            err = ckpt.CheckpointError(f"--checkpoint-dir {directory}: cannot hold checkpoints there ({why})")
+    comm.agree_on_failure(err)
+    return None if lock is None else str(lock)
+
+
+def new_run_id(comm: Comm) -> str:
+    """Collective: a fresh run's id, the root's, on every rank."""
+    return comm.allgather_object(uuid.uuid4().hex if comm.is_root else None)[0]
+
+
+def keep_claim(run: Run) -> None:
+    """Root: refresh the directory's lock now and then, so that it never looks abandoned while we run."""
+    if run.lock is not None and time.monotonic() - run.lock_refreshed > LOCK_REFRESH_S:
+        ckpt.refresh_lock(run.lock)
+        run.lock_refreshed = time.monotonic()
+
+
+def release_checkpoint_dir(run: Run) -> None:
+    if run.lock is not None:
+        ckpt.unlock_directory(run.lock)
+        run.lock = None
+
+
+def _warn_if(is_root: bool):
+    return (lambda m: print(f"distbp: warning: {m}", file=sys.stderr, flush=True)) if is_root else (lambda m: None)
 
 
 def save(run: Run) -> None:
@@ -24,7 +78,7 @@ def save(run: Run) -> None:
     if run.comm.is_root:
         arrays = {"params": run.model.flat_params}
         arrays.update({"opt_" + k: v for k, v in state.items()})
-        meta = {"position": vars(run.pos).copy(), "optimizer_steps": run.sync.optimizer_steps,
+        meta = {"run_id": run.run_id, "position": vars(run.pos).copy(), "optimizer_steps": run.sync.optimizer_steps,
                 "sync": sync_meta, "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
         ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
     with run.watchdog.section("checkpoint", run.pos.step):
@@ -35,8 +89,7 @@ def resume(run: Run) -> None:
     """Continue from the newest valid checkpoint in cfg.checkpoint_dir (every rank reads it)."""
     err, found = None, None
     try:
-        warn = (lambda m: print(f"distbp: warning: {m}", file=sys.stderr)) if run.comm.is_root else (lambda m: None)
-        found = ckpt.latest_checkpoint(run.cfg.checkpoint_dir, warn=warn)
+        found = ckpt.latest_checkpoint(run.cfg.checkpoint_dir, warn=_warn_if(run.comm.is_root))
         if found is not None:
             path, arrays, meta = found
             expected = {"config": run.cfg.to_dict()}
@@ -58,9 +111,15 @@ def resume(run: Run) -> None:
                                    meta.get("sync", {}), meta["optimizer_steps"])
     run.pos = Position(**meta["position"])
     run.history = list(meta.get("history", []))
+    run.run_id = meta.get("run_id", run.run_id)  # continue that run (older checkpoints carry no id)
     if run.comm.is_root:
         print(f"distbp: resumed from {path} (epoch {run.pos.epoch + 1}, step {run.pos.step}, "
               f"written by {meta['ranks']} ranks)", flush=True)
+        for key in WARN_IF_CHANGED:
+            old, new = meta["config"].get(key), getattr(run.cfg, key)
+            if old is not None and old != new:
+                print(f"distbp: warning: resuming with --{key.replace('_', '-')} {new} (the checkpoint's run "
+                      f"used {old}): the run goes on on another trajectory", file=sys.stderr, flush=True)
 
 
 def save_params(run: Run, path: str) -> None:

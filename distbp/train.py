@@ -28,7 +28,7 @@ from distbp.errors import ConfigError, DistbpError, NonFiniteError  # noqa: F401
 from distbp.model import MLP
 from distbp.progress import Progress
 from distbp.run import BatchBuffers, Run
-from distbp.runstate import resume, save
+from distbp.runstate import claim_checkpoint_dir, keep_claim, new_run_id, release_checkpoint_dir, resume, save
 from distbp.shard import epoch_permutation, global_batches, rank_slice
 from distbp.sync import make_sync
 from distbp.sync.base import Layout, ModelShape
@@ -48,12 +48,18 @@ def setup(cfg: Config, comm: Comm) -> Run:
     sync = make_sync(cfg, layout_of(comm), shape_of(model))
     sync.build(comm, model)
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
+    # [dist] one job per checkpoint directory, and a new run never takes another run's
+    lock = claim_checkpoint_dir(cfg, comm) if cfg.checkpoint_dir else None
     watchdog = Watchdog(comm, cfg.timeout, heartbeat_dir(cfg, comm))
-    run = Run(cfg, comm, data, model, sync, batch, watchdog)
+    run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=new_run_id(comm), lock=lock)
     if faults.PLAN:
         run.sync = faults.FaultySync(sync, run)  # test hook: the planned fault fires inside the step
     if cfg.resume:
-        resume(run)
+        try:
+            resume(run)
+        except BaseException:
+            release_checkpoint_dir(run)  # a refused resume leaves the directory to the next job
+            raise
     return run
 
 
@@ -184,6 +190,9 @@ def fit(run: Run) -> list[dict]:
     """Train for cfg.epochs from the current position; returns the per-epoch metrics."""
     cfg, pos = run.cfg, run.pos
     metrics_file = open_metrics(run)
+    if pos.epoch >= cfg.epochs and run.comm.is_root:
+        print(f"distbp: the run already finished its {pos.epoch} epochs; nothing to train "
+              "(raise --epochs to train more)", flush=True)
     while pos.epoch < cfg.epochs:
         t_epoch = time.perf_counter()
         run.timers.reset()
@@ -203,6 +212,7 @@ def fit(run: Run) -> list[dict]:
             save(run)
     if metrics_file:
         metrics_file.close()
+    release_checkpoint_dir(run)
     return run.history
 
 
@@ -228,6 +238,7 @@ def run_epoch(run: Run) -> None:
                 comm.check_identical(run.model.flat_params, pos.step)  # [dist] ranks still agree?
         if cfg.checkpoint_dir and cfg.checkpoint_steps and pos.step % cfg.checkpoint_steps == 0:
             save(run)
+        keep_claim(run)
     bar.close()
 
 
@@ -279,7 +290,13 @@ def summary_line(r: dict) -> str:
 
 
 def open_metrics(run: Run):
+    """Root: the metrics file, rewound to what the run had done (a resumed run rewrites the epochs of its
+    checkpoint, so that epochs after the checkpoint are not listed twice)."""
     if not (run.cfg.metrics and run.comm.is_root):
         return None
     os.makedirs(os.path.dirname(os.path.abspath(run.cfg.metrics)), exist_ok=True)
-    return open(run.cfg.metrics, "a" if run.cfg.resume else "w")
+    fh = open(run.cfg.metrics, "w")
+    for record in run.history:
+        fh.write(json.dumps(record) + "\n")
+    fh.flush()
+    return fh
