@@ -50,10 +50,12 @@ def _early_threads(argv: list[str]) -> int | None:
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[9:] if arg.startswith("--config=") else None
         if path:
+            if not os.path.isfile(path):
+                return None  # a FIFO would block here; the config loader reports it properly later
             try:
                 import tomllib
                 with open(path, "rb") as fh:
-                    doc = tomllib.load(fh)
+                    doc = tomllib.loads(fh.read(1 << 20).decode("utf-8"))
                 value = doc.get("train", doc).get("threads")
                 return int(value) if isinstance(value, int) and value > 0 else None
             except Exception:
@@ -111,8 +113,11 @@ def train_main(argv: list[str]) -> int:
         train.fit(run)
         if cfg.save:
             runstate.save_params(run, cfg.save)
+        from distbp import faults
+        faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
+        with run.watchdog.section("shut-down", run.pos.step):
+            comm.barrier()  # [dist] the watchdog bounds this wait too
         run.watchdog.stop()
-        comm.barrier()
         if is_root and cfg.save:
             print(f"distbp: saved parameters to {cfg.save}", flush=True)
         return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
@@ -95,6 +97,20 @@ def validate(cfg: Config) -> Config:
     for name, value in positive.items():
         if not value > 0 or value != value:
             raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
+        if not math.isfinite(value):
+            raise ConfigError(f"--{_flag(name)} must be a finite number, got {value}")
+    if cfg.bucket_mb * (1 << 20) < 16:
+        raise ConfigError(f"--bucket-mb {cfg.bucket_mb} is below 16 bytes: a bucket must hold a gradient element")
+    if not (cfg.timeout == 0 or 1 <= cfg.timeout < math.inf):
+        raise ConfigError(f"--timeout must be 0 (no watchdog) or at least 1 second, got {cfg.timeout}: a shorter "
+                          "one would blame healthy ranks for an ordinary step")
+    _check_activations(cfg)
+    if cfg.memory_budget is not None:
+        from distbp.memory import parse_bytes
+        try:
+            parse_bytes(cfg.memory_budget)
+        except ValueError as e:
+            raise ConfigError(f"--memory-budget: {e}") from None
     for name in ("check_every", "checkpoint_steps", "timeout", "seed"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
@@ -112,6 +128,43 @@ def validate(cfg: Config) -> Config:
 
     check_modes(cfg)  # which mode flags go together is the strategies' business
     return cfg
+
+
+def _check_activations(cfg: Config) -> None:
+    from distbp.activations import ACTIVATIONS
+
+    names = cfg.activation.split(",")
+    for name in names:
+        if name not in ACTIVATIONS:
+            raise ConfigError(f"--activation {name!r} is not one of {', '.join(sorted(ACTIVATIONS))}")
+    hidden = None if cfg.layers is None else len(cfg.layers) - 2
+    if len(names) > 1 and hidden is not None and len(names) != hidden:
+        raise ConfigError(f"--activation gives {len(names)} activations for {hidden} hidden layer(s) of --layers "
+                          f"{','.join(map(str, cfg.layers))}: give one, or one per hidden layer")
+
+
+def check_types(values: dict, source: str) -> None:
+    """Raise ConfigError for a value whose type does not fit its field (TOML can hold anything)."""
+    kinds = {f.name: str(f.type) for f in fields(Config)}
+    for name, value in values.items():
+        kind = kinds[name]
+        optional = "None" in kind
+        if value is None and optional:
+            continue
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str),
+              "bool": lambda v: isinstance(v, bool),
+              "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in v)}[kind.split(" |")[0]](value)
+        if not ok:
+            raise ConfigError(f"{source}: {name} = {value!r} is not {_kind_words(kind)}")
+
+
+def _kind_words(kind: str) -> str:
+    words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+             "list[int]": "a list of integers"}[kind.split(" |")[0]]
+    return words + (" (or absent)" if "None" in kind else "")
 
 
 def _flag(name: str) -> str:
@@ -155,13 +208,25 @@ def from_sources(args: argparse.Namespace) -> Config:
     return validate(Config(**values))
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few hundred bytes; anything past 1 MiB is not one
+
+
 def load_toml(path: str) -> dict:
-    """The [train] table (or the top level) of a TOML file, keys checked against Config."""
+    """The [train] table (or the top level) of a TOML file, keys and value types checked against Config."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end
+        raise ConfigError(f"config file {path} is not a regular file")
     try:
         with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than 1 MiB: not a distbp configuration")
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     table = doc.get("train", doc)
@@ -172,8 +237,12 @@ def load_toml(path: str) -> dict:
         if name not in known:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
         if name == "layers" and isinstance(value, str):
-            value = _int_list(value)
-        if name == "activation" and isinstance(value, list):
+            try:
+                value = _int_list(value)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"config file {path}: layers: {e}") from None
+        if name == "activation" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             value = ",".join(value)
         out[name] = value
+    check_types(out, f"config file {path}")
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -110,6 +111,21 @@ class Dataset:
     n_targets: int  # n_classes for labels, else the targets' width
     scaling: str  # what gather applies, e.g. "standardized (train mean/std)"
 
+    def fingerprint(self, sample_rows: int = 64) -> str:
+        """sha256 of the splits' shapes, scaling and `sample_rows` rows spread over each split, as gathered:
+        cheap, and different when ranks read different data under the same name."""
+        h = hashlib.sha256(repr((self.n_features, self.n_classes, self.n_targets, self.scaling)).encode())
+        for split in (self.train, self.test):
+            if split is None:
+                continue
+            rows = np.unique(np.linspace(0, split.n_rows - 1, min(sample_rows, split.n_rows)).astype(np.int64))
+            X = np.empty((len(rows), self.n_features), np.float64)
+            y = (np.empty(len(rows), np.int64) if split.y.ndim == 1 else np.empty((len(rows), self.n_targets)))
+            split.gather(rows, X, y)
+            for a in (np.array([split.n_rows]), split.offset, split.factor, X, y):
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
 
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto") -> Dataset:
     """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md)."""
@@ -129,6 +145,8 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
             raise ValueError(f"unknown built-in dataset {spec!r}; built-ins are {', '.join(BUILTINS)}, "
                              f"or give a path to a .npz, .csv, a directory of .npy files or MNIST IDX files")
         raise FileNotFoundError(f"dataset not found: {spec}")
+    if not (path.is_file() or path.is_dir()):  # a FIFO, a device, a socket: reading would block or never end
+        raise ValueError(f"{path}: not a regular file or a directory")
     files = None  # for a directory, the file each array came from, so that errors name it
     if path.is_dir():
         arrays, files = _npy_directory(path) if (path / "X.npy").exists() else _idx_directory(path)
@@ -380,6 +398,11 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
     classification = y.ndim == 1
     if classification:
         largest = max(int(y.max()), int(y_test.max()) if y_test is not None else 0)
+        distinct = np.union1d(np.unique(y), np.unique(y_test) if y_test is not None else []).size
+        if largest + 1 > max(1000, 10 * distinct):  # one output per class number: a stray label costs millions
+            raise ValueError(f"{source}: the labels are not class numbers 0…K−1: {distinct} distinct labels but the "
+                             f"largest is {largest}, which would make {largest + 1} outputs; number the classes "
+                             f"0…{distinct - 1}")
         n_classes = max(n_classes or 0, largest + 1)
     else:
         n_classes = None

@@ -20,17 +20,19 @@ import numpy as np
 
 
 def parse(spec: str) -> dict:
+    """rank:step:kind; step is a number, or "start" (while the rank loads its data) or "end" (after the
+    last epoch, before the job's final barrier)."""
     if not spec:
         return {}
     rank, step, kind = spec.split(":")
-    return {"rank": int(rank), "step": int(step), "kind": kind}
+    return {"rank": int(rank), "step": step if step in ("start", "end") else int(step), "kind": kind}
 
 
 # read once from the environment; tests replace it with monkeypatch
 PLAN = parse(os.environ.get("DISTBP_INJECT_FAULT", ""))
 
 
-def inject(rank: int, step: int) -> str | None:
+def inject(rank: int, step: int | str) -> str | None:
     """Fire the planned fault if it is for this rank and step.
 
     Returns "nan" or "desync" when the caller must do the damage itself (it owns the gradient

@@ -43,6 +43,21 @@ def per_rank(sync) -> dict[str, int]:
     return out
 
 
+def check_fits_machine(sync) -> None:
+    """Raise ConfigError when one rank of `sync` would need more memory than this whole machine has."""
+    import os
+
+    from distbp.errors import ConfigError
+
+    need = per_rank(sync)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need["total"] > have:
+        biggest = max((k for k in need if k != "total"), key=need.get)
+        raise ConfigError(f"one rank would need {human(need['total'])} ({human(need[biggest])} of it "
+                          f"{biggest.replace('_', ' ')}) but this machine has {human(have)} of memory; see "
+                          "--dry-run, and check --layers, --batch-size and the labels")
+
+
 def plan(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: str = "gd",
          shard_optimizer: bool = False, accumulate: int = 1, labels: bool = True, ring_bucket_bytes: int = 0,
          rank: int = 0, **config):

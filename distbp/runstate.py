@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import time
 import uuid
 import numpy as np
@@ -122,6 +123,29 @@ def resume(run: Run) -> None:
                       f"used {old}): the run goes on on another trajectory", file=sys.stderr, flush=True)
 
 
+def check_outputs(cfg: Config, comm: Comm) -> None:
+    """Collective: the root makes sure it can write --save and --metrics (their folders made, a probe file
+    written and removed), so that a bad path is one clear error before the first step."""
+    err = None
+    if comm.is_root:
+        for flag, path in (("--save", cfg.save), ("--metrics", cfg.metrics)):
+            if not path:
+                continue
+            try:
+                if os.path.isdir(path):
+                    raise ckpt.CheckpointError(f"{flag} {path} is a directory; give a file name")
+                directory = os.path.dirname(os.path.abspath(path))
+                os.makedirs(directory, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=directory, prefix=".distbp-probe-"):
+                    pass
+            except ckpt.CheckpointError as e:
+                err = e
+            except OSError as e:
+                why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+                err = ckpt.CheckpointError(f"{flag} {path}: cannot write there ({why})")
+    comm.agree_on_failure(err)
+
+
 def save_params(run: Run, path: str) -> None:
     """Final parameters as .npz with W0, b0, W1, b1, … (root only, atomic)."""
     if not run.comm.is_root:
@@ -132,8 +156,13 @@ def save_params(run: Run, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # a failed write (a full disk) leaves no temporary file behind
+        raise

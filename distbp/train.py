@@ -28,62 +28,82 @@ from distbp.errors import ConfigError, DistbpError, NonFiniteError  # noqa: F401
 from distbp.model import MLP
 from distbp.progress import Progress
 from distbp.run import BatchBuffers, Run
-from distbp.runstate import claim_checkpoint_dir, keep_claim, new_run_id, release_checkpoint_dir, resume, save
+from distbp.runstate import (check_outputs, claim_checkpoint_dir, keep_claim, new_run_id, release_checkpoint_dir,
+                             resume, save)
 from distbp.shard import epoch_permutation, global_batches, rank_slice
 from distbp.sync import make_sync
-from distbp.sync.base import Layout, ModelShape
+from distbp.memory import check_fits_machine
+from distbp.sync.base import GradientSync, Layout, ModelShape
 from distbp.watchdog import Watchdog
 
 
 def setup(cfg: Config, comm: Comm) -> Run:
-    """Load data, build the model and the gradient-sync strategy, agree across ranks, resume if asked."""
-    data = load_agreed_data(cfg, comm)
-    activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
-    model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
-    # [dist] every rank must run the same job on the same data, or the allreduce silently mixes two jobs
-    shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
-    shared.update(n_params=model.n_params, train_rows=data.train.n_rows, features=data.n_features)
-    comm.check_agree("configuration", shared)
-    comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
-    sync = make_sync(cfg, layout_of(comm), shape_of(model))
-    sync.build(comm, model)
+    """Load data, build the model and the gradient-sync strategy, agree across ranks, resume if asked.
+
+    The watchdog runs from the first collective on: a rank that stops while the others wait for it at
+    start-up ends the job too (its heartbeats start once their folder is agreed).
+    """
+    watchdog = Watchdog(comm, cfg.timeout)
+    faults.inject(comm.rank, "start")  # test hook: a rank that fails or stops while loading its data
+    data, err = load_data(cfg, comm.size)
+    with watchdog.section("start-up", 0):
+        comm.agree_on_failure(err)  # [dist] one rank's bad file stops every rank, reported once
+        check_outputs(cfg, comm)  # [dist] a path we cannot write is found now, not after training
+        model, sync = build_agreed(cfg, comm, layout_of(comm))
+        # [dist] every rank must run the same job on the same data, or the allreduce silently mixes two jobs
+        shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
+        shared.update(n_params=model.n_params, train_rows=data.train.n_rows, features=data.n_features,
+                      data_fingerprint=data.fingerprint())
+        comm.check_agree("configuration", shared)
+        comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
+        sync.build(comm, model)
+        # [dist] one job per checkpoint directory, and a new run never takes another run's
+        lock = claim_checkpoint_dir(cfg, comm) if cfg.checkpoint_dir else None
+        watchdog.attach_heartbeats(heartbeat_dir(cfg, comm))
+        run_id = new_run_id(comm)
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
-    # [dist] one job per checkpoint directory, and a new run never takes another run's
-    lock = claim_checkpoint_dir(cfg, comm) if cfg.checkpoint_dir else None
-    watchdog = Watchdog(comm, cfg.timeout, heartbeat_dir(cfg, comm))
-    run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=new_run_id(comm), lock=lock)
+    run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=run_id, lock=lock)
     if faults.PLAN:
         run.sync = faults.FaultySync(sync, run)  # test hook: the planned fault fires inside the step
     if cfg.resume:
         try:
-            resume(run)
+            with watchdog.section("resume", 0):
+                resume(run)
         except BaseException:
             release_checkpoint_dir(run)  # a refused resume leaves the directory to the next job
             raise
     return run
 
 
-def load_agreed_data(cfg: Config, comm: Comm) -> Dataset:
-    """The dataset on every rank, cfg.layers resolved against it; one rank's bad file stops every rank."""
-    err = None
+def load_data(cfg: Config, ranks: int) -> tuple[Dataset | None, Exception | None]:
+    """(the dataset, None) with cfg.layers resolved against it, or (None, the error) for the ranks to agree on."""
     try:
         data = load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale)
-        layers = resolve_layers(cfg, data)
-        check_data_fits(cfg, data, layers, comm.size)
+        cfg.layers = resolve_layers(cfg, data)
+        check_data_fits(cfg, data, cfg.layers, ranks)
     except (ValueError, OSError, DistbpError) as e:
+        return None, e
+    return data, None
+
+
+def build_agreed(cfg: Config, comm: Comm, layout: Layout) -> tuple[MLP, GradientSync]:
+    """The model and the (not yet built) strategy; what cannot be built, or would not fit in this machine's
+    memory, stops every rank before anything large is allocated."""
+    err, model, sync = None, None, None
+    try:
+        sync = make_sync(cfg, layout, ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy"))
+        check_fits_machine(sync)
+        activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
+        model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
+    except (ValueError, DistbpError) as e:
         err = e
-    comm.agree_on_failure(err)  # [dist] reported once, on every rank
-    cfg.layers = layers
-    return data
+    comm.agree_on_failure(err)  # [dist]
+    return model, sync
 
 
 def layout_of(comm: Comm) -> Layout:
     """Collective: this rank's place in the job."""
     return Layout(comm.rank, comm.size, comm.single_node())
-
-
-def shape_of(model: MLP) -> ModelShape:
-    return ModelShape(tuple(model.sizes), model.dtype, model.loss.labels)
 
 
 def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:
@@ -212,6 +232,9 @@ def fit(run: Run) -> list[dict]:
             save(run)
     if metrics_file:
         metrics_file.close()
+    if pos.skipped and run.comm.is_root:
+        print(f"distbp: warning: {pos.skipped} of {pos.step} updates were skipped for NaN/Inf (--skip-nonfinite)",
+              file=sys.stderr, flush=True)
     release_checkpoint_dir(run)
     return run.history
 

@@ -38,7 +38,7 @@ class Watchdog:
 
     def __init__(self, comm: Comm, timeout: float, heartbeat_dir: str | None = None):
         self.comm, self.timeout = comm, float(timeout)
-        self.heartbeat_dir = heartbeat_dir if self.timeout > 0 else None
+        self.heartbeat_dir = None
         self._host = socket.gethostname()
         self._lock = threading.Lock()
         self._current: tuple[str, int, float] | None = None
@@ -46,12 +46,17 @@ class Watchdog:
         self._stopped = threading.Event()
         self._thread = None
         self._beat_s = min(self.BEAT_S, self.timeout / 6)
-        if self.heartbeat_dir:
-            os.makedirs(self.heartbeat_dir, exist_ok=True)
-            self._beat(None, self._last)  # at once: a rank may stall before the thread's first beat
+        self.attach_heartbeats(heartbeat_dir)
         if self.timeout > 0:
             self._thread = threading.Thread(target=self._watch, name="distbp-watchdog", daemon=True)
             self._thread.start()
+
+    def attach_heartbeats(self, heartbeat_dir: str | None) -> None:
+        """Start leaving heartbeats in heartbeat_dir (a watchdog made before its folder was agreed has none)."""
+        if heartbeat_dir and self.timeout > 0:
+            os.makedirs(heartbeat_dir, exist_ok=True)
+            self.heartbeat_dir = heartbeat_dir
+            self._beat(None, self._last)  # at once: a rank may stall before the thread's next beat
 
     @contextlib.contextmanager
     def section(self, what: str, step: int):

@@ -2,6 +2,7 @@
 one clear message naming the cause: printed once by the root, not once per rank, and never a hang."""
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,28 @@ def two_rows_npz(d: Path) -> str:
     return str(d / "two.npz")
 
 
+def fifo(d: Path) -> str:
+    os.mkfifo(d / "pipe.npz")  # reading it would block forever
+    return str(d / "pipe.npz")
+
+
+def endless_csv(d: Path) -> str:
+    (d / "zero.csv").symlink_to("/dev/zero")  # reading it would never end
+    return str(d / "zero.csv")
+
+
+def stray_label_npz(d: Path) -> str:
+    X, y = arrays()
+    y[5] = 1_000_000  # one label among 4 classes would make a million outputs
+    np.savez(d / "stray.npz", X=X, y=y)
+    return str(d / "stray.npz")
+
+
+def blocked_output(d: Path) -> str:
+    (d / "blocker").write_text("a file where a folder should be")
+    return good_npz(d)
+
+
 LAYERS = ["--layers", f"{FEATURES},8,{CLASSES}"]
 
 # (id, data builder, extra flags, ranks, words that must appear in the one error message)
@@ -143,6 +166,22 @@ CASES = [
     ("resume without checkpoint dir", good_npz, LAYERS + ["--resume"], 2, ["--resume needs --checkpoint-dir"]),
     ("reproducible with bfloat16", good_npz, LAYERS + ["--reproducible", "--comm-dtype", "bfloat16"], 2,
      ["--reproducible", "--comm-dtype", "conflict"]),
+    ("infinite learning rate", good_npz, LAYERS + ["--lr", "inf"], 2, ["--lr must be a finite number"]),
+    ("unknown activation", good_npz, LAYERS + ["--activation", "foo"], 2, ["--activation 'foo'", "sigmoid"]),
+    ("activations for other layers", good_npz, LAYERS + ["--activation", "relu,tanh"], 2,
+     ["2 activations for 1 hidden layer"]),
+    ("activations for the default layers", good_npz, ["--activation", "relu,tanh"], 2,
+     ["2 activations given for 1 hidden layers"]),
+    ("bucket below an element", good_npz, LAYERS + ["--bucket-mb", "1e-9"], 2, ["--bucket-mb", "16 bytes"]),
+    ("infinite bucket", good_npz, LAYERS + ["--bucket-mb", "inf"], 2, ["--bucket-mb must be a finite number"]),
+    ("nonsense memory budget", good_npz, LAYERS + ["--dry-run", "--memory-budget", "lots"], 2,
+     ["--memory-budget", "'lots'"]),
+    ("watchdog timeout too short", good_npz, LAYERS + ["--timeout", "0.001"], 2, ["--timeout", "at least 1 second"]),
+    ("fifo as data", fifo, LAYERS, 2, ["pipe.npz", "not a regular file"]),
+    ("endless file as csv", endless_csv, LAYERS, 2, ["zero.csv", "not a regular file"]),
+    ("a stray label", stray_label_npz, LAYERS, 2, ["stray.npz", "not class numbers", "1000000"]),
+    ("a layer too big for the machine", good_npz, ["--layers", f"{FEATURES},1000000000,{CLASSES}"], 2,
+     ["would need", "of memory"]),
 ]
 
 
@@ -172,6 +211,39 @@ def test_bad_input_is_one_clear_error(tmp_path, build, flags, ranks, words):
     assert done.seconds < 45, done.output  # a start-up failure, not a watchdog timeout
 
 
+def config_file(d: Path, text: str) -> str:
+    (d / "run.toml").write_text("[train]\n" + text + "\n")
+    return str(d / "run.toml")
+
+
+CONFIG_CASES = [
+    ("layers as words", lambda d: config_file(d, 'layers = "a,b"'), ["run.toml", "layers", "'a,b'"]),
+    ("lr as a word", lambda d: config_file(d, 'lr = "fast"'), ["run.toml", "lr = 'fast'", "a number"]),
+    ("fractional batch", lambda d: config_file(d, "batch_size = 12.5"), ["run.toml", "batch_size = 12.5", "integer"]),
+    ("a word among the layers", lambda d: config_file(d, 'layers = [8, "x", 3]'), ["run.toml", "list of integers"]),
+    ("threads as a word", lambda d: config_file(d, 'threads = "many"'), ["run.toml", "threads = 'many'"]),
+    ("fifo as config", lambda d: (os.mkfifo(d / "pipe.toml"), str(d / "pipe.toml"))[1],
+     ["pipe.toml", "not a regular file"]),
+    ("a device as config", lambda d: "/dev/zero", ["/dev/zero", "not a regular file"]),
+]
+
+
+@pytest.mark.parametrize("build,words", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+def test_a_bad_config_file_is_one_clear_error(tmp_path, build, words):
+    done = run_job(2, [*TRAIN, "--data", good_npz(tmp_path), "--config", build(tmp_path)], timeout=60)
+    assert_one_clear_error(done, words)
+    assert done.returncode == 2 and done.seconds < 45, done.output
+
+
+@pytest.mark.parametrize("flag", ["--save", "--metrics"])
+def test_an_output_path_that_cannot_be_written_is_found_before_training(tmp_path, flag):
+    data = blocked_output(tmp_path)
+    target = str(tmp_path / "blocker" / "out")
+    done = run_job(2, [*TRAIN, "--data", data, *LAYERS, "--epochs", "50", flag, target], timeout=60)
+    assert_one_clear_error(done, [flag, target, "a file is in the way"])
+    assert "epoch   1" not in done.stdout, done.output  # refused before the first step
+
+
 def test_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path):
     data = good_npz(tmp_path)
     ckpt = str(tmp_path / "ckpt")
@@ -180,3 +252,25 @@ def test_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path):
     done = run_job(2, [*TRAIN, "--data", data, "--layers", f"{FEATURES},6,{CLASSES}",
                        "--checkpoint-dir", ckpt, "--resume"], timeout=60)
     assert_one_clear_error(done, ["incompatible checkpoint", "layers", "[16, 8, 4]", "[16, 6, 4]"])
+
+
+def test_ranks_reading_different_data_under_one_name_are_stopped(tmp_path):
+    # mpiexec's MPMD form starts each rank in its own folder, each with a data.npz of its own
+    import subprocess
+    import sys
+
+    for k in (0, 1):
+        (tmp_path / f"w{k}").mkdir()
+        X, y = arrays()
+        np.savez(tmp_path / f"w{k}" / "data.npz", X=X + k, y=y)  # same shape, other values
+    python = sys.executable
+    mpiexec = str(Path(python).parent / "mpiexec")
+    rank = [python, "-m", "mpi4py", "-m", "distbp", *TRAIN[1:], "--data", "data.npz", *LAYERS]
+    cmd = [mpiexec, "-n", "1", "-wdir", str(tmp_path / "w0"), *rank, ":", "-n", "1", "-wdir", str(tmp_path / "w1"),
+           *rank]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTBP_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1 and "configuration differs between ranks" in errors[0], done.stderr
+    assert "data_fingerprint" in done.stderr, done.stderr

@@ -170,3 +170,15 @@ def test_ranks_out_of_step_stop_with_a_clear_message_once(tmp_path):
     assert "ranks are out of step" in done.stderr, done.output
     assert done.stderr.count("distbp: error:") == 1, done.output
     assert_no_orphans(str(tmp_path))
+
+
+@pytest.mark.parametrize("when,phase", [("start", "start-up"), ("end", "shut-down")])
+def test_a_rank_stopped_at_start_up_or_shut_down_is_caught_by_the_watchdog(tmp_path, when, phase):
+    marker = tmp_path / "fired"
+    rank = 1 if when == "start" else 0
+    done = run_job(2, train(tmp_path, "--epochs", "1", "--timeout", "3"), env=fault(f"{rank}:{when}:stall", marker),
+                   timeout=60)
+    assert done.returncode != 0, done.output
+    assert seconds_since(marker) < 3 + 7, done.output
+    assert "no progress" in done.stderr and phase in done.stderr, done.output
+    assert_no_orphans(str(tmp_path))

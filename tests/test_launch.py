@@ -194,14 +194,25 @@ def test_restarts_give_up_after_k_tries(tmp_path):
 
 
 def test_restarted_distbp_train_gets_resume(tmp_path):
-    # fails on every try whether or not `distbp train` exists yet: the option is unknown
-    done = run_job(1, ["--restarts", "1", "distbp", "train", "--no-such-option-for-this-test"],
-                   env={"DISTBP_VERBOSE": "1"}, timeout=60, cwd=tmp_path)
+    # rank 0 raises at step 0 on every try: the job aborts (exit 1), which a restart might fix
+    train = ["distbp", "train", "--data", "synthetic:rows=100,features=4,classes=2", "--epochs", "1",
+             "--progress", "none"]
+    done = run_job(1, ["--restarts", "1", *train], env={"DISTBP_VERBOSE": "1", "DISTBP_INJECT_FAULT": "0:0:raise"},
+                   timeout=60, cwd=tmp_path)
     assert done.returncode != 0
     commands = [line for line in done.stderr.splitlines() if "mpiexec -n 1" in line]
     assert len(commands) == 2, done.output
-    assert commands[0].endswith("-m mpi4py -m distbp train --no-such-option-for-this-test")
-    assert commands[1].endswith("-m mpi4py -m distbp train --no-such-option-for-this-test --resume")
+    assert commands[0].endswith("-m mpi4py -m distbp " + " ".join(train[1:]))
+    assert commands[1].endswith("-m mpi4py -m distbp " + " ".join(train[1:]) + " --resume")
+
+
+def test_a_distbp_train_error_is_not_restarted(tmp_path):
+    # exit 2 is a clear error of the input (here an unknown option): a restart would only hide it
+    done = run_job(1, ["--restarts", "2", "distbp", "train", "--no-such-option-for-this-test"],
+                   env={"DISTBP_VERBOSE": "1"}, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.output
+    assert "not restarting" in done.stderr and "unrecognized arguments" in done.stderr, done.output
+    assert len([line for line in done.stderr.splitlines() if "mpiexec -n 1" in line]) == 1, done.output
 
 
 def test_bad_arguments_are_a_clear_error(tmp_path):
