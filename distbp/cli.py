@@ -131,9 +131,21 @@ def train_main(argv: list[str]) -> int:
         if run is not None:
             from distbp.runstate import release_checkpoint_dir
             release_checkpoint_dir(run)  # the job is over: the next one may have the directory
-        if not comm.barrier_within(10.0) and not is_root:
-            print(f"distbp: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        if not comm.barrier_within(10.0):
+            if not is_root:
+                print(f"distbp: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
+            return 2  # a rank is missing: leave the ending to MPI_Abort
+        return comm.exit_quietly(2)
+    except KeyboardInterrupt:
+        # ctrl-c reaches every rank (mpiexec forwards it). The root says so once; but a root caught inside a
+        # collective sees it only when its peers join, which they will not: after a short wait, a rank
+        # whose root did not come says so itself (mpiexec then ends the root)
+        agreed = comm.barrier_within(3.0)
+        if is_root or not agreed:
+            who = "" if is_root else f"rank {comm.rank}: "
+            print(f"distbp: {who}interrupted; checkpoints written so far are kept (resume with --resume)",
+                  file=sys.stderr, flush=True)
+        return comm.exit_quietly(130, finalize=False)
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         sys.stderr.write(traceback.format_exc())  # one write: less to lose if the job ends now
         comm.abort(f"{type(e).__name__}: {e}", code=1)

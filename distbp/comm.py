@@ -26,6 +26,7 @@
     ending the job
       comm.say(message)                     "distbp: rank r: message" on stderr, at once
       comm.abort(message, code)             end the whole job now (from the main thread)
+      comm.exit_quietly(code)               end this rank after an error every rank has reported
       comm.hard_exit(code)                  end the whole job from any thread, no clean-up (the watchdog)
 
 Hot paths use mpi4py's upper-case buffer methods on numpy arrays (no pickling); the lower-case
@@ -122,6 +123,15 @@ class Comm(AgreementChecks):
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
         raise NotImplementedError
+
+    def exit_quietly(self, code: int, finalize: bool = True) -> int:
+        """End this rank with `code` after its error was reported, without MPI_Abort's lines.
+
+        Under `python -m mpi4py` a non-zero exit calls MPI_Abort, which prints one "Abort(code)" line
+        per rank; after a clean, agreed error that is noise. finalize=False skips MPI_Finalize (when
+        the ranks may not all get there, e.g. after ctrl-c). Returns `code` where nothing needs ending.
+        """
+        return code
 
     def allgather_object(self, obj) -> list:
         """Collective: obj of every rank, in rank order (pickled: small objects, rare calls only)."""
@@ -304,6 +314,15 @@ class MPIComm(Comm):
         time.sleep(ABORT_GRACE_S)
         self._comm.Abort(code)
         os._exit(code)  # not reached: Abort does not return
+
+    def exit_quietly(self, code: int, finalize: bool = True) -> int:
+        if "mpi4py.run" not in sys.modules:
+            return code  # not under `python -m mpi4py`: a plain exit aborts nothing
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if finalize:
+            self._MPI.Finalize()
+        os._exit(code)
 
     def allgather_object(self, obj) -> list:
         return self._comm.allgather(obj)

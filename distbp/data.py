@@ -279,34 +279,51 @@ def _idx(path: Path) -> np.ndarray:
     Returns (n, prod(other dims)) for ndim > 1, else (n,); a memmap unless the file is gzipped.
     """
     raw = None
-    if path.suffix == ".gz":
-        try:
-            with gzip.open(path, "rb") as stream:
-                raw = stream.read()
-        except (OSError, EOFError, zlib.error) as error:  # bad header, truncated or corrupt stream
-            raise ValueError(f"{path}: corrupt gzip: {error}") from error
-        head, size = raw[:1024], len(raw)
-    else:
-        with open(path, "rb") as stream:
+    stream = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    try:
+        with stream:
             head = stream.read(1024)
-        size = path.stat().st_size
-    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {head[:4].hex() or 'missing'})")
-    ndim, dtype = head[3], np.dtype(IDX_DTYPES[head[2]])
-    header = 4 + 4 * ndim
-    if len(head) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(head)} bytes, {ndim} dims need {header})")
-    dims = [int(d) for d in np.frombuffer(head[4:header], dtype=">u4")]
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+            dims, dtype, header = _idx_header(path, head)
+            expected = header + int(np.prod(dims)) * dtype.itemsize
+            if path.suffix == ".gz":
+                # the header says how much there is: refuse what cannot fit, and never read past it
+                _check_fits_memory(path, expected)
+                raw = head + stream.read(max(0, expected - len(head)) + 1)
+                size = len(raw)
+            else:
+                size = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as error:  # bad gzip header, truncated or corrupt stream
+        if path.suffix != ".gz":
+            raise ValueError(f"{path}: cannot read: {error}") from error
+        raise ValueError(f"{path}: corrupt gzip: {error}") from error
     if size != expected:
-        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {size}")
+        has = f"{size} or more" if raw is not None and size > expected else size  # gzip: not read any further
+        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {has}")
     if 0 in dims:
         raise ValueError(f"{path}: empty dataset (IDX dims {tuple(dims)})")
     if raw is not None:
         data = np.frombuffer(raw, dtype=dtype, offset=header)
     else:
         data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(int(np.prod(dims)),))
-    return data.reshape(dims[0], int(np.prod(dims[1:]))) if ndim > 1 else data
+    return data.reshape(dims[0], int(np.prod(dims[1:]))) if len(dims) > 1 else data
+
+
+def _idx_header(path: Path, head: bytes) -> tuple[list[int], np.dtype, int]:
+    """(dims, dtype, header bytes) from the first bytes of an IDX file."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {head[:4].hex() or 'missing'})")
+    ndim, dtype = head[3], np.dtype(IDX_DTYPES[head[2]])
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(head)} bytes, {ndim} dims need {header})")
+    return [int(d) for d in np.frombuffer(head[4:header], dtype=">u4")], dtype, header
+
+
+def _check_fits_memory(path: Path, nbytes: int) -> None:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > have:
+        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data, more than this machine's "
+                         f"{have / 2**30:.1f} GiB of memory")
 
 
 def _idx_directory(path: Path) -> tuple[dict, dict]:

@@ -274,3 +274,20 @@ def test_ranks_reading_different_data_under_one_name_are_stopped(tmp_path):
     errors = error_lines(done.stderr)
     assert len(errors) == 1 and "configuration differs between ranks" in errors[0], done.stderr
     assert "data_fingerprint" in done.stderr, done.stderr
+
+
+def test_a_gzipped_idx_claiming_more_than_memory_is_refused_before_decompressing(tmp_path):
+    # 3 GiB of zeros would compress to a few MiB; the header alone claims far more than any machine has
+    header = bytes([0, 0, 0x08, 3]) + np.array([10**6, 10**3, 10**3], dtype=">u4").tobytes()
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + bytes(1 << 20))
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 0x08, 1]) + np.array([10**6], dtype=">u4").tobytes() + bytes(10**6))
+    done = run_job(2, [*TRAIN, "--data", str(tmp_path)], timeout=60)
+    assert_one_clear_error(done, ["train-images-idx3-ubyte.gz", "claims", "GiB"])
+
+
+def test_a_clear_error_ends_the_job_without_mpi_abort_lines(tmp_path):
+    done = run_job(2, [*TRAIN, "--data", good_npz(tmp_path), *LAYERS, "--lr", "-1"], timeout=60)
+    assert done.returncode == 2, done.output
+    assert "Abort(" not in done.stdout + done.stderr, done.output

@@ -8,9 +8,13 @@ first, so a restarted job does not fail again. The file's mtime also tells when 
 """
 
 import json
+import os
+import signal
+import subprocess
 import stat
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +186,40 @@ def test_a_rank_stopped_at_start_up_or_shut_down_is_caught_by_the_watchdog(tmp_p
     assert seconds_since(marker) < 3 + 7, done.output
     assert "no progress" in done.stderr and phase in done.stderr, done.output
     assert_no_orphans(str(tmp_path))
+
+
+def interrupted_after_the_first_epoch(cmd: list[str], metrics, env=None) -> subprocess.CompletedProcess:
+    """Start cmd, send SIGINT once the first epoch is in the metrics file, wait (bounded) for its end."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 90
+    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no epoch finished in 90 s"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running 30 s after ctrl-c\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_ctrl_c_stops_cleanly_with_one_line_and_exit_130(tmp_path, ranks):
+    metrics = tmp_path / "m.jsonl"
+    python = sys.executable
+    args = ["-m", "distbp", "train", "--data", "synthetic:rows=20000,features=64,classes=4", "--epochs", "100000",
+            "--progress", "none", "--metrics", str(metrics)]
+    if ranks == 1:
+        cmd = [python, *args]
+    else:  # plain mpiexec, not launch/local: mpiexec forwards ctrl-c to every rank
+        cmd = [str(Path(python).parent / "mpiexec"), "-n", "2", python, "-m", "mpi4py", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTBP_THREADS="1")
+    done = interrupted_after_the_first_epoch(cmd, metrics, env)
+    assert done.returncode == 130, done.stdout + done.stderr
+    # said once: by the root, or by a rank whose root was caught inside a collective ("distbp: rank 1: …")
+    assert [line for line in done.stderr.splitlines() if "interrupted;" in line] != [], done.stderr
+    assert done.stderr.count("interrupted;") == 1, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
