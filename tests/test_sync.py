@@ -168,3 +168,14 @@ def test_a_strategy_defined_in_a_test_plugs_into_the_factory_and_trains(monkeypa
     assert toy.sync.steps == reference.pos.step
     assert np.abs(toy.model.flat_params - reference.model.flat_params).max() < 1e-12
     assert memory.per_rank(toy.sync)["total"] == memory.allocated_bytes(toy, skip=(toy.data, toy.comm))
+
+
+def test_configuration_and_its_mode_rules_need_no_communication_module():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom distbp.config import Config, validate\nvalidate(Config(reproducible=True))\n"
+            "print(sorted(m for m in sys.modules if m in ('distbp.comm', 'distbp.train', 'mpi4py.MPI')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
