@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distbp.procs import process_alive
+
 FORMAT_VERSION = 1
 _META_KEY = "__distbp_meta__"
 _HEADER_KEY = "__distbp_header__"
@@ -351,25 +353,10 @@ def _read_lock(path: Path) -> dict | None:
 
 def _stale(path: Path, holder: dict, host: str, pid: int) -> bool:
     if holder.get("host") == host:
-        return holder.get("pid") == pid or not _alive(holder.get("pid"))
+        return holder.get("pid") == pid or not process_alive(holder.get("pid"))
     try:
         return _now() - path.stat().st_mtime > LOCK_STALE_S
     except OSError:
-        return True
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # an exited process not yet reaped by its parent (a zombie) answers kill() too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
         return True
 
 

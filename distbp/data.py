@@ -5,21 +5,20 @@ rank reads only the rows it gathers); `gather` writes the requested rows into a
 preallocated buffer with the dataset's scaling applied. Scaling statistics come
 from the training split and are applied to the test split unchanged.
 
-Formats: see docs/data.md. Every loader ends in `_build`, which validates the
+Formats: see docs/data.md; their readers are `distbp.formats`. Every loader ends in `_build`, which validates the
 arrays, holds out a test split if none was given and computes the scaling.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from distbp import formats
 
 BUILTINS = ("synthetic", "digits")
 SCALES = ("auto", "standardize", "minmax", "none")
@@ -149,11 +148,12 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
         raise ValueError(f"{path}: not a regular file or a directory")
     files = None  # for a directory, the file each array came from, so that errors name it
     if path.is_dir():
-        arrays, files = _npy_directory(path) if (path / "X.npy").exists() else _idx_directory(path)
+        arrays, files = (formats.read_npy_directory(path) if (path / "X.npy").exists()
+                         else formats.read_idx_directory(path))
     elif path.suffix == ".npz":
-        arrays = _npz(path)
+        arrays = formats.read_npz(path)
     elif path.suffix == ".csv":
-        arrays = _csv(path)
+        arrays = formats.read_csv(path)
     else:
         raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
     return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files)
@@ -227,163 +227,6 @@ def _digits() -> dict:
         raise ValueError("the 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
     bunch = load_digits()
     return {"X": bunch.data.astype(np.float32), "y": bunch.target.astype(np.int64)}
-
-
-# ---------------------------------------------------------------- files
-
-
-def _npz(path: Path) -> dict:
-    _check_magic(path, b"PK", "an .npz (zip) file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "X" not in archive.files or "y" not in archive.files:
-                raise ValueError(f"needs arrays 'X' and 'y', found {archive.files}")
-            return {key: archive[key] for key in ("X", "y", "X_test", "y_test") if key in archive.files}
-    except Exception as error:  # zip, zlib and header errors all mean a corrupt file
-        raise ValueError(f"{path}: cannot read: {error}") from error
-
-
-def _npy(path: Path) -> np.ndarray:
-    _check_magic(path, b"\x93NUMPY", "a .npy file")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot read: {error}") from error
-
-
-def _npy_directory(path: Path) -> tuple[dict, dict]:
-    """Memory-mapped X, y (X_test, y_test) and the file each came from."""
-    if not (path / "y.npy").exists():
-        raise FileNotFoundError(f"{path}: has X.npy but no y.npy")
-    if (path / "X_test.npy").exists() != (path / "y_test.npy").exists():
-        raise FileNotFoundError(f"{path}: X_test.npy and y_test.npy must both be present or both absent")
-    keys = ("X", "y", "X_test", "y_test") if (path / "X_test.npy").exists() else ("X", "y")
-    return {key: _npy(path / f"{key}.npy") for key in keys}, {key: path / f"{key}.npy" for key in keys}
-
-
-IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def _idx_file(directory: Path, stem: str) -> Path | None:
-    # mirrors spell the files with '-' or '.' before 'idx', gzipped or not.
-    for name in (stem, stem.replace("-idx", ".idx")):
-        for candidate in (directory / name, directory / f"{name}.gz"):
-            if candidate.exists():
-                return candidate
-    return None
-
-
-def _idx(path: Path) -> np.ndarray:
-    """Parse an IDX file: 2 zero bytes, dtype code, ndim, ndim big-endian uint32 dims, then the data.
-
-    Returns (n, prod(other dims)) for ndim > 1, else (n,); a memmap unless the file is gzipped.
-    """
-    raw = None
-    stream = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    try:
-        with stream:
-            head = stream.read(1024)
-            dims, dtype, header = _idx_header(path, head)
-            expected = header + int(np.prod(dims)) * dtype.itemsize
-            if path.suffix == ".gz":
-                # the header says how much there is: refuse what cannot fit, and never read past it
-                _check_fits_memory(path, expected)
-                raw = head + stream.read(max(0, expected - len(head)) + 1)
-                size = len(raw)
-            else:
-                size = path.stat().st_size
-    except (OSError, EOFError, zlib.error) as error:  # bad gzip header, truncated or corrupt stream
-        if path.suffix != ".gz":
-            raise ValueError(f"{path}: cannot read: {error}") from error
-        raise ValueError(f"{path}: corrupt gzip: {error}") from error
-    if size != expected:
-        has = f"{size} or more" if raw is not None and size > expected else size  # gzip: not read any further
-        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {has}")
-    if 0 in dims:
-        raise ValueError(f"{path}: empty dataset (IDX dims {tuple(dims)})")
-    if raw is not None:
-        data = np.frombuffer(raw, dtype=dtype, offset=header)
-    else:
-        data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(int(np.prod(dims)),))
-    return data.reshape(dims[0], int(np.prod(dims[1:]))) if len(dims) > 1 else data
-
-
-def _idx_header(path: Path, head: bytes) -> tuple[list[int], np.dtype, int]:
-    """(dims, dtype, header bytes) from the first bytes of an IDX file."""
-    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {head[:4].hex() or 'missing'})")
-    ndim, dtype = head[3], np.dtype(IDX_DTYPES[head[2]])
-    header = 4 + 4 * ndim
-    if len(head) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(head)} bytes, {ndim} dims need {header})")
-    return [int(d) for d in np.frombuffer(head[4:header], dtype=">u4")], dtype, header
-
-
-def _check_fits_memory(path: Path, nbytes: int) -> None:
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > have:
-        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data, more than this machine's "
-                         f"{have / 2**30:.1f} GiB of memory")
-
-
-def _idx_directory(path: Path) -> tuple[dict, dict]:
-    """MNIST train (and t10k) images and labels, and the file each came from."""
-    images, labels = _idx_file(path, "train-images-idx3-ubyte"), _idx_file(path, "train-labels-idx1-ubyte")
-    if images is None or labels is None:
-        raise FileNotFoundError(f"{path}: no X.npy/y.npy and no MNIST train-images-idx3-ubyte/"
-                                f"train-labels-idx1-ubyte (optionally .gz)")
-    files = {"X": images, "y": labels}
-    test_images, test_labels = _idx_file(path, "t10k-images-idx3-ubyte"), _idx_file(path, "t10k-labels-idx1-ubyte")
-    if (test_images is None) != (test_labels is None):
-        raise FileNotFoundError(f"{path}: t10k images and labels must both be present or both absent")
-    if test_images is not None:
-        files["X_test"], files["y_test"] = test_images, test_labels
-    return {key: _idx(file) for key, file in files.items()}, files
-
-
-def _csv(path: Path) -> dict:
-    """Header row, then numeric rows; the label column is 'label' if present, else the last one."""
-    with open(path, newline="") as stream:
-        reader = csv.reader(stream)
-        header = next(reader, None)
-        if not header:
-            raise ValueError(f"{path}: empty dataset (no header row)")
-        label = header.index("label") if "label" in header else len(header) - 1
-        values = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
-            try:
-                values.append([float(cell) for cell in row])
-            except ValueError:
-                column = next(i for i, cell in enumerate(row) if not _is_float(cell))
-                raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
-                                 f"non-numeric cell {row[column]!r}") from None
-    if not values:
-        raise ValueError(f"{path}: empty dataset (no rows after the header)")
-    table = np.array(values)
-    y = table[:, label]
-    if not (np.isfinite(y) & (y == np.round(y))).all():
-        bad = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
-        raise ValueError(f"{path}: non-integer label {float(y[bad])!r} on line {bad + 2}")
-    return {"X": np.delete(table, label, axis=1), "y": y.astype(np.int64)}
-
-
-def _is_float(cell: str) -> bool:
-    try:
-        float(cell)
-        return True
-    except ValueError:
-        return False
-
-
-def _check_magic(path: Path, magic: bytes, what: str) -> None:
-    with open(path, "rb") as stream:
-        start = stream.read(len(magic))
-    if start != magic:
-        raise ValueError(f"{path}: not {what} (starts with {start!r})")
 
 
 # ---------------------------------------------------------------- validation, split and scaling

@@ -34,7 +34,7 @@ from distbp.shard import epoch_permutation, global_batches, rank_slice
 from distbp.sync import make_sync
 from distbp.memory import check_fits_machine
 from distbp.sync.base import GradientSync, Layout, ModelShape
-from distbp.watchdog import Watchdog
+from distbp.watchdog import HEARTBEAT_PREFIX, Watchdog, remove_abandoned_heartbeats
 
 
 def setup(cfg: Config, comm: Comm) -> Run:
@@ -115,7 +115,9 @@ def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:
         return os.path.join(cfg.checkpoint_dir, ".heartbeat")
     import tempfile
     import uuid
-    name = comm.allgather_object(f"distbp-heartbeat-{uuid.uuid4().hex[:12]}" if comm.is_root else None)[0]
+    if comm.is_root:
+        remove_abandoned_heartbeats(tempfile.gettempdir())  # of earlier jobs on this host that ended abnormally
+    name = comm.allgather_object(f"{HEARTBEAT_PREFIX}{uuid.uuid4().hex[:12]}" if comm.is_root else None)[0]
     return os.path.join(tempfile.gettempdir(), name)
 
 

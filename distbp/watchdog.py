@@ -17,6 +17,7 @@ import time
 from distbp.checks import rank_list
 from distbp.comm import Comm
 from distbp.errors import StallError
+from distbp.procs import process_alive
 
 STALL_EXIT_CODE = 124
 
@@ -143,3 +144,32 @@ class Watchdog:
             with contextlib.suppress(OSError):
                 os.remove(self._heartbeat_path(self.comm.rank))
                 os.rmdir(self.heartbeat_dir)  # the last rank to stop finds it empty
+
+
+HEARTBEAT_PREFIX = "distbp-heartbeat-"
+
+
+def remove_abandoned_heartbeats(parent: str) -> None:
+    """Remove heartbeat folders in `parent` left by jobs that ended abnormally: every rank that beat there
+    was on this host and its process is gone (folders with another host's beats are left alone)."""
+    host = socket.gethostname()
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(HEARTBEAT_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(parent, name)
+        try:
+            beats = [_read_json(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".json")]
+        except (OSError, ValueError):
+            continue
+        if all(b.get("host") == host and not process_alive(b.get("pid")) for b in beats):
+            with contextlib.suppress(OSError):
+                for f in os.listdir(folder):
+                    os.remove(os.path.join(folder, f))
+                os.rmdir(folder)
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)

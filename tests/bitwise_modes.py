@@ -8,7 +8,9 @@ runs one short training per mode (same seed, same ranks × threads layout) with 
     python tests/bitwise_modes.py --against 8b77ddb      # that commit (a git worktree) vs this checkout
     python tests/bitwise_modes.py --record out.json      # only this checkout's hashes
 
-Exit code 1 when any mode's parameters differ. It is not part of the pytest suite (about a minute per
+Exit code 1 when any mode's parameters differ. Compare commits that generate the same data: the
+synthetic set's map to feature space changed (no BLAS, same bits on any thread count) after the
+gradient-sync redesign, so every mode differs from commits before that change, by design. It is not part of the pytest suite (about a minute per
 tree, and a cold Numba cache for the other tree); run it whenever the step or a strategy changes.
 """
 

@@ -223,3 +223,28 @@ def test_ctrl_c_stops_cleanly_with_one_line_and_exit_130(tmp_path, ranks):
     assert [line for line in done.stderr.splitlines() if "interrupted;" in line] != [], done.stderr
     assert done.stderr.count("interrupted;") == 1, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def test_heartbeat_folders_of_jobs_that_ended_abnormally_are_removed(tmp_path):
+    import socket
+    import tempfile
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folders = {}
+    for name, pid in (("dead", gone.pid), ("alive", os.getpid())):
+        folder = Path(tempfile.gettempdir()) / f"distbp-heartbeat-test{name}{os.getpid()}"
+        folder.mkdir(exist_ok=True)
+        (folder / "rank-0.json").write_text(json.dumps({"rank": 0, "host": socket.gethostname(), "pid": pid}))
+        folders[name] = folder
+    try:
+        done = run_job(2, train(tmp_path, "--epochs", "1", "--timeout", "30"), timeout=60)
+        assert done.returncode == 0, done.output
+        assert not folders["dead"].exists()  # its only rank is gone: left by an abnormal end
+        assert folders["alive"].exists()  # a job still running (this test) keeps its folder
+    finally:
+        for folder in folders.values():
+            for f in folder.glob("*"):
+                f.unlink()
+            if folder.exists():
+                folder.rmdir()
