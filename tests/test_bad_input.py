@@ -284,7 +284,7 @@ def test_a_gzipped_idx_claiming_more_than_memory_is_refused_before_decompressing
     with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
         f.write(bytes([0, 0, 0x08, 1]) + np.array([10**6], dtype=">u4").tobytes() + bytes(10**6))
     done = run_job(2, [*TRAIN, "--data", str(tmp_path)], timeout=60)
-    assert_one_clear_error(done, ["train-images-idx3-ubyte.gz", "claims", "GiB"])
+    assert_one_clear_error(done, ["train-images-idx3-ubyte.gz", "claims 931.3 GiB", "memory"])
 
 
 def test_a_clear_error_ends_the_job_without_mpi_abort_lines(tmp_path):
