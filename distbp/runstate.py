@@ -45,8 +45,7 @@ def claim_checkpoint_dir(cfg: Config, comm: Comm) -> str | None:
         except ckpt.CheckpointError as e:
             err = e
         except OSError as e:
-            why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-            err = ckpt.CheckpointError(f"--checkpoint-dir {directory}: cannot hold checkpoints there ({why})")
+            err = ckpt.CheckpointError(f"--checkpoint-dir {directory}: cannot hold checkpoints there ({_why(e)})")
     comm.agree_on_failure(err)
     return None if lock is None else str(lock)
 
@@ -67,6 +66,10 @@ def release_checkpoint_dir(run: Run) -> None:
     if run.lock is not None:
         ckpt.unlock_directory(run.lock)
         run.lock = None
+
+
+def _why(e: OSError) -> str:
+    return "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
 
 
 def _warn_if(is_root: bool):
@@ -141,8 +144,7 @@ def check_outputs(cfg: Config, comm: Comm) -> None:
             except ckpt.CheckpointError as e:
                 err = e
             except OSError as e:
-                why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-                err = ckpt.CheckpointError(f"{flag} {path}: cannot write there ({why})")
+                err = ckpt.CheckpointError(f"{flag} {path}: cannot write there ({_why(e)})")
     comm.agree_on_failure(err)
 
 

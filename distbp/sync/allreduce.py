@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from distbp import kernels
 from distbp.reducer import GradientReducer, ring_scratch_elements
-from distbp.sync.base import layers_with_nonfinite
+from distbp.sync.base import ReplicatedUpdate
 from distbp.sync.bucketed import BucketedSync
 
 
-class AllreduceSync(BucketedSync):
+class AllreduceSync(ReplicatedUpdate, BucketedSync):
     name = "allreduce"
 
     def memory(self) -> dict[str, int]:
@@ -50,26 +49,6 @@ class AllreduceSync(BucketedSync):
         self.reducer = GradientReducer(comm, self.grad, model.layer_slices, bucket_bytes=o.bucket_bytes,
                                        overlap=o.overlap, comm_dtype=o.comm_dtype, algorithm=o.algorithm)
         self.optimizer = o.make_optimizer(model.n_params, model.dtype)
-
-    def all_finite(self) -> bool:
-        return bool(kernels.all_finite(self.grad))
-
-    def nonfinite_layers(self) -> list[str]:
-        # every rank holds the same ∇L: no communication needed
-        return layers_with_nonfinite(np.flatnonzero(~np.isfinite(self.grad)), self.shape.sizes)
-
-    def apply(self, params: np.ndarray, scale: float) -> None:
-        self.optimizer.step(params, self.grad, scale)
-
-    @property
-    def optimizer_steps(self) -> int:
-        return self.optimizer.step_count
-
-    def checkpoint_state(self):
-        return self.optimizer.state_arrays(), {}
-
-    def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
-        self.optimizer.load_state(arrays, optimizer_steps)
 
     def buffers(self) -> list[np.ndarray]:
         return super().buffers() + list(self.optimizer.state_arrays().values())

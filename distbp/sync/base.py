@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from distbp import kernels
 from distbp.comm import Comm
 from distbp.model import MLP, layer_slices_of
 from distbp.optim import OPTIMIZERS, make_optimizer
@@ -160,6 +161,39 @@ class GradientSync:
 
     def reset_stats(self) -> None:
         """Start the counters of a new epoch."""
+
+
+class ReplicatedUpdate:
+    """The part of a strategy whose ranks all hold the whole ∇L (`self.grad`) and apply the whole update
+    with `self.optimizer`; mixed into GradientSync subclasses (allreduce, exact)."""
+
+    grad: np.ndarray
+    optimizer: object
+    shape: ModelShape
+
+    def all_finite(self) -> bool:
+        return bool(kernels.all_finite(self.grad))
+
+    def nonfinite_layers(self) -> list[str]:
+        # every rank holds the same ∇L: no communication needed
+        return layers_with_nonfinite(np.flatnonzero(~np.isfinite(self.grad)), self.shape.sizes)
+
+    def apply(self, params: np.ndarray, scale: float) -> None:
+        self.optimizer.step(params, self.grad, scale)
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.optimizer.step_count
+
+    def checkpoint_state(self):
+        return self.optimizer.state_arrays(), self.checkpoint_meta()
+
+    def checkpoint_meta(self) -> dict:
+        """What the strategy keeps beside the optimizer state (JSON)."""
+        return {}
+
+    def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
+        self.optimizer.load_state(arrays, optimizer_steps)
 
 
 def layers_with_nonfinite(bad: np.ndarray, sizes: tuple[int, ...]) -> list[str]:

@@ -36,7 +36,7 @@ from distbp import kernels
 from distbp.model import workspace_bytes
 from distbp.run import BatchBuffers
 from distbp.shard import rank_slice
-from distbp.sync.base import GradientSync, layers_with_nonfinite
+from distbp.sync.base import GradientSync, ReplicatedUpdate
 from distbp.threads import thread_setter
 
 HEADROOM_BITS = 8
@@ -82,7 +82,7 @@ def block_aligned_slice(batch_rows: int, micro_batch: int, rank: int, size: int)
     return b0 * micro_batch, min(b1 * micro_batch, batch_rows)
 
 
-class ExactSync(GradientSync):
+class ExactSync(ReplicatedUpdate, GradientSync):
     """Computes this rank's blocks, `lanes` at a time, and sums their gradients over all ranks exactly."""
 
     name = "exact"
@@ -208,24 +208,11 @@ class ExactSync(GradientSync):
             correct += corrects[b]
         return loss, correct, max([0.0, *maxima])
 
-    def all_finite(self) -> bool:
-        return bool(kernels.all_finite(self.grad))
-
-    def nonfinite_layers(self) -> list[str]:
-        return layers_with_nonfinite(np.flatnonzero(~np.isfinite(self.grad)), self.shape.sizes)
-
-    def apply(self, params: np.ndarray, scale: float) -> None:
-        self.optimizer.step(params, self.grad, scale)
-
-    @property
-    def optimizer_steps(self) -> int:
-        return self.optimizer.step_count
-
-    def checkpoint_state(self):
-        return self.optimizer.state_arrays(), {"prev_max_abs_gradient": self.prev_max}
+    def checkpoint_meta(self) -> dict:
+        return {"prev_max_abs_gradient": self.prev_max}  # the next step's scale comes from it
 
     def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
-        self.optimizer.load_state(arrays, optimizer_steps)
+        super().load_checkpoint_state(arrays, meta, optimizer_steps)
         self.prev_max = meta.get("prev_max_abs_gradient")  # absent in checkpoints of older versions
 
     def buffers(self) -> list[np.ndarray]:
