@@ -146,17 +146,28 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
         raise FileNotFoundError(f"dataset not found: {spec}")
     if not (path.is_file() or path.is_dir()):  # a FIFO, a device, a socket: reading would block or never end
         raise ValueError(f"{path}: not a regular file or a directory")
-    files = None  # for a directory, the file each array came from, so that errors name it
+    try:
+        arrays, files = _read(path)
+        return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files)
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to load it; a folder of .npy files is memory-mapped, so "
+                         "each rank reads only the rows it gathers") from None
+    except OSError as e:
+        if e.filename is not None or str(path) in str(e):
+            raise  # it names the file already
+        raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from e  # an I/O error names no file
+
+
+def _read(path: Path) -> tuple[dict, dict | None]:
+    """The raw arrays of a file or folder, and for a folder the file each array came from (errors name it)."""
     if path.is_dir():
-        arrays, files = (formats.read_npy_directory(path) if (path / "X.npy").exists()
-                         else formats.read_idx_directory(path))
-    elif path.suffix == ".npz":
-        arrays = formats.read_npz(path)
-    elif path.suffix == ".csv":
-        arrays = formats.read_csv(path)
-    else:
-        raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
-    return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files)
+        return (formats.read_npy_directory(path) if (path / "X.npy").exists()
+                else formats.read_idx_directory(path))
+    if path.suffix == ".npz":
+        return formats.read_npz(path), None
+    if path.suffix == ".csv":
+        return formats.read_csv(path), None
+    raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
 
 
 # ---------------------------------------------------------------- built-ins

@@ -83,6 +83,8 @@ def load_data(cfg: Config, ranks: int) -> tuple[Dataset | None, Exception | None
         check_data_fits(cfg, data, cfg.layers, ranks)
     except (ValueError, OSError, DistbpError) as e:
         return None, e
+    except MemoryError:
+        return None, ConfigError(f"not enough memory to load {cfg.data}")
     return data, None
 
 

@@ -180,6 +180,8 @@ CASES = [
     ("fifo as data", fifo, LAYERS, 2, ["pipe.npz", "not a regular file"]),
     ("endless file as csv", endless_csv, LAYERS, 2, ["zero.csv", "not a regular file"]),
     ("a stray label", stray_label_npz, LAYERS, 2, ["stray.npz", "not class numbers", "1000000"]),
+    ("a built-in set too big for the machine", good_npz, ["--data", "synthetic:rows=4000000000,features=784"], 2,
+     ["not enough memory to load"]),
     ("a layer too big for the machine", good_npz, ["--layers", f"{FEATURES},1000000000,{CLASSES}"], 2,
      ["would need", "of memory"]),
 ]

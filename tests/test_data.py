@@ -431,3 +431,19 @@ def test_gather_of_no_rows_is_a_no_op_for_an_empty_rank_shard(tmp_path, arrays):
     none = np.empty(0, dtype=np.int64)
     split.gather(none, np.empty((0, 5), np.float32), np.empty(0, np.int64))
     split.gather(none, np.empty((0, 5), np.float32), np.empty((0, 3), np.float32))
+
+
+@pytest.mark.parametrize("failure,words", [(OSError(5, "Input/output error"), "cannot read it: Input/output error"),
+                                           (MemoryError(), "not enough memory")])
+def test_a_read_that_fails_names_the_file(tmp_path, monkeypatch, failure, words):
+    from distbp import formats
+
+    X = np.zeros((10, 3), np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=np.zeros(10, np.int64))
+
+    def failing(path):
+        raise failure
+    monkeypatch.setattr(formats, "read_npz", failing)
+    with pytest.raises(ValueError, match=words) as caught:
+        load_dataset(str(tmp_path / "d.npz"))
+    assert str(tmp_path / "d.npz") in str(caught.value)
