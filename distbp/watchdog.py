@@ -161,10 +161,10 @@ def remove_abandoned_heartbeats(parent: str) -> None:
         folder = os.path.join(parent, name)
         try:
             beats = [_read_json(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".json")]
+            if not beats and time.time() - os.path.getmtime(folder) < 3600:
+                continue  # a job that is starting: its first beat is on its way
         except (OSError, ValueError):
-            continue
-        if not beats and time.time() - os.path.getmtime(folder) < 3600:
-            continue  # a job that is starting: its first beat is on its way
+            continue  # gone meanwhile, or being written
         if all(b.get("host") == host and not process_alive(b.get("pid")) for b in beats):
             with contextlib.suppress(OSError):
                 for f in os.listdir(folder):
