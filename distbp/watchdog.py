@@ -165,7 +165,7 @@ def remove_abandoned_heartbeats(parent: str) -> None:
                 continue  # a job that is starting: its first beat is on its way
         except (OSError, ValueError):
             continue  # gone meanwhile, or being written
-        if all(b.get("host") == host and not process_alive(b.get("pid")) for b in beats):
+        if all(isinstance(b, dict) and b.get("host") == host and not process_alive(b.get("pid")) for b in beats):
             with contextlib.suppress(OSError):
                 for f in os.listdir(folder):
                     os.remove(os.path.join(folder, f))
