@@ -105,7 +105,7 @@ def test_layer_slices_that_do_not_tile_the_gradient_are_rejected(slices, n):
 
 # ---- reducer on one rank --------------------------------------------------------------------
 
-@pytest.mark.parametrize("algorithm", ["mpi", "ring"])
+@pytest.mark.parametrize("algorithm", ["mpi", "ring"], ids=["MPI Iallreduce", "ring"])  # an id "mpi" reads as a marker
 @pytest.mark.parametrize("overlap", [True, False])
 def test_serial_reducer_leaves_an_uncompressed_gradient_unchanged(overlap, algorithm):
     rng = np.random.default_rng(0)
