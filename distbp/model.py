@@ -272,10 +272,6 @@ class MLP:
         self.loss.output(ws.z[-1][:n], out)
         return out
 
-    def last_outputs(self, n: int) -> np.ndarray:
-        """Output activations (n, outputs) of the last loss_and_grad_into / loss_into call (a workspace view)."""
-        return self._ws.a[-1][:n]
-
     def count_correct(self, y: np.ndarray, workspace: Workspace | None = None) -> float:
         """Correct predictions of the last forward pass over y's rows: labels (n,), or one-hot targets (n, outputs)
         compared by argmax. workspace: the one that pass used, if not the model's own."""
@@ -285,7 +281,7 @@ class MLP:
         return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
     def loss_into(self, X: np.ndarray, y: np.ndarray) -> float:
-        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); outputs stay in last_outputs."""
+        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); count_correct reads its outputs."""
         n = X.shape[0]
         if n == 0:
             return 0.0

@@ -137,11 +137,6 @@ class GradientReducer:
         self._next = 0  # first bucket not started yet
         self._handles: list[Handle] = []
 
-    def buffers(self) -> list[np.ndarray]:
-        """The arrays this reducer allocated (16-bit wire copies, the ring's scratch), for memory counts."""
-        own = [] if self._codec is None else list(self._wire)
-        return own + ([self.ring.scratch] if self.ring is not None else [])
-
     def start_bucket(self, i: int) -> None:
         """Start bucket i's sum over ranks (subclasses change what a bucket's collective is)."""
         b, wire = self.buckets[i], self._wire[i]

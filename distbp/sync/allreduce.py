@@ -49,6 +49,3 @@ class AllreduceSync(ReplicatedUpdate, BucketedSync):
         self.reducer = GradientReducer(comm, self.grad, model.layer_slices, bucket_bytes=o.bucket_bytes,
                                        overlap=o.overlap, comm_dtype=o.comm_dtype, algorithm=o.algorithm)
         self.optimizer = o.make_optimizer(model.n_params, model.dtype)
-
-    def buffers(self) -> list[np.ndarray]:
-        return super().buffers() + list(self.optimizer.state_arrays().values())

@@ -66,10 +66,6 @@ class BucketedSync(GradientSync):
     def reset_stats(self) -> None:
         self.reducer.reset_stats()
 
-    def buffers(self) -> list[np.ndarray]:
-        """The arrays build() allocated (for memory checks)."""
-        return [self.grad] + ([self.acc] if self.acc is not None else []) + self.reducer.buffers()
-
 
 class AddAccumulated:
     """Backward hooks for the last micro-batch: grad += acc layer by layer, then pass the news on."""

@@ -214,7 +214,3 @@ class ExactSync(ReplicatedUpdate, GradientSync):
     def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
         super().load_checkpoint_state(arrays, meta, optimizer_steps)
         self.prev_max = meta.get("prev_max_abs_gradient")  # absent in checkpoints of older versions
-
-    def buffers(self) -> list[np.ndarray]:
-        return [self.grad] + [a for _, _, g, acc in self._lanes for a in (g, acc)] \
-            + list(self.optimizer.state_arrays().values())

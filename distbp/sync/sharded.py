@@ -79,6 +79,3 @@ class ShardedSync(BucketedSync):
     def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
         """From the whole state (a checkpoint of any rank count): keep this rank's part."""
         self.optimizer.load_state({k: v[self.lo:self.hi] for k, v in arrays.items()}, optimizer_steps)
-
-    def buffers(self) -> list[np.ndarray]:
-        return super().buffers() + [self.part] + list(self.optimizer.state_arrays().values())
