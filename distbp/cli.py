@@ -63,26 +63,36 @@ def _early_threads(argv: list[str]) -> int | None:
     return None
 
 
-def prepare_environment(argv: list[str]) -> int:
-    """Pin threads per rank and set MPI/Numba defaults; must run before numpy or mpi4py.MPI load."""
-    n = _early_threads(argv) or threads.default_threads()
+def prepare_environment(argv: list[str]) -> tuple[int, str | None]:
+    """Pin threads per rank and set MPI/Numba defaults; must run before numpy or mpi4py.MPI load.
+
+    Returns the thread count and, when the request was more than the cores this rank may run on
+    (the cap), a note saying so for the header.
+    """
+    n, note = threads.choose_threads(_early_threads(argv))
     threads.pin_threads_env(n)
     os.environ.setdefault("NUMBA_CACHE_DIR", threads.default_cache_dir())
     # MPICH's default intra-node allreduce flips between a fast and a 4x slower mode from launch to
     # launch (measured); this algorithm was fast and stable. A user's own setting wins.
     os.environ.setdefault("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "reduce_scatter_allgather")
-    return n
+    return n, note
 
 
 def train_main(argv: list[str]) -> int:
-    n_threads = prepare_environment(argv)
+    n_threads, thread_note = prepare_environment(argv)
     import argparse
 
     from distbp.comm import DistbpError, world
     from distbp.config import ConfigError, add_arguments, from_sources
+    from distbp.launcher import launcher_rank, split_job_error
 
     comm = world()
     is_root = comm.is_root
+    split = split_job_error(comm.size, comm.library)
+    if split:  # every process is its own 1-rank job: the launcher's rank 0 reports it, all stop
+        if launcher_rank() == 0:
+            print(f"distbp: error: {split}", file=sys.stderr, flush=True)
+        return comm.exit_quietly(2)
     parser = argparse.ArgumentParser(prog="distbp train", exit_on_error=False,
                                      description="Train an MLP by backpropagation, data-parallel over MPI ranks.")
     add_arguments(parser)
@@ -103,13 +113,12 @@ def train_main(argv: list[str]) -> int:
         comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
         from distbp import runstate, train
 
-        if cfg.threads is None:
-            cfg.threads = n_threads
+        cfg.threads = n_threads  # decided (and capped) before numpy loaded, from --threads or the config
         if cfg.dry_run:
             return dry_run(cfg, comm)
         run = train.setup(cfg, comm)
         if is_root:
-            print(header(run), flush=True)
+            print(header(run, thread_note), flush=True)
         train.fit(run)
         if cfg.save:
             runstate.save_params(run, cfg.save)
@@ -178,10 +187,11 @@ def dry_run(cfg, comm) -> int:
     return 0
 
 
-def header(run) -> str:
+def header(run, thread_note: str | None = None) -> str:
     cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
     test = f", {data.test.n_rows} test" if data.test is not None else ""
-    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s); data {data.name}: {data.train.n_rows} train"
+    capped = f" ({thread_note})" if thread_note else ""
+    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {data.train.n_rows} train"
             f"{test} rows, {data.scaling}\n"
             f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
             f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "

@@ -3,7 +3,7 @@
 `world()` returns a `Comm`: `MPIComm` over COMM_WORLD when mpi4py imports, else `SerialComm`
 (one process, no mpi4py needed). Every other module uses only this interface, which both implement:
 
-    comm.rank, comm.size, comm.is_root
+    comm.rank, comm.size, comm.is_root, comm.library (the MPI library's version text; '' on SerialComm)
     blocking collectives
       comm.allreduce_sum(buf)               in place SUM over ranks, numpy buffers, pieces of <= 16 MiB
       comm.bcast(buf, root)                 in place
@@ -201,6 +201,7 @@ class SerialComm(Comm):
 
     def __init__(self):
         self.rank, self.size, self.is_root = 0, 1, True
+        self.library = ""
 
     def allreduce_sum(self, buf: np.ndarray, piece_bytes: int = PIECE_BYTES) -> None:
         if not isinstance(buf, np.ndarray):
@@ -271,6 +272,7 @@ class MPIComm(Comm):
         self._comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self.is_root = self.rank == 0
+        self.library = MPI.Get_library_version()
         self._ops: dict[str, object] = {}
 
     def allreduce_sum(self, buf: np.ndarray, piece_bytes: int = PIECE_BYTES) -> None:

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+from distbp.launcher import output_is_forwarded
+
+
+def wants_bar(stream, env=None) -> bool:
+    """--progress auto: a carriage-return bar only on a real terminal that is the user's own.
+
+    Not when a launcher relays the output (Open MPI's mpirun hands ranks a pseudo-terminal even when
+    its own output goes to a file; srun relays without --pty), nor on a dumb terminal.
+    """
+    env = os.environ if env is None else env
+    isatty = getattr(stream, "isatty", lambda: False)
+    return bool(isatty()) and not output_is_forwarded(env) and env.get("TERM", "") != "dumb"
 
 
 class Progress:
@@ -12,7 +26,7 @@ class Progress:
     def __init__(self, total: int, label: str, mode: str = "auto", is_root: bool = True, stream=None):
         self.stream = stream or sys.stdout
         if mode == "auto":
-            mode = "bar" if self.stream.isatty() else "lines"
+            mode = "bar" if wants_bar(self.stream) else "lines"
         self.mode = mode if is_root else "none"
         self.total, self.label = total, label
         self.t0 = self._last = time.monotonic()

@@ -61,12 +61,34 @@ def local_rank_count() -> int:
     return max(1, slurm) if slurm else 1
 
 
-def default_threads() -> int:
-    """Threads for this rank: DISTBP_THREADS, else SLURM_CPUS_PER_TASK, else cores // local ranks."""
+def requested_threads(explicit: int | None = None) -> tuple[int, str]:
+    """(threads asked for, who asked): --threads, else DISTBP_THREADS, else SLURM_CPUS_PER_TASK,
+    else the rank's cores divided by the ranks on its node."""
+    if explicit:
+        return explicit, "--threads"
     for var in ("DISTBP_THREADS", "SLURM_CPUS_PER_TASK"):
         if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
-    return max(1, cores_available() // local_rank_count())
+            return int(os.environ[var]), var
+    return max(1, cores_available() // local_rank_count()), "cores / local ranks"
+
+
+def choose_threads(explicit: int | None = None) -> tuple[int, str | None]:
+    """Threads for this rank, never more than the cores it may run on, and a note when capped.
+
+    A launcher can say more than it binds: SLURM 22.05 binds an inner `srun` to one CPU per task
+    unless --cpus-per-task is on its own line, while SLURM_CPUS_PER_TASK still says the allocation's
+    count. Threads beyond the affinity mask would only take turns on the same cores.
+    """
+    n, source = requested_threads(explicit)
+    cores = cores_available()
+    if n > cores:
+        return cores, f"{source} asked for {n}, capped at the {cores} core(s) this rank may run on"
+    return n, None
+
+
+def default_threads() -> int:
+    """Threads for this rank (see choose_threads): asked for, capped at the affinity mask."""
+    return choose_threads()[0]
 
 
 def pin_threads_env(n: int) -> None:
