@@ -178,3 +178,11 @@ def test_open_mpi_under_srun_needs_pmix_and_gets_one_job(slurm, ompi_venv, tmp_p
                 "train", *flags], job_env(slurm, PMIX_MCA_psec="native"))
     assert pmix.returncode == 0, pmix.stdout + pmix.stderr
     assert pmix.stdout.count("distbp: 2 rank(s) x 1 thread(s)") == 1, pmix.stdout
+
+
+def test_mpiexec_inside_an_allocation_is_the_fallback(slurm, tmp_path):
+    # hydra reads the allocation from SLURM and starts its proxies with srun itself
+    mpiexec = str(Path(PYTHON).parent / "mpiexec")
+    done = run(["salloc", "-n", "2", mpiexec, "-n", "2", *train("--epochs", "1")], job_env(slurm))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("distbp: 2 rank(s) x 1 thread(s)") == 1, done.stdout
