@@ -127,8 +127,12 @@ def train_main(argv: list[str]) -> int:
         with run.watchdog.section("shut-down", run.pos.step):
             comm.barrier()  # [dist] the watchdog bounds this wait too
         run.watchdog.stop()
+        run.trace.finish(comm)  # [dist] the root writes --trace with every rank's events
         if is_root and cfg.save:
             print(f"distbp: saved parameters to {cfg.save}", flush=True)
+        if is_root and cfg.trace:
+            print(f"distbp: wrote the trace to {cfg.trace} (open it in https://ui.perfetto.dev or chrome://tracing)",
+                  flush=True)
         return 0
     except DistbpError as e:
         # raised on every rank alike (collective checks, or NaN in the allreduced gradient): the root
@@ -138,6 +142,7 @@ def train_main(argv: list[str]) -> int:
         if is_root:
             print(f"distbp: error: {e}", file=sys.stderr, flush=True)
         if run is not None:
+            run.trace.close_part()  # each rank's --trace file, up to the error
             from distbp.runstate import release_checkpoint_dir
             release_checkpoint_dir(run)  # the job is over: the next one may have the directory
         if not comm.barrier_within(10.0):
@@ -146,6 +151,8 @@ def train_main(argv: list[str]) -> int:
             return 2  # a rank is missing: leave the ending to MPI_Abort
         return comm.exit_quietly(2)
     except KeyboardInterrupt:
+        if run is not None:
+            run.trace.close_part()
         # ctrl-c reaches every rank (mpiexec forwards it). The root says so once; but a root caught inside a
         # collective sees it only when its peers join, which they will not: after a short wait, a rank
         # whose root did not come says so itself (mpiexec then ends the root)
@@ -157,6 +164,8 @@ def train_main(argv: list[str]) -> int:
         return comm.exit_quietly(130, finalize=False)
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         sys.stderr.write(traceback.format_exc())  # one write: less to lose if the job ends now
+        if run is not None:
+            run.trace.close_part()  # this rank's --trace file, up to the failure
         comm.abort(f"{type(e).__name__}: {e}", code=1)
 
 

@@ -55,6 +55,8 @@ class Config:
     save: str | None = opt(None, "final parameters as .npz with W0, b0, W1, b1, …")
     metrics: str | None = opt(None, "one JSON object per epoch (JSONL)")
     progress: str = opt("auto", "auto (bar on a terminal, lines otherwise), bar, lines, none")
+    trace: str | None = opt(None, "a Chrome trace-event JSON of every rank's steps (open in Perfetto or chrome://tracing)")
+    trace_steps: str | None = opt(None, "START:STOP: with --trace, record only global steps START…STOP-1")
     dry_run: bool = opt(False, "print the per-rank memory estimate and exit without training")
     memory_budget: str | None = opt(None, "e.g. 8GiB: with --dry-run, the largest per-rank batch that fits")
     # safety
@@ -122,6 +124,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.layers is not None and (len(cfg.layers) < 2 or any(s <= 0 for s in cfg.layers)):
         raise ConfigError(f"--layers needs at least two positive sizes (inputs,…,outputs), got {cfg.layers}")
+    if cfg.trace_steps is not None:
+        if not cfg.trace:
+            raise ConfigError("--trace-steps needs --trace (where the trace goes)")
+        from distbp.trace import parse_steps
+        try:
+            parse_steps(cfg.trace_steps)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if cfg.resume and not cfg.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (where to find the checkpoint)")
     from distbp.sync import check_modes

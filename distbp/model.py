@@ -20,6 +20,7 @@ import numpy as np
 from distbp import kernels
 from distbp.activations import get_activation
 from distbp.losses import get_loss
+from distbp.trace import NULL_TRACER
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -107,6 +108,7 @@ class MLP:
         self.params = self.views(self.flat_params)
         self._init_params(seed)
         self._ws: Workspace | None = None
+        self.trace = NULL_TRACER  # --trace: forward/backward per layer of the main thread's passes
 
     @property
     def n_layers(self) -> int:
@@ -187,10 +189,11 @@ class MLP:
         """The forward/backward buffers allocated so far (for memory checks)."""
         return [] if self._ws is None else self._ws.arrays()
 
-    def _forward(self, X: np.ndarray, ws: Workspace, n: int) -> None:
+    def _forward(self, X: np.ndarray, ws: Workspace, n: int, trace=NULL_TRACER) -> None:
         """Fill z[l], a[l] (n rows) for every layer; a[-1] is before the output activation."""
         a = X
         for l, (W, b) in enumerate(self.params):
+            t0 = trace.now() if trace.on else 0.0
             z = ws.z[l][:n]
             np.matmul(a, W, out=z)
             if l < self.n_layers - 1:
@@ -199,6 +202,8 @@ class MLP:
                 a = act
             else:
                 self._forward_kernels[l](z, z, b)
+            if trace.on:
+                trace.complete(f"forward {l}", t0, trace.now() - t0, layer=l)
 
     def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
                            hooks: BackwardHooks | None = None, progress_chunks: int = 1,
@@ -226,7 +231,12 @@ class MLP:
                     hooks.layer_ready(l)
             return 0.0
         ws = self._workspace(n) if workspace is None else workspace
-        self._forward(X, ws, n)
+        tr = self.trace if workspace is None else NULL_TRACER  # other threads' passes are not traced
+        if tr.on:
+            with tr.span("forward", rows=n):
+                self._forward(X, ws, n, tr)
+        else:
+            self._forward(X, ws, n)
 
         # output layer: δ = ∂l/∂z from the loss, written over z
         L = self.n_layers - 1
@@ -236,6 +246,7 @@ class MLP:
         loss = kernels.ordered_sum(row_loss)
 
         for l in range(L, -1, -1):
+            t0 = tr.now() if tr.on else 0.0
             dW, db = grads[l]
             a_prev = X if l == 0 else ws.a[l - 1][:n]
             if l == L:
@@ -244,6 +255,8 @@ class MLP:
             if hooks is not None:
                 hooks.layer_ready(l)
             if l == 0:
+                if tr.on:
+                    tr.complete("backward 0", t0, tr.now() - t0, layer=0)
                 break
             # δ_prev = σ'(z_prev) ⊙ (δ·Wᵀ), written over z_prev; also db_prev = Σₙ δ_prev
             W = self.params[l][0]
@@ -252,6 +265,8 @@ class MLP:
             z_prev = ws.z[l - 1][:n]
             self._backward_kernels[l - 1](z_prev, g, z_prev, a_prev, grads[l - 1][1], ws.partial)
             delta = z_prev
+            if tr.on:
+                tr.complete(f"backward {l}", t0, tr.now() - t0, layer=l)
         return loss
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:

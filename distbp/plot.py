@@ -1,6 +1,7 @@
 """Training curves from metrics JSONL files: loss per epoch, and train/test accuracy per epoch.
 
     distbp plot run1/metrics.jsonl run2/metrics.jsonl -o curves.png --labels "1 rank" "4 ranks"
+    distbp plot --trace trace.json -o step.png --step 20      # one step's timeline (distbp.traceplot)
 
 Each line of a metrics file is one epoch, as written by the root rank:
 {"epoch": 3, "train_loss": 0.21, "train_accuracy": 0.94, "test_accuracy": 0.93, ...}.
@@ -127,7 +128,14 @@ def plot_metrics(paths: list[str], out: str, labels: list[str] | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`distbp plot METRICS.jsonl [...] -o curves.png [--labels A B ...]`; returns the exit status."""
+    """`distbp plot METRICS.jsonl [...] -o curves.png [--labels A B ...]`; returns the exit status.
+
+    With --trace PATH it draws one step of a --trace file instead (distbp.traceplot).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--trace" or a.startswith("--trace=") for a in argv):
+        from distbp.traceplot import main as trace_main
+        return trace_main(argv)
     parser = argparse.ArgumentParser(prog="distbp plot", description="Plot loss and accuracy per epoch "
                                      "from one or more metrics JSONL files.")
     parser.add_argument("paths", nargs="+", metavar="METRICS.jsonl", help="metrics files, one per run")

@@ -16,6 +16,7 @@ import numpy as np
 
 from distbp.codecs import codec_for
 from distbp.comm import PIECE_BYTES, Comm, Handle
+from distbp.trace import NULL_TRACER
 
 # ---------------------------------------------------------------------------------------------
 # bucketed, overlapped gradient allreduce
@@ -125,6 +126,8 @@ class GradientReducer:
             for l in b.layers:
                 self._buckets_of_layer[l].append(i)
         self._n_layers = len(layer_slices)
+        self.trace = NULL_TRACER  # --trace: each bucket an async slice from its start to its completion
+        self._open: list[tuple[int, int]] = []  # (bucket, trace id) started and not yet seen complete
         self._new_step()
         self.reset_stats()
 
@@ -136,6 +139,21 @@ class GradientReducer:
         self._missing = [len(b.layers) for b in self.buckets]
         self._next = 0  # first bucket not started yet
         self._handles: list[Handle] = []
+
+    def _traced_start(self, i: int) -> None:
+        """start_bucket(i), and its async slice on the trace's buckets track."""
+        if self.trace.on:
+            b = self.buckets[i]
+            ident = self.trace.async_begin(f"bucket {i}", bucket=i, layers=list(b.layers),
+                                           bytes=int((b.stop - b.start) * self.grad.itemsize))
+            self._open.append((i, ident))
+        self.start_bucket(i)
+
+    def _traced_done(self) -> None:
+        """Every started bucket is complete: end their async slices."""
+        for i, ident in self._open:
+            self.trace.async_end(f"bucket {i}", ident)
+        self._open.clear()
 
     def start_bucket(self, i: int) -> None:
         """Start bucket i's sum over ranks (subclasses change what a bucket's collective is)."""
@@ -159,16 +177,23 @@ class GradientReducer:
             self._missing[i] -= 1
         if self.overlap:
             while self._next < len(self.buckets) and self._missing[self._next] == 0:
-                self.start_bucket(self._next)
+                self._traced_start(self._next)
                 self._next += 1
             self._advance()
         self.stats["overlap_s"] += time.perf_counter() - t0
 
     def _advance(self) -> None:
+        if self.trace.on:
+            with self.trace.span("progress", in_flight=len(self._open)):
+                self._advance_now()
+        else:
+            self._advance_now()
+
+    def _advance_now(self) -> None:
         if self.ring is not None:
             self.ring.progress()
-        if self._handles:
-            self.comm.test_all(self._handles)
+        if self._handles and self.comm.test_all(self._handles) and self.ring is None and self._open:
+            self._traced_done()  # MPI says every started bucket is complete
 
     def progress(self) -> None:
         """Let MPI advance the outstanding allreduces (it only does so inside Test/Wait)."""
@@ -187,14 +212,17 @@ class GradientReducer:
         """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
         t0 = time.perf_counter()
         if not self.overlap and self._codec is None and self.ring is None:
-            self.reduce_blocking()
+            with self.trace.span("blocking allreduce", bytes=int(self.grad.nbytes)):
+                self.reduce_blocking()
         else:
             while self._next < len(self.buckets):
-                self.start_bucket(self._next)
+                self._traced_start(self._next)
                 self._next += 1
-            if self.ring is not None:
-                self.ring.wait()
-            self.comm.wait_all(self._handles)
+            with self.trace.span("wait", in_flight=len(self._open)):
+                if self.ring is not None:
+                    self.ring.wait()
+                self.comm.wait_all(self._handles)
+            self._traced_done()
             if self._codec is not None:
                 for b, wire in zip(self.buckets, self._wire):
                     self._codec.decode(wire, self.grad[b.start:b.stop])

@@ -16,6 +16,7 @@ from distbp.config import Config
 from distbp.data import Dataset, Split
 from distbp.model import MLP
 from distbp.sync.base import GradientSync
+from distbp.trace import NULL_TRACER, NullTracer, Tracer
 from distbp.watchdog import Watchdog
 
 
@@ -77,6 +78,7 @@ class Run:
     run_id: str | None = None  # names this run's checkpoints (kept across --resume)
     lock: str | None = None  # the root's lock on cfg.checkpoint_dir (its path), else None
     lock_refreshed: float = field(default_factory=time.monotonic)
+    trace: Tracer | NullTracer = NULL_TRACER  # --trace: this rank's timeline
 
     def gather_train(self, rows: np.ndarray, into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Training rows into the run's buffers, or a strategy's own (`into`), as views (what strategies call).
@@ -87,6 +89,7 @@ class Run:
         if into is not None:
             return into.gather(self.data.train, rows)
         t0 = time.perf_counter()
-        out = self.batch.gather(self.data.train, rows)
+        with self.trace.span("gather", rows=int(rows.shape[0])):
+            out = self.batch.gather(self.data.train, rows)
         self.timers.data_s += time.perf_counter() - t0
         return out

@@ -127,11 +127,11 @@ def resume(run: Run) -> None:
 
 
 def check_outputs(cfg: Config, comm: Comm) -> None:
-    """Collective: the root makes sure it can write --save and --metrics (their folders made, a probe file
+    """Collective: the root makes sure it can write --save, --metrics and --trace (their folders made, a probe file
     written and removed), so that a bad path is one clear error before the first step."""
     err = None
     if comm.is_root:
-        for flag, path in (("--save", cfg.save), ("--metrics", cfg.metrics)):
+        for flag, path in (("--save", cfg.save), ("--metrics", cfg.metrics), ("--trace", cfg.trace)):
             if not path:
                 continue
             try:

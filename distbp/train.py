@@ -34,6 +34,7 @@ from distbp.shard import epoch_permutation, global_batches, rank_slice
 from distbp.sync import make_sync
 from distbp.memory import check_fits_machine
 from distbp.sync.base import GradientSync, Layout, ModelShape
+from distbp.trace import NULL_TRACER, PHASES, NullTracer, Tracer, align_clocks, parse_steps
 from distbp.watchdog import HEARTBEAT_PREFIX, Watchdog, remove_abandoned_heartbeats
 
 
@@ -61,8 +62,11 @@ def setup(cfg: Config, comm: Comm) -> Run:
         lock = claim_checkpoint_dir(cfg, comm) if cfg.checkpoint_dir else None
         watchdog.attach_heartbeats(heartbeat_dir(cfg, comm))
         run_id = new_run_id(comm)
+        tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
-    run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=run_id, lock=lock)
+    run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=run_id, lock=lock, trace=tracer)
+    model.trace = watchdog.trace = tracer
+    sync.attach_trace(tracer)
     if faults.PLAN:
         run.sync = faults.FaultySync(sync, run)  # test hook: the planned fault fires inside the step
     if cfg.resume:
@@ -73,6 +77,18 @@ def setup(cfg: Config, comm: Comm) -> Run:
             release_checkpoint_dir(run)  # a refused resume leaves the directory to the next job
             raise
     return run
+
+
+def start_trace(cfg: Config, comm: Comm) -> Tracer | NullTracer:
+    """[dist] --trace: this rank's tracer, its clock offset to the root measured now; else the null one."""
+    if not cfg.trace:
+        return NULL_TRACER
+    tracer = Tracer(cfg.trace, comm.rank, parse_steps(cfg.trace_steps))
+    t0 = tracer.now()
+    rtts = align_clocks(tracer, comm)
+    tracer.complete("clock alignment", t0, tracer.now() - t0, PHASES,
+                    **({"best_rtt_us": [round(r, 1) for r in rtts]} if rtts else {}))
+    return tracer
 
 
 def load_data(cfg: Config, ranks: int) -> tuple[Dataset | None, Exception | None]:
@@ -154,17 +170,20 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
 
     Returns (Σ loss, correct) over all ranks.
     """
-    sync, t = run.sync, run.timers
+    sync, t, tr = run.sync, run.timers, run.trace
     data_before = t.data_s
     with run.watchdog.section("gradient allreduce", run.pos.step):
         t1 = time.perf_counter()
-        loss, correct = sync.local_gradient(run.gather_train, rows, batch_rows)  # 2, and [dist] 3 starts
+        with tr.span("local gradient", rows=int(rows.shape[0])):
+            loss, correct = sync.local_gradient(run.gather_train, rows, batch_rows)  # 2, and [dist] 3 starts
         t2 = time.perf_counter()
-        sync.finish()  # [dist] ∇L (or this rank's part of it), identical on every rank
-        totals = agreed_totals(run, loss, correct, sync.all_finite())
+        with tr.span("finish"):
+            sync.finish()  # [dist] ∇L (or this rank's part of it), identical on every rank
+        with tr.span("scalar allreduce"):
+            totals = agreed_totals(run, loss, correct, sync.all_finite())
     t3 = time.perf_counter()
     if np.isfinite(totals[0]) and totals[2] == 0:
-        with run.watchdog.section("parameter update", run.pos.step):
+        with run.watchdog.section("parameter update", run.pos.step), tr.span("update"):
             sync.apply(run.model.flat_params, lr_scale(run.cfg, batch_rows))  # 4
     else:
         handle_nonfinite(run, totals[0], sync.nonfinite_layers())
@@ -233,7 +252,8 @@ def fit(run: Run) -> list[dict]:
         pos.batch = 0
         pos.loss_sum = pos.correct = pos.seen = 0.0
         if cfg.checkpoint_dir and (pos.epoch % cfg.checkpoint_every == 0 or pos.epoch == cfg.epochs):
-            save(run)
+            with run.trace.span("checkpoint", step=pos.step):
+                save(run)
     if metrics_file:
         metrics_file.close()
     if pos.skipped and run.comm.is_root:
@@ -253,7 +273,9 @@ def run_epoch(run: Run) -> None:
     while pos.batch < len(batches):
         start, stop = batches[pos.batch]
         r0, r1 = run.sync.my_rows(stop - start)
-        loss, correct = train_step(run, perm[start + r0:start + r1], stop - start)
+        run.trace.at_step(pos.step)  # --trace: write the last step's events; the --trace-steps window
+        with run.trace.span("step", step=pos.step, epoch=pos.epoch):
+            loss, correct = train_step(run, perm[start + r0:start + r1], stop - start)
         pos.loss_sum += loss
         pos.correct += correct
         pos.seen += stop - start
@@ -264,7 +286,8 @@ def run_epoch(run: Run) -> None:
             with run.watchdog.section("parameter check", pos.step):
                 comm.check_identical(run.model.flat_params, pos.step)  # [dist] ranks still agree?
         if cfg.checkpoint_dir and cfg.checkpoint_steps and pos.step % cfg.checkpoint_steps == 0:
-            save(run)
+            with run.trace.span("checkpoint", step=pos.step):
+                save(run)
         keep_claim(run)
     bar.close()
 

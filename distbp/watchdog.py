@@ -18,6 +18,7 @@ from distbp.checks import rank_list
 from distbp.comm import Comm
 from distbp.errors import StallError
 from distbp.procs import process_alive
+from distbp.trace import NULL_TRACER, PHASES
 
 STALL_EXIT_CODE = 124
 
@@ -46,6 +47,7 @@ class Watchdog:
         self._last: tuple[str, int] = ("start-up", 0)
         self._stopped = threading.Event()
         self._thread = None
+        self.trace = NULL_TRACER  # --trace: sections become slices on the "phases" track
         self._beat_s = min(self.BEAT_S, self.timeout / 6)
         self.attach_heartbeats(heartbeat_dir)
         if self.timeout > 0:
@@ -62,6 +64,15 @@ class Watchdog:
     @contextlib.contextmanager
     def section(self, what: str, step: int):
         """Time the enclosed phase; nested sections restore the outer one on exit."""
+        if self.trace.on:
+            with self.trace.span(what, PHASES, step=step), self._timed(what, step):
+                yield
+            return
+        with self._timed(what, step):
+            yield
+
+    @contextlib.contextmanager
+    def _timed(self, what: str, step: int):
         if self._thread is None:
             yield
             return

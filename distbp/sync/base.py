@@ -162,6 +162,9 @@ class GradientSync:
     def reset_stats(self) -> None:
         """Start the counters of a new epoch."""
 
+    def attach_trace(self, tracer) -> None:
+        """--trace: record this strategy's communication on `tracer` (default: nothing of its own)."""
+
 
 class ReplicatedUpdate:
     """The part of a strategy whose ranks all hold the whole ∇L (`self.grad`) and apply the whole update

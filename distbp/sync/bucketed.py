@@ -66,6 +66,9 @@ class BucketedSync(GradientSync):
     def reset_stats(self) -> None:
         self.reducer.reset_stats()
 
+    def attach_trace(self, tracer) -> None:
+        self.reducer.trace = tracer
+
 
 class AddAccumulated:
     """Backward hooks for the last micro-batch: grad += acc layer by layer, then pass the news on."""
