@@ -1,6 +1,7 @@
-"""Cost and benefit of --accumulate and --shard-optimizer (and --reproducible), side by side.
+"""Cost and benefit of --accumulate and --shard-optimizer (and --reproducible, --trace), side by side.
 
-    .venv/bin/python benchmarks/features.py [--ranks 1,2] [--steps 20] [--out results/features.json] [--plot PNG]
+    .venv/bin/python benchmarks/features.py [--ranks 1,2] [--steps 20] [--variants plain,trace]
+                                            [--out results/features.json] [--plot PNG]
 
 Part 1 (model, no run): memory per rank against the rank count, with and without
 sharded optimizer state, from distbp.memory (which tests check against the buffers
@@ -15,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +35,8 @@ VARIANTS = {
     "reproducible": {"reproducible": True, "micro_batch": 64},
     # fewer, larger blocks: less per-block work (each block writes a whole dW and converts it to int64)
     "reproducible mb 128": {"reproducible": True, "micro_batch": 128},
+    # every event of the step recorded and written to the rank's trace file after the step
+    "trace": {"trace": "TRACE"},
 }
 
 
@@ -47,12 +52,14 @@ def worker(args) -> None:
     comm = world()
     runs = {}
     rows = args.batch * 4
-    for name, extra in VARIANTS.items():
+    trace_dir = comm.allgather_object(tempfile.mkdtemp(prefix="distbp-features-") if comm.is_root else None)[0]
+    for name in args.variants.split(","):
+        extra = {k: (f"{trace_dir}/trace.json" if v == "TRACE" else v) for k, v in VARIANTS[name].items()}
         cfg = validate(Config(data=f"synthetic:rows={rows},features=784,classes=10,test=16", layers=LAYERS,
                               batch_size=args.batch, optimizer="adam", lr=1e-4, progress="none", timeout=0,
                               check_every=0, **extra))
         runs[name] = train.setup(cfg, comm)
-    perm = epoch_permutation(runs["plain"].data.train.n_rows, 0, 0)
+    perm = epoch_permutation(next(iter(runs.values())).data.train.n_rows, 0, 0)
     start, stop = global_batches(len(perm), args.batch)[0]
     times = {name: [] for name in runs}
     for i in range(args.steps + 2):
@@ -62,12 +69,18 @@ def worker(args) -> None:
                 train.train_step(run, perm[start + r0:start + r1], stop - start)  # of another's thread pools
             comm.barrier()
             t0 = time.perf_counter()
-            train.train_step(run, perm[start + r0:start + r1], stop - start)
+            run.trace.at_step(i)  # as run_epoch does: writes the last step's events (nothing when untraced)
+            with run.trace.span("step", step=i):
+                train.train_step(run, perm[start + r0:start + r1], stop - start)
             dt = comm.max_scalar(time.perf_counter() - t0)  # the slowest rank sets the step time
             if i >= 2:  # the first calls compile
                 times[name].append(dt)
     for run in runs.values():
         run.watchdog.stop()
+        run.trace.close_part()
+    comm.barrier()
+    if comm.is_root:
+        shutil.rmtree(trace_dir, ignore_errors=True)
     if comm.is_root:
         out = {}
         for name, run in runs.items():
@@ -98,6 +111,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--lead", type=int, default=1, help="untimed steps before each timed one (OpenBLAS's idle "
                                                         "threads spin ~0.1 s after a GEMM on 2 threads)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--out", default="results/features.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -113,13 +127,13 @@ def main() -> None:
         threads = max(1, len(os.sched_getaffinity(0)) // p)
         cmd = [sys.executable, str(ROOT / "launch/local"), "-n", str(p), "--threads", str(threads), "python",
                __file__, "--worker", "--batch", str(args.batch), "--steps", str(args.steps),
-               "--lead", str(args.lead)]
+               "--lead", str(args.lead), "--variants", args.variants]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"worker failed on {p} ranks:\n{out.stdout}\n{out.stderr}")
         res = json.loads(line[7:])
-        base = res["plain"]["step_s"]
+        base = res["plain"]["step_s"] if "plain" in res else next(iter(res.values()))["step_s"]
         for name, r in res.items():
             measured.append({"ranks": p, "threads": threads, "variant": name, "step ms": 1e3 * r["step_s"],
                              "vs plain": r["step_s"] / base, "samples/s": args.batch / r["step_s"],

@@ -4,7 +4,8 @@ A trace is the JSON object distbp writes at the end of a run ({"traceEvents": [.
 failure, one rank's `PATH.rank<R>.json` (a JSON array of events). `check_events` holds a trace to the
 trace-event format's rules that distbp relies on: the required fields of each phase, and slices on
 one track that nest (none overlaps another without containing it). `plot_step` draws one step's
-timeline, one band per rank (its main track by nesting depth, then the buckets in flight), as a PNG.
+timeline, one band per rank (its main track stacked by nesting depth: step, then its phases, then forward and
+backward per layer and the progress calls inside them; below it the buckets in flight), as a PNG.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def plot_step(events: list[dict], out: str, step: int | None = None, title: str 
     t1 = max(e for _, e in steps[step].values())
     ranks = sorted(steps[step])
     buckets = bucket_spans(events)
-    fig, ax = plt.subplots(figsize=(11, 1.0 + 1.3 * len(ranks)))
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 1.2 * len(ranks)))
     yticks, ylabels, y = [], [], 0.0
     for rank in ranks:
         mine = [e for e in events if e.get("ph") == "X" and e["pid"] == rank and e.get("tid", 0) == 0
@@ -137,15 +138,15 @@ def plot_step(events: list[dict], out: str, step: int | None = None, title: str 
                 lanes.append(end)
             ax.broken_barh([((start - t0) / 1000, (end - start) / 1000)], (y - 0.25 - 0.12 * lane, 0.1),
                            facecolors="#c44e52", alpha=0.6)
-        y += 1.6
+        y -= 1.6  # the next rank below: rank 0 on top
     ax.set_yticks(yticks, ylabels)
     ax.set_xlabel(f"ms since the start of step {step}")
     ax.set_xlim(0, (t1 - t0) / 1000 * 1.01)
     legend = ["forward", "backward", "progress", "wait", "scalar allreduce", "update", "gather"]
     handles = [Patch(color=_colour(n), label=n) for n in legend]
     handles.append(Patch(color="#c44e52", alpha=0.6, label="bucket in flight (below each rank)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(ranks) < 3 else -0.2),
-              ncol=4, fontsize=8, frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, fontsize=8,
+              frameon=False)
     ax.set_title(title or f"distbp --trace: step {step}")
     fig.tight_layout()
     fig.savefig(out, dpi=120)

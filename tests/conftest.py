@@ -36,3 +36,39 @@ def pytest_configure(config):
     if MPI.COMM_WORLD.rank > 0:
         config.option.verbose = -2
         config.option.no_header = True
+
+
+SESSION_START = __import__("time").time()
+
+
+def _mapped_anywhere() -> set[str]:
+    """Files under /dev/shm that a live process has mapped (from every /proc/PID/maps we may read)."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split(maxsplit=5)[5].strip() for line in maps.read_text().splitlines()
+                          if "/dev/shm/" in line and len(line.split(maxsplit=5)) == 6)
+        except OSError:
+            continue
+    return mapped
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the shared-memory segments of MPICH jobs this session killed (SIGKILL leaves them in /dev/shm,
+    2-3 MB each), keeping any that a live process still maps or that are older than the session."""
+    segments = []
+    for path in Path("/dev/shm").glob("mpich_shm_*"):
+        try:
+            if path.stat().st_mtime >= SESSION_START:
+                segments.append(path)
+        except OSError:
+            continue  # gone meanwhile
+    if not segments:
+        return
+    in_use = _mapped_anywhere()
+    for path in segments:
+        if str(path) not in in_use:
+            try:
+                path.unlink()
+            except OSError:
+                pass
