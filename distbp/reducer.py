@@ -149,11 +149,12 @@ class GradientReducer:
             self._open.append((i, ident))
         self.start_bucket(i)
 
-    def _traced_done(self) -> None:
-        """Every started bucket is complete: end their async slices."""
-        for i, ident in self._open:
+    def _traced_done(self, still_in_flight: int = 0) -> None:
+        """The started buckets but the last `still_in_flight` are complete: end their async slices."""
+        done = len(self._open) - still_in_flight
+        for i, ident in self._open[:done]:
             self.trace.async_end(f"bucket {i}", ident)
-        self._open.clear()
+        del self._open[:done]
 
     def start_bucket(self, i: int) -> None:
         """Start bucket i's sum over ranks (subclasses change what a bucket's collective is)."""
@@ -192,6 +193,8 @@ class GradientReducer:
     def _advance_now(self) -> None:
         if self.ring is not None:
             self.ring.progress()
+            if self._open:
+                self._traced_done(self.ring.in_flight)  # the ring finishes its buffers in order
         if self._handles and self.comm.test_all(self._handles) and self.ring is None and self._open:
             self._traced_done()  # MPI says every started bucket is complete
 

@@ -49,6 +49,11 @@ class RingAllreduce:
         if self.size > 1:
             self._queue.append(_RingOp(buf, self.size))
 
+    @property
+    def in_flight(self) -> int:
+        """Buffers started and not yet summed (they complete in the order they were started)."""
+        return len(self._queue)
+
     def progress(self) -> bool:
         """Advance without blocking as far as the messages allow; True when nothing is left in flight."""
         return self._advance(block=False)
