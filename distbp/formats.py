@@ -21,9 +21,25 @@ def read_npz(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as archive:
             if "X" not in archive.files or "y" not in archive.files:
                 raise ValueError(f"needs arrays 'X' and 'y', found {archive.files}")
-            return {key: archive[key] for key in ("X", "y", "X_test", "y_test") if key in archive.files}
+            keys = [key for key in ("X", "y", "X_test", "y_test") if key in archive.files]
+            # the members' headers say how big they are: refuse what cannot fit before decompressing any
+            check_fits_memory(path, sum(_npz_member_bytes(archive, key) for key in keys), "its arrays")
+            return {key: archive[key] for key in keys}
+    except MemoryError as error:
+        raise ValueError(f"{path}: cannot read: out of memory ({error})") from error
     except Exception as error:  # zip, zlib and header errors all mean a corrupt file
+        if isinstance(error, ValueError) and str(error).startswith(f"{path}:"):
+            raise
         raise ValueError(f"{path}: cannot read: {error}") from error
+
+
+def _npz_member_bytes(archive, key: str) -> int:
+    """Bytes of the array `key` of an open .npz, from its .npy header alone."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(member))
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def _npy(path: Path) -> np.ndarray:
@@ -109,6 +125,33 @@ def _check_fits_memory(path: Path, nbytes: int) -> None:
                          f"{have / 2**30:.1f} GiB of memory")
 
 
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable; the physical memory where /proc has none)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(path: Path, nbytes: int, what: str) -> None:
+    """Refuse to read `nbytes` of `path` when this node's ranks, each reading its own copy, would not fit.
+
+    Every rank holds the whole dataset, so the ranks sharing this node need nbytes each.
+    """
+    from distbp.threads import local_rank_count
+
+    ranks = local_rank_count()
+    have = available_memory()
+    if nbytes * ranks > have:
+        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
+        raise ValueError(f"{path}: {what} need {nbytes / 2**20:,.0f} MiB{each}, more than the "
+                         f"{have / 2**20:,.0f} MiB this machine has available")
+
+
 def read_idx_directory(path: Path) -> tuple[dict, dict]:
     """MNIST train (and t10k) images and labels, and the file each came from."""
     images, labels = _idx_file(path, "train-images-idx3-ubyte"), _idx_file(path, "train-labels-idx1-ubyte")
@@ -124,29 +167,58 @@ def read_idx_directory(path: Path) -> tuple[dict, dict]:
     return {key: _idx(file) for key, file in files.items()}, files
 
 
+CSV_CHUNK_ROWS = 4096  # rows parsed into Python floats at a time, then packed into a float64 block
+
+
 def read_csv(path: Path) -> dict:
-    """Header row, then numeric rows; the label column is 'label' if present, else the last one."""
+    """Header row, then numeric rows; the label column is 'label' if present, else the last one.
+
+    Bounded: rows are parsed a block at a time into float64 arrays, so the reader holds the table's
+    8 bytes per cell plus one block of Python floats. After each block it projects the table's rows
+    from the share of the file read so far and stops with an error as soon as the rest (and the final
+    copy) would not fit in the memory this machine has available: a file that cannot fit is refused
+    after its first block, not when the machine runs out.
+    """
+    size = max(1, path.stat().st_size)
+    consumed = [0]
+
+    def counted(stream):
+        for text in stream:
+            consumed[0] += len(text)  # characters: bytes, for the digits, signs and commas of a numeric CSV
+            yield text
+
     with open(path, newline="") as stream:
-        reader = csv.reader(stream)
+        reader = csv.reader(counted(stream))
         header = next(reader, None)
         if not header:
             raise ValueError(f"{path}: empty dataset (no header row)")
         label = header.index("label") if "label" in header else len(header) - 1
-        values = []
+        blocks, block, rows = [], [], 0
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != len(header):
                 raise ValueError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
             try:
-                values.append([float(cell) for cell in row])
+                block.append([float(cell) for cell in row])
             except ValueError:
                 column = next(i for i, cell in enumerate(row) if not _is_float(cell))
                 raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
                                  f"non-numeric cell {row[column]!r}") from None
-    if not values:
+            if len(block) == CSV_CHUNK_ROWS:
+                blocks.append(np.array(block))
+                rows += len(block)
+                block = []
+                projected = int(rows * size / max(1, consumed[0]))
+                # still to come: the blocks not read yet, and the final table that concatenates them all
+                check_fits_memory(path, (2 * projected - rows) * len(header) * 8,
+                                  f"its about {projected:,} rows (projected from the first {rows:,})")
+    if block:
+        blocks.append(np.array(block))
+    if not blocks:
         raise ValueError(f"{path}: empty dataset (no rows after the header)")
-    table = np.array(values)
+    table = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    del blocks
     y = table[:, label]
     if not (np.isfinite(y) & (y == np.round(y))).all():
         bad = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
