@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import traceback
 
 from distbp import threads
@@ -80,19 +81,34 @@ def prepare_environment(argv: list[str]) -> tuple[int, str | None]:
 
 def train_main(argv: list[str]) -> int:
     n_threads, thread_note = prepare_environment(argv)
-    import argparse
-
-    from distbp.comm import DistbpError, world
-    from distbp.config import ConfigError, add_arguments, from_sources
+    from distbp.comm import world
     from distbp.launcher import launcher_rank, split_job_error
 
     comm = world()
-    is_root = comm.is_root
     split = split_job_error(comm.size, comm.library)
     if split:  # every process is its own 1-rank job: the launcher's rank 0 reports it, all stop
         if launcher_rank() == 0:
             print(f"distbp: error: {split}", file=sys.stderr, flush=True)
         return comm.exit_quietly(2)
+    watch = None
+    if threading.current_thread() is threading.main_thread():
+        from distbp.interrupts import InterruptWatch
+        watch = InterruptWatch(comm)  # ctrl-c reaches a rank blocked inside MPI too
+    try:
+        return _train(argv, comm, n_threads, thread_note, watch)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch) -> int:
+    """train_main once the job's ranks are known: parse, set up, fit, save; every ending handled here."""
+    import argparse
+
+    from distbp.comm import DistbpError
+    from distbp.config import ConfigError, add_arguments, from_sources
+
+    is_root = comm.is_root
     parser = argparse.ArgumentParser(prog="distbp train", exit_on_error=False,
                                      description="Train an MLP by backpropagation, data-parallel over MPI ranks.")
     add_arguments(parser)
@@ -151,16 +167,15 @@ def train_main(argv: list[str]) -> int:
             return 2  # a rank is missing: leave the ending to MPI_Abort
         return comm.exit_quietly(2)
     except KeyboardInterrupt:
+        # ctrl-c reaches every rank (mpiexec forwards it). The root says so once: from here, or, when its
+        # main thread is stuck inside a collective, from the InterruptWatch's thread (which then ends the job)
+        reports = watch is None or watch.claim()
+        if is_root and reports:
+            from distbp.interrupts import INTERRUPTED
+            print(f"distbp: {INTERRUPTED}", file=sys.stderr, flush=True)
         if run is not None:
             run.trace.close_part()
-        # ctrl-c reaches every rank (mpiexec forwards it). The root says so once; but a root caught inside a
-        # collective sees it only when its peers join, which they will not: after a short wait, a rank
-        # whose root did not come says so itself (mpiexec then ends the root)
-        agreed = comm.barrier_within(3.0)
-        if is_root or not agreed:
-            who = "" if is_root else f"rank {comm.rank}: "
-            print(f"distbp: {who}interrupted; checkpoints written so far are kept (resume with --resume)",
-                  file=sys.stderr, flush=True)
+        comm.barrier_within(3.0)  # let the others stop too before this rank's exit ends the job
         return comm.exit_quietly(130, finalize=False)
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         sys.stderr.write(traceback.format_exc())  # one write: less to lose if the job ends now

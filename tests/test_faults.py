@@ -250,3 +250,35 @@ def test_heartbeat_folders_of_jobs_that_ended_abnormally_are_removed(tmp_path):
                 f.unlink()
             if folder.exists():
                 folder.rmdir()
+
+
+def test_ctrl_c_reaches_a_root_blocked_in_a_collective(tmp_path):
+    # rank 1 stops itself (SIGSTOP) at step 3, so the root waits inside the gradient allreduce, where Python
+    # never runs a signal handler; the root's InterruptWatch thread hears the ctrl-c, says so, ends the job
+    marker = tmp_path / "fired"
+    python = sys.executable
+    cmd = [str(Path(python).parent / "mpiexec"), "-n", "2", python, "-m", "mpi4py", "-m", "distbp", "train",
+           "--data", "synthetic:rows=4000,features=16,classes=4", "--epochs", "1000", "--progress", "none",
+           "--timeout", "120", "--save", str(tmp_path / "p.npz")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTBP_THREADS="1",
+               DISTBP_INJECT_FAULT="1:3:stall", DISTBP_INJECT_FAULT_ONCE=str(marker))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 90
+    while not marker.exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the stall never fired"
+        time.sleep(0.1)
+    time.sleep(1.0)  # the root is in the allreduce by now
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running 60 s after ctrl-c (the watchdog's --timeout is 120 s)\n{out}\n{err}")
+    assert proc.returncode != 0
+    assert time.monotonic() - sent < 30, err  # the 2 s grace, then the job's end; not the 120 s watchdog
+    assert err.count("interrupted;") == 1 and "distbp: interrupted;" in err, err  # the root's own line
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not (tmp_path / "p.npz").exists()
