@@ -2,7 +2,10 @@
 one clear message naming the cause: printed once by the root, not once per rank, and never a hang."""
 
 import gzip
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +296,44 @@ def test_a_clear_error_ends_the_job_without_mpi_abort_lines(tmp_path):
     done = run_job(2, [*TRAIN, "--data", good_npz(tmp_path), *LAYERS, "--lr", "-1"], timeout=60)
     assert done.returncode == 2, done.output
     assert "Abort(" not in done.stdout + done.stderr, done.output
+
+
+def peak_rss_of(args: list[str]) -> tuple[int, subprocess.CompletedProcess]:
+    """Run `python -m distbp train args` (one process) and return its peak resident memory in bytes."""
+    code = ("import json, resource, subprocess, sys\n"
+            "done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=120)\n"
+            "print(json.dumps({'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,\n"
+            "                  'code': done.returncode, 'err': done.stderr}))\n")
+    env = dict(os.environ, DISTBP_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "distbp", "train", *args],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    return got["rss"], subprocess.CompletedProcess(args, got["code"], "", got["err"])
+
+
+def idx_claiming_a_terabyte(d: Path) -> str:
+    """MNIST files whose gzipped image header claims 10^12 bytes (the stream holds 1 MiB of zeros)."""
+    header = bytes([0, 0, 0x08, 3]) + np.array([10**6, 10**3, 10**3], dtype=">u4").tobytes()
+    with gzip.open(d / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + bytes(1 << 20))
+    with gzip.open(d / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 0x08, 1]) + np.array([10**6], dtype=">u4").tobytes() + bytes(10**6))
+    return str(d)
+
+
+MEMORY_CASES = [c for c in CASES if c[0] in ("a stray label", "a built-in set too big for the machine",
+                                            "a layer too big for the machine", "endless file as csv")]
+MEMORY_CASES.append(("an IDX header claiming a terabyte", idx_claiming_a_terabyte, [], 1, ["claims 931.3 GiB"]))
+
+
+def test_inputs_that_would_take_the_machines_memory_are_refused_at_a_small_peak(tmp_path):
+    # the peak of a small good run of the same process is the yardstick: a refusal must stay near it
+    good, done = peak_rss_of([*TRAIN[2:], "--data", good_npz(tmp_path), *LAYERS])
+    assert done.returncode == 0, done.stderr
+    for name, build, flags, _, words in MEMORY_CASES:
+        d = tmp_path / name.replace(" ", "_")
+        d.mkdir()
+        peak, done = peak_rss_of([*TRAIN[2:], "--data", build(d), *flags])
+        assert done.returncode == 2 and all(w in done.stderr for w in words), (name, done.stderr)
+        assert peak < good + (64 << 20), f"{name}: peak {peak >> 20} MiB, a good run's {good >> 20} MiB"
