@@ -15,6 +15,7 @@ import dataclasses
 import os
 import sys
 import threading
+import time
 import traceback
 
 from distbp import threads
@@ -80,6 +81,7 @@ def prepare_environment(argv: list[str]) -> tuple[int, str | None]:
 
 
 def train_main(argv: list[str]) -> int:
+    started = time.monotonic()
     n_threads, thread_note = prepare_environment(argv)
     from distbp.comm import world
     from distbp.launcher import launcher_rank, split_job_error
@@ -95,13 +97,13 @@ def train_main(argv: list[str]) -> int:
         from distbp.interrupts import InterruptWatch
         watch = InterruptWatch(comm)  # ctrl-c reaches a rank blocked inside MPI too
     try:
-        return _train(argv, comm, n_threads, thread_note, watch)
+        return _train(argv, comm, n_threads, thread_note, watch, started)
     finally:
         if watch is not None:
             watch.close()
 
 
-def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch) -> int:
+def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch, started: float) -> int:
     """train_main once the job's ranks are known: parse, set up, fit, save; every ending handled here."""
     import argparse
 
@@ -133,8 +135,12 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         if cfg.dry_run:
             return dry_run(cfg, comm)
         run = train.setup(cfg, comm)
+        from distbp.warmup import shared_warmup, startup_line
+        compiled = shared_warmup(run)  # [dist] the root compiles the kernels, the others load them
+        run.startup_s = time.monotonic() - started
         if is_root:
             print(header(run, thread_note), flush=True)
+            print(startup_line(run.startup_s, compiled), flush=True)
         train.fit(run)
         if cfg.save:
             runstate.save_params(run, cfg.save)

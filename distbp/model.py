@@ -295,12 +295,13 @@ class MLP:
         out = (self._ws if workspace is None else workspace).a[-1][:y.shape[0]]
         return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
-    def loss_into(self, X: np.ndarray, y: np.ndarray) -> float:
-        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); count_correct reads its outputs."""
+    def loss_into(self, X: np.ndarray, y: np.ndarray, workspace: Workspace | None = None) -> float:
+        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); count_correct reads its outputs
+        (from `workspace`, if given, instead of the model's own)."""
         n = X.shape[0]
         if n == 0:
             return 0.0
-        ws = self._workspace(n)
+        ws = self._workspace(n) if workspace is None else workspace
         self._forward(X, ws, n)
         z = ws.z[-1][:n]
         self.loss.loss_delta(z, y, ws.a[-1][:n], z, ws.row_loss[:n])

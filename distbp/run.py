@@ -79,6 +79,7 @@ class Run:
     lock: str | None = None  # the root's lock on cfg.checkpoint_dir (its path), else None
     lock_refreshed: float = field(default_factory=time.monotonic)
     trace: Tracer | NullTracer = NULL_TRACER  # --trace: this rank's timeline
+    startup_s: float = 0.0  # seconds from the launch to the first step (set by the CLI)
 
     def gather_train(self, rows: np.ndarray, into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Training rows into the run's buffers, or a strategy's own (`into`), as views (what strategies call).

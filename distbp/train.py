@@ -313,6 +313,8 @@ def epoch_metrics(run: Run, elapsed: float) -> dict:
         "steps": pos.step,
         "skipped_nonfinite": pos.skipped,
         "ranks": run.comm.size,
+        # this launch's start-up (data, model, compiling kernels) in its first epoch's record, not in its time
+        "startup_s": run.startup_s if not run.history else 0.0,
     }
 
 

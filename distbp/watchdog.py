@@ -62,22 +62,28 @@ class Watchdog:
             self._beat(None, self._last)  # at once: a rank may stall before the thread's next beat
 
     @contextlib.contextmanager
-    def section(self, what: str, step: int):
-        """Time the enclosed phase; nested sections restore the outer one on exit."""
+    def section(self, what: str, step: int, at_least: float = 0.0):
+        """Time the enclosed phase; nested sections restore the outer one on exit.
+
+        at_least: seconds this phase may take whatever --timeout says (a long phase that is not a
+        collective's wait, such as waiting while another rank compiles the kernels).
+        """
         if self.trace.on:
-            with self.trace.span(what, PHASES, step=step), self._timed(what, step):
+            with self.trace.span(what, PHASES, step=step), self._timed(what, step, at_least):
                 yield
             return
-        with self._timed(what, step):
+        with self._timed(what, step, at_least):
             yield
 
     @contextlib.contextmanager
-    def _timed(self, what: str, step: int):
+    def _timed(self, what: str, step: int, at_least: float = 0.0):
         if self._thread is None:
             yield
             return
         with self._lock:
-            outer, self._current = self._current, (what, step, time.monotonic())
+            # a phase allowed at_least seconds counts as started that much later, less the timeout
+            start = time.monotonic() + max(0.0, at_least - self.timeout)
+            outer, self._current = self._current, (what, step, start)
             self._last = (what, step)
         try:
             yield

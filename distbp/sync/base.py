@@ -162,6 +162,9 @@ class GradientSync:
     def reset_stats(self) -> None:
         """Start the counters of a new epoch."""
 
+    def warm_up(self) -> None:
+        """Call this strategy's own Numba kernels once on tiny arrays (distbp.warmup; default: it has none)."""
+
     def attach_trace(self, tracer) -> None:
         """--trace: record this strategy's communication on `tracer` (default: nothing of its own)."""
 

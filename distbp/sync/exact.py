@@ -208,6 +208,11 @@ class ExactSync(ReplicatedUpdate, GradientSync):
             correct += corrects[b]
         return loss, correct, max([0.0, *maxima])
 
+    def warm_up(self) -> None:
+        acc, g = np.zeros(4, np.int64), np.zeros(4, self.shape.dtype)
+        add_fixed_point(acc, g, 1.0)
+        from_fixed_point(g, acc, 1.0)
+
     def checkpoint_meta(self) -> dict:
         return {"prev_max_abs_gradient": self.prev_max}  # the next step's scale comes from it
 
