@@ -1,4 +1,4 @@
-"""Which GEMM path the model takes: numpy's matmul into a preallocated out vs np.dot inside @njit.
+"""Which GEMM path the model takes: numpy's matmul into a preallocated out vs np.dot inside @njit vs BLIS.
 
     .venv/bin/python benchmarks/gemm_path.py                       # 784-1024-1024-10, batch 512, 1 and 2 threads
     .venv/bin/python benchmarks/gemm_path.py --threads 1 --repeats 30
@@ -8,7 +8,10 @@ For each product kind of the MLP step, with the transposed views the model uses
 (a@W, aᵀ@δ with aᵀ a view of a row-major a, δ@Wᵀ with Wᵀ a view of W):
 numpy's np.matmul(A, B, out=C), which calls numpy's OpenBLAS, against np.dot(A, B, C)
 inside an @njit function, which calls SciPy's OpenBLAS (another build and thread
-pool). Both run round-robin in one process; the table gives GFLOP/s and the ratio.
+pool), and, when the `blis` package is installed (`pip install blis`: BLIS's kernels for Zen,
+Haswell and SkylakeX, chosen at run time), blis.py.gemm with the same transposes, which
+runs on one thread (that build has no thread pool: its 2-thread figures are 1-thread ones).
+All run round-robin in one process; the table gives GFLOP/s and the ratios.
 It also checks that np.matmul with the transposed views makes no hidden copy
 (it would show as a large allocation during the call).
 """
@@ -31,7 +34,12 @@ from benchmarks.common import interleaved_times, machine, openblas_kernels, prin
 from distbp.threads import blas_threads, cores_available, set_threads  # noqa: E402
 
 
-PATHS = ("numpy", "njit")
+try:
+    from blis.py import gemm as blis_gemm
+except ImportError:  # optional: the benchmark then compares the two OpenBLAS paths
+    blis_gemm = None
+
+PATHS = ("numpy", "njit") + (("blis",) if blis_gemm is not None else ())
 
 
 @njit(cache=True)
@@ -61,14 +69,17 @@ def products(sizes: list[int], n: int, dtype) -> list[dict]:
         fl = 2 * n * fi * fo
         out.append({"name": f"a@W     {n}x{fi} @ {fi}x{fo}", "flops": fl,
                     "numpy": lambda a=a, W=W, z=z: np.matmul(a, W, out=z),
-                    "njit": lambda a=a, W=W, z=z: dot_a_w(a, W, z)})
+                    "njit": lambda a=a, W=W, z=z: dot_a_w(a, W, z),
+                    "blis": lambda a=a, W=W, z=z: blis_gemm(a, W, out=z, beta=0.0)})
         out.append({"name": f"aT@d    {fi}x{n} @ {n}x{fo}", "flops": fl,
                     "numpy": lambda a=a, d=d, dW=dW: np.matmul(a.T, d, out=dW),
-                    "njit": lambda a=a, d=d, dW=dW: dot_at_d(a, d, dW)})
+                    "njit": lambda a=a, d=d, dW=dW: dot_at_d(a, d, dW),
+                    "blis": lambda a=a, d=d, dW=dW: blis_gemm(a, d, out=dW, trans1=True, beta=0.0)})
         if l > 0:
             out.append({"name": f"d@WT    {n}x{fo} @ {fo}x{fi}", "flops": fl,
                         "numpy": lambda d=d, W=W, g=g: np.matmul(d, W.T, out=g),
-                        "njit": lambda d=d, W=W, g=g: dot_d_wt(d, W, g)})
+                        "njit": lambda d=d, W=W, g=g: dot_d_wt(d, W, g),
+                        "blis": lambda d=d, W=W, g=g: blis_gemm(d, W, out=g, trans2=True, beta=0.0)})
     return out
 
 
@@ -98,6 +109,13 @@ def main(argv=None) -> None:
     # libraries already loaded, so call every path once before setting threads
     for pr in prods:
         pr["njit"]()
+    if blis_gemm is not None:  # same results as numpy's, so the comparison is of equals
+        for pr in prods:
+            pr["numpy"]()
+            want = pr["numpy"].__defaults__[-1].copy()
+            pr["blis"]()
+            got = pr["blis"].__defaults__[-1]
+            assert np.allclose(got, want, rtol=1e-3, atol=1e-3), pr["name"]
 
     rows, results = [], []
     for t in dict.fromkeys(int(x) for x in args.threads.split(",")):
@@ -120,6 +138,9 @@ def main(argv=None) -> None:
                  "njit np.dot GFLOP/s": pr["flops"] / med[(k, "njit")] / 1e9,
                  "numpy/njit": med[(k, "njit")] / med[(k, "numpy")],
                  "matmul alloc bytes": hidden_copy_bytes(pr["numpy"])}
+            if "blis" in PATHS:
+                r["blis GFLOP/s"] = pr["flops"] / med[(k, "blis")] / 1e9
+                r["numpy/blis"] = med[(k, "blis")] / med[(k, "numpy")]
             rows.append(r)
             results.append(r)
         tot = sum(pr["flops"] for pr in prods)
@@ -128,9 +149,14 @@ def main(argv=None) -> None:
                      "njit np.dot GFLOP/s": tot / sum(med[(k, "njit")] for k in range(len(prods))) / 1e9,
                      "numpy/njit": sum(med[(k, "njit")] for k in range(len(prods)))
                      / sum(med[(k, "numpy")] for k in range(len(prods)))})
+        if "blis" in PATHS:
+            rows[-1]["blis GFLOP/s"] = tot / sum(med[(k, "blis")] for k in range(len(prods))) / 1e9
+            rows[-1]["numpy/blis"] = (sum(med[(k, "blis")] for k in range(len(prods)))
+                                      / sum(med[(k, "numpy")] for k in range(len(prods))))
         results.append(dict(rows[-1], blas_threads=blas_threads()))
-    print_table(rows, ["threads", "product", "numpy matmul GFLOP/s", "njit np.dot GFLOP/s", "numpy/njit",
-                       "matmul alloc bytes"],
+    columns = ["threads", "product", "numpy matmul GFLOP/s", "njit np.dot GFLOP/s", "numpy/njit"]
+    columns += ["blis GFLOP/s", "numpy/blis"] if "blis" in PATHS else []
+    print_table(rows, columns + ["matmul alloc bytes"],
                 title=f"GEMM path, {args.dtype}, MLP {args.layers}, batch {args.batch}, median of {args.repeats}; "
                       f"OpenBLAS kernels {openblas_kernels()}")
     write_json(args.out, {"benchmark": "gemm_path", "layers": sizes, "batch": args.batch, "dtype": args.dtype,

@@ -123,6 +123,39 @@ def torch_step_fn(sizes: list[int], activation: str, dtype: str, X: np.ndarray, 
     return step
 
 
+def phase_cases(model: MLP, X: np.ndarray, y: np.ndarray, grad: np.ndarray, opt) -> dict:
+    """The step's non-GEMM work, each phase on the step's own buffers (the profile's parts).
+
+    Reaches into the model's workspace and kernel lists on purpose: the profile times exactly the
+    kernels loss_and_grad_into calls, with the arrays it calls them on (the step overwrites them).
+    """
+    model.loss_and_grad_into(X, y, grad)  # fills the workspace
+    ws, n, L = model._ws, X.shape[0], model.n_layers - 1
+    grads = model.views(grad)
+    from distbp import kernels
+
+    def elementwise():
+        for l, (_, b) in enumerate(model.params):
+            z = ws.z[l][:n]
+            model._forward_kernels[l](z, ws.a[l][:n] if l < L else z, b)
+        kernels.column_sum(ws.z[L][:n], grads[L][1], ws.partial)
+        for l in range(L, 0, -1):
+            W = model.params[l][0]
+            model._backward_kernels[l - 1](ws.z[l - 1][:n], ws.g[:n, :W.shape[0]], ws.z[l - 1][:n],
+                                           X if l == 1 else ws.a[l - 2][:n], grads[l - 1][1], ws.partial)
+
+    def loss():
+        delta = ws.z[L][:n]
+        model.loss.loss_delta(delta, y, ws.a[L][:n], delta, ws.row_loss[:n])
+        kernels.ordered_sum(ws.row_loss[:n])
+
+    return {"element-wise kernels": elementwise, "loss": loss,
+            "update": lambda: opt.step(model.flat_params, grad)}
+
+
+PHASES = ("gemms", "element-wise kernels", "loss", "update")
+
+
 def set_all_threads(t: int) -> None:
     set_threads(t)
     if "torch" in sys.modules:
@@ -147,7 +180,7 @@ def measure(t: int, args, sizes, X, y) -> dict:
             np.matmul(A, B, out=out)
 
     cases = {"distbp": distbp_step, "numpy": lambda: numpy_step(np_params, X, y, args.activation, LR),
-             "gemms": gemm_all}
+             "gemms": gemm_all, **phase_cases(model, X, y, grad, opt)}
     torch_step = torch_step_fn(sizes, args.activation, args.dtype, X, y) if not args.no_torch else None
     if torch_step is not None:
         cases["torch"] = torch_step
@@ -166,8 +199,11 @@ def measure(t: int, args, sizes, X, y) -> dict:
     mem["optimizer_state"] = sum(a.nbytes for a in opt.state_arrays().values())
     mem["step_total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_state"] + mem["workspace"]
     mem["step_minimum"] = mem["step_total"] - mem["workspace"] + mem["workspace_minimum"]
+    profile = {name: med[name] for name in PHASES}
+    profile["python and the rest"] = med["distbp"] - sum(profile.values())
     res = {
         "threads": t,
+        "profile_ms": {k: 1e3 * v for k, v in profile.items()},
         "seconds": med,
         "seconds_best": best,
         "distbp_over_torch_best": best["torch"] / best["distbp"] if "torch" in best else None,
@@ -235,6 +271,13 @@ def main(argv=None) -> None:
         r = measure(t, args, sizes, X, y)
         results.append(r)
         rows += table_rows(r, torch_missing)
+    profile_rows = [{"threads": r["threads"], "phase": name, "ms per step": ms,
+                     "of the step": f"{100 * ms / (1e3 * r['seconds']['distbp']):.1f}%"}
+                    for r in results for name, ms in r["profile_ms"].items()]
+    print_table(profile_rows, ["threads", "phase", "ms per step", "of the step"],
+                title="where a distbp step's time goes (each phase timed on its own, on the step's buffers; "
+                      "the rest is the step's median minus the phases)")
+    print()
     mem = results[0]["memory_bytes"]
     print_table(rows, ["threads", "case", "ms", "samples/s", "GFLOP/s", "6PN GFLOP/s", "of GEMM rate",
                        "distbp/this"],
