@@ -51,7 +51,9 @@ class InterruptWatch:
                 return
             if signal.SIGINT in data and not self._heard.is_set():
                 self._heard.set()
-                threading.Timer(self.grace_s, self._take_over).start()
+                timer = threading.Timer(self.grace_s, self._take_over)
+                timer.daemon = True  # an exit after the main thread took the interrupt does not wait for it
+                timer.start()
 
     def _take_over(self) -> None:
         with self._lock:

@@ -17,9 +17,11 @@ import numpy as np
 from numba.core import event
 
 from distbp import kernels
+from distbp.errors import StallError
 from distbp.optim import make_optimizer
 
 ROWS = 2  # rows of the warm-up pass: enough to call every kernel
+COMPILE_WAIT_S = 600.0  # how long the other ranks wait for rank 0's compilation
 
 
 class CompileCounter(event.Listener):
@@ -72,9 +74,12 @@ def shared_warmup(run) -> dict:
     with CompileCounter() as counter:
         if comm.rank == 0:
             warm_kernels(run.model, run.cfg.optimizer, run.sync)
-        # the others wait while the root writes the cache: a long phase, bounded on its own
-        with run.watchdog.section("compiling kernels", 0, at_least=600.0):
-            comm.barrier()
+        # the others wait while the root writes the cache: a long phase, bounded on its own, and waited
+        # for by polling with sleeps, so that waiting ranks do not spin on the cores the compiler needs
+        with run.watchdog.section("compiling kernels", 0, at_least=COMPILE_WAIT_S):
+            if not comm.barrier_within(COMPILE_WAIT_S):
+                raise StallError(f"rank {comm.rank}: the kernels were not compiled within {COMPILE_WAIT_S:g} s "
+                                 "(is rank 0 stalled?)")
         if comm.rank != 0:
             warm_kernels(run.model, run.cfg.optimizer, run.sync)
     mine = {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0}
