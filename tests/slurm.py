@@ -118,7 +118,7 @@ class LocalSlurm:
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
             "JobCompType=jobcomp/none", "AccountingStorageType=accounting_storage/none",
             "SlurmctldTimeout=30", "SlurmdTimeout=30", "InactiveLimit=0", "KillWait=5", "MinJobAge=10",
-            f"{_node_line()} State=UNKNOWN",
+            f"{_node_line()} NodeAddr=127.0.0.1 State=UNKNOWN",  # no name lookup of this host needed
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO",
             "",
         ]))
