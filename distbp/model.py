@@ -232,11 +232,8 @@ class MLP:
             return 0.0
         ws = self._workspace(n) if workspace is None else workspace
         tr = self.trace if workspace is None else NULL_TRACER  # other threads' passes are not traced
-        if tr.on:
-            with tr.span("forward", rows=n):
-                self._forward(X, ws, n, tr)
-        else:
-            self._forward(X, ws, n)
+        with tr.span("forward", rows=n):
+            self._forward(X, ws, n, tr)
 
         # output layer: δ = ∂l/∂z from the loss, written over z
         L = self.n_layers - 1

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -59,9 +59,8 @@ class NullTracer:
 
     on = False
 
-    @contextmanager
     def span(self, name: str, tid: int = MAIN, **args):
-        yield
+        return _NOTHING  # one shared do-nothing context: no generator per call in the hot path
 
     def at_step(self, step: int) -> None:
         pass
@@ -73,6 +72,7 @@ class NullTracer:
         pass
 
 
+_NOTHING = nullcontext()
 NULL_TRACER = NullTracer()
 
 
@@ -83,7 +83,7 @@ class Tracer:
         self.path, self.rank, self.window = path, rank, steps
         self.events: list[dict] = []
         self._written = 0
-        self.offset_us = 0.0  # add to this rank's clock to get rank 0's
+        self.offset_us = 0.0  # added to this rank's clock to give rank 0's (set by align_clocks)
         self.on = steps is None or steps[0] == 0
         self.part_path = f"{path}.rank{rank}.json"
         self._part = open(self.part_path, "w")
@@ -93,8 +93,8 @@ class Tracer:
 
     # ---- recording -------------------------------------------------------------------------
     def now(self) -> float:
-        """Microseconds on this rank's clock (aligned by offset_us when written)."""
-        return time.perf_counter_ns() / 1000.0
+        """Microseconds on rank 0's clock: this rank's perf_counter, shifted by offset_us."""
+        return time.perf_counter_ns() / 1000.0 + self.offset_us
 
     @contextmanager
     def span(self, name: str, tid: int = MAIN, **args):
@@ -147,17 +147,11 @@ class Tracer:
                                 "args": {"name": name}})
 
     # ---- writing ---------------------------------------------------------------------------
-    def _aligned(self, events: list[dict]) -> list[dict]:
-        if self.offset_us == 0.0:
-            return events
-        return [dict(e, ts=e["ts"] + self.offset_us) if "ts" in e else e for e in events]
-
     def flush(self) -> None:
         """Append the events recorded since the last flush to this rank's part file."""
         if self._part is None or self._written == len(self.events):
             return
-        new = self._aligned(self.events[self._written:])
-        self._part.write("".join(json.dumps(e) + ",\n" for e in new))
+        self._part.write("".join(json.dumps(e) + ",\n" for e in self.events[self._written:]))
         self._part.flush()
         self._written = len(self.events)
 
@@ -166,7 +160,7 @@ class Tracer:
         if self._part is None:
             return
         self.flush()
-        self._part.write(json.dumps({"name": "trace_end", "ph": "i", "s": "p", "ts": self.now() + self.offset_us,
+        self._part.write(json.dumps({"name": "trace_end", "ph": "i", "s": "p", "ts": self.now(),
                                      "pid": self.rank, "tid": MAIN}) + "\n]\n")
         self._part.close()
         self._part = None
@@ -174,7 +168,7 @@ class Tracer:
     def finish(self, comm) -> None:
         """[dist] The run ended on every rank: the root writes PATH with every rank's events."""
         self.close_part()
-        everything = comm.allgather_object(self._aligned(self.events))
+        everything = comm.allgather_object(self.events)
         if comm.is_root:
             tmp = f"{self.path}.tmp"
             with open(tmp, "w") as f:
@@ -193,6 +187,7 @@ def align_clocks(tracer: Tracer, comm, rounds: int = 8) -> list[float]:
     root notes t1 on receipt; offset_r = (t0 + t1)/2 − t_r from the round with the smallest t1 − t0.
     Returns the round-trip times (µs) of the kept samples on the root (empty elsewhere).
     """
+    tracer.offset_us = 0.0  # the ping-pong compares the ranks' own clocks
     if comm.size == 1:
         return []
     rtts, offsets = [], np.zeros(comm.size)

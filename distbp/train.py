@@ -86,6 +86,7 @@ def start_trace(cfg: Config, comm: Comm) -> Tracer | NullTracer:
     tracer = Tracer(cfg.trace, comm.rank, parse_steps(cfg.trace_steps))
     t0 = tracer.now()
     rtts = align_clocks(tracer, comm)
+    t0 += tracer.offset_us  # the span started on this rank's own clock
     tracer.complete("clock alignment", t0, tracer.now() - t0, PHASES,
                     **({"best_rtt_us": [round(r, 1) for r in rtts]} if rtts else {}))
     return tracer

@@ -68,11 +68,7 @@ class Watchdog:
         at_least: seconds this phase may take whatever --timeout says (a long phase that is not a
         collective's wait, such as waiting while another rank compiles the kernels).
         """
-        if self.trace.on:
-            with self.trace.span(what, PHASES, step=step), self._timed(what, step, at_least):
-                yield
-            return
-        with self._timed(what, step, at_least):
+        with self.trace.span(what, PHASES, step=step), self._timed(what, step, at_least):
             yield
 
     @contextlib.contextmanager

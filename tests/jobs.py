@@ -30,6 +30,14 @@ class Completed:
         return f"$ {' '.join(self.args)}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
 
 
+def load_npz(path) -> dict:
+    """Every array of a saved .npz (a run's --save: W0, b0, W1, b1, …), read into memory."""
+    import numpy as np
+
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
 def launcher_command(n: int, args: list[str], threads: int | None = 1) -> list[str]:
     """launch/local run by this test's python, so the job uses the same venv."""
     thread_args = [] if threads is None else ["--threads", str(threads)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs import REPO, run_job
+from jobs import REPO, load_npz, run_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,11 +102,6 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def load(path: Path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
 def assert_trained(records: list[dict], epochs: int) -> None:
     """One record per epoch with every key; the loss goes down; accuracies are fractions."""
     assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
@@ -127,7 +122,7 @@ def test_two_ranks_train_on_each_format_and_write_params_and_metrics(tmp_path, f
     done = run_job(2, ["distbp", "train", "--data", data, *LAYERS, *QUICK, "--save", str(save),
                        "--metrics", str(metrics)], timeout=90)
     assert done.returncode == 0, done.output
-    params = load(save)
+    params = load_npz(save)
     assert {k: v.shape for k, v in params.items()} == {
         "W0": (FEATURES, 10), "b0": (10,), "W1": (10, CLASSES), "b1": (CLASSES,)}
     records = read_metrics(metrics)
@@ -156,7 +151,7 @@ def test_one_process_trains_without_mpiexec(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "1 rank(s)" in done.stdout
     assert_trained(read_metrics(tmp_path / "m.jsonl"), epochs=4)
-    assert load(tmp_path / "p.npz")["W1"].shape == (10, CLASSES)
+    assert load_npz(tmp_path / "p.npz")["W1"].shape == (10, CLASSES)
 
 
 def test_train_help_exits_zero_and_lists_the_flags(tmp_path):
@@ -190,8 +185,8 @@ def test_config_file_gives_the_same_parameters_as_the_flags_and_a_flag_wins(tmp_
     }
     for name, done in runs.items():
         assert done.returncode == 0, f"{name}: {done.stderr}"
-    flags_p, file_p = load(tmp_path / "flags.npz"), load(tmp_path / "file.npz")
-    low_flags, low_file = load(tmp_path / "flags_low.npz"), load(tmp_path / "file_low.npz")
+    flags_p, file_p = load_npz(tmp_path / "flags.npz"), load_npz(tmp_path / "file.npz")
+    low_flags, low_file = load_npz(tmp_path / "flags_low.npz"), load_npz(tmp_path / "file_low.npz")
     for k in flags_p:
         assert np.array_equal(flags_p[k], file_p[k]), k
         assert np.array_equal(low_flags[k], low_file[k]), k
@@ -259,7 +254,7 @@ def one_rank_params(tmp_path_factory):
             d = tmp_path_factory.mktemp(f"one_rank_b{batch}")
             done = run_job(1, same_run_args(d, batch), timeout=90)
             assert done.returncode == 0, done.output
-            cache[batch] = load(d / "p.npz")
+            cache[batch] = load_npz(d / "p.npz")
         return cache[batch]
     return get
 
@@ -275,7 +270,7 @@ def same_run_args(d: Path, batch: int) -> list[str]:
 def test_p_ranks_save_the_same_parameters_as_one_rank(tmp_path, one_rank_params, ranks, batch):
     done = run_job(ranks, same_run_args(tmp_path, batch), timeout=90)
     assert done.returncode == 0, done.output
-    want, got = one_rank_params(batch), load(tmp_path / "p.npz")
+    want, got = one_rank_params(batch), load_npz(tmp_path / "p.npz")
     assert sorted(got) == sorted(want)
     for k in want:
         assert got[k].dtype == np.float64
@@ -293,5 +288,5 @@ def test_reproducible_saves_bit_identical_files_on_one_to_four_ranks(tmp_path):
         done = run_job(ranks, args, timeout=90, threads=2 if ranks == 1 else 1)
         assert done.returncode == 0, done.output
         # the arrays' bytes: the .npz (zip) itself also stores the time it was written
-        saved[ranks] = {k: v.tobytes() for k, v in load(d / "p.npz").items()}
+        saved[ranks] = {k: v.tobytes() for k, v in load_npz(d / "p.npz").items()}
     assert saved[2] == saved[1] and saved[3] == saved[1] and saved[4] == saved[1]

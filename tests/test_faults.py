@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from distbp.checkpoint import latest_checkpoint
-from jobs import assert_no_orphans, run_job
+from jobs import assert_no_orphans, load_npz, run_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,18 +43,13 @@ def seconds_since(marker) -> float:
     return time.time() - marker.stat().st_mtime
 
 
-def load(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """Parameters of a 2-rank, 2-epoch run without faults (same flags as the interrupted runs)."""
     d = tmp_path_factory.mktemp("uninterrupted")
     done = run_job(2, train(d, "--epochs", "2", "--checkpoint-dir", str(d / "ckpt"), "--checkpoint-steps", "2"))
     assert done.returncode == 0, done.output
-    return load(d / "params.npz")
+    return load_npz(d / "params.npz")
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -82,7 +77,7 @@ def test_a_killed_rank_ends_the_job_and_the_run_resumes_bit_identically(tmp_path
     resumed = run_job(2, train(tmp_path, *flags, "--resume"), timeout=60)
     assert resumed.returncode == 0, resumed.output
     assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout, resumed.output
-    got = load(tmp_path / "params.npz")
+    got = load_npz(tmp_path / "params.npz")
     assert sorted(got) == sorted(uninterrupted)
     for name in got:
         assert np.array_equal(got[name], uninterrupted[name]), name
@@ -96,7 +91,7 @@ def test_launcher_restart_after_a_kill_finishes_bit_identically(tmp_path, uninte
     assert marker.exists()  # the fault fired once, on the first attempt only
     assert "restart 1/1" in done.stderr, done.output
     assert "resumed from" in done.stdout, done.output
-    got = load(tmp_path / "params.npz")
+    got = load_npz(tmp_path / "params.npz")
     for name in uninterrupted:
         assert np.array_equal(got[name], uninterrupted[name]), name
     assert_no_orphans(str(tmp_path))
@@ -164,7 +159,7 @@ def test_skip_nonfinite_finishes_and_counts_the_skipped_update(tmp_path):
     assert done.stderr.count("update skipped") == 1, done.output
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["skipped_nonfinite"] for r in records] == [1, 1]  # a running count
-    params = load(tmp_path / "params.npz")
+    params = load_npz(tmp_path / "params.npz")
     assert all(np.isfinite(a).all() for a in params.values())
 
 
@@ -188,22 +183,33 @@ def test_a_rank_stopped_at_start_up_or_shut_down_is_caught_by_the_watchdog(tmp_p
     assert_no_orphans(str(tmp_path))
 
 
-def interrupted_after_the_first_epoch(cmd: list[str], metrics, env=None) -> subprocess.CompletedProcess:
-    """Start cmd, send SIGINT once the first epoch is in the metrics file, wait (bounded) for its end."""
+def interrupt_when(cmd: list[str], env, ready, waiting_for: str,
+                   wait: float = 30) -> tuple[subprocess.CompletedProcess, float]:
+    """Start cmd, send it SIGINT (as ctrl-c does) once ready() holds, wait at most `wait` s for its end.
+
+    Returns the finished process and the seconds from the SIGINT to its end.
+    """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
-    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no epoch finished in 90 s"
+    while not ready() and proc.poll() is None:
+        assert time.monotonic() < deadline, f"{waiting_for}: not within 90 s"
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
     try:
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"still running 30 s after ctrl-c\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        pytest.fail(f"still running {wait:g} s after ctrl-c\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - sent
+
+
+def interrupted_after_the_first_epoch(cmd: list[str], metrics, env=None) -> subprocess.CompletedProcess:
+    """cmd, sent SIGINT once the first epoch is in the metrics file."""
+    return interrupt_when(cmd, env, lambda: metrics.exists() and metrics.read_text().strip(),
+                          "the first epoch's metrics")[0]
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -262,23 +268,13 @@ def test_ctrl_c_reaches_a_root_blocked_in_a_collective(tmp_path):
            "--timeout", "120", "--save", str(tmp_path / "p.npz")]
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTBP_THREADS="1",
                DISTBP_INJECT_FAULT="1:3:stall", DISTBP_INJECT_FAULT_ONCE=str(marker))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 90
-    while not marker.exists() and proc.poll() is None:
-        assert time.monotonic() < deadline, "the stall never fired"
-        time.sleep(0.1)
-    time.sleep(1.0)  # the root is in the allreduce by now
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"still running 60 s after ctrl-c (the watchdog's --timeout is 120 s)\n{out}\n{err}")
-    assert proc.returncode != 0
-    assert time.monotonic() - sent < 30, err  # the 2 s grace, then the job's end; not the 120 s watchdog
+    # a second after the stall the root is inside the allreduce; without the helper thread the job would
+    # run until the watchdog's 120 s, past interrupt_when's 60 s wait
+    done, seconds = interrupt_when(cmd, env, lambda: marker.exists() and time.time() - marker.stat().st_mtime > 1.0,
+                                   "the stall", wait=60)
+    err = done.stderr
+    assert done.returncode != 0
+    assert seconds < 30, err  # the 2 s grace, then the job's end; not the 120 s watchdog
     assert err.count("interrupted;") == 1 and "distbp: interrupted;" in err, err  # the root's own line
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert not (tmp_path / "p.npz").exists()

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from jobs import REPO, run_job
+from jobs import REPO, load_npz, run_job
 
 THREAD_VARS = ("DISTBP_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -57,11 +57,6 @@ def test_loaded_rows_are_the_same_bytes_on_one_and_two_threads(spec, scale, npz_
     assert data_digest(spec, scale, 1) == data_digest(spec, scale, 2)
 
 
-def load(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
 def train(tmp_path, name, *extra) -> list[str]:
     return ["distbp", "train", "--layers", "40,24,16,7", "--activation", "sigmoid", "--batch-size", "100",
             "--seed", "9", "--progress", "none", "--lr", "0.002", "--optimizer", "adam",
@@ -82,7 +77,7 @@ def test_reproducible_saves_the_same_bytes_on_every_layout(tmp_path, dtype, data
         name = f"{ranks}x{threads}"
         done = run_job(ranks, train(tmp_path, name, *common), timeout=120, threads=threads)
         assert done.returncode == 0, done.output
-        saved[name] = {k: v.tobytes() for k, v in load(tmp_path / f"{name}.npz").items()}
+        saved[name] = {k: v.tobytes() for k, v in load_npz(tmp_path / f"{name}.npz").items()}
     assert all(saved[name] == saved["1x1"] for name in saved), [n for n in saved if saved[n] != saved["1x1"]]
 
 
@@ -96,8 +91,8 @@ def test_reproducible_resumed_on_another_layout_saves_the_same_bytes(tmp_path):
     resumed = run_job(3, train(tmp_path, "resumed", *common, *ck, "--epochs", "2", "--resume"), timeout=120,
                       threads=1)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.output
-    want = {k: v.tobytes() for k, v in load(tmp_path / "straight.npz").items()}
-    assert {k: v.tobytes() for k, v in load(tmp_path / "resumed.npz").items()} == want
+    want = {k: v.tobytes() for k, v in load_npz(tmp_path / "straight.npz").items()}
+    assert {k: v.tobytes() for k, v in load_npz(tmp_path / "resumed.npz").items()} == want
 
 
 def test_default_mode_in_float64_agrees_across_layouts_to_1e_12(tmp_path):
@@ -107,7 +102,7 @@ def test_default_mode_in_float64_agrees_across_layouts_to_1e_12(tmp_path):
         name = f"{ranks}x{threads}"
         done = run_job(ranks, train(tmp_path, name, *common), timeout=120, threads=threads)
         assert done.returncode == 0, done.output
-        saved[name] = load(tmp_path / f"{name}.npz")
+        saved[name] = load_npz(tmp_path / f"{name}.npz")
     for name, params in saved.items():
         for k, v in params.items():
             assert np.abs(v - saved["1x2"][k]).max() < 1e-12, (name, k)

