@@ -13,6 +13,10 @@ _LAZY = {
     "Momentum": "distbp.optim",
     "Adam": "distbp.optim",
     "make_optimizer": "distbp.optim",
+    "fit": "distbp.api",
+    "Config": "distbp.config",
+    "DistbpError": "distbp.errors",
+    "ConfigError": "distbp.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -126,35 +126,13 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         cfg = from_sources(args)
     except (argparse.ArgumentError, ConfigError, ValueError) as e:
         err = ConfigError(str(e))
-    run = None
     try:
         comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
-        from distbp import runstate, train
-
         cfg.threads = n_threads  # decided (and capped) before numpy loaded, from --threads or the config
         if cfg.dry_run:
             return dry_run(cfg, comm)
-        run = train.setup(cfg, comm)
-        from distbp.warmup import shared_warmup, startup_line
-        compiled = shared_warmup(run)  # [dist] the root compiles the kernels, the others load them
-        run.startup_s = time.monotonic() - started
-        if is_root:
-            print(header(run, thread_note), flush=True)
-            print(startup_line(run.startup_s, compiled), flush=True)
-        train.fit(run)
-        if cfg.save:
-            runstate.save_params(run, cfg.save)
-        from distbp import faults
-        faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
-        with run.watchdog.section("shut-down", run.pos.step):
-            comm.barrier()  # [dist] the watchdog bounds this wait too
-        run.watchdog.stop()
-        run.trace.finish(comm)  # [dist] the root writes --trace with every rank's events
-        if is_root and cfg.save:
-            print(f"distbp: saved parameters to {cfg.save}", flush=True)
-        if is_root and cfg.trace:
-            print(f"distbp: wrote the trace to {cfg.trace} (open it in https://ui.perfetto.dev or chrome://tracing)",
-                  flush=True)
+        from distbp.job import run_job
+        run_job(cfg, comm, started=started, thread_note=thread_note)
         return 0
     except DistbpError as e:
         # raised on every rank alike (collective checks, or NaN in the allreduced gradient): the root
@@ -163,10 +141,6 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         # error alone, so it reports it itself.
         if is_root:
             print(f"distbp: error: {e}", file=sys.stderr, flush=True)
-        if run is not None:
-            run.trace.close_part()  # each rank's --trace file, up to the error
-            from distbp.runstate import release_checkpoint_dir
-            release_checkpoint_dir(run)  # the job is over: the next one may have the directory
         if not comm.barrier_within(10.0):
             if not is_root:
                 print(f"distbp: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
@@ -179,14 +153,10 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         if is_root and reports:
             from distbp.interrupts import INTERRUPTED
             print(f"distbp: {INTERRUPTED}", file=sys.stderr, flush=True)
-        if run is not None:
-            run.trace.close_part()
         comm.barrier_within(3.0)  # let the others stop too before this rank's exit ends the job
         return comm.exit_quietly(130, finalize=False)
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         sys.stderr.write(traceback.format_exc())  # one write: less to lose if the job ends now
-        if run is not None:
-            run.trace.close_part()  # this rank's --trace file, up to the failure
         comm.abort(f"{type(e).__name__}: {e}", code=1)
 
 
@@ -215,14 +185,3 @@ def dry_run(cfg, comm) -> int:
     if comm.is_root:
         print(memory.report(make_sync(cfg, layout, shape), cfg.batch_size, cfg.optimizer, budget, plan_for))
     return 0
-
-
-def header(run, thread_note: str | None = None) -> str:
-    cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
-    test = f", {data.test.n_rows} test" if data.test is not None else ""
-    capped = f" ({thread_note})" if thread_note else ""
-    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {data.train.n_rows} train"
-            f"{test} rows, {data.scaling}\n"
-            f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
-            f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "
-            f"{cfg.batch_size}, {cfg.epochs} epochs; {run.sync.describe()}")

@@ -218,6 +218,20 @@ def from_sources(args: argparse.Namespace) -> Config:
     return validate(Config(**values))
 
 
+def from_values(values: dict, source: str) -> Config:
+    """Config from keyword values (the Python API's), names and types checked like a TOML file's."""
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; the options are the fields of "
+                          "distbp.Config (the flags of distbp train with underscores)")
+    values = dict(values)
+    if isinstance(values.get("layers"), tuple):
+        values["layers"] = list(values["layers"])
+    check_types(values, source)
+    return validate(Config(**values))
+
+
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few hundred bytes; anything past 1 MiB is not one
 
 

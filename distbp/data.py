@@ -158,6 +158,33 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
         raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from e  # an I/O error names no file
 
 
+def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None = None, *,
+                name: str = "arrays", seed: int = 0, test_fraction: float = 0.0, scale: str = "auto") -> Dataset:
+    """A dataset of in-memory arrays, checked, split and scaled exactly like a file's (`_build`).
+
+    X (rows, features) numeric; y (rows,) integer class labels 0…K−1 or (rows, targets) float targets;
+    validation: (X_test, y_test) as the held-out split, else test_fraction of X's rows (0: none).
+    The arrays are used in place when they need no conversion (never modified).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    arrays = {"X": _as_array(X, "X"), "y": _as_array(y, "y")}
+    if validation is not None:
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+            raise ValueError("validation must be a pair (X_val, y_val)")
+        arrays["X_test"], arrays["y_test"] = _as_array(validation[0], "X_val"), _as_array(validation[1], "y_val")
+    return _build(name, name, arrays, seed, test_fraction, scale)
+
+
+def _as_array(a, what: str) -> np.ndarray:
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not an array: {e}") from None
+
+
 def _read(path: Path) -> tuple[dict, dict | None]:
     """The raw arrays of a file or folder, and for a folder the file each array came from (errors name it)."""
     if path.is_dir():

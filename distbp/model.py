@@ -108,6 +108,12 @@ class MLP:
         self.params = self.views(self.flat_params)
         self._init_params(seed)
         self._ws: Workspace | None = None
+        # what training learnt about its data, applied by predict and kept in model files: the feature
+        # scaling x ← (x − offset)·factor (None: the rows are used as given), and the class labels that
+        # outputs 0…K−1 stand for (None: the outputs are the labels 0…K−1 themselves)
+        self.feature_offset: np.ndarray | None = None  # (inputs,) float64
+        self.feature_factor: np.ndarray | None = None  # (inputs,) float64
+        self.classes: np.ndarray | None = None  # (outputs,) labels in output order
         self.trace = NULL_TRACER  # --trace: forward/backward per layer of the main thread's passes
 
     @property
@@ -274,14 +280,29 @@ class MLP:
         return loss, self.views(grad)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Output-layer activations (n, outputs): softmax probabilities or linear outputs."""
+        """Output-layer activations (n, outputs): softmax probabilities or linear outputs.
+
+        X (n, inputs) is raw data: the feature scaling training used (if any) is applied first.
+        """
         self.check_batch(X)
-        X = np.ascontiguousarray(X, self.dtype)
+        X = self.scale_features(X)
         n = X.shape[0]
         ws = self._workspace(n)
         self._forward(X, ws, n)
         out = np.empty((n, self.sizes[-1]), self.dtype)
         self.loss.output(ws.z[-1][:n], out)
+        return out
+
+    def scale_features(self, X: np.ndarray) -> np.ndarray:
+        """X (n, inputs) in the model's dtype with the training's feature scaling applied (a new array when
+        anything changes; X itself when it is already contiguous, of this dtype and unscaled)."""
+        if self.feature_offset is None:
+            return np.ascontiguousarray(X, self.dtype)
+        # the same operations in the same dtype as the training rows' (distbp.data.Split.gather), so that
+        # a model predicts on raw rows exactly what it computed on them in training
+        out = np.array(X, self.dtype, order="C")
+        out -= self.feature_offset.astype(self.dtype)
+        out *= self.feature_factor.astype(self.dtype)
         return out
 
     def count_correct(self, y: np.ndarray, workspace: Workspace | None = None) -> float:

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -38,19 +39,32 @@ from distbp.trace import NULL_TRACER, PHASES, NullTracer, Tracer, align_clocks, 
 from distbp.watchdog import HEARTBEAT_PREFIX, Watchdog, remove_abandoned_heartbeats
 
 
-def setup(cfg: Config, comm: Comm) -> Run:
+def setup(cfg: Config, comm: Comm, dataset: Callable[[], Dataset] | None = None,
+          initial: np.ndarray | None = None) -> Run:
     """Load data, build the model and the gradient-sync strategy, agree across ranks, resume if asked.
 
+    dataset: makes the rows to train on (the Python API's arrays) instead of loading cfg.data; initial: the
+    flat parameters (n_params,) to start from instead of the seed's initialisation (the root's are used,
+    like the seed's). A checkpoint (--resume) wins over both.
     The watchdog runs from the first collective on: a rank that stops while the others wait for it at
     start-up ends the job too (its heartbeats start once their folder is agreed).
     """
     watchdog = Watchdog(comm, cfg.timeout)
+    try:
+        return _setup(cfg, comm, watchdog, dataset, initial)
+    except BaseException:
+        watchdog.stop()  # a failed set-up leaves no thread behind (the Python API's caller goes on)
+        raise
+
+
+def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Dataset] | None,
+           initial: np.ndarray | None) -> Run:
     faults.inject(comm.rank, "start")  # test hook: a rank that fails or stops while loading its data
-    data, err = load_data(cfg, comm.size)
+    data, err = load_data(cfg, comm.size, dataset)
     with watchdog.section("start-up", 0):
         comm.agree_on_failure(err)  # [dist] one rank's bad file stops every rank, reported once
         check_outputs(cfg, comm)  # [dist] a path we cannot write is found now, not after training
-        model, sync = build_agreed(cfg, comm, layout_of(comm))
+        model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
         # [dist] every rank must run the same job on the same data, or the allreduce silently mixes two jobs
         shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
         shared.update(n_params=model.n_params, train_rows=data.train.n_rows, features=data.n_features,
@@ -65,6 +79,8 @@ def setup(cfg: Config, comm: Comm) -> Run:
         tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
     run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=run_id, lock=lock, trace=tracer)
+    if data.scaling != "none":  # the model applies its training's scaling when it predicts on raw rows
+        model.feature_offset, model.feature_factor = data.train.offset, data.train.factor
     model.trace = watchdog.trace = tracer
     sync.attach_trace(tracer)
     if faults.PLAN:
@@ -92,10 +108,14 @@ def start_trace(cfg: Config, comm: Comm) -> Tracer | NullTracer:
     return tracer
 
 
-def load_data(cfg: Config, ranks: int) -> tuple[Dataset | None, Exception | None]:
-    """(the dataset, None) with cfg.layers resolved against it, or (None, the error) for the ranks to agree on."""
+def load_data(cfg: Config, ranks: int,
+              dataset: Callable[[], Dataset] | None = None) -> tuple[Dataset | None, Exception | None]:
+    """(the dataset, None) with cfg.layers resolved against it, or (None, the error) for the ranks to agree on.
+
+    dataset: makes the rows instead of cfg.data (in-memory arrays, checked like loaded ones)."""
     try:
-        data = load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale)
+        data = (dataset() if dataset is not None
+                else load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale))
         cfg.layers = resolve_layers(cfg, data)
         check_data_fits(cfg, data, cfg.layers, ranks)
     except (ValueError, OSError, DistbpError) as e:
@@ -105,15 +125,21 @@ def load_data(cfg: Config, ranks: int) -> tuple[Dataset | None, Exception | None
     return data, None
 
 
-def build_agreed(cfg: Config, comm: Comm, layout: Layout) -> tuple[MLP, GradientSync]:
-    """The model and the (not yet built) strategy; what cannot be built, or would not fit in this machine's
-    memory, stops every rank before anything large is allocated."""
+def build_agreed(cfg: Config, comm: Comm, layout: Layout,
+                 initial: np.ndarray | None = None) -> tuple[MLP, GradientSync]:
+    """The model (from `initial` flat parameters if given) and the (not yet built) strategy; what cannot be
+    built, or would not fit in this machine's memory, stops every rank before anything large is allocated."""
     err, model, sync = None, None, None
     try:
         sync = make_sync(cfg, layout, ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy"))
         check_fits_machine(sync)
         activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
         model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
+        if initial is not None:
+            if np.shape(initial) != (model.n_params,):
+                raise ConfigError(f"the initial parameters have shape {np.shape(initial)}, the model "
+                                  f"{'-'.join(map(str, model.sizes))} needs ({model.n_params},)")
+            model.flat_params[...] = initial
     except (ValueError, DistbpError) as e:
         err = e
     comm.agree_on_failure(err)  # [dist]
@@ -230,8 +256,14 @@ def handle_nonfinite(run: Run, loss: float, where: list[str]) -> None:
 
 # ---- epochs -----------------------------------------------------------------------------------
 
-def fit(run: Run) -> list[dict]:
-    """Train for cfg.epochs from the current position; returns the per-epoch metrics."""
+def fit(run: Run, callback: Callback | None = None, callback_every: int = 0) -> list[dict]:
+    """Train for cfg.epochs from the current position; returns the per-epoch metrics.
+
+    callback(record) is called on every rank with each epoch's metrics (the --metrics line) and, if
+    callback_every > 0, every that many steps with a step record (epoch, step, the epoch's running
+    train_loss and train_accuracy); a true return on any rank stops training on every rank after that
+    epoch or step (with a checkpoint there, when checkpointing).
+    """
     cfg, pos = run.cfg, run.pos
     metrics_file = open_metrics(run)
     if pos.epoch >= cfg.epochs and run.comm.is_root:
@@ -241,7 +273,9 @@ def fit(run: Run) -> list[dict]:
         t_epoch = time.perf_counter()
         run.timers.reset()
         run.sync.reset_stats()
-        run_epoch(run)
+        if not run_epoch(run, callback, callback_every):
+            save_stopped(run)  # stopped mid-epoch by the callback: a resume continues from this step
+            break
         record = epoch_metrics(run, time.perf_counter() - t_epoch)
         run.history.append(record)
         if run.comm.is_root:
@@ -249,12 +283,15 @@ def fit(run: Run) -> list[dict]:
             if metrics_file:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
+        stop = asks_to_stop(run, callback, record)
         pos.epoch += 1
         pos.batch = 0
         pos.loss_sum = pos.correct = pos.seen = 0.0
-        if cfg.checkpoint_dir and (pos.epoch % cfg.checkpoint_every == 0 or pos.epoch == cfg.epochs):
+        if cfg.checkpoint_dir and (pos.epoch % cfg.checkpoint_every == 0 or pos.epoch == cfg.epochs or stop):
             with run.trace.span("checkpoint", step=pos.step):
                 save(run)
+        if stop:
+            break
     if metrics_file:
         metrics_file.close()
     if pos.skipped and run.comm.is_root:
@@ -264,8 +301,27 @@ def fit(run: Run) -> list[dict]:
     return run.history
 
 
-def run_epoch(run: Run) -> None:
-    """The global batches of epoch pos.epoch from pos.batch on, with the checks and checkpoints between steps."""
+Callback = Callable[[dict], object]
+
+
+def asks_to_stop(run: Run, callback: Callback | None, record: dict) -> bool:
+    """[dist] callback(record) on every rank; True on every rank if it returned a true value on any."""
+    if callback is None:
+        return False
+    return run.comm.max_scalar(1.0 if callback(record) else 0.0) > 0
+
+
+def save_stopped(run: Run) -> None:
+    """A checkpoint where a callback stopped the run mid-epoch (with checkpointing on)."""
+    if run.cfg.checkpoint_dir:
+        with run.trace.span("checkpoint", step=run.pos.step):
+            save(run)
+
+
+def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 0) -> bool:
+    """The global batches of epoch pos.epoch from pos.batch on, with the checks and checkpoints between steps.
+
+    Returns False if the callback stopped it before its end (see `fit`)."""
     cfg, comm, pos = run.cfg, run.comm, run.pos
     n = run.data.train.n_rows
     batches = global_batches(n, cfg.batch_size)
@@ -290,7 +346,14 @@ def run_epoch(run: Run) -> None:
             with run.trace.span("checkpoint", step=pos.step):
                 save(run)
         keep_claim(run)
+        if callback_every and pos.step % callback_every == 0 and pos.batch < len(batches):
+            record = {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / pos.seen,
+                      "train_accuracy": pos.correct / pos.seen if run.data.n_classes else None}
+            if asks_to_stop(run, callback, record):
+                bar.close()
+                return False
     bar.close()
+    return True
 
 
 def epoch_metrics(run: Run, elapsed: float) -> dict:
