@@ -17,6 +17,7 @@ _LAZY = {
     "Config": "distbp.config",
     "DistbpError": "distbp.errors",
     "ConfigError": "distbp.errors",
+    "load": ("distbp.modelfile", "load_model"),  # distbp.load(path) -> MLP
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -26,5 +27,6 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attr = _LAZY[name] if isinstance(_LAZY[name], tuple) else (_LAZY[name], name)
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'distbp' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Command line: `distbp train …` and `distbp plot …` (also `python -m distbp …`).
+"""Command line: `distbp train …`, `distbp predict …`, `distbp evaluate …` and `distbp plot …` (also
+`python -m distbp …`).
 
 Thread counts must be fixed before numpy, SciPy or Numba start their pools, so
 this module imports only the standard library and `distbp.threads` until the
@@ -7,6 +8,8 @@ thread count is known.
     distbp train --data digits --epochs 20                          # one process
     launch/local -n 4 distbp train --data synthetic --epochs 5      # four ranks on this machine
     mpirun -n 64 python -m mpi4py -m distbp train --config run.toml # a cluster
+    distbp predict --model m.npz --data X.csv --output P.npy       # a saved model's outputs
+    launch/local -n 2 distbp evaluate --model m.npz --data test.npz # its loss and accuracy
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import traceback
 
 from distbp import threads
 
-USAGE = """usage: distbp {train,plot} [options]
+USAGE = """usage: distbp {train,predict,evaluate,plot} [options]
 
-  train   train an MLP data-parallel over the MPI ranks (distbp train --help)
-  plot    draw loss/accuracy curves from --metrics files (distbp plot --help)
+  train     train an MLP data-parallel over the MPI ranks (distbp train --help)
+  predict   write a saved model's outputs or labels for the rows of a file (distbp predict --help)
+  evaluate  a saved model's loss and accuracy on labelled data, data-parallel (distbp evaluate --help)
+  plot      draw loss/accuracy curves from --metrics files (distbp plot --help)
 """
 
 
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_main(rest)
+    if command in ("predict", "evaluate"):
+        return model_main(command, rest)
     if command == "plot":
         from distbp.plot import main as plot_main
         return plot_main(rest)
@@ -84,13 +91,9 @@ def train_main(argv: list[str]) -> int:
     started = time.monotonic()
     n_threads, thread_note = prepare_environment(argv)
     from distbp.comm import world
-    from distbp.launcher import launcher_rank, split_job_error
 
     comm = world()
-    split = split_job_error(comm.size, comm.library)
-    if split:  # every process is its own 1-rank job: the launcher's rank 0 reports it, all stop
-        if launcher_rank() == 0:
-            print(f"distbp: error: {split}", file=sys.stderr, flush=True)
+    if stopped_as_split_job(comm):
         return comm.exit_quietly(2)
     watch = None
     if threading.current_thread() is threading.main_thread():
@@ -101,6 +104,36 @@ def train_main(argv: list[str]) -> int:
     finally:
         if watch is not None:
             watch.close()
+
+
+def stopped_as_split_job(comm) -> bool:
+    """True (the launcher's rank 0 has said why) when every process is its own 1-rank job: all must stop."""
+    from distbp.launcher import launcher_rank, split_job_error
+
+    split = split_job_error(comm.size, comm.library)
+    if split and launcher_rank() == 0:
+        print(f"distbp: error: {split}", file=sys.stderr, flush=True)
+    return split is not None
+
+
+def model_main(command: str, argv: list[str]) -> int:
+    """`distbp predict` / `distbp evaluate` (distbp.predict) with threads pinned before numpy loads; an error
+    (agreed by every rank) is printed once by the root, exit 2."""
+    prepare_environment(argv)
+    from distbp.comm import world
+    from distbp.errors import DistbpError
+
+    comm = world()
+    if stopped_as_split_job(comm):
+        return comm.exit_quietly(2)
+    from distbp import predict
+
+    try:
+        return (predict.predict_main if command == "predict" else predict.evaluate_main)(argv, comm)
+    except DistbpError as e:
+        if comm.is_root:
+            print(f"distbp: error: {e}", file=sys.stderr, flush=True)
+        return comm.exit_quietly(2)
 
 
 def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch, started: float) -> int:

@@ -34,6 +34,10 @@ class Config:
     dtype: str = opt("float32", "float32 or float64")
     scale: str = opt("auto", "feature scaling: auto, standardize, minmax, none")
     test_fraction: float = opt(0.1, "held out when the data has no test split")
+    init_from: str | None = opt(None, "start from the parameters of this model file (--save, model.save; its layers, "
+                                      "activations and loss must match); a checkpoint found by --resume wins over it")
+    local_rows: bool = opt(False, "each rank loads only its own rows: {rank} in --data names its part (e.g. "
+                                  "part{rank}.npz); a global batch is the ranks' pieces (docs/api.md)")
     # optimisation
     optimizer: str = opt("gd", "gd, momentum, adam")
     lr: float = opt(0.001, "η in θ ← θ − η·scale·∇L")
@@ -132,6 +136,9 @@ def validate(cfg: Config) -> Config:
             parse_steps(cfg.trace_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if cfg.local_rows and cfg.reproducible:
+        raise ConfigError("--local-rows conflicts with --reproducible: its exact sums follow one global order of "
+                          "micro-blocks over rows that every rank can read")
     if cfg.resume and not cfg.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (where to find the checkpoint)")
     from distbp.sync import check_modes

@@ -11,6 +11,7 @@ arrays, holds out a test split if none was given and computes the scaling.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -109,6 +110,18 @@ class Dataset:
     n_classes: int | None  # number of classes for integer labels; None for float targets
     n_targets: int  # n_classes for labels, else the targets' width
     scaling: str  # what gather applies, e.g. "standardized (train mean/std)"
+
+    def rescaled(self, offset: np.ndarray, factor: np.ndarray, scaling: str, n_classes: int | None) -> "Dataset":
+        """This dataset with another scaling and class count (agreed over the ranks that each hold their own
+        rows, see distbp.localdata); the rows themselves are shared, not copied."""
+        def split(s: Split | None) -> Split | None:
+            return None if s is None else Split(s.X, s.y, s.index, offset, factor, n_classes)
+        return dataclasses.replace(self, train=split(self.train), test=split(self.test), n_classes=n_classes,
+                                   n_targets=n_classes if n_classes else self.n_targets, scaling=scaling)
+
+    def scaling_part(self, scale: str) -> dict:
+        """The training rows' statistics for `scale` (see `scaling_part`)."""
+        return scaling_part(self.train.X, self.train.index, scale)
 
     def fingerprint(self, sample_rows: int = 64) -> str:
         """sha256 of the splits' shapes, scaling and `sample_rows` rows spread over each split, as gathered:
@@ -368,17 +381,36 @@ def _held_out(n_rows: int, seed: int, test_fraction: float, source: str) -> tupl
 
 def _scaling(X: np.ndarray, index: np.ndarray | None, scale: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(offset, factor, description) from the training rows X[index] (all of X if index is None)."""
-    d = X.shape[1]
+    return scaling_from_parts([scaling_part(X, index, scale)], scale)
+
+
+def scaling_part(X: np.ndarray, index: np.ndarray | None, scale: str) -> dict:
+    """What `scale` needs of the training rows X[index]: their count, and their moments (count, mean, m2)
+    or range (low, high) as (features,) float64 arrays; parts of several row sets merge exactly."""
+    part = {"features": X.shape[1], "uint8": X.dtype == np.uint8}
+    if scale in ("auto", "standardize") and not (scale == "auto" and part["uint8"]):
+        part["count"], part["mean"], part["m2"] = _moments(X, index)
+    elif scale == "minmax":
+        part["low"], part["high"] = _min_max(X, index)
+    return part
+
+
+def scaling_from_parts(parts: list[dict], scale: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(offset, factor, description) for the union of the row sets of `parts` (`scaling_part`), in order."""
+    d = parts[0]["features"]
     if scale == "none":
         return np.zeros(d), np.ones(d), "none"
-    if scale == "auto" and X.dtype == np.uint8:
+    if scale == "auto" and all(p["uint8"] for p in parts):
         return np.zeros(d), np.full(d, 1 / 255), "divided by 255"
     if scale in ("auto", "standardize"):
-        mean, var = _mean_var(X, index)
-        std = np.sqrt(var)
+        count, mean, m2 = 0, np.zeros(d), np.zeros(d)
+        for p in parts:
+            count, mean, m2 = _merge_moments((count, mean, m2), (p["count"], p["mean"], p["m2"]))
+        std = np.sqrt(m2 / count)
         std[std == 0] = 1
         return mean, 1 / std, "standardized (train mean/std)"
-    low, high = _min_max(X, index)
+    low = np.min([p["low"] for p in parts], axis=0)
+    high = np.max([p["high"] for p in parts], axis=0)
     span = high - low
     span[span == 0] = 1
     return low, 1 / span, "min-max to [0, 1] (train min/max)"
@@ -393,19 +425,22 @@ def _chunks(X: np.ndarray, index: np.ndarray | None):
         yield np.asarray(X[rows], dtype=np.float64)
 
 
-def _mean_var(X: np.ndarray, index: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _moments(X: np.ndarray, index: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, m2: the sum of squared deviations from the mean) of the rows, per feature."""
     # chunk means and squared deviations merged pairwise (Chan et al.), stable for large offsets.
-    count, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    moments = (0, np.zeros(X.shape[1]), np.zeros(X.shape[1]))
     for chunk in _chunks(X, index):
-        n = len(chunk)
         chunk_mean = chunk.mean(axis=0)
-        chunk_m2 = ((chunk - chunk_mean) ** 2).sum(axis=0)
-        delta = chunk_mean - mean
-        total = count + n
-        mean += delta * (n / total)
-        m2 += chunk_m2 + delta**2 * (count * n / total)
-        count = total
-    return mean, m2 / count
+        moments = _merge_moments(moments, (len(chunk), chunk_mean, ((chunk - chunk_mean) ** 2).sum(axis=0)))
+    return moments
+
+
+def _merge_moments(a: tuple, b: tuple) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, m2) of two row sets together from each one's (Chan et al.)."""
+    (count, mean, m2), (n, b_mean, b_m2) = a, b
+    delta = b_mean - mean
+    total = count + n
+    return total, mean + delta * (n / total), m2 + (b_m2 + delta**2 * (count * n / total))
 
 
 def _min_max(X: np.ndarray, index: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -28,3 +28,7 @@ class StallError(DistbpError):
 
 class NonFiniteError(DistbpError):
     """NaN or Inf in the loss or in ∇L."""
+
+
+class ModelFileError(DistbpError):
+    """A model file (`distbp.modelfile`) that cannot be read or does not fit: named with the reason."""

@@ -42,7 +42,10 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
         if comm.is_root:
             print(header(run, thread_note), flush=True)
             print(startup_line(run.startup_s, compiled), flush=True)
+            if cfg.init_from and run.pos.step == 0:  # not resumed from a checkpoint, which would win
+                print(f"distbp: starting from the parameters in {cfg.init_from} (--init-from)", flush=True)
         train.fit(run, callback, callback_every)
+        run.attach_scaling()  # the model predicts on raw rows, and model files keep the scaling
         if cfg.save:
             runstate.save_params(run, cfg.save)
         faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
@@ -67,10 +70,12 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
 def header(run: Run, thread_note: str | None = None) -> str:
     """The root's two start-up lines: ranks, threads and data; model, optimizer and the strategy."""
     cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
-    test = f", {data.test.n_rows} test" if data.test is not None else ""
+    test_rows = None if data.test is None else run.plan.eval_share(data.test.n_rows)[2]
+    test = f", {test_rows} test" if test_rows is not None else ""
     capped = f" ({thread_note})" if thread_note else ""
-    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {data.train.n_rows} train"
-            f"{test} rows, {data.scaling}\n"
+    where = " (each rank its own)" if cfg.local_rows else ""
+    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {run.plan.train_rows} "
+            f"train{test} rows{where}, {data.scaling}\n"
             f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
             f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "
             f"{cfg.batch_size}, {cfg.epochs} epochs; {run.sync.describe()}")

@@ -293,6 +293,13 @@ class MLP:
         self.loss.output(ws.z[-1][:n], out)
         return out
 
+    def save(self, path: str) -> None:
+        """Write this model (layers, activations, loss, dtype, parameters, feature scaling, classes) to the
+        model file `path`, an .npz read back by `distbp.load(path)`; see distbp.modelfile for the format."""
+        from distbp.modelfile import save_model
+
+        save_model(self, path)
+
     def scale_features(self, X: np.ndarray) -> np.ndarray:
         """X (n, inputs) in the model's dtype with the training's feature scaling applied (a new array when
         anything changes; X itself when it is already contiguous, of this dtype and unscaled)."""

@@ -15,6 +15,7 @@ from distbp.comm import Comm
 from distbp.config import Config
 from distbp.data import Dataset, Split
 from distbp.model import MLP
+from distbp.shard import LocalRows, SharedRows
 from distbp.sync.base import GradientSync
 from distbp.trace import NULL_TRACER, NullTracer, Tracer
 from distbp.watchdog import Watchdog
@@ -72,6 +73,7 @@ class Run:
     sync: GradientSync  # the mode: rows, local gradient, sum over ranks, update, checkpoint state
     batch: BatchBuffers
     watchdog: Watchdog
+    plan: SharedRows | LocalRows  # which rows this rank computes at each step, and its share of evaluation
     pos: Position = field(default_factory=Position)
     timers: Timers = field(default_factory=Timers)
     history: list = field(default_factory=list)
@@ -80,6 +82,12 @@ class Run:
     lock_refreshed: float = field(default_factory=time.monotonic)
     trace: Tracer | NullTracer = NULL_TRACER  # --trace: this rank's timeline
     startup_s: float = 0.0  # seconds from the launch to the first step (set by the CLI)
+
+    def attach_scaling(self) -> None:
+        """Give the model its training's feature scaling, which it applies when it predicts on raw rows and
+        which model files keep (the dataset's own arrays, not copies)."""
+        if self.data.scaling != "none":
+            self.model.feature_offset, self.model.feature_factor = self.data.train.offset, self.data.train.factor
 
     def gather_train(self, rows: np.ndarray, into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Training rows into the run's buffers, or a strategy's own (`into`), as views (what strategies call).

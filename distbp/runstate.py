@@ -19,11 +19,12 @@ import numpy as np
 from distbp import checkpoint as ckpt
 from distbp.comm import Comm
 from distbp.config import Config
+from distbp.modelfile import save_model
 from distbp.run import Position, Run
 
 # a resumed run must be the same run: the model, and what decides its batches and data
 MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer",
-              "config.batch_size", "config.data", "config.seed", "config.scale", "config.test_fraction"]
+              "config.batch_size", "config.data", "config.seed", "config.scale", "config.test_fraction", "config.local_rows"]
 # allowed to change on resume, but they change the trajectory: named in a warning
 WARN_IF_CHANGED = ["lr", "lr_scale", "momentum"]
 LOCK_REFRESH_S = 10.0
@@ -149,22 +150,7 @@ def check_outputs(cfg: Config, comm: Comm) -> None:
 
 
 def save_params(run: Run, path: str) -> None:
-    """Final parameters as .npz with W0, b0, W1, b1, … (root only, atomic)."""
-    if not run.comm.is_root:
-        return
-    arrays = {}
-    for l, (W, b) in enumerate(run.model.params):
-        arrays[f"W{l}"], arrays[f"b{l}"] = W, b
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)  # a failed write (a full disk) leaves no temporary file behind
-        raise
+    """--save: the final model as a model file (root only, atomic; distbp.modelfile): W0, b0, W1, b1, … as
+    before, plus what it takes to use the model (layers, activations, loss, dtype, the feature scaling)."""
+    if run.comm.is_root:
+        save_model(run.model, path, scaling=None if run.data.scaling == "none" else run.data.scaling)

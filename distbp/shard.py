@@ -4,7 +4,8 @@ Every rank draws the same permutation of the training rows for an epoch, cuts it
 into the same global batches, and takes its own contiguous slice of each batch.
 The union of the slices over ranks is the global batch, in rank order, so p ranks
 see exactly the examples that one rank would see (see GUIDE, "Uneven shards are
-exact"). Pure numpy; no MPI here.
+exact"). A batch plan says which rows a rank computes at each step: `SharedRows` for that case,
+`LocalRows` when each rank holds only its own rows. Pure numpy; no MPI here.
 """
 
 from __future__ import annotations
@@ -65,3 +66,75 @@ def max_shard_rows(batch_size: int, size: int) -> int:
     _check_positive("batch_size", batch_size)
     _check_positive("size", size)
     return -(-batch_size // size)
+
+
+# ---- batch plans: which rows this rank computes at each step of an epoch ------------------------
+
+class SharedRows:
+    """Every rank holds every row: the same permutation and global batches on every rank, and this rank
+    computes its strategy's share of each (`my_rows`, e.g. rank_slice). p ranks see what one rank sees."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, my_rows, rank: int = 0, size: int = 1):
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self.my_rows, self.rank, self.size = my_rows, rank, size
+        self.bounds = global_batches(n_rows, batch_size)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.bounds)
+
+    @property
+    def train_rows(self) -> int:
+        """Rows of one epoch over all ranks."""
+        return self.n_rows
+
+    def epoch(self, epoch: int) -> list[tuple[np.ndarray, int]]:
+        """(this rank's rows (int64 indices into its training split), the global batch's rows) per step."""
+        perm = epoch_permutation(self.n_rows, self.seed, epoch)
+        out = []
+        for start, stop in self.bounds:
+            r0, r1 = self.my_rows(stop - start)
+            out.append((perm[start + r0:start + r1], stop - start))
+        return out
+
+    def eval_share(self, n_rows: int) -> tuple[int, int, int]:
+        """(start, stop) of the held-out rows this rank scores, and the rows scored over all ranks."""
+        return (*rank_slice(n_rows, self.rank, self.size), n_rows)
+
+
+class LocalRows:
+    """Each rank holds its own rows (counts[r] on rank r, N in all), as with data too big for one node.
+
+    An epoch has S = ceil(N / batch_size) steps on every rank; each rank permutes its own rows (seeded by
+    seed, epoch and its rank) and cuts them into S near-equal contiguous pieces, and the global batch of
+    a step is the ranks' pieces together: about batch_size rows, every row once per epoch. This is not
+    the batching of one rank holding all rows, so it does not match a 1-rank run.
+    """
+
+    def __init__(self, counts: list[int], test_counts: list[int], rank: int, batch_size: int, seed: int):
+        _check_positive("batch_size", batch_size)
+        self.counts, self.test_counts, self.rank, self.seed = list(counts), list(test_counts), rank, seed
+        self.n_batches = -(-sum(self.counts) // batch_size)
+
+    @property
+    def train_rows(self) -> int:
+        return sum(self.counts)
+
+    def pieces(self, n: int) -> list[tuple[int, int]]:
+        """(start, stop) of each step's piece of n permuted rows."""
+        S = self.n_batches
+        return [(k * n // S, (k + 1) * n // S) for k in range(S)]
+
+    @property
+    def max_rows(self) -> int:
+        """The most rows any rank computes in one step (for sizing buffers alike on every rank)."""
+        return max(-(-n // self.n_batches) for n in self.counts)
+
+    def epoch(self, epoch: int) -> list[tuple[np.ndarray, int]]:
+        n = self.counts[self.rank]
+        perm = np.random.default_rng([self.seed, epoch, 1 + self.rank]).permutation(n).astype(np.int64)
+        sizes = np.array([[b - a for a, b in self.pieces(c)] for c in self.counts]).sum(axis=0)
+        return [(perm[a:b], int(rows)) for (a, b), rows in zip(self.pieces(n), sizes)]
+
+    def eval_share(self, n_rows: int) -> tuple[int, int, int]:
+        return 0, n_rows, sum(self.test_counts)

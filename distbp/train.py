@@ -13,6 +13,7 @@ mode branches. Only the root prints, writes metrics, checkpoints and the saved m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from distbp import faults
+from distbp import faults, localdata
 from distbp.comm import Comm
 from distbp.config import Config
 from distbp.data import Dataset, load_dataset
@@ -31,7 +32,7 @@ from distbp.progress import Progress
 from distbp.run import BatchBuffers, Run
 from distbp.runstate import (check_outputs, claim_checkpoint_dir, keep_claim, new_run_id, release_checkpoint_dir,
                              resume, save)
-from distbp.shard import epoch_permutation, global_batches, rank_slice
+from distbp.shard import SharedRows
 from distbp.sync import make_sync
 from distbp.memory import check_fits_machine
 from distbp.sync.base import GradientSync, Layout, ModelShape
@@ -60,15 +61,24 @@ def setup(cfg: Config, comm: Comm, dataset: Callable[[], Dataset] | None = None,
 def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Dataset] | None,
            initial: np.ndarray | None) -> Run:
     faults.inject(comm.rank, "start")  # test hook: a rank that fails or stops while loading its data
-    data, err = load_data(cfg, comm.size, dataset)
+    data, err = load_data(cfg, comm.size, dataset, comm.rank)
     with watchdog.section("start-up", 0):
         comm.agree_on_failure(err)  # [dist] one rank's bad file stops every rank, reported once
         check_outputs(cfg, comm)  # [dist] a path we cannot write is found now, not after training
-        model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
+        if cfg.local_rows:  # [dist] each rank's own rows: one dataset's scaling and classes, a plan for them
+            data, plan, fingerprint = localdata.agree(data, cfg, comm)
+            cfg.layers = resolve_layers(cfg, data)  # the same on every rank now, and so is any error
+            # the strategy and buffers are sized for the largest piece any rank computes in a step
+            model, sync = build_agreed(dataclasses.replace(cfg, batch_size=plan.max_rows * comm.size), comm,
+                                       layout_of(comm), initial)
+        else:
+            model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
+            plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size)
+            fingerprint = data.fingerprint()
         # [dist] every rank must run the same job on the same data, or the allreduce silently mixes two jobs
         shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
-        shared.update(n_params=model.n_params, train_rows=data.train.n_rows, features=data.n_features,
-                      data_fingerprint=data.fingerprint())
+        shared.update(n_params=model.n_params, train_rows=plan.train_rows, features=data.n_features,
+                      data_fingerprint=fingerprint)
         comm.check_agree("configuration", shared)
         comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
         sync.build(comm, model)
@@ -78,9 +88,7 @@ def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Da
         run_id = new_run_id(comm)
         tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
-    run = Run(cfg, comm, data, model, sync, batch, watchdog, run_id=run_id, lock=lock, trace=tracer)
-    if data.scaling != "none":  # the model applies its training's scaling when it predicts on raw rows
-        model.feature_offset, model.feature_factor = data.train.offset, data.train.factor
+    run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, run_id=run_id, lock=lock, trace=tracer)
     model.trace = watchdog.trace = tracer
     sync.attach_trace(tracer)
     if faults.PLAN:
@@ -108,16 +116,19 @@ def start_trace(cfg: Config, comm: Comm) -> Tracer | NullTracer:
     return tracer
 
 
-def load_data(cfg: Config, ranks: int,
-              dataset: Callable[[], Dataset] | None = None) -> tuple[Dataset | None, Exception | None]:
+def load_data(cfg: Config, ranks: int, dataset: Callable[[], Dataset] | None = None,
+              rank: int = 0) -> tuple[Dataset | None, Exception | None]:
     """(the dataset, None) with cfg.layers resolved against it, or (None, the error) for the ranks to agree on.
 
-    dataset: makes the rows instead of cfg.data (in-memory arrays, checked like loaded ones)."""
+    dataset: makes the rows instead of cfg.data (in-memory arrays, checked like loaded ones). With
+    cfg.local_rows, {rank} in cfg.data is this rank's number."""
     try:
+        spec = cfg.data.replace("{rank}", str(rank)) if cfg.local_rows else cfg.data
         data = (dataset() if dataset is not None
-                else load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale))
-        cfg.layers = resolve_layers(cfg, data)
-        check_data_fits(cfg, data, cfg.layers, ranks)
+                else load_dataset(spec, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale))
+        if not cfg.local_rows:  # local rows: resolved once the ranks agree on one dataset (localdata)
+            cfg.layers = resolve_layers(cfg, data)
+            check_data_fits(cfg, data, cfg.layers, ranks)
     except (ValueError, OSError, DistbpError) as e:
         return None, e
     except MemoryError:
@@ -128,13 +139,20 @@ def load_data(cfg: Config, ranks: int,
 def build_agreed(cfg: Config, comm: Comm, layout: Layout,
                  initial: np.ndarray | None = None) -> tuple[MLP, GradientSync]:
     """The model (from `initial` flat parameters if given) and the (not yet built) strategy; what cannot be
-    built, or would not fit in this machine's memory, stops every rank before anything large is allocated."""
+    built, or would not fit in this machine's memory, stops every rank before anything large is allocated.
+
+    cfg.init_from (--init-from): every rank reads that model file, which must be the same network (layer
+    sizes, activations, loss), and its parameters win over `initial` (distbp.fit passes its model's own)."""
+    from distbp.modelfile import initial_parameters
+
     err, model, sync = None, None, None
     try:
         sync = make_sync(cfg, layout, ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy"))
         check_fits_machine(sync)
         activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
         model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
+        if cfg.init_from:
+            initial = initial_parameters(cfg.init_from, model)  # [dist] a bad file stops every rank below
         if initial is not None:
             if np.shape(initial) != (model.n_params,):
                 raise ConfigError(f"the initial parameters have shape {np.shape(initial)}, the model "
@@ -323,19 +341,16 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
 
     Returns False if the callback stopped it before its end (see `fit`)."""
     cfg, comm, pos = run.cfg, run.comm, run.pos
-    n = run.data.train.n_rows
-    batches = global_batches(n, cfg.batch_size)
-    perm = epoch_permutation(n, cfg.seed, pos.epoch)
+    batches = run.plan.epoch(pos.epoch)  # (this rank's rows, the global batch's rows) per step
     bar = Progress(len(batches), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.progress, comm.is_root)
     while pos.batch < len(batches):
-        start, stop = batches[pos.batch]
-        r0, r1 = run.sync.my_rows(stop - start)
+        rows, batch_rows = batches[pos.batch]
         run.trace.at_step(pos.step)  # --trace: write the last step's events; the --trace-steps window
         with run.trace.span("step", step=pos.step, epoch=pos.epoch):
-            loss, correct = train_step(run, perm[start + r0:start + r1], stop - start)
+            loss, correct = train_step(run, rows, batch_rows)
         pos.loss_sum += loss
         pos.correct += correct
-        pos.seen += stop - start
+        pos.seen += batch_rows
         pos.batch += 1
         pos.step += 1
         bar.update(pos.batch, pos.loss_sum / pos.seen)
@@ -385,7 +400,7 @@ def epoch_metrics(run: Run, elapsed: float) -> dict:
 def evaluate(run: Run) -> tuple[float, float | None]:
     """[dist] Mean loss and accuracy on the test split: each rank scores a contiguous share, sums are allreduced."""
     split, model, comm = run.data.test, run.model, run.comm
-    r0, r1 = rank_slice(split.n_rows, comm.rank, comm.size)
+    r0, r1, n = run.plan.eval_share(split.n_rows)
     chunk = run.sync.rows_at_once  # the rows the buffers and the model's workspace hold
     loss_sum = correct = 0.0
     with run.watchdog.section("evaluation", run.pos.step):
@@ -394,7 +409,6 @@ def evaluate(run: Run) -> tuple[float, float | None]:
             loss_sum += model.loss_into(X, y)
             correct += model.count_correct(y)
         totals = comm.sum_scalars([loss_sum, correct])
-    n = split.n_rows
     return totals[0] / n, (totals[1] / n if run.data.n_classes else None)
 
 

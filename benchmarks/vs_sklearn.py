@@ -1,0 +1,153 @@
+"""distbp.sklearn.MLPClassifier vs sklearn.neural_network.MLPClassifier: the same network, data and epochs.
+
+    .venv/bin/python benchmarks/vs_sklearn.py --epochs 3
+    .venv/bin/python benchmarks/vs_sklearn.py --rows 60000 --test 10000 --epochs 5 --repeats 3 --out results/vs.json
+
+Data: distbp's built-in synthetic set (`distbp.data.load_dataset("synthetic:…")`, 784 features, 10
+classes, its own held-out rows), standardized with the training rows' mean and std, given to both
+libraries as the same float64 arrays (float32 copies for the float32 cases).
+Network 784-256-10 relu, softmax cross-entropy. Both optimise the same loss with the same update: the
+mean loss over the batch, no L2 penalty (scikit-learn alpha=0), a constant learning rate, heavy-ball
+momentum for sgd (scikit-learn nesterovs_momentum=False), Adam with the same β₁, β₂, ε. Both run exactly
+`--epochs` epochs: n_iter_no_change = epochs, so the stopping rule never fires.
+
+Cases: solver sgd/adam × batch 128/512 × float64/float32 × library, one process with all cores (both
+libraries' BLAS on every core; distbp's kernels too). scikit-learn computes in float32 when given float32
+rows, so it has a float32 case as well. The cases run round-robin (`--repeats` rounds), so load from
+other processes falls on all of them alike; the table shows the median fit. Before timing, every case
+fits once untimed on a few hundred rows (distbp compiles its kernels on the first call).
+
+speed-up vs sklearn float64: scikit-learn's float64 fit time of the same solver and batch / this fit's;
+vs same dtype: against scikit-learn's fit in this case's dtype. Targets (issue 15): ≥ 1.5 at equal dtype,
+≥ 3 for distbp float32 against scikit-learn float64, at equal held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import interleaved_times, machine, print_table, write_json  # noqa: E402
+from distbp.data import load_dataset  # noqa: E402
+from distbp.threads import cores_available  # noqa: E402
+
+HIDDEN = (256,)
+LR = {"sgd": 0.01, "adam": 0.001}
+MOMENTUM = 0.9
+
+
+def load(rows: int, test: int) -> dict[str, np.ndarray]:
+    """Standardized train and held-out rows of distbp's synthetic set, as float64 and float32 arrays."""
+    data = load_dataset(f"synthetic:rows={rows},features=784,classes=10,test={test}", seed=0, scale="none")
+    X, X_test = np.asarray(data.train.X, np.float64), np.asarray(data.test.X, np.float64)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    std[std == 0] = 1
+    X, X_test = (X - mean) / std, (X_test - mean) / std
+    return {"X64": X, "X32": X.astype(np.float32), "X_test64": X_test, "X_test32": X_test.astype(np.float32),
+            "y": data.train.y, "y_test": data.test.y}
+
+
+def make(library: str, solver: str, batch: int, dtype: str, epochs: int, seed: int):
+    """An unfitted classifier of `library` with the benchmark's shared hyperparameters."""
+    shared = dict(hidden_layer_sizes=HIDDEN, activation="relu", solver=solver, batch_size=batch,
+                  learning_rate_init=LR[solver], momentum=MOMENTUM, max_iter=epochs, n_iter_no_change=epochs,
+                  tol=1e-4, shuffle=True, random_state=seed)
+    if library == "distbp":
+        from distbp.sklearn import MLPClassifier
+        return MLPClassifier(**shared, dtype=dtype)
+    from sklearn.neural_network import MLPClassifier  # computes in the dtype of the rows it is given
+    return MLPClassifier(**shared, alpha=0.0, learning_rate="constant", nesterovs_momentum=False)
+
+
+def cases(args) -> list[dict]:
+    """Every (solver, batch, dtype, library), the libraries side by side."""
+    return [dict(solver=s, batch=b, dtype=d, library=lib) for s in ("sgd", "adam") for b in args.batches
+            for d in ("float64", "float32") for lib in ("sklearn", "distbp")]
+
+
+def name(case: dict) -> str:
+    return f"{case['library']} {case['solver']} batch {case['batch']} {case['dtype']}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=20000, help="training rows")
+    p.add_argument("--test", type=int, default=5000, help="held-out rows")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batches", default="128,512", help="batch sizes, comma separated")
+    p.add_argument("--repeats", type=int, default=1, help="round-robin rounds of timed fits (median reported)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", "--json", dest="out", default="results/vs_sklearn.json")
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    warnings.filterwarnings("ignore", message=".*Maximum iterations.*")  # both stop at --epochs on purpose
+
+    d = load(args.rows, args.test)
+    fitted: dict[str, object] = {}
+
+    def fit_case(case: dict, rows: int | None = None, epochs: int | None = None):
+        suffix = "32" if case["dtype"] == "float32" else "64"
+        est = make(case["library"], case["solver"], case["batch"], case["dtype"], epochs or args.epochs, args.seed)
+        X, y = d["X" + suffix], d["y"]
+        if rows is not None:
+            X, y = X[:rows], y[:rows]
+        return est.fit(X, y)
+
+    all_cases = cases(args)
+    for case in all_cases:  # untimed warm-up: distbp compiles (or loads) its kernels for each dtype
+        fit_case(case, rows=4 * max(args.batches), epochs=1)
+
+    def timed(case: dict):
+        return lambda: fitted.__setitem__(name(case), fit_case(case))
+
+    times = interleaved_times({name(c): timed(c) for c in all_cases}, args.repeats, warmup=0)
+
+    results = []
+    for case in all_cases:
+        est, seconds = fitted[name(case)], statistics.median(times[name(case)])
+        suffix = "32" if case["dtype"] == "float32" else "64"
+        results.append({**case, "fit_s": seconds, "fit_s_all": times[name(case)],
+                        "samples_per_s": args.epochs * args.rows / seconds, "epochs_run": int(est.n_iter_),
+                        "test_accuracy": float(est.score(d["X_test" + suffix], d["y_test"]))})
+    by_key = {(r["library"], r["solver"], r["batch"], r["dtype"]): r for r in results}
+    rows = []
+    for r in results:
+        base64 = by_key[("sklearn", r["solver"], r["batch"], "float64")]
+        same = by_key[("sklearn", r["solver"], r["batch"], r["dtype"])]
+        r["speedup_vs_sklearn_float64"] = base64["fit_s"] / r["fit_s"]
+        r["speedup_vs_sklearn_same_dtype"] = same["fit_s"] / r["fit_s"]
+        rows.append({"case": name(r), "samples/s": r["samples_per_s"], "fit s": r["fit_s"],
+                     "accuracy": f"{100 * r['test_accuracy']:.2f}%",
+                     "vs sklearn float64": r["speedup_vs_sklearn_float64"] if r["library"] == "distbp" else None,
+                     "vs same dtype": r["speedup_vs_sklearn_same_dtype"] if r["library"] == "distbp" else None})
+    print_table(rows, ["case", "samples/s", "fit s", "accuracy", "vs sklearn float64", "vs same dtype"],
+                title=f"MLP 784-{'-'.join(map(str, HIDDEN))}-10 relu, {args.rows} train / {args.test} held-out "
+                      f"rows, {args.epochs} epochs, {cores_available()} cores, median of {args.repeats}; "
+                      f"load avg {os.getloadavg()[0]:.1f}")
+    distbp = [r for r in results if r["library"] == "distbp"]
+    equal = [r["speedup_vs_sklearn_same_dtype"] for r in distbp if r["dtype"] == "float64"]
+    f32 = [r["speedup_vs_sklearn_float64"] for r in distbp if r["dtype"] == "float32"]
+    gap = max(abs(r["test_accuracy"] - by_key[("sklearn", r["solver"], r["batch"], r["dtype"])]["test_accuracy"])
+              for r in distbp)
+    print(f"float64 vs float64: {min(equal):.2f}x to {max(equal):.2f}x (target >= 1.5x: "
+          f"{'met' if min(equal) >= 1.5 else 'not met'}); distbp float32 vs sklearn float64: {min(f32):.2f}x to "
+          f"{max(f32):.2f}x (target >= 3x: {'met' if min(f32) >= 3 else 'not met'}); largest held-out accuracy "
+          f"gap {100 * gap:.2f} points")
+    import sklearn
+    write_json(args.out, {"benchmark": "vs_sklearn", "layers": [784, *HIDDEN, 10], "rows": args.rows,
+                          "test_rows": args.test, "epochs": args.epochs, "repeats": args.repeats,
+                          "learning_rates": LR, "momentum": MOMENTUM,
+                          "data": "distbp synthetic, standardized with the training mean/std",
+                          "scikit_learn": sklearn.__version__, "machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Using a saved model: `distbp predict` writes its outputs for the rows of a file, `distbp evaluate` scores
+it on labelled data.
+
+    distbp predict --model m.npz --data X.csv --output P.npy             # probabilities (or regression outputs)
+    distbp predict --model m.npz --data X.npy --output y.csv --labels    # class labels (through the model's classes)
+    distbp evaluate --model m.npz --data test.npz                        # mean loss and accuracy
+    launch/local -n 4 distbp evaluate --model m.npz --data big/ --json   # the rows split over 4 ranks
+
+Both read raw rows and let the model apply its training's feature scaling (`MLP.predict`,
+`MLP.scale_features`), exactly once. `predict` runs on the root: the other ranks of an MPI job wait,
+sleeping, and share its verdict. `evaluate` is data-parallel: each rank scores a contiguous share of the
+rows and the loss sums and correct counts are allreduced, as training's evaluation does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+
+from distbp.comm import Comm
+from distbp.data import Dataset, Split, load_dataset
+from distbp.errors import ConfigError, DistbpError
+from distbp.model import MLP
+from distbp.modelfile import load_model, write_atomically
+from distbp.shard import rank_slice
+
+CHUNK_ELEMENTS = 1 << 24  # rows × layer widths per forward pass: bounds the workspace (64 MiB per float32 array)
+OUTPUTS = (".npy", ".npz", ".csv")
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK"
+CSV_FORMAT = ("comma-separated numbers, one row per line, features only (a first line that is not numbers is "
+              "taken as a header and skipped)")
+
+
+# ---- reading rows, writing outputs ------------------------------------------------------------------
+
+def read_features(path: str) -> np.ndarray:
+    """The rows to predict on, (n, features): a 2-D .npy (memory-mapped), an .npz's member X (else X_test;
+    labels are ignored), or a CSV of numbers (see CSV_FORMAT). Raises ValueError naming the file."""
+    if not os.path.exists(path):
+        raise ValueError(f"data file not found: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: not a regular file")
+    suffix = os.path.splitext(path)[1].lower()
+    readers = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv}
+    if suffix not in readers:
+        raise ValueError(f"{path}: unsupported data format; distbp predict reads .npy (rows × features), .npz "
+                         "(member X, else X_test) or .csv")
+    X = readers[suffix](path)
+    if X.ndim != 2:
+        raise ValueError(f"{path}: the features must be 2-D (rows, features), got shape {X.shape}")
+    if X.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: the features have non-numeric dtype {X.dtype}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{path}: no rows")
+    return X
+
+
+def _starts_with(path: str, magic: bytes, what: str) -> None:
+    with open(path, "rb") as fh:
+        if not fh.read(len(magic)).startswith(magic):
+            raise ValueError(f"{path}: not {what}")
+
+
+def _read_npy(path: str) -> np.ndarray:
+    _starts_with(path, NPY_MAGIC, "a .npy file")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # a bad header, a file cut short: numpy's errors vary
+        raise ValueError(f"{path}: cannot read it: {e}") from None
+
+
+def _read_npz(path: str) -> np.ndarray:
+    _starts_with(path, ZIP_MAGIC, "an .npz (zip) file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            key = next((k for k in ("X", "X_test") if k in archive.files), None)
+            if key is None:
+                raise ValueError(f"has no member X or X_test (its members: {', '.join(archive.files) or 'none'})")
+            return archive[key]
+    except Exception as e:  # zip, zlib and header errors all mean a corrupt file
+        raise ValueError(f"{path}: cannot read it: {e}") from None
+
+
+def _read_csv(path: str) -> np.ndarray:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        header = 1 if _is_header(first) else 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file is reported below, as "no rows"
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header, dtype=np.float64, encoding="utf-8")
+    except ValueError as e:  # also UnicodeDecodeError
+        why = str(e).split("; use `usecols`")[0].rstrip(".")  # loadtxt's hint is about its own API
+        raise ValueError(f"{path}: {why}; distbp predict reads a CSV of {CSV_FORMAT}") from None
+
+
+def _is_header(line: str) -> bool:
+    """A line with a cell that is there but not a number (an empty cell is a data error, reported by loadtxt)."""
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+            return True
+        except ValueError:
+            return False
+    return any(cell.strip() and not number(cell) for cell in line.split(","))
+
+
+def check_output_path(path: str) -> str:
+    """The output's format by its extension (.npy, .npz or .csv); ValueError for anything else."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in OUTPUTS:
+        raise ValueError(f"--output {path}: give a file name ending in .npy, .npz or .csv")
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path} is a directory; give a file name")
+    return suffix
+
+
+def write_outputs(path: str, values: np.ndarray, member: str) -> None:
+    """Write values (n, outputs) or labels (n,) to path, atomically: .npy, .npz (as `member`) or .csv (floats with
+    every digit their dtype needs to read back the same bits; labels as they are)."""
+    suffix = check_output_path(path)
+    if suffix == ".npy":
+        write_atomically(path, lambda fh: np.save(fh, values))
+    elif suffix == ".npz":
+        write_atomically(path, lambda fh: np.savez(fh, **{member: values}))
+    else:
+        fmt = {"f": "%.9g" if values.dtype == np.float32 else "%.17g", "i": "%d", "u": "%d"}.get(values.dtype.kind, "%s")
+        write_atomically(path, lambda fh: np.savetxt(fh, values, fmt=fmt, delimiter=",", encoding="utf-8"))
+
+
+# ---- predictions -----------------------------------------------------------------------------------
+
+def predict_rows(model: MLP, X: np.ndarray) -> np.ndarray:
+    """model.predict over X (n, inputs) raw rows, a chunk of rows at a time (a memory-mapped X is read a chunk
+    at a time, the workspace stays bounded); returns (n, outputs) in the model's dtype. Integer features are
+    converted to the model's dtype first, as training's gather does."""
+    rows = max(1, CHUNK_ELEMENTS // sum(model.sizes))
+    out = np.empty((X.shape[0], model.sizes[-1]), model.dtype)
+    for s in range(0, X.shape[0], rows):
+        chunk = np.asarray(X[s:s + rows])
+        out[s:s + rows] = model.predict(chunk if chunk.dtype.kind == "f" else chunk.astype(model.dtype))
+    return out
+
+
+def to_labels(model: MLP, outputs: np.ndarray) -> np.ndarray:
+    """(n,) the label of each row's largest output: model.classes[k] when the model has classes, else k."""
+    if model.loss.name == "mse" and model.sizes[-1] == 1:
+        raise ValueError("--labels needs a classifier; this model has one linear output (loss mse): a regression")
+    index = np.argmax(outputs, axis=1)
+    return index if model.classes is None else model.classes[index]
+
+
+def predict_file(model_path: str, data_path: str, output_path: str, labels: bool = False) -> str:
+    """Read the model and the rows, write the outputs (or labels); returns what was written, for the log line."""
+    check_output_path(output_path)  # before the work: a bad name fails at once
+    model = load_model(model_path)
+    X = read_features(data_path)
+    if X.shape[1] != model.sizes[0]:
+        hint = " (a label column? distbp predict reads features only)" if X.shape[1] == model.sizes[0] + 1 else ""
+        raise ValueError(f"{data_path} has {X.shape[1]} features per row, the model {model_path} takes "
+                         f"{model.sizes[0]}{hint}")
+    try:
+        outputs = predict_rows(model, X)
+    except ValueError as e:  # NaN or Inf in the rows
+        raise ValueError(f"{data_path}: {e}") from None
+    if labels:
+        write_outputs(output_path, to_labels(model, outputs), "labels")
+        return f"class labels of {X.shape[0]} rows"
+    write_outputs(output_path, outputs, "P")
+    what = "probabilities" if model.loss.name == "cross_entropy" else "outputs"
+    return f"{what} ({model.sizes[-1]} per row) of {X.shape[0]} rows"
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+
+def check_fits(model: MLP, data: Dataset, model_path: str, spec: str) -> None:
+    """ValueError unless the features and labels (or targets) of `data` (read from `spec`) fit the model's
+    inputs and outputs."""
+    inputs, outputs = model.sizes[0], model.sizes[-1]
+    if data.n_features != inputs:
+        raise ValueError(f"{spec} has {data.n_features} features, the model {model_path} takes {inputs}")
+    if data.n_classes is None:
+        if model.loss.labels:
+            raise ValueError(f"{spec} has float targets, but {model_path} is a classifier (loss cross_entropy)")
+        if data.n_targets != outputs:
+            raise ValueError(f"{spec} has {data.n_targets} targets per row, {model_path} has {outputs} outputs")
+    elif data.n_classes > outputs:
+        raise ValueError(f"{spec} has labels up to {data.n_classes - 1}, {model_path} has {outputs} outputs")
+
+
+def evaluate_split(model: MLP, split: Split, comm: Comm) -> tuple[float, float | None]:
+    """[dist] Mean loss (as the metrics' test_loss) and accuracy (None for float targets) of `model` on every
+    row of `split`, read unscaled (the model scales them): each rank scores a contiguous share in chunks,
+    and the sums are allreduced."""
+    r0, r1 = rank_slice(split.n_rows, comm.rank, comm.size)
+    labels = split.n_classes is not None
+    rows = max(1, min(CHUNK_ELEMENTS // sum(model.sizes), r1 - r0))
+    X = np.empty((rows, model.sizes[0]), model.dtype)
+    y = np.empty(rows, np.int64) if labels else np.empty((rows, model.sizes[-1]), model.dtype)
+    loss_sum = correct = 0.0
+    for s in range(r0, r1, rows):
+        k = min(rows, r1 - s)
+        split.gather(np.arange(s, s + k, dtype=np.int64), X[:k], y[:k])
+        loss_sum += model.loss_into(model.scale_features(X[:k]), targets(model, y[:k]))
+        if labels:
+            correct += model.count_correct(y[:k])
+    totals = comm.sum_scalars([loss_sum, correct])  # [dist]
+    n = split.n_rows
+    return float(totals[0] / n), (float(totals[1] / n) if labels else None)
+
+
+def targets(model: MLP, y: np.ndarray) -> np.ndarray:
+    """What the model's loss takes: int labels (n,) for cross_entropy, one-hot rows for mse on labels, float
+    targets (n, outputs) as they are."""
+    if model.loss.labels or y.ndim == 2:
+        return y
+    onehot = np.zeros((len(y), model.sizes[-1]), model.dtype)
+    onehot[np.arange(len(y)), y] = 1
+    return onehot
+
+
+def warm_up(model: MLP, comm: Comm) -> None:
+    """[dist] The root compiles the evaluation's kernels (2 zero rows) while the others wait, then they load
+    them from the cache: ranks do not all compile the same kernels at once."""
+    if comm.size == 1:
+        return
+    if comm.is_root:
+        X = np.zeros((2, model.sizes[0]), model.dtype)
+        y = np.zeros(2, np.int64)
+        model.loss_into(X, targets(model, y))
+        model.count_correct(y)
+    comm.barrier_within(math.inf)
+
+
+# ---- the commands ----------------------------------------------------------------------------------
+
+def predict_main(argv: list[str], comm: Comm) -> int:
+    """`distbp predict`: the root writes the model's outputs for the rows of --data to --output."""
+    parser = _parser("distbp predict", "Write a saved model's outputs (or class labels) for the rows of a file.")
+    parser.add_argument("--data", metavar="FILE", help=".npy (rows × features), .npz (X, else X_test) or .csv: "
+                                                       + CSV_FORMAT)
+    parser.add_argument("--output", metavar="FILE", help=".npy, .npz (member P, or labels) or .csv")
+    parser.add_argument("--labels", action="store_true",
+                        help="write each row's class label (through the model's classes) instead of probabilities")
+    args = _parse(parser, argv, comm, required=("model", "data", "output"))
+    if args is None:
+        return 0
+    err, what = None, ""
+    if comm.is_root:
+        try:
+            what = predict_file(args.model, args.data, args.output, args.labels)
+        except (DistbpError, ValueError, OSError) as e:
+            err = e
+    comm.barrier_within(math.inf)  # [dist] the others wait for the root, sleeping between polls
+    comm.agree_on_failure(err)  # [dist] the root's error ends every rank, reported once
+    if comm.is_root:
+        print(f"distbp: wrote the {what} to {args.output}", flush=True)
+    return 0
+
+
+def evaluate_main(argv: list[str], comm: Comm) -> int:
+    """`distbp evaluate`: mean loss and accuracy of a saved model on labelled data, data-parallel."""
+    parser = _parser("distbp evaluate", "Mean loss and accuracy of a saved model on labelled data: its test split "
+                                        "if it has one, else all its rows.")
+    parser.add_argument("--data", metavar="SPEC", help="any data spec of distbp train --data (docs/data.md)")
+    parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
+                        help="hold out this fraction as distbp train does (with its --seed) and score those rows, "
+                             "when the data has no test split (default: 0, score all rows)")
+    parser.add_argument("--seed", type=int, default=0, help="the training's --seed: synthetic data and the "
+                                                            "held-out rows (default: 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
+    args = _parse(parser, argv, comm, required=("model", "data"))
+    if args is None:
+        return 0
+    err, model, data = None, None, None
+    try:
+        model = load_model(args.model)
+        # unscaled rows: the model applies its own scaling, so that it is applied exactly once
+        data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction, scale="none")
+        check_fits(model, data, args.model, args.data)
+    except (DistbpError, ValueError, OSError) as e:
+        err = e
+    comm.agree_on_failure(err)  # [dist] a bad file stops every rank, reported once
+    warm_up(model, comm)
+    split, which = (data.test, "test") if data.test is not None else (data.train, "all")
+    loss, accuracy = evaluate_split(model, split, comm)
+    if comm.is_root:
+        report = {"model": args.model, "data": args.data, "split": which, "rows": split.n_rows, "loss": loss,
+                  "accuracy": accuracy, "ranks": comm.size}
+        print(json.dumps(report) if args.json else text_report(report, model), flush=True)
+    return 0
+
+
+def text_report(r: dict, model: MLP) -> str:
+    arch = f"{'-'.join(map(str, model.sizes))} {'/'.join([*dict.fromkeys(model.activation_names), model.loss.name])}"
+    accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+    rows = "its test split" if r["split"] == "test" else "all its rows (it has no test split)"
+    return (f"distbp: {r['model']} ({arch} {model.dtype}) on {r['data']}, {rows}: {r['rows']} rows, "
+            f"{r['ranks']} rank(s)\nloss {r['loss']:.6f}  accuracy {accuracy}")
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser.add_argument("--model", metavar="FILE", help="a model file (distbp train --save, model.save)")
+    parser.add_argument("--threads", type=int, metavar="N", help="Numba and BLAS threads per rank "
+                                                                  "(default: cores / ranks on the node)")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], comm: Comm,
+           required: tuple[str, ...]) -> argparse.Namespace | None:
+    """The arguments (the same on every rank), None after --help; ConfigError for a bad or missing one."""
+    if "-h" in argv or "--help" in argv:
+        if comm.is_root:
+            parser.print_help()
+        return None
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise ConfigError(str(e)) from None
+    if extra:
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+    missing = [f"--{name}" for name in required if not getattr(args, name)]
+    if missing:
+        raise ConfigError(f"{parser.prog} needs {', '.join(missing)}")
+    return args

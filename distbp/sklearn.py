@@ -1,0 +1,476 @@
+"""scikit-learn estimators trained by distbp: `MLPClassifier` and `MLPRegressor`, data-parallel under MPI.
+
+    from distbp.sklearn import MLPClassifier
+    clf = MLPClassifier(hidden_layer_sizes=(256,), solver="adam", max_iter=20, random_state=0)
+    clf.fit(X_train, y_train).score(X_test, y_test)
+
+    python script.py                          # one process on all cores
+    mpirun -n 4 python -m mpi4py script.py    # the same script, each batch split over 4 ranks
+
+Needs scikit-learn: `pip install distbp[sklearn]`. The estimators follow
+`sklearn.neural_network.MLPClassifier` / `MLPRegressor`: the same parameter names where the meaning is
+the same, the mean loss over a batch, stopping when the loss (or the validation score, with
+`early_stopping`) has not improved by `tol` for `n_iter_no_change` epochs, and the fitted attributes
+`loss_curve_`, `n_iter_`, `classes_`, `coefs_`, `intercepts_`, … They work with `clone`, `Pipeline`,
+`GridSearchCV` and pickle, and pass scikit-learn's estimator checks (see tests/test_sklearn.py).
+
+Under MPI every rank calls `fit` with the same X and y (the same script on the same data); each rank
+computes its share of every global batch, the gradients are summed over ranks, and every rank ends with
+the same fitted estimator. Use scikit-learn's tools with n_jobs=1 (their default) there: every rank must
+make the same fit calls in the same order. `fit(X, y, comm=…)` trains over other ranks
+(`distbp.comm.SerialComm()`: this process alone). The fitted network is `model_`, a `distbp.MLP` (with
+`model_.classes` set for classifiers, so that distbp's model files keep the labels).
+
+Differences from scikit-learn's estimators:
+- no L2 penalty, so no `alpha` parameter (scikit-learn's default is alpha=1e-4; give it alpha=0 for the
+  same loss). `alpha` is left out rather than accepted as 0 only, because scikit-learn's tools set it on
+  any estimator that has it (its estimator checks set alpha=0.01).
+- other parameters are absent where distbp has no counterpart: no "lbfgs" solver; no learning-rate
+  schedules (`learning_rate`, `power_t`: the rate is `learning_rate_init` throughout); no
+  `nesterovs_momentum` (sgd momentum is heavy-ball, scikit-learn's nesterovs_momentum=False); no
+  `beta_1`, `beta_2`, `epsilon` (Adam's are fixed at scikit-learn's defaults 0.9, 0.999, 1e-8; distbp
+  adds ε to the bias-corrected √v̂, scikit-learn before the correction); no `max_fun`. `shuffle` must be
+  True: distbp shuffles every epoch, with permutations seeded by `random_state`.
+- `partial_fit`, and `fit` with warm_start, start with a fresh optimizer state (Adam's moments, the
+  momentum's velocity); scikit-learn keeps that state between calls. `partial_fit` is one epoch over the
+  rows given.
+- with `early_stopping`, the parameters are those of the last epoch trained, not of the epoch with the
+  best validation score (scikit-learn restores the best).
+- binary classification has 2 softmax outputs (scikit-learn: 1 logistic output), so `coefs_[-1]` has 2
+  columns and `out_activation_` is "softmax" for any number of classes; multilabel targets are refused.
+- computation in float32 by default (`dtype="float64"` for scikit-learn's precision); predictions are
+  returned as float64 either way.
+- `MLPRegressor` returns 1-D predictions when it was fitted on a 1-D y, 2-D ones (n_samples, 1) when
+  fitted on a column (scikit-learn flattens any single output). Its validation score with early stopping
+  is the variance-weighted R² over the outputs (scikit-learn: the mean of the per-output R²; the same
+  for one output).
+- invalid parameters raise ValueError (as scikit-learn's do), when `fit` is called; failures while
+  training (NaN in the loss, a rank that stalls) raise `distbp.DistbpError`.
+- X is used as given: no feature scaling is learnt (put a `StandardScaler` in front, as for scikit-learn).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, unique_labels
+    from sklearn.utils.validation import check_is_fitted
+except ImportError as e:  # an optional dependency: say how to get it
+    raise ImportError(f"distbp.sklearn needs scikit-learn ({e}): pip install distbp[sklearn]") from e
+
+try:
+    from sklearn.utils.validation import validate_data  # scikit-learn >= 1.6
+except ImportError:  # scikit-learn 1.2-1.5: the same check is a method of BaseEstimator
+    def validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+from distbp.api import fit as distbp_fit
+from distbp.comm import Comm, world
+from distbp.model import MLP
+
+ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}  # sklearn → distbp
+SOLVERS = ("sgd", "adam")
+DTYPES = ("float32", "float64")
+X_DTYPES = (np.float64, np.float32)  # X is kept in either; other dtypes become float64
+PREDICT_ROWS = 4096  # rows per forward pass in predict, so the model's workspace stays small for any X
+
+
+class _DistbpMLP(BaseEstimator):
+    """What the classifier and the regressor share: parameters, checks, the training loop's bookkeeping.
+
+    Subclasses set LOSS and OUT_ACTIVATION and give `_targets` (y → distbp's targets) and
+    `_validation_score` (an epoch record → the score early stopping watches).
+    """
+
+    LOSS: str
+    OUT_ACTIVATION: str
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
+                 tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32"):
+        # stored unchanged (scikit-learn's clone and get_params rely on it); checked in fit
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.dtype = dtype
+
+    # ---- the public methods (the subclasses add predict, predict_proba, partial_fit) ----------------
+
+    def fit(self, X: ArrayLike, y: ArrayLike, *, comm: Comm | None = None) -> "_DistbpMLP":
+        """Train for up to max_iter epochs from new parameters (from the fitted ones with warm_start).
+
+        X (n_samples, n_features) numeric; y (n_samples,) labels or targets, or (n_samples, n_outputs)
+        targets (regressor). comm: the ranks to train over (default: all MPI ranks, or this process).
+        Returns self.
+        """
+        return self._fit(X, y, comm, incremental=False)
+
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        """Layer l's weights W (fan_in, fan_out), views into `model_`'s parameters (scikit-learn's coefs_)."""
+        check_is_fitted(self, "model_")
+        return [W for W, _ in self.model_.params]
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        """Layer l's biases b (fan_out,), views into `model_`'s parameters."""
+        check_is_fitted(self, "model_")
+        return [b for _, b in self.model_.params]
+
+    # ---- training -------------------------------------------------------------------------------------
+
+    def _fit(self, X, y, comm: Comm | None, incremental: bool, classes=None):
+        """fit (incremental=False) and partial_fit (True: one epoch, no stopping rule)."""
+        self._check_params()
+        continuing = hasattr(self, "model_") and (incremental or self.warm_start)
+        X, y = validate_data(self, X, y, reset=not continuing, dtype=X_DTYPES, **self._target_checks())
+        targets = self._targets(y, continuing, classes)
+        comm = world() if comm is None else comm
+        if not continuing:
+            self._start(X.shape[1], comm)
+        X_train, t_train, validation = X, targets, None
+        if self.early_stopping and not incremental:
+            X_train, t_train, validation = self._hold_out(X, targets)
+        self._n_train = X_train.shape[0]
+        seed = self._seed if self.n_iter_ == 0 else _derived_seed(self._seed, self.n_iter_)
+        epochs = 1 if incremental else self.max_iter
+        self._stopped = False
+        history = distbp_fit(
+            self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
+            callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
+            epochs=epochs, batch_size=self._batch_rows(X_train.shape[0]), lr=self.learning_rate_init,
+            lr_scale="mean",  # scikit-learn's mean loss: the step is η·∇L/B
+            seed=seed, scale="none", **self._optimizer())
+        if not incremental and len(history) == epochs and not self._stopped and comm.is_root:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning)
+        return self
+
+    def _start(self, n_features: int, comm: Comm) -> None:
+        """New parameters for n_features inputs, and the bookkeeping of a fresh fit (scikit-learn's)."""
+        self._seed = _agreed_seed(self.random_state, comm)
+        sizes = [n_features, *_hidden_sizes(self.hidden_layer_sizes), self.n_outputs_]
+        self.model_ = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=self.LOSS, dtype=self.dtype,
+                          seed=self._seed)
+        self.model_.classes = getattr(self, "classes_", None)
+        self.n_layers_ = len(sizes)
+        self.out_activation_ = self.OUT_ACTIVATION
+        self.n_iter_, self.t_ = 0, 0
+        self.loss_curve_: list[float] = []
+        self.loss_ = None
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_: list[float] | None = []
+            self.best_validation_score_: float | None = -np.inf
+            self.best_loss_: float | None = None
+        else:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_ = np.inf
+
+    def _after_epoch(self, record: dict, incremental: bool, is_root: bool) -> bool:
+        """distbp.fit's callback: record the epoch as scikit-learn does; True stops training.
+
+        Stops when the training loss has not fallen by tol (with early_stopping: the validation score
+        has not risen by tol) for more than n_iter_no_change epochs in a row; partial_fit never stops.
+        Every rank sees the same record, so every rank decides alike; only the root prints.
+        """
+        self.n_iter_ += 1
+        self.t_ += self._n_train
+        self.loss_ = record["train_loss"] / self._loss_divisor()
+        self.loss_curve_.append(self.loss_)
+        if self.early_stopping and not incremental:
+            score = self._validation_score(record)
+            self.validation_scores_.append(score)
+            improved = score >= self.best_validation_score_ + self.tol
+            self.best_validation_score_ = max(self.best_validation_score_, score)
+        else:
+            best = np.inf if self.best_loss_ is None else self.best_loss_  # partial_fit after early stopping
+            improved = self.loss_ <= best - self.tol
+            self.best_loss_ = min(best, self.loss_)
+        self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
+        self._stopped = not incremental and self._no_improvement_count > self.n_iter_no_change
+        if self._stopped and self.verbose and is_root:
+            watched = "Validation score" if self.early_stopping else "Training loss"
+            print(f"{watched} did not improve more than tol={self.tol} for {self.n_iter_no_change} "
+                  "consecutive epochs. Stopping.")
+        return self._stopped
+
+    def _hold_out(self, X: np.ndarray, targets: np.ndarray):
+        """(X_train, targets_train, (X_val, targets_val)): validation_fraction of the rows, stratified for
+        classifiers, drawn with the estimator's seed (the same rows on every rank)."""
+        stratify = targets if self.LOSS == "cross_entropy" else None
+        X_train, X_val, t_train, t_val = train_test_split(X, targets, test_size=self.validation_fraction,
+                                                          random_state=self._seed, stratify=stratify)
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
+                             "of your dataset.")
+        self._remember_validation(t_val)
+        return X_train, t_train, (X_val, t_val)
+
+    def _remember_validation(self, t_val: np.ndarray) -> None:
+        """Hook: what the validation score needs to know about the held-out targets."""
+
+    def _loss_divisor(self) -> int:
+        return 1
+
+    def _optimizer(self) -> dict:
+        """distbp.fit's optimizer options for solver and momentum."""
+        if self.solver == "adam":
+            return {"optimizer": "adam"}
+        if self.momentum > 0:
+            return {"optimizer": "momentum", "momentum": float(self.momentum)}
+        return {"optimizer": "gd"}
+
+    def _batch_rows(self, n_samples: int) -> int:
+        """The global batch: "auto" is min(200, n_samples); larger than n_samples is clipped (with a warning)."""
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped")
+        return min(int(self.batch_size), n_samples)
+
+    # ---- prediction -----------------------------------------------------------------------------------
+
+    def _outputs(self, X) -> np.ndarray:
+        """The network's outputs (n_samples, n_outputs) as float64: softmax probabilities or linear outputs."""
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, dtype=X_DTYPES)
+        out = np.empty((X.shape[0], self.model_.sizes[-1]), np.float64)
+        for start in range(0, X.shape[0], PREDICT_ROWS):
+            out[start:start + PREDICT_ROWS] = self.model_.predict(X[start:start + PREDICT_ROWS])
+        return out
+
+    # ---- parameter checks -------------------------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        """Raise ValueError naming a parameter that cannot work (scikit-learn checks in fit too)."""
+        name = type(self).__name__
+        _hidden_sizes(self.hidden_layer_sizes)
+        _one_of("activation", self.activation, tuple(ACTIVATIONS))
+        if self.solver == "lbfgs":
+            raise ValueError(f"{name}: solver='lbfgs' is not available in distbp; use 'sgd' or 'adam'")
+        _one_of("solver", self.solver, SOLVERS)
+        _one_of("dtype", self.dtype, DTYPES)
+        if not self.shuffle:
+            raise ValueError(f"{name}: shuffle=False is not supported: distbp shuffles the rows every epoch")
+        if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
+            raise ValueError(f"{name}: batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
+        _in_range("learning_rate_init", self.learning_rate_init, 0, np.inf, low_open=True)
+        _in_range("momentum", self.momentum, 0, 1, high_open=True)
+        _in_range("tol", self.tol, 0, np.inf)
+        _in_range("validation_fraction", self.validation_fraction, 0, 1, low_open=True, high_open=True)
+        for param in ("max_iter", "n_iter_no_change"):
+            value = getattr(self, param)
+            if not (_is_int(value) and value >= 1):
+                raise ValueError(f"{name}: {param} must be a positive integer, got {value!r}")
+
+
+class MLPClassifier(ClassifierMixin, _DistbpMLP):
+    """A multilayer perceptron classifier with softmax outputs and the mean cross-entropy loss.
+
+    Parameters are scikit-learn's (see the module docstring for what differs):
+    hidden_layer_sizes: units of each hidden layer, e.g. (100,) or (256, 128); an int is one layer.
+    activation: of the hidden layers, "identity", "logistic", "tanh" or "relu".
+    solver: "sgd" (momentum > 0: heavy-ball momentum) or "adam".
+    batch_size: rows per global batch (split over MPI ranks), "auto" = min(200, n_samples).
+    learning_rate_init: η, constant. max_iter: epochs at most. shuffle: only True.
+    random_state: int, RandomState or None: the initial weights, the epochs' permutations and the
+    early-stopping split. tol, n_iter_no_change: stop after more than n_iter_no_change epochs without
+    an improvement of tol. verbose: distbp's per-epoch lines. warm_start: fit continues from the
+    fitted parameters. momentum: μ for sgd. early_stopping, validation_fraction: hold out this
+    fraction (stratified) and watch its accuracy instead of the training loss.
+    dtype: "float32" or "float64", what the network computes in.
+
+    Fitted attributes: classes_ (n_classes,), n_features_in_, n_outputs_ (= n_classes, also for two
+    classes), n_layers_, out_activation_ ("softmax"), model_ (the distbp.MLP), coefs_, intercepts_,
+    n_iter_, t_ (training rows seen), loss_, loss_curve_, best_loss_ (None with early stopping),
+    validation_scores_ and best_validation_score_ (with early stopping; else None).
+    """
+
+    LOSS = "cross_entropy"
+    OUT_ACTIVATION = "softmax"
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None, *,
+                    comm: Comm | None = None) -> "MLPClassifier":
+        """One epoch over (X, y) from the current parameters (new ones on the first call).
+
+        classes: every label y may ever hold, required on the first call (as in scikit-learn).
+        Returns self.
+        """
+        if not hasattr(self, "model_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._fit(X, y, comm, incremental=True, classes=classes)
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """The most probable class of each row (n_samples,), as labels of classes_."""
+        outputs = self._outputs(X)  # first: raises NotFittedError before fit
+        return self.classes_[np.argmax(outputs, axis=1)]
+
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Class probabilities (n_samples, n_classes) in the order of classes_; rows sum to 1 (float64)."""
+        proba = self._outputs(X)
+        proba /= proba.sum(axis=1, keepdims=True)  # exact in float64 when the model computed in float32
+        return proba
+
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
+        """log of predict_proba (n_samples, n_classes)."""
+        return np.log(self.predict_proba(X))
+
+    def _target_checks(self) -> dict:
+        return {"multi_output": False}
+
+    def _targets(self, y: np.ndarray, continuing: bool, classes) -> np.ndarray:
+        """Labels (n_samples,) → class numbers 0…K−1 (int64) in the order of classes_ (set on a new fit)."""
+        check_classification_targets(y)
+        name = type(self).__name__
+        if classes is not None and continuing and not np.array_equal(unique_labels(classes), self.classes_):
+            raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                             f"was: {self.classes_!r}")
+        if not continuing:
+            self.classes_ = unique_labels(classes if classes is not None else y)
+            self.n_outputs_ = len(self.classes_)
+            if self.n_outputs_ < 2:
+                raise ValueError(f"{name} needs samples of at least 2 classes in the data, but the data "
+                                 f"contains only one class: {self.classes_[0]!r}")
+        unknown = np.setdiff1d(unique_labels(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"{name}: y holds labels {unknown.tolist()} that are not among the classes "
+                             f"{self.classes_.tolist()} (fixed by the first fit or partial_fit; warm_start "
+                             "and partial_fit keep them)")
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _validation_score(self, record: dict) -> float:
+        return float(record["test_accuracy"])  # scikit-learn's: accuracy on the held-out rows
+
+
+class MLPRegressor(RegressorMixin, _DistbpMLP):
+    """A multilayer perceptron regressor: linear outputs, the mean squared-error loss ½‖ŷ − y‖².
+
+    Parameters as for `MLPClassifier` (early_stopping watches R² on the held-out rows).
+    Fitted attributes: n_features_in_, n_outputs_, n_layers_, out_activation_ ("identity"), model_,
+    coefs_, intercepts_, n_iter_, t_, loss_ and loss_curve_ (half the mean squared error per output,
+    as scikit-learn's), best_loss_, validation_scores_, best_validation_score_.
+    """
+
+    LOSS = "mse"
+    OUT_ACTIVATION = "identity"
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, *, comm: Comm | None = None) -> "MLPRegressor":
+        """One epoch over (X, y) from the current parameters (new ones on the first call). Returns self."""
+        return self._fit(X, y, comm, incremental=True)
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predictions (n_samples,) for a model fitted on 1-D y, else (n_samples, n_outputs); float64."""
+        out = self._outputs(X)
+        return out[:, 0] if self._targets_1d else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _more_tags(self) -> dict:  # the same for scikit-learn < 1.6
+        return {"multioutput": True}
+
+    def _target_checks(self) -> dict:
+        return {"multi_output": True, "y_numeric": True}
+
+    def _targets(self, y: np.ndarray, continuing: bool, classes) -> np.ndarray:
+        """Targets (n_samples,) or (n_samples, n_outputs) → float64 (n_samples, n_outputs)."""
+        targets = np.asarray(y, np.float64).reshape(len(y), -1)
+        if not continuing:
+            self.n_outputs_ = targets.shape[1]
+            self._targets_1d = y.ndim == 1
+        elif targets.shape[1] != self.n_outputs_:
+            raise ValueError(f"{type(self).__name__}: y has {targets.shape[1]} outputs, the fitted model "
+                             f"{self.n_outputs_}")
+        return targets
+
+    def _loss_divisor(self) -> int:
+        return self.n_outputs_  # distbp's loss is summed over outputs, scikit-learn's averaged
+
+    def _remember_validation(self, t_val: np.ndarray) -> None:
+        self._val_rows = t_val.shape[0]
+        self._val_total_squares = float(((t_val - t_val.mean(axis=0)) ** 2).sum())
+
+    def _validation_score(self, record: dict) -> float:
+        """R² = 1 − Σ(y − ŷ)² / Σ(y − ȳ)² over the held-out rows and all outputs, from the mean
+        held-out loss ½Σ(y − ŷ)² per row; 1 or 0 for constant targets (scikit-learn's convention)."""
+        residual = 2.0 * record["test_loss"] * self._val_rows
+        if self._val_total_squares == 0:
+            return 1.0 if residual == 0 else 0.0
+        return 1.0 - residual / self._val_total_squares
+
+
+# ---- small helpers ---------------------------------------------------------------------------------------
+
+def _hidden_sizes(value) -> list[int]:
+    """hidden_layer_sizes as a list of positive ints (an int is one layer; () is no hidden layer)."""
+    sizes = [value] if _is_int(value) else value
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        sizes = None
+    if sizes is None or not all(_is_int(s) and s >= 1 for s in sizes):
+        raise ValueError(f"hidden_layer_sizes must be a positive integer or a sequence of them, got {value!r}")
+    return [int(s) for s in sizes]
+
+
+def _agreed_seed(random_state, comm: Comm) -> int:
+    """The seed of the weights, the permutations and the validation split, the same on every rank."""
+    if _is_int(random_state):
+        check_random_state(random_state)  # raises for seeds RandomState refuses (negative, ≥ 2³²)
+        seed = int(random_state)
+    else:
+        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    if comm.size > 1:
+        # [dist] random_state=None draws a different seed on every rank: everyone takes the root's
+        buf = np.array([seed], np.int64)
+        comm.bcast(buf)
+        seed = int(buf[0])
+    return seed
+
+
+def _derived_seed(seed: int, epochs_done: int) -> int:
+    """The permutation seed of a call that continues after epochs_done epochs (partial_fit, warm_start):
+    new permutations, not those of the first call's epochs again."""
+    return int(np.random.SeedSequence([seed, epochs_done]).generate_state(1)[0])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _one_of(param: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{param} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _in_range(param: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+        (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{param} must be a number in {interval}, got {value!r}")
