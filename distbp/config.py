@@ -56,7 +56,8 @@ class Config:
     allreduce: str = opt("auto", "ring (distbp's ring: less memory, faster on one node), mpi (the MPI library's), "
                                  "auto: ring when all ranks share one node, else mpi")
     # output
-    save: str | None = opt(None, "final parameters as .npz with W0, b0, W1, b1, …")
+    save: str | None = opt(None, "the final model as a model file (.npz: W0, b0, W1, b1, … and its description; "
+                                 "docs/modelfile.md)")
     metrics: str | None = opt(None, "one JSON object per epoch (JSONL)")
     progress: str = opt("auto", "auto (bar on a terminal, lines otherwise), bar, lines, none")
     trace: str | None = opt(None, "a Chrome trace-event JSON of every rank's steps (open in Perfetto or chrome://tracing)")

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 import uuid
-import numpy as np
 
 from distbp import checkpoint as ckpt
 from distbp.comm import Comm

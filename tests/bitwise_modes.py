@@ -55,7 +55,8 @@ MODES = [
 def params_hash(path: Path) -> str:
     """sha256 over W0, b0, W1, b1, … of a saved .npz, in layer order."""
     with np.load(path) as z:
-        names = sorted(z.files, key=lambda k: (int(k[1:]), k[0]))
+        params = [k for k in z.files if k[:1] in ("W", "b") and k[1:].isdigit()]  # not a model file's description
+        names = sorted(params, key=lambda k: (int(k[1:]), k[0]))
         h = hashlib.sha256()
         for k in names:
             h.update(k.encode())

@@ -31,11 +31,12 @@ class Completed:
 
 
 def load_npz(path) -> dict:
-    """Every array of a saved .npz (a run's --save: W0, b0, W1, b1, …), read into memory."""
+    """The parameter arrays W0, b0, W1, b1, … of a saved .npz (a run's --save, a model file), read into
+    memory; a model file's description (distbp_model, the scaling, the classes) is left out."""
     import numpy as np
 
     with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+        return {k: f[k] for k in f.files if k[:1] in ("W", "b") and k[1:].isdigit()}
 
 
 def launcher_command(n: int, args: list[str], threads: int | None = 1) -> list[str]:
