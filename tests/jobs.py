@@ -31,12 +31,13 @@ class Completed:
 
 
 def load_npz(path) -> dict:
-    """The parameter arrays W0, b0, W1, b1, … of a saved .npz (a run's --save, a model file), read into
-    memory; a model file's description (distbp_model, the scaling, the classes) is left out."""
+    """Every array of a saved .npz, read into memory; of a model file (a run's --save), only its parameters
+    W0, b0, W1, b1, … (its description, scaling and classes are left out)."""
     import numpy as np
 
     with np.load(path) as f:
-        return {k: f[k] for k in f.files if k[:1] in ("W", "b") and k[1:].isdigit()}
+        model_file = "distbp_model" in f.files
+        return {k: f[k] for k in f.files if not model_file or (k[:1] in ("W", "b") and k[1:].isdigit())}
 
 
 def launcher_command(n: int, args: list[str], threads: int | None = 1) -> list[str]:
