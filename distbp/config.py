@@ -42,7 +42,19 @@ class Config:
     optimizer: str = opt("gd", "gd, momentum, adam")
     lr: float = opt(0.001, "η in θ ← θ − η·scale·∇L")
     lr_scale: str = opt("sum", "sum: the seed's η·∇L of the summed loss; mean: η·∇L/B (B = rows in the global batch)")
-    momentum: float = opt(0.9, "μ for --optimizer momentum")
+    momentum: float = opt(0.9, "μ for --optimizer momentum (and lars)")
+    lr_schedule: str = opt("constant", "η over the global steps: constant, step (×lr_decay at each of "
+                                      "lr_milestones), cosine or linear (to lr_final at the last step)")
+    lr_milestones: list[int] | None = opt(None, "epochs at which --lr-schedule step multiplies η by lr_decay")
+    lr_decay: float = opt(0.1, "factor of --lr-schedule step at each milestone")
+    lr_final: float = opt(0.0, "η at the last step of --lr-schedule cosine or linear")
+    warmup_steps: int = opt(0, "linear warm-up over the first N global steps, from warmup_start·η to the schedule's η")
+    warmup_epochs: int = opt(0, "the same in epochs (give warmup_steps or warmup_epochs, not both)")
+    warmup_start: float = opt(0.0, "the warm-up's first η, as a fraction of the schedule's")
+    weight_decay: float = opt(0.0, "λ: decoupled for adam/lamb (AdamW), λ·θ added to ∇L for gd, momentum and lars")
+    decay_biases: bool = opt(False, "apply --weight-decay to biases too (default: weights only)")
+    clip_grad_norm: float = opt(0.0, "scale ∇L (after the allreduce) to this global L2 norm when it is larger (0: off)")
+    trust: float = opt(0.001, "lars: the trust coefficient of the layer-wise rate")
     batch_size: int = opt(128, "global mini-batch, split over the ranks")
     accumulate: int = opt(1, "split each rank's share into K micro-batches, one allreduce per global batch")
     shard_optimizer: bool = opt(False, "optimizer state split over ranks (reduce-scatter, update a part, allgather)")
@@ -62,6 +74,10 @@ class Config:
     progress: str = opt("auto", "auto (bar on a terminal, lines otherwise), bar, lines, none")
     trace: str | None = opt(None, "a Chrome trace-event JSON of every rank's steps (open in Perfetto or chrome://tracing)")
     trace_steps: str | None = opt(None, "START:STOP: with --trace, record only global steps START…STOP-1")
+    eval_every: int = opt(0, "also evaluate on the held-out rows every N global steps (0: at epoch ends only)")
+    early_stop_patience: int = opt(0, "stop after K evaluations without an improvement of early_stop_metric (0: off)")
+    early_stop_metric: str = opt("test_loss", "test_loss (lower is better) or test_accuracy (higher is better)")
+    save_best: str | None = opt(None, "keep the model with the best early_stop_metric so far in this model file")
     dry_run: bool = opt(False, "print the per-rank memory estimate and exit without training")
     memory_budget: str | None = opt(None, "e.g. 8GiB: with --dry-run, the largest per-rank batch that fits")
     # safety
@@ -84,7 +100,9 @@ CHOICES = {
     "loss": ("cross_entropy", "mse"),
     "dtype": ("float32", "float64"),
     "scale": ("auto", "standardize", "minmax", "none"),
-    "optimizer": ("gd", "momentum", "adam"),
+    "optimizer": ("gd", "momentum", "adam", "lars", "lamb"),
+    "lr_schedule": ("constant", "step", "cosine", "linear"),
+    "early_stop_metric": ("test_loss", "test_accuracy"),
     "lr_scale": ("sum", "mean"),
     "comm_dtype": (None, "bfloat16", "float16"),
     "allreduce": ("auto", "ring", "mpi"),
@@ -118,7 +136,8 @@ def validate(cfg: Config) -> Config:
             parse_bytes(cfg.memory_budget)
         except ValueError as e:
             raise ConfigError(f"--memory-budget: {e}") from None
-    for name in ("check_every", "checkpoint_steps", "timeout", "seed"):
+    for name in ("check_every", "checkpoint_steps", "timeout", "seed", "warmup_steps", "warmup_epochs", "lr_final",
+                 "weight_decay", "clip_grad_norm", "trust", "eval_every", "early_stop_patience"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
     if cfg.threads is not None and cfg.threads < 1:
@@ -137,6 +156,7 @@ def validate(cfg: Config) -> Config:
             parse_steps(cfg.trace_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    _check_schedule(cfg)
     if cfg.local_rows and cfg.reproducible:
         raise ConfigError("--local-rows conflicts with --reproducible: its exact sums follow one global order of "
                           "micro-blocks over rows that every rank can read")
@@ -146,6 +166,30 @@ def validate(cfg: Config) -> Config:
 
     check_modes(cfg)  # which mode flags go together is the strategies' business
     return cfg
+
+
+def _check_schedule(cfg: Config) -> None:
+    """The learning-rate schedule's and the regularisers' values (their rules, in one place)."""
+    for name in ("lr_decay", "lr_final", "warmup_start", "weight_decay", "clip_grad_norm", "trust"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"--{_flag(name)} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.warmup_steps and cfg.warmup_epochs:
+        raise ConfigError("give --warmup-steps or --warmup-epochs, not both")
+    if not 0 <= cfg.warmup_start <= 1:
+        raise ConfigError(f"--warmup-start is a fraction of the learning rate in [0, 1], got {cfg.warmup_start}")
+    if not 0 < cfg.lr_decay <= 1:
+        raise ConfigError(f"--lr-decay must be in (0, 1], got {cfg.lr_decay}")
+    if cfg.lr_final > cfg.lr:
+        raise ConfigError(f"--lr-final {cfg.lr_final} is above --lr {cfg.lr}: the schedules decay")
+    if cfg.lr_schedule == "step" and not cfg.lr_milestones:
+        raise ConfigError("--lr-schedule step needs --lr-milestones (epochs, e.g. 30,60)")
+    if cfg.lr_milestones is not None:
+        if cfg.lr_schedule != "step":
+            raise ConfigError("--lr-milestones go with --lr-schedule step")
+        if any(m <= 0 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(set(cfg.lr_milestones)):
+            raise ConfigError(f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
+    if (cfg.early_stop_patience or cfg.save_best) and cfg.test_fraction <= 0:
+        raise ConfigError("--early-stop-patience and --save-best need held-out rows")
 
 
 def _check_activations(cfg: Config) -> None:
@@ -205,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help = f"{f.metadata.get('help', '')} (default: {default})"
         if f.type in ("bool",) or isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
-        elif f.name == "layers":
+        elif f.name in ("layers", "lr_milestones"):
             parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…", help=help)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
@@ -268,7 +312,7 @@ def load_toml(path: str) -> dict:
         name = key.replace("-", "_")
         if name not in known:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
-        if name == "layers" and isinstance(value, str):
+        if name in ("layers", "lr_milestones") and isinstance(value, str):
             try:
                 value = _int_list(value)
             except argparse.ArgumentTypeError as e:

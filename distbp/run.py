@@ -15,6 +15,7 @@ from distbp.comm import Comm
 from distbp.config import Config
 from distbp.data import Dataset, Split
 from distbp.model import MLP
+from distbp.schedule import Schedule
 from distbp.shard import LocalRows, SharedRows
 from distbp.sync.base import GradientSync
 from distbp.trace import NULL_TRACER, NullTracer, Tracer
@@ -74,6 +75,7 @@ class Run:
     batch: BatchBuffers
     watchdog: Watchdog
     plan: SharedRows | LocalRows  # which rows this rank computes at each step, and its share of evaluation
+    schedule: Schedule | None = None  # η at each global step (distbp.schedule)
     pos: Position = field(default_factory=Position)
     timers: Timers = field(default_factory=Timers)
     history: list = field(default_factory=list)

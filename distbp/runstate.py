@@ -25,7 +25,9 @@ from distbp.run import Position, Run
 MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer",
               "config.batch_size", "config.data", "config.seed", "config.scale", "config.test_fraction", "config.local_rows"]
 # allowed to change on resume, but they change the trajectory: named in a warning
-WARN_IF_CHANGED = ["lr", "lr_scale", "momentum"]
+WARN_IF_CHANGED = ["lr", "lr_scale", "momentum", "lr_schedule", "lr_milestones", "lr_decay", "lr_final",
+                   "warmup_steps", "warmup_epochs", "warmup_start", "weight_decay", "decay_biases",
+                   "clip_grad_norm", "trust"]
 LOCK_REFRESH_S = 10.0
 
 

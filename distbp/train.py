@@ -30,6 +30,7 @@ from distbp.errors import ConfigError, DistbpError, NonFiniteError  # noqa: F401
 from distbp.model import MLP
 from distbp.progress import Progress
 from distbp.run import BatchBuffers, Run
+from distbp.schedule import Schedule
 from distbp.runstate import (check_outputs, claim_checkpoint_dir, keep_claim, new_run_id, release_checkpoint_dir,
                              resume, save)
 from distbp.shard import SharedRows
@@ -88,7 +89,8 @@ def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Da
         run_id = new_run_id(comm)
         tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
-    run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, run_id=run_id, lock=lock, trace=tracer)
+    run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, Schedule.of(cfg, plan.n_batches),
+              run_id=run_id, lock=lock, trace=tracer)
     model.trace = watchdog.trace = tracer
     sync.attach_trace(tracer)
     if faults.PLAN:
@@ -228,6 +230,8 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
             totals = agreed_totals(run, loss, correct, sync.all_finite())
     t3 = time.perf_counter()
     if np.isfinite(totals[0]) and totals[2] == 0:
+        if not run.schedule.constant:
+            sync.set_lr(run.schedule(run.pos.step))  # a pure function of the step: resume gets it back
         with run.watchdog.section("parameter update", run.pos.step), tr.span("update"):
             sync.apply(run.model.flat_params, lr_scale(run.cfg, batch_rows))  # 4
     else:
@@ -390,6 +394,7 @@ def epoch_metrics(run: Run, elapsed: float) -> dict:
         "data_s": times[2],
         "overlapped_comm_s": stats.get("overlap_s"),
         "steps": pos.step,
+        "lr": run.schedule(max(pos.step - 1, 0)),  # η of the epoch's last update
         "skipped_nonfinite": pos.skipped,
         "ranks": run.comm.size,
         # this launch's start-up (data, model, compiling kernels) in its first epoch's record, not in its time

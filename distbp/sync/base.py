@@ -141,6 +141,10 @@ class GradientSync:
         """θ ← update(θ, scale·∇L), the same on every rank."""
         raise NotImplementedError
 
+    def set_lr(self, lr: float) -> None:
+        """η of the next updates (the learning-rate schedule's, distbp.schedule)."""
+        self.optimizer.lr = lr
+
     # ---- checkpoints ----------------------------------------------------------------------------------
     @property
     def optimizer_steps(self) -> int:
