@@ -8,7 +8,8 @@
 The same script runs as one process or as `mpirun -n P python -m mpi4py script.py`. The keywords are the
 fields of `distbp.Config` (the flags of `distbp train`, with underscores), checked as the CLI checks them;
 the model gives the layers, activations, loss, dtype and the starting parameters. Every rank ends with
-the same trained parameters in `model`, and `fit` returns the per-epoch metrics (the `--metrics` lines).
+the same trained parameters in `model`, and `fit` returns the metrics records (the `--metrics` lines: one
+per epoch, and one per mid-epoch evaluation with `eval_every`).
 Errors are `distbp.DistbpError`s raised on every rank alike (a bad value on one rank stops all of them).
 """
 
@@ -34,7 +35,7 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
         validation: tuple[np.ndarray, np.ndarray] | float | None = None, data: str | None = None,
         callback: Callable[[dict], object] | None = None, callback_every: int = 0, verbose: bool = True,
         comm: Comm | None = None, **options) -> list[dict]:
-    """Train `model` in place, data-parallel over the MPI ranks; returns the per-epoch metrics.
+    """Train `model` in place, data-parallel over the MPI ranks; returns the metrics records (--metrics).
 
     X (rows, features), y (rows,) integer labels 0…K−1 or (rows, targets) float targets: rows every
     rank holds (each rank computes its share of every global batch); or `data`, any data spec of

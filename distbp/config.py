@@ -188,8 +188,6 @@ def _check_schedule(cfg: Config) -> None:
             raise ConfigError("--lr-milestones go with --lr-schedule step")
         if any(m <= 0 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(set(cfg.lr_milestones)):
             raise ConfigError(f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
-    if (cfg.early_stop_patience or cfg.save_best) and cfg.test_fraction <= 0:
-        raise ConfigError("--early-stop-patience and --save-best need held-out rows")
 
 
 def _check_activations(cfg: Config) -> None:

@@ -71,6 +71,8 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise MetricsError(f"{path}, line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
         record = _check_record(record, path, lineno)
+        if "eval_step" in record:  # a mid-epoch evaluation (--eval-every), not an epoch's record
+            continue
         by_epoch[record["epoch"]] = record
     if not by_epoch:
         raise MetricsError(f"{path}: empty metrics file (no epochs recorded)")

@@ -17,6 +17,7 @@ from distbp.data import Dataset, Split
 from distbp.model import MLP
 from distbp.schedule import Schedule
 from distbp.shard import LocalRows, SharedRows
+from distbp.stopping import EarlyStopping
 from distbp.sync.base import GradientSync
 from distbp.trace import NULL_TRACER, NullTracer, Tracer
 from distbp.watchdog import Watchdog
@@ -34,6 +35,11 @@ class Position:
     loss_sum: float = 0.0
     correct: float = 0.0
     seen: float = 0.0
+    # early stopping and --save-best (distbp.stopping): the best held-out metric so far, the step after which
+    # it was measured, and the evaluations since then (defaults: what checkpoints from before them mean)
+    best: float | None = None
+    best_step: int | None = None
+    since_best: int = 0
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Run:
     watchdog: Watchdog
     plan: SharedRows | LocalRows  # which rows this rank computes at each step, and its share of evaluation
     schedule: Schedule | None = None  # η at each global step (distbp.schedule)
+    stopping: EarlyStopping = field(default_factory=EarlyStopping)  # early stopping, --save-best (distbp.stopping)
     pos: Position = field(default_factory=Position)
     timers: Timers = field(default_factory=Timers)
     history: list = field(default_factory=list)

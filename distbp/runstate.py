@@ -3,7 +3,8 @@
 The file format (atomic, checksummed) is `distbp.checkpoint`; this module decides the
 contents: parameters, what the gradient-sync strategy keeps (optimizer state, gathered from the
 ranks when it is sharded, and the strategy's own meta), the position in the epoch with its
-running sums, the metrics so far and the configuration.
+running sums and the early-stopping state (best, since_best), the metrics so far and the configuration.
+It also writes the model files: --save at the end, --save-best after each improvement.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype
 # allowed to change on resume, but they change the trajectory: named in a warning
 WARN_IF_CHANGED = ["lr", "lr_scale", "momentum", "lr_schedule", "lr_milestones", "lr_decay", "lr_final",
                    "warmup_steps", "warmup_epochs", "warmup_start", "weight_decay", "decay_biases",
-                   "clip_grad_norm", "trust"]
+                   "clip_grad_norm", "trust", "eval_every", "early_stop_patience", "early_stop_metric"]
 LOCK_REFRESH_S = 10.0
 
 
@@ -129,11 +130,12 @@ def resume(run: Run) -> None:
 
 
 def check_outputs(cfg: Config, comm: Comm) -> None:
-    """Collective: the root makes sure it can write --save, --metrics and --trace (their folders made, a probe file
-    written and removed), so that a bad path is one clear error before the first step."""
+    """Collective: the root makes sure it can write --save, --save-best, --metrics and --trace (their folders made,
+    a probe file written and removed), so that a bad path is one clear error before the first step."""
     err = None
     if comm.is_root:
-        for flag, path in (("--save", cfg.save), ("--metrics", cfg.metrics), ("--trace", cfg.trace)):
+        for flag, path in (("--save", cfg.save), ("--save-best", cfg.save_best), ("--metrics", cfg.metrics),
+                           ("--trace", cfg.trace)):
             if not path:
                 continue
             try:
@@ -155,3 +157,16 @@ def save_params(run: Run, path: str) -> None:
     before, plus what it takes to use the model (layers, activations, loss, dtype, the feature scaling)."""
     if run.comm.is_root:
         save_model(run.model, path, scaling=None if run.data.scaling == "none" else run.data.scaling)
+
+
+def save_best(run: Run) -> None:
+    """Collective: --save-best, the model as it is now (after an evaluation that improved the run's best) as a
+    model file, written by the root atomically; a file that cannot be written stops every rank, named."""
+    err = None
+    run.attach_scaling()  # the file keeps the scaling, so that the best model predicts on raw rows
+    if run.comm.is_root:
+        try:
+            save_params(run, run.cfg.save_best)
+        except OSError as e:
+            err = ckpt.CheckpointError(f"--save-best {run.cfg.save_best}: cannot write the best model ({_why(e)})")
+    run.comm.agree_on_failure(err)  # [dist]

@@ -9,6 +9,11 @@ Per global batch (Horovod-style markers show the distributed steps):
      or the non-finite policy stops or skips it.
 How each step is done is the gradient-sync strategy's business (`distbp.sync`); this module has no
 mode branches. Only the root prints, writes metrics, checkpoints and the saved model.
+
+Evaluations on the held-out rows come at each epoch's end and, with --eval-every N, after every N-th
+update within an epoch; each is judged by the early-stopping rule (`distbp.stopping`), which may keep the
+model (--save-best) or end the run there. Records (the history `fit` returns, the --metrics lines), in
+order: one per epoch, as always, and one per mid-epoch evaluation, told apart by its "eval_step" key.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from distbp.progress import Progress
 from distbp.run import BatchBuffers, Run
 from distbp.schedule import Schedule
 from distbp.runstate import (check_outputs, claim_checkpoint_dir, keep_claim, new_run_id, release_checkpoint_dir,
-                             resume, save)
+                             resume, save, save_best)
+from distbp.stopping import EarlyStopping
 from distbp.shard import SharedRows
 from distbp.sync import make_sync
 from distbp.memory import check_fits_machine
@@ -90,7 +96,7 @@ def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Da
         tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
     run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, Schedule.of(cfg, plan.n_batches),
-              run_id=run_id, lock=lock, trace=tracer)
+              EarlyStopping.of(cfg), run_id=run_id, lock=lock, trace=tracer)
     model.trace = watchdog.trace = tracer
     sync.attach_trace(tracer)
     if faults.PLAN:
@@ -131,6 +137,7 @@ def load_data(cfg: Config, ranks: int, dataset: Callable[[], Dataset] | None = N
         if not cfg.local_rows:  # local rows: resolved once the ranks agree on one dataset (localdata)
             cfg.layers = resolve_layers(cfg, data)
             check_data_fits(cfg, data, cfg.layers, ranks)
+        check_held_out(cfg, data)
     except (ValueError, OSError, DistbpError) as e:
         return None, e
     except MemoryError:
@@ -202,6 +209,16 @@ def resolve_layers(cfg: Config, data: Dataset) -> list[int]:
     elif data.n_classes is not None and layers[-1] != data.n_classes:
         raise ConfigError(f"--loss mse on class labels needs {data.n_classes} outputs (one-hot), got {layers[-1]}")
     return layers
+
+
+def check_held_out(cfg: Config, data: Dataset) -> None:
+    """--eval-every, --early-stop-patience and --save-best evaluate on held-out rows: there must be some (the
+    Python API trains without any unless given validation=)."""
+    asked = [f for f, v in (("--eval-every", cfg.eval_every), ("--early-stop-patience", cfg.early_stop_patience),
+                            ("--save-best", cfg.save_best)) if v]
+    if asked and data.test is None:
+        raise ConfigError(f"{', '.join(asked)}: evaluations need held-out rows, and {cfg.data} has none "
+                          "(distbp.fit: give validation=)")
 
 
 def check_data_fits(cfg: Config, data: Dataset, layers: list[int], ranks: int) -> None:
@@ -279,33 +296,36 @@ def handle_nonfinite(run: Run, loss: float, where: list[str]) -> None:
 # ---- epochs -----------------------------------------------------------------------------------
 
 def fit(run: Run, callback: Callback | None = None, callback_every: int = 0) -> list[dict]:
-    """Train for cfg.epochs from the current position; returns the per-epoch metrics.
+    """Train for cfg.epochs from the current position, or until early stopping; returns the history (the
+    --metrics records: one per epoch, and one per mid-epoch evaluation with --eval-every).
 
     callback(record) is called on every rank with each epoch's metrics (the --metrics line) and, if
     callback_every > 0, every that many steps with a step record (epoch, step, the epoch's running
     train_loss and train_accuracy); a true return on any rank stops training on every rank after that
-    epoch or step (with a checkpoint there, when checkpointing).
+    epoch or step (with a checkpoint there, when checkpointing). Early stopping ends it the same way.
     """
     cfg, pos = run.cfg, run.pos
     metrics_file = open_metrics(run)
-    if pos.epoch >= cfg.epochs and run.comm.is_root:
-        print(f"distbp: the run already finished its {pos.epoch} epochs; nothing to train "
-              "(raise --epochs to train more)", flush=True)
-    while pos.epoch < cfg.epochs:
+    early = run.stopping.exhausted(pos)  # a resumed run that had stopped early stays stopped
+    if run.comm.is_root:
+        if early:
+            print(run.stopping.stopped_line(pos), flush=True)
+        elif pos.epoch >= cfg.epochs:
+            print(f"distbp: the run already finished its {pos.epoch} epochs; nothing to train "
+                  "(raise --epochs to train more)", flush=True)
+    while pos.epoch < cfg.epochs and not early:
         t_epoch = time.perf_counter()
         run.timers.reset()
         run.sync.reset_stats()
-        if not run_epoch(run, callback, callback_every):
-            save_stopped(run)  # stopped mid-epoch by the callback: a resume continues from this step
+        if not run_epoch(run, callback, callback_every, metrics_file):
+            save_stopped(run)  # stopped mid-epoch (callback, early stopping): a resume continues from this step
             break
         record = epoch_metrics(run, time.perf_counter() - t_epoch)
-        run.history.append(record)
-        if run.comm.is_root:
-            print(summary_line(record), flush=True)
-            if metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-        stop = asks_to_stop(run, callback, record)
+        early = judge(run, record)
+        log(run, metrics_file, record, summary_line(record))
+        if early and run.comm.is_root:
+            print(run.stopping.stop_line(pos), flush=True)
+        stop = asks_to_stop(run, callback, record) or early
         pos.epoch += 1
         pos.batch = 0
         pos.loss_sum = pos.correct = pos.seen = 0.0
@@ -316,6 +336,9 @@ def fit(run: Run, callback: Callback | None = None, callback_every: int = 0) -> 
             break
     if metrics_file:
         metrics_file.close()
+    if cfg.save_best and pos.best_step is not None and run.comm.is_root:
+        print(f"distbp: the best model ({cfg.early_stop_metric} {pos.best:.6g} at step {pos.best_step}) is in "
+              f"{cfg.save_best}", flush=True)
     if pos.skipped and run.comm.is_root:
         print(f"distbp: warning: {pos.skipped} of {pos.step} updates were skipped for NaN/Inf (--skip-nonfinite)",
               file=sys.stderr, flush=True)
@@ -333,17 +356,37 @@ def asks_to_stop(run: Run, callback: Callback | None, record: dict) -> bool:
     return run.comm.max_scalar(1.0 if callback(record) else 0.0) > 0
 
 
+def judge(run: Run, record: dict) -> bool:
+    """[dist] The early-stopping rule on the evaluation in `record` (which it completes, see
+    `EarlyStopping.observe`); --save-best keeps the model when it improved. True: the run stops here."""
+    improved, stop = run.stopping.observe(run.pos, record)
+    if improved and run.cfg.save_best:
+        save_best(run)  # [dist] collective: a failed write stops every rank
+    return stop
+
+
+def log(run: Run, metrics_file, record: dict, line: str) -> None:
+    """The record into the history (every rank); the root prints its line and writes it to --metrics."""
+    run.history.append(record)
+    if run.comm.is_root:
+        print(line, flush=True)
+        if metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+
 def save_stopped(run: Run) -> None:
-    """A checkpoint where a callback stopped the run mid-epoch (with checkpointing on)."""
+    """A checkpoint where a callback or early stopping stopped the run mid-epoch (with checkpointing on)."""
     if run.cfg.checkpoint_dir:
         with run.trace.span("checkpoint", step=run.pos.step):
             save(run)
 
 
-def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 0) -> bool:
-    """The global batches of epoch pos.epoch from pos.batch on, with the checks and checkpoints between steps.
+def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 0, metrics_file=None) -> bool:
+    """The global batches of epoch pos.epoch from pos.batch on, with the checks, evaluations (--eval-every) and
+    checkpoints between steps.
 
-    Returns False if the callback stopped it before its end (see `fit`)."""
+    Returns False if the callback or early stopping stopped it before its end (see `fit`)."""
     cfg, comm, pos = run.cfg, run.comm, run.pos
     batches = run.plan.epoch(pos.epoch)  # (this rank's rows, the global batch's rows) per step
     bar = Progress(len(batches), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.progress, comm.is_root)
@@ -361,6 +404,12 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
         if cfg.check_every and pos.step % cfg.check_every == 0:
             with run.watchdog.section("parameter check", pos.step):
                 comm.check_identical(run.model.flat_params, pos.step)  # [dist] ranks still agree?
+        # before the checkpoint of this step, which then carries the evaluation's record and verdict; the
+        # epoch's last step is evaluated by `fit` anyway
+        if cfg.eval_every and pos.step % cfg.eval_every == 0 and pos.batch < len(batches):
+            bar.close()  # the evaluation's line goes where the bar was; the bar is drawn again below it
+            if evaluate_now(run, metrics_file):
+                return False
         if cfg.checkpoint_dir and cfg.checkpoint_steps and pos.step % cfg.checkpoint_steps == 0:
             with run.trace.span("checkpoint", step=pos.step):
                 save(run)
@@ -373,6 +422,24 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
                 return False
     bar.close()
     return True
+
+
+def evaluate_now(run: Run, metrics_file=None) -> bool:
+    """[dist] --eval-every: evaluate after pos.step updates, judge it, record and print it.
+
+    The record: {"epoch", "eval_step" (updates done), "train_loss" and "train_accuracy" (the epoch's running
+    values so far), "test_loss", "test_accuracy"}, plus best_<metric> and stopped_early as in an epoch's
+    record. Returns True if early stopping ends the run here."""
+    pos = run.pos
+    test_loss, test_accuracy = evaluate(run)
+    record = {"epoch": pos.epoch + 1, "eval_step": pos.step, "train_loss": pos.loss_sum / max(pos.seen, 1),
+              "train_accuracy": pos.correct / max(pos.seen, 1) if run.data.n_classes else None,
+              "test_loss": test_loss, "test_accuracy": test_accuracy}
+    early = judge(run, record)
+    log(run, metrics_file, record, eval_line(record))
+    if early and run.comm.is_root:
+        print(run.stopping.stop_line(pos), flush=True)
+    return early
 
 
 def epoch_metrics(run: Run, elapsed: float) -> dict:
@@ -422,6 +489,12 @@ def summary_line(r: dict) -> str:
     return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train {acc(r['train_accuracy'])}  "
             f"test {acc(r['test_accuracy'])}  {r['samples_per_s']:9.0f} samples/s  "
             f"compute {r['compute_s']:.2f}s comm {r['comm_s']:.2f}s")
+
+
+def eval_line(r: dict) -> str:
+    """The root's line for a mid-epoch evaluation (--eval-every), beside the epochs' summary lines."""
+    acc = "" if r["test_accuracy"] is None else f"  test {100 * r['test_accuracy']:5.1f}%"
+    return f"epoch {r['epoch']:3d}  step {r['eval_step']:6d}  test loss {r['test_loss']:.4f}{acc}"
 
 
 def open_metrics(run: Run):
