@@ -39,7 +39,8 @@ class Config:
     local_rows: bool = opt(False, "each rank loads only its own rows: {rank} in --data names its part (e.g. "
                                   "part{rank}.npz); a global batch is the ranks' pieces (docs/api.md)")
     # optimisation
-    optimizer: str = opt("gd", "gd, momentum, adam")
+    optimizer: str = opt("gd", "gd, momentum, adam, lars (layer-wise rates on momentum), lamb (layer-wise rates on "
+                               "adam)")
     lr: float = opt(0.001, "η in θ ← θ − η·scale·∇L")
     lr_scale: str = opt("sum", "sum: the seed's η·∇L of the summed loss; mean: η·∇L/B (B = rows in the global batch)")
     momentum: float = opt(0.9, "μ for --optimizer momentum (and lars)")

@@ -129,6 +129,25 @@ def ordered_sum(x):
     return s
 
 
+SUM_CHUNK = 4096  # elements per parallel task of sum_of_squares
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def sum_of_squares(x):
+    """Σ x² of the 1-D array x in float64, by fixed chunks of SUM_CHUNK elements added in chunk order:
+    the same for any thread count (so every rank holding the same x gets the same bits)."""
+    n = x.shape[0]
+    n_chunks = (n + SUM_CHUNK - 1) // SUM_CHUNK
+    partial = np.zeros(n_chunks)
+    for c in prange(n_chunks):
+        s = 0.0
+        for i in range(c * SUM_CHUNK, min(n, (c + 1) * SUM_CHUNK)):
+            v = np.float64(x[i])
+            s += v * v
+        partial[c] = s
+    return ordered_sum(partial)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def all_finite(x):
     """True when the 1-D array x holds no NaN or Inf."""

@@ -460,6 +460,8 @@ def epoch_metrics(run: Run, elapsed: float) -> dict:
         "comm_s": times[0],
         "data_s": times[2],
         "overlapped_comm_s": stats.get("overlap_s"),
+        "grad_norm": stats.get("grad_norm"),  # --clip-grad-norm: the epoch's mean ‖scale·∇L‖ before clipping
+        "clipped_steps": stats.get("clipped_steps"),
         "steps": pos.step,
         "lr": run.schedule(max(pos.step - 1, 0)),  # η of the epoch's last update
         "skipped_nonfinite": pos.skipped,

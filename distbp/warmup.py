@@ -58,7 +58,9 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     model.loss_and_grad_into(X, y, grad, workspace=ws, validate=False)
     kernels.all_finite(grad)  # the strategies' finite check of ∇L
     params = np.zeros(4, model.dtype)
-    make_optimizer(optimizer, 4, model.dtype, lr=1e-3).step(params, np.zeros(4, model.dtype), 1.0)
+    # the run's optimizer options: weight decay and the layer-wise optimizers have kernels of their own
+    options = sync.options.optimizer_options
+    make_optimizer(optimizer, 4, model.dtype, lr=1e-3, **options).step(params, np.zeros(4, model.dtype), 1.0)
     model.loss_into(X, y, workspace=ws)  # evaluation's pass
     model.count_correct(y, workspace=ws)
     sync.warm_up()

@@ -79,8 +79,18 @@ def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
                        overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
                        algorithm=allreduce_algorithm(cfg, layout.single_node), micro_batch=cfg.micro_batch,
                        threads=cfg.threads,
-                       optimizer=cfg.optimizer, lr=cfg.lr,
-                       optimizer_options={"momentum": cfg.momentum} if cfg.optimizer == "momentum" else {})
+                       optimizer=cfg.optimizer, lr=cfg.lr, optimizer_options=optimizer_options(cfg),
+                       clip_grad_norm=cfg.clip_grad_norm)
+
+
+def optimizer_options(cfg: Config) -> dict:
+    """The configured optimizer's keyword arguments beyond η (distbp.optim)."""
+    options = {"weight_decay": cfg.weight_decay, "decay_biases": cfg.decay_biases}
+    if cfg.optimizer in ("momentum", "lars"):
+        options["momentum"] = cfg.momentum
+    if cfg.optimizer == "lars":
+        options["trust"] = cfg.trust
+    return options
 
 
 def make_sync(cfg: Config, layout: Layout, shape: ModelShape) -> GradientSync:

@@ -48,4 +48,4 @@ class AllreduceSync(ReplicatedUpdate, BucketedSync):
         o = self.options
         self.reducer = GradientReducer(comm, self.grad, model.layer_slices, bucket_bytes=o.bucket_bytes,
                                        overlap=o.overlap, comm_dtype=o.comm_dtype, algorithm=o.algorithm)
-        self.optimizer = o.make_optimizer(model.n_params, model.dtype)
+        self.optimizer = self.build_optimizer(model)

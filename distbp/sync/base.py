@@ -13,6 +13,11 @@ In a training step the loop calls, in this order:
     sync.all_finite()                              this rank's share of ∇L has no NaN/Inf
     sync.apply(params, scale)   or  sync.nonfinite_layers()      the update, or which layers are bad
 
+`apply` clips first with --clip-grad-norm c (`NormClip`): when ‖scale·∇L‖₂ > c, scale becomes
+scale·c/‖scale·∇L‖, so the update sees a gradient of norm c. The norm is global (all parameters) and the
+same on every rank: replicated strategies take it from the whole ∇L, the sharded one from its part's
+sum of squares and one scalar allreduce. `stats["grad_norm"]` is the epoch's mean norm (before clipping).
+
 Everything else a mode decides lives here too: `rows_at_once` (rows of one forward/backward, which
 sizes the gather buffers and the model's workspace), `memory()`, `describe()`, `stats`, and what it
 adds to a checkpoint (`checkpoint_state` / `load_checkpoint_state`).
@@ -28,7 +33,7 @@ import numpy as np
 from distbp import kernels
 from distbp.comm import Comm
 from distbp.model import MLP, layer_slices_of
-from distbp.optim import OPTIMIZERS, make_optimizer
+from distbp.optim import OPTIMIZERS, Segments, make_optimizer, segments_of
 from distbp.shard import max_shard_rows, rank_slice
 
 # gather(rows, into=None) -> (X, y): the training rows `rows` (int64 indices) as views of this rank's
@@ -77,11 +82,15 @@ class SyncOptions:
     threads: int | None = None  # threads of this rank (None: what Numba has)
     optimizer: str = "gd"
     lr: float = 1e-3
-    optimizer_options: dict = field(default_factory=dict)
+    optimizer_options: dict = field(default_factory=dict)  # momentum, trust, weight_decay, decay_biases
+    clip_grad_norm: float = 0.0  # c: ∇L's global norm is clipped to c (0: off)
 
-    def make_optimizer(self, n: int, dtype):
-        """The configured optimizer for a flat buffer of n elements."""
-        return make_optimizer(self.optimizer, n, dtype, self.lr, **self.optimizer_options)
+    def make_optimizer(self, n: int, dtype, segments: Segments | None = None, sum_over_ranks=None):
+        """The configured optimizer for a flat buffer of n elements: `segments` says which layer's W or b each
+        element is, `sum_over_ranks` completes per-layer sums when the buffer is one rank's part
+        (distbp.optim)."""
+        return make_optimizer(self.optimizer, n, dtype, self.lr, segments=segments, sum_over_ranks=sum_over_ranks,
+                              **self.optimizer_options)
 
     def optimizer_state_bytes(self, n: int, dtype) -> int:
         return OPTIMIZERS[self.optimizer].state_copies * n * np.dtype(dtype).itemsize
@@ -96,6 +105,7 @@ class GradientSync:
         self.options, self.layout, self.shape = options, layout, shape
         self.comm: Comm | None = None
         self.model: MLP | None = None
+        self.clip = NormClip(options.clip_grad_norm)
 
     # ---- sizes: known before anything is allocated ------------------------------------------------
     def my_rows(self, batch_rows: int) -> tuple[int, int]:
@@ -160,14 +170,18 @@ class GradientSync:
 
     @property
     def stats(self) -> dict:
-        """Counters for the metrics since the last reset_stats (overlap_s: seconds of overlapped communication)."""
-        return {}
+        """Counters for the metrics since the last reset_stats (overlap_s: seconds of overlapped communication;
+        with --clip-grad-norm, grad_norm: the mean ‖scale·∇L‖₂ before clipping, clipped_steps)."""
+        return self.clip.stats()
 
     def reset_stats(self) -> None:
         """Start the counters of a new epoch."""
+        self.clip.reset_stats()
 
     def warm_up(self) -> None:
-        """Call this strategy's own Numba kernels once on tiny arrays (distbp.warmup; default: it has none)."""
+        """Call this strategy's own Numba kernels once on tiny arrays (distbp.warmup; default: the clip's norm)."""
+        if self.clip.max_norm:
+            kernels.sum_of_squares(np.zeros(4, self.shape.dtype))
 
     def attach_trace(self, tracer) -> None:
         """--trace: record this strategy's communication on `tracer` (default: nothing of its own)."""
@@ -180,6 +194,8 @@ class ReplicatedUpdate:
     grad: np.ndarray
     optimizer: object
     shape: ModelShape
+    options: SyncOptions
+    clip: NormClip
 
     def all_finite(self) -> bool:
         return bool(kernels.all_finite(self.grad))
@@ -189,7 +205,14 @@ class ReplicatedUpdate:
         return layers_with_nonfinite(np.flatnonzero(~np.isfinite(self.grad)), self.shape.sizes)
 
     def apply(self, params: np.ndarray, scale: float) -> None:
+        if self.clip.max_norm:
+            # every rank holds the same ∇L and sums it in the same fixed order: the same norm everywhere
+            scale = self.clip.clipped_scale(scale, kernels.sum_of_squares(self.grad))
         self.optimizer.step(params, self.grad, scale)
+
+    def build_optimizer(self, model: MLP):
+        """The configured optimizer over all of θ, which this rank updates whole."""
+        return self.options.make_optimizer(model.n_params, model.dtype, segments_of(model.sizes))
 
     @property
     def optimizer_steps(self) -> int:
@@ -204,6 +227,34 @@ class ReplicatedUpdate:
 
     def load_checkpoint_state(self, arrays, meta, optimizer_steps) -> None:
         self.optimizer.load_state(arrays, optimizer_steps)
+
+
+class NormClip:
+    """--clip-grad-norm c: the scale that brings ‖scale·∇L‖₂ down to c, and the epoch's norms for the metrics."""
+
+    def __init__(self, max_norm: float):
+        self.max_norm = max_norm  # 0: off (the strategies then never ask, and no norm is computed)
+        self.last_norm: float | None = None
+        self.reset_stats()
+
+    def clipped_scale(self, scale: float, sum_of_squares: float) -> float:
+        """scale·min(1, c/‖scale·∇L‖) from Σ (∇L)² over all parameters (float64, the same on every rank)."""
+        norm = abs(scale) * float(np.sqrt(sum_of_squares))
+        self.last_norm = norm
+        self._sum += norm
+        self._steps += 1
+        if norm > self.max_norm:
+            self._clipped += 1
+            return scale * (self.max_norm / norm)
+        return scale
+
+    def stats(self) -> dict:
+        if not self.max_norm:
+            return {}
+        return {"grad_norm": self._sum / self._steps if self._steps else None, "clipped_steps": self._clipped}
+
+    def reset_stats(self) -> None:
+        self._sum, self._steps, self._clipped = 0.0, 0, 0
 
 
 def layers_with_nonfinite(bad: np.ndarray, sizes: tuple[int, ...]) -> list[str]:

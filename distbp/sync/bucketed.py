@@ -61,9 +61,10 @@ class BucketedSync(GradientSync):
 
     @property
     def stats(self) -> dict:
-        return self.reducer.stats
+        return {**self.reducer.stats, **self.clip.stats()}
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self.reducer.reset_stats()
 
     def attach_trace(self, tracer) -> None:

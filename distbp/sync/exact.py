@@ -119,7 +119,7 @@ class ExactSync(ReplicatedUpdate, GradientSync):
         super().build(comm, model)
         P, rows, sizes = model.n_params, self.rows_at_once, model.sizes
         self.grad = np.zeros(P, model.dtype)
-        self.optimizer = self.options.make_optimizer(P, model.dtype)
+        self.optimizer = self.build_optimizer(model)
         # lane 0 uses the model's workspace and the run's buffers (None); the others have their own
         self._lanes = [(None if k == 0 else model.new_workspace(rows),
                         None if k == 0 else BatchBuffers(rows, sizes[0], sizes[-1], model.dtype, model.loss.labels),
@@ -129,11 +129,13 @@ class ExactSync(ReplicatedUpdate, GradientSync):
         self._set_threads = None  # made on first use, once every BLAS library is loaded
         self._pool = None
         self.reset_stats()
+
     @property
     def stats(self) -> dict:
-        return self._stats
+        return {**self._stats, **self.clip.stats()}
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self._stats = {"exposed_s": 0.0, "overlap_s": 0.0, "recomputed": 0, "steps": 0}
 
     def _scale(self, max_abs_g: float | None, n_blocks: int) -> float:
@@ -209,6 +211,7 @@ class ExactSync(ReplicatedUpdate, GradientSync):
         return loss, correct, max([0.0, *maxima])
 
     def warm_up(self) -> None:
+        super().warm_up()
         acc, g = np.zeros(4, np.int64), np.zeros(4, self.shape.dtype)
         add_fixed_point(acc, g, 1.0)
         from_fixed_point(g, acc, 1.0)

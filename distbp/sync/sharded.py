@@ -7,10 +7,15 @@ contiguous part θ[lo_r:hi_r] (parts differ by at most one element):
      bucket scattered to the ranks owning pieces of it;
   2. rank r updates θ[lo_r:hi_r] with its part of the optimizer state;
   3. allgather of the parts gives every rank the whole new θ.
+What needs all of ∇L or θ is made of the parts' sums: --clip-grad-norm's norm from each part's sum of
+squares (one scalar allreduce), the layer norms of lars and lamb from each part's per-layer sums (one
+allreduce of an (n_layers, 2) array; a part may hold pieces of several layers, and a layer, even its W
+or b, may be cut between parts: `optim.segments_of` says which piece is which).
 Reduce-scatter + allgather move the same bytes as one ring allreduce, and optimizer memory per rank
 drops by the rank count. The update of each element is the same arithmetic as unsharded, so the
-parameters are the same bits. Checkpoints hold the whole state (gathered on the root), so a run can
-resume on any rank count.
+parameters are the same bits (with clipping, lars or lamb: up to the rounding of the norms, whose sums
+add the parts in another order). Checkpoints hold the whole state (gathered on the root), so a run
+can resume on any rank count.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from distbp import kernels
+from distbp.optim import segments_of
 from distbp.reducer import ShardedGradientReducer
 from distbp.shard import rank_slice
 from distbp.sync.base import layers_with_nonfinite
@@ -52,7 +58,9 @@ class ShardedSync(BucketedSync):
         self.part = np.empty(self.hi - self.lo, model.dtype)  # this rank's part of ∇L
         self.reducer = ShardedGradientReducer(comm, self.grad, model.layer_slices, self.part, self.bounds,
                                               bucket_bytes=o.bucket_bytes, overlap=o.overlap)
-        self.optimizer = o.make_optimizer(self.hi - self.lo, model.dtype)
+        # [dist] per-layer sums of lars and lamb: this part's, summed over all ranks' parts
+        self.optimizer = o.make_optimizer(self.hi - self.lo, model.dtype, segments_of(model.sizes, self.lo, self.hi),
+                                          sum_over_ranks=comm.allreduce_sum)
 
     def all_finite(self) -> bool:
         return bool(kernels.all_finite(self.part))
@@ -65,6 +73,10 @@ class ShardedSync(BucketedSync):
 
     def apply(self, params: np.ndarray, scale: float) -> None:
         """Update this rank's part of params from its part of ∇L, then [dist] allgather every part."""
+        if self.clip.max_norm:
+            # [dist] ‖∇L‖² is the sum of the parts' sums of squares: one scalar allreduce, the same on every rank
+            sum_sq = self.comm.sum_scalars([kernels.sum_of_squares(self.part)])[0]
+            scale = self.clip.clipped_scale(scale, sum_sq)
         self.optimizer.step(params[self.lo:self.hi], self.part, scale)
         self.comm.allgather_parts(params, self.counts)
 
