@@ -23,6 +23,8 @@ import traceback
 
 from distbp import threads
 
+SPLIT_REPORT_WAIT_S = 5.0  # how long the other processes of a split job wait for rank 0's report
+
 USAGE = """usage: distbp {train,predict,evaluate,plot} [options]
 
   train     train an MLP data-parallel over the MPI ranks (distbp train --help)
@@ -113,6 +115,11 @@ def stopped_as_split_job(comm) -> bool:
     split = split_job_error(comm.size, comm.library)
     if split and launcher_rank() == 0:
         print(f"distbp: error: {split}", file=sys.stderr, flush=True)
+    elif split:
+        # the others let the launcher's rank 0 say why and exit first: with srun --kill-on-bad-exit, the
+        # first task to exit non-zero ends the rest, and a rank 0 ended before it printed would leave the
+        # job without its reason (and the sbatch template restarting it, as exit 143 is not a refusal)
+        time.sleep(SPLIT_REPORT_WAIT_S)
     return split is not None
 
 
