@@ -281,3 +281,19 @@ def test_the_warm_up_calls_every_update_kernel_a_step_calls(flags, monkeypatch):
     train.fit(r)
     r.watchdog.stop()
     assert calls["training"] and calls["training"] <= calls["warm-up"], calls["training"] - calls["warm-up"]
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "lamb"])
+def test_accumulated_micro_batches_train_what_one_pass_trains(optimizer):
+    # the features act on ∇L after the sum, so --accumulate (the sum in K micro-batches) changes only rounding
+    def trained(accumulate):
+        cfg = validate(Config(data="synthetic:rows=230,features=10,classes=3,test=30", layers=[10, 7, 3],
+                              dtype="float64", epochs=2, batch_size=40, lr=0.05, optimizer=optimizer,
+                              weight_decay=0.01, clip_grad_norm=0.5, warmup_steps=3, lr_schedule="cosine",
+                              accumulate=accumulate, progress="none", timeout=0))
+        r = train.setup(cfg, SerialComm())
+        train.fit(r)
+        r.watchdog.stop()
+        return r.model.flat_params
+
+    assert np.abs(trained(3) - trained(1)).max() < 1e-10
