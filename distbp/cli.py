@@ -23,7 +23,7 @@ import traceback
 
 from distbp import threads
 
-SPLIT_REPORT_WAIT_S = 5.0  # how long the other processes of a split job wait for rank 0's report
+SPLIT_REPORT_WAIT_S = 1.0  # how long rank 0 of a split job lets the others end before it exits 2
 
 USAGE = """usage: distbp {train,predict,evaluate,plot} [options]
 
@@ -95,8 +95,9 @@ def train_main(argv: list[str]) -> int:
     from distbp.comm import world
 
     comm = world()
-    if stopped_as_split_job(comm):
-        return comm.exit_quietly(2)
+    split = split_job_exit(comm)
+    if split is not None:
+        return comm.exit_quietly(split)
     watch = None
     if threading.current_thread() is threading.main_thread():
         from distbp.interrupts import InterruptWatch
@@ -108,19 +109,24 @@ def train_main(argv: list[str]) -> int:
             watch.close()
 
 
-def stopped_as_split_job(comm) -> bool:
-    """True (the launcher's rank 0 has said why) when every process is its own 1-rank job: all must stop."""
+def split_job_exit(comm) -> int | None:
+    """None for a real job; when every process is its own 1-rank job, the exit code of this one.
+
+    The launcher's rank 0 says why and exits 2 a moment after the others, which exit 0 at once: the
+    launcher then reports rank 0's 2, the refusal that job scripts recognise (launch/slurm.sbatch does not
+    restart it). Were the others to exit 2 too, srun --kill-on-bad-exit would end whichever was slower,
+    rank 0 perhaps before it printed, and report the kill's 143 instead.
+    """
     from distbp.launcher import launcher_rank, split_job_error
 
     split = split_job_error(comm.size, comm.library)
-    if split and launcher_rank() == 0:
-        print(f"distbp: error: {split}", file=sys.stderr, flush=True)
-    elif split:
-        # the others let the launcher's rank 0 say why and exit first: with srun --kill-on-bad-exit, the
-        # first task to exit non-zero ends the rest, and a rank 0 ended before it printed would leave the
-        # job without its reason (and the sbatch template restarting it, as exit 143 is not a refusal)
-        time.sleep(SPLIT_REPORT_WAIT_S)
-    return split is not None
+    if split is None:
+        return None
+    if launcher_rank() != 0:
+        return 0
+    print(f"distbp: error: {split}", file=sys.stderr, flush=True)
+    time.sleep(SPLIT_REPORT_WAIT_S)
+    return 2
 
 
 def model_main(command: str, argv: list[str]) -> int:
@@ -131,8 +137,9 @@ def model_main(command: str, argv: list[str]) -> int:
     from distbp.errors import DistbpError
 
     comm = world()
-    if stopped_as_split_job(comm):
-        return comm.exit_quietly(2)
+    split = split_job_exit(comm)
+    if split is not None:
+        return comm.exit_quietly(split)
     from distbp import predict
 
     try:

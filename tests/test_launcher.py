@@ -65,9 +65,10 @@ def test_a_split_job_stops_before_training_with_one_error_line(variables, fix):
     assert "Traceback" not in done.stderr and "epoch" not in done.stdout
 
 
-def test_only_the_launchers_rank_0_reports_a_split_job():
+def test_only_the_launchers_rank_0_reports_a_split_job_and_the_others_leave_it_the_exit_code():
+    # the others end quietly with 0, so that the launcher reports rank 0's 2 (a refusal), not a kill's 143
     done = train_alone({"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1", "SLURM_STEP_ID": "0"})
-    assert done.returncode == 2
+    assert done.returncode == 0
     assert "distbp:" not in done.stderr and "epoch" not in done.stdout
 
 
