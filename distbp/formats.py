@@ -202,7 +202,7 @@ def read_csv(path: Path) -> dict:
             try:
                 block.append([float(cell) for cell in row])
             except ValueError:
-                column = next(i for i, cell in enumerate(row) if not _is_float(cell))
+                column = next(i for i, cell in enumerate(row) if not is_number(cell))
                 raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
                                  f"non-numeric cell {row[column]!r}") from None
             if len(block) == CSV_CHUNK_ROWS:
@@ -226,7 +226,8 @@ def read_csv(path: Path) -> dict:
     return {"X": np.delete(table, label, axis=1), "y": y.astype(np.int64)}
 
 
-def _is_float(cell: str) -> bool:
+def is_number(cell: str) -> bool:
+    """True when a CSV cell reads as a number (float() accepts it)."""
     try:
         float(cell)
         return True

@@ -25,6 +25,7 @@ import numpy as np
 from distbp.comm import Comm
 from distbp.data import Dataset, Split, load_dataset
 from distbp.errors import ConfigError, DistbpError
+from distbp.formats import is_number
 from distbp.model import MLP
 from distbp.modelfile import load_model, write_atomically
 from distbp.shard import rank_slice
@@ -101,13 +102,7 @@ def _read_csv(path: str) -> np.ndarray:
 
 def _is_header(line: str) -> bool:
     """A line with a cell that is there but not a number (an empty cell is a data error, reported by loadtxt)."""
-    def number(cell: str) -> bool:
-        try:
-            float(cell)
-            return True
-        except ValueError:
-            return False
-    return any(cell.strip() and not number(cell) for cell in line.split(","))
+    return any(cell.strip() and not is_number(cell) for cell in line.split(","))
 
 
 def check_output_path(path: str) -> str:
