@@ -4,6 +4,8 @@
         result = cluster.run(["distbp", "train", "--epochs", "2"], ranks_per_host=1)
         cluster.link_down(2)                   # host 2 loses its network link
         cluster.counters(1)                    # bytes through host 1's network interface
+    with Cluster(hosts=2, rate="10gbit", delay="20us") as cluster:   # shaped links (below)
+        cluster.shaping()                      # the qdiscs on both ends of each link, read back from tc
 
 Layout of one run (names unique per run: distbp-<creator pid>-<random>-…):
 
@@ -11,15 +13,31 @@ Layout of one run (names unique per run: distbp-<creator pid>-<random>-…):
     <run>-h0 …  the hosts: eth0 (the veth's other end) with 10.77.0.(i+1)/24, and lo
 
 MPICH's hydra runs inside host 0 with `-launcher ssh -launcher-exec launch/netns-exec`; that script
-runs hydra's proxy for each address in its namespace (`ip netns exec`). With MPIR_CVAR_NOLOCAL=1 and
-UCX_TLS=tcp the ranks talk over TCP on eth0 even though they share a machine, so the gradients really
-cross the veth links (their byte counters show it) and a link taken down really cuts a host off.
+runs hydra's proxy for each address in its namespace (`ip netns exec`). Hydra counts each proxy as a
+node, so like on a real cluster the ranks of one host share memory (MPICH's own shm) and ranks on
+different hosts talk TCP over eth0 (UCX_TLS=tcp, UCX_NET_DEVICES=eth0): the gradients really cross the
+veth links (their byte counters show it) and a link taken down really cuts a host off.
 All namespaces see the same file system. Only the standard library: launch/netns imports this too.
+
+Links with a speed (`Cluster(hosts, rate="10gbit", delay="20us")`, read back with `cluster.shaping()`):
+both ends of every host's link get the same qdiscs, eth0 in the host (host -> switch) and p<i> in the
+switch (switch -> host), so both directions are shaped:
+
+    netem delay D      (only with a delay; needs CONFIG_NET_SCH_NETEM, else Unavailable)
+      └ tbf rate R     (only with a rate)
+
+so D is the one-way latency of one link and a message from host to host crosses two links: one way
+2·D, a round trip 4·D, on top of the unshaped path's (~30 µs for a round trip between two Python
+processes here). R counts Ethernet frames (14-byte header included), so TCP's payload gets at most
+1448/1514 = 95.6 % of it. veth links have no wire speed of their own: unshaped, or shaped above what
+the CPUs can move (a few Gbit/s on a small VM), a link carries what the kernel's TCP stack manages
+(benchmarks/links.py measures both). A kernel may lack netem (this VM's does); a rate needs only tbf.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -37,8 +55,19 @@ EXEC_SCRIPT = REPO / "launch" / "netns-exec"
 PREFIX = "distbp-"
 SUBNET = "10.77.0"  # private addresses, used only inside the namespaces of one run
 THREAD_VARS = ("DISTBP_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-# without these MPICH moves data between processes on one machine through shared memory
-TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp", "UCX_NET_DEVICES": "eth0"}
+# UCX carries only what goes between hosts, and these pin it to TCP over the veth link; ranks of one
+# host use MPICH's own shared memory, which UCX_TLS does not touch (100 MB between two ranks of one
+# host moved ~0 bytes through eth0 and lo, and COMM_TYPE_SHARED groups them)
+TCP_ENV = {"UCX_TLS": "tcp", "UCX_NET_DEVICES": "eth0"}
+
+RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}  # tc's: decimal
+DELAY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+GSO_BYTES = 65536  # the largest packet TCP hands a veth (GSO/TSO on): the token bucket must pass it whole
+TIMER_SLACK_S = 500e-6  # tbf's wake-ups come late on a busy VM; a bucket this much deeper keeps the rate
+QUEUE_S = 1e-3  # bottleneck buffer beyond the round trip, like a switch port's (TCP needs >= one BDP)
+QUEUE_MIN_BYTES = 16 * GSO_BYTES  # but never fewer than 16 GSO packets (see tbf_limit)
+MIN_PACKET = 66  # a bare TCP ack on Ethernet: netem's limit counts packets, not bytes
+UNSHAPED_BPS = 100 * 10**9  # above any veth's speed; sizes netem's queue when only a delay is asked
 
 
 class Unavailable(Exception):
@@ -68,6 +97,129 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
     return proc
+
+
+def tc(*args: str) -> subprocess.CompletedProcess:
+    """Run `tc ARGS`; raise RuntimeError with tc's message when it fails."""
+    proc = subprocess.run(["tc", *args], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tc {' '.join(args)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+    return proc
+
+
+def parse_quantity(text: str, units: dict[str, float], what: str, examples: str) -> float:
+    """'10gbit' with units {'gbit': 1e9, …} → 1e10; ValueError naming `what` and the accepted forms."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*", text.lower())
+    if not m or m.group(2) not in units:
+        hint = " (tc's 'bps' means bytes/s: write bit)" if text.lower().endswith("bps") else ""
+        raise ValueError(f"bad {what} {text!r}{hint}: write a number and a unit, e.g. {examples} "
+                         f"(units: {', '.join(units)})")
+    return float(m.group(1)) * units[m.group(2)]
+
+
+def parse_rate(text: str) -> int:
+    """A link rate like '500mbit', '10gbit' → bits per second (decimal units, as tc's); must be > 0."""
+    rate = round(parse_quantity(text, RATE_UNITS, "rate", "500mbit, 10gbit"))
+    if rate <= 0:
+        raise ValueError(f"bad rate {text!r}: must be more than 0 bit/s (leave it out for an unshaped link)")
+    return rate
+
+
+def parse_delay(text: str) -> float:
+    """A one-way latency per link like '5us', '1.5ms' → seconds; '0us' means none."""
+    return parse_quantity(text, DELAY_UNITS, "delay", "5us, 50us, 1ms")
+
+
+def format_rate(bits_per_s: int) -> str:
+    """10**10 → '10gbit' (the largest unit that divides it)."""
+    unit = max((u for u, f in RATE_UNITS.items() if bits_per_s % f == 0), key=RATE_UNITS.get)
+    return f"{bits_per_s // RATE_UNITS[unit]}{unit}"
+
+
+def format_delay(seconds: float) -> str:
+    """2e-05 → '20us'."""
+    unit = next(u for u in ("s", "ms", "us") if seconds >= DELAY_UNITS[u] or u == "us")
+    return f"{seconds / DELAY_UNITS[unit]:g}{unit}"
+
+
+def tbf_burst(rate: int) -> int:
+    """Bytes of the token bucket: one GSO packet, plus what `rate` brings while a wake-up is late.
+
+    With a bucket of one packet only, every late timer is lost time: 16 KiB gave 0.71 and 64 KiB 0.77
+    Gbit/s at 1gbit here, 128 KiB and more 0.95 (the most TCP's payload can have, 1448/1514).
+    """
+    return GSO_BYTES + math.ceil(rate * TIMER_SLACK_S / 8)
+
+
+def tbf_limit(rate: int, delay: float) -> int:
+    """Bytes tbf may hold: the bucket plus a queue of rate x (round trip 4·delay + QUEUE_S), at least one BDP.
+
+    The queue holds at least QUEUE_MIN_BYTES: a queue of a few 64 KiB packets drops them in bunches
+    and TCP backs off; at 1gbit here 125 KB gave 0.74-0.92 Gbit/s, 1 MiB 0.95 and no drops.
+    """
+    queue = max(QUEUE_MIN_BYTES, math.ceil(rate * (4 * delay + QUEUE_S) / 8))
+    return tbf_burst(rate) + queue
+
+
+def netem_limit(rate: int | None, delay: float) -> int:
+    """Packets netem may hold, even if all were bare acks (its default is 1000).
+
+    Some kernels count the packets waiting in the tbf below netem against netem's limit too, so with a
+    rate it covers tbf's queue (which holds more than one round trip), else what arrives during `delay`.
+    """
+    held = tbf_limit(rate, delay) if rate else UNSHAPED_BPS * delay / 8
+    return max(1000, math.ceil(held / MIN_PACKET))
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """What the qdiscs on one end of a link do, read back from `tc -j qdisc show`."""
+
+    kinds: tuple[str, ...]  # qdisc kinds, root first: (), ('tbf',), ('netem',) or ('netem', 'tbf')
+    rate: int | None  # bits/s of tbf, Ethernet header included; None: unshaped
+    delay: float | None  # seconds netem holds each packet; None: no delay
+    burst: int | None  # bytes of tbf's bucket
+
+    @classmethod
+    def from_tc(cls, qdiscs: list[dict]) -> "Shaping":
+        """From the parsed JSON of `tc -j qdisc show dev DEV` (tbf's rate is bytes/s, netem's delay seconds)."""
+        by_kind = {q["kind"]: q.get("options", {}) for q in qdiscs if q["kind"] in ("netem", "tbf")}
+        tbf, netem = by_kind.get("tbf"), by_kind.get("netem")
+        delay = netem.get("delay", {}).get("delay", 0.0) if netem is not None else None
+        return cls(kinds=tuple(q["kind"] for q in qdiscs if q["kind"] in by_kind),
+                   rate=8 * int(tbf["rate"]) if tbf else None, delay=delay,
+                   burst=int(tbf["burst"]) if tbf else None)
+
+    def __str__(self) -> str:
+        parts = ([f"{format_rate(self.rate)} (tbf)"] if self.rate else []) + \
+                ([f"{format_delay(self.delay)} each way (netem)"] if self.delay else [])
+        return ", ".join(parts) or "unshaped"
+
+
+def shape(namespace: str, dev: str, rate: int | None, delay: float | None) -> None:
+    """Install netem (delay) with tbf (rate) below it as `dev`'s egress qdiscs; nothing when both are None.
+
+    No netem in the kernel (CONFIG_NET_SCH_NETEM unset) raises Unavailable: nothing else can hold packets
+    back for a fixed time. GSO stays on: tbf passes a 64 KiB packet whole once its bucket holds that much.
+    """
+    parent = ["root"]
+    if delay:
+        try:
+            tc("-n", namespace, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem",
+               "delay", f"{delay * 1e6:g}us", "limit", str(netem_limit(rate, delay)))
+        except RuntimeError as e:
+            if "qdisc kind is unknown" in str(e):
+                raise Unavailable("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), "
+                                  "which a link delay needs") from None
+            raise
+        parent = ["parent", "1:1"]
+    if rate:
+        tc("-n", namespace, "qdisc", "add", "dev", dev, *parent, "handle", "10:", "tbf", "rate", f"{rate}bit",
+           "burst", str(tbf_burst(rate)), "limit", str(tbf_limit(rate, delay or 0.0)))
+
+
+def read_shaping(namespace: str, dev: str) -> Shaping:
+    return Shaping.from_tc(json.loads(tc("-n", namespace, "-j", "qdisc", "show", "dev", dev).stdout or "[]"))
 
 
 def unavailable_reason() -> str | None:
@@ -146,11 +298,18 @@ class Job:
 
 
 class Cluster:
-    """N test hosts (namespaces) on one bridge, and MPI jobs across them. Use as a context manager."""
+    """N test hosts (namespaces) on one bridge, and MPI jobs across them. Use as a context manager.
 
-    def __init__(self, hosts: int, prefix: str = PREFIX):
+    rate: every link's speed, '10gbit' or bits/s; delay: every link's one-way latency, '20us' or
+    seconds (host to host one way: 2·delay). None (the default): the bare veth, as fast as the CPUs.
+    """
+
+    def __init__(self, hosts: int, rate: str | int | None = None, delay: str | float | None = None,
+                 prefix: str = PREFIX):
         if not 1 <= hosts <= 250:
             raise ValueError(f"hosts must be in 1..250, got {hosts}")
+        self.rate = parse_rate(rate) if isinstance(rate, str) else rate
+        self.delay = parse_delay(delay) if isinstance(delay, str) else delay
         self.run_id = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.prefix = prefix
         self.switch = f"{self.run_id}-sw"
@@ -164,6 +323,8 @@ class Cluster:
     def create(self) -> "Cluster":
         """Make the namespaces, the bridge and one veth pair per host; raise Unavailable if impossible."""
         reason = unavailable_reason()
+        if not reason and (self.rate or self.delay) and shutil.which("tc") is None:
+            reason = "no `tc` command (iproute2), which shaped links need"
         if reason:
             raise Unavailable(reason)
         clean_stale(self.prefix)
@@ -182,6 +343,8 @@ class Cluster:
                 ip("-n", name, "addr", "add", f"{addr}/24", "dev", "eth0")
                 ip("-n", name, "link", "set", "eth0", "up")
                 ip("-n", name, "link", "set", "lo", "up")
+                shape(name, "eth0", self.rate, self.delay)  # host -> switch
+                shape(self.switch, f"p{i}", self.rate, self.delay)  # switch -> host
         except BaseException:
             self.destroy()
             raise
@@ -228,6 +391,14 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"host h{host} is still unreachable {timeout:g} s after its link came back")
             time.sleep(0.1)
+
+    def shaping(self) -> dict[str, Shaping]:
+        """What is installed on each end of each link, read back from tc: {'h0/eth0': …, 'sw/p0': …, …}."""
+        ends = {}
+        for i, name in enumerate(self.hosts):
+            ends[f"h{i}/eth0"] = read_shaping(name, "eth0")
+            ends[f"sw/p{i}"] = read_shaping(self.switch, f"p{i}")
+        return ends
 
     def counters(self, host: int) -> dict[str, int]:
         """{'rx': bytes, 'tx': bytes} through eth0 of host `host` since it was made (headers included)."""
