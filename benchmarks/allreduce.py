@@ -79,19 +79,24 @@ def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
     """The MLP gradient as one call, in 16 MiB pieces, and through GradientReducer: MPI's Iallreduce and distbp's ring, several bucket sizes.
 
     All layers are ready at once (no compute to hide behind): this measures what bucketing costs.
+    16-bit gradients (--comm-dtype) go both ways: MPI's Iallreduce with a user-defined op, and the
+    ring, which sends 16-bit words and adds them in float32 with Numba kernels.
     The variants take turns within each repeat so that load from other processes hits them alike;
-    "vs one call" is the ratio of medians measured in this run.
+    "vs one call" and "vs ring" (the float32 ring with the same bucket size) are ratios of medians
+    measured in this run.
     """
     sizes = mlp_layer_sizes(MLP)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
     grad = np.zeros(int(bounds[-1]), np.float32)  # zeros: repeated sums stay finite
-    variants = [("one call", lambda: comm.allreduce_sum(grad, piece_bytes=1 << 62), 1),
-                ("16 MiB pieces", lambda: comm.allreduce_sum(grad), -(-grad.nbytes // PIECE_BYTES))]
+    # (label, step, buckets, the float32 ring it is compared with)
+    variants = [("one call", lambda: comm.allreduce_sum(grad, piece_bytes=1 << 62), 1, None),
+                ("16 MiB pieces", lambda: comm.allreduce_sum(grad), -(-grad.nbytes // PIECE_BYTES), None)]
     for bucket_bytes, comm_dtype, algorithm in [
             (256 << 10, None, "mpi"), (MIB, None, "mpi"), (4 * MIB, None, "mpi"), (8 * MIB, None, "mpi"),
             (MIB, None, "ring"), (4 * MIB, None, "ring"), (8 * MIB, None, "ring"),
-            (4 * MIB, "bfloat16", "mpi"), (4 * MIB, "float16", "mpi")]:
+            (4 * MIB, "bfloat16", "mpi"), (4 * MIB, "float16", "mpi"),
+            (4 * MIB, "bfloat16", "ring"), (4 * MIB, "float16", "ring")]:
         reducer = GradientReducer(comm, grad, slices, bucket_bytes, overlap=True, comm_dtype=comm_dtype,
                                   algorithm=algorithm)
 
@@ -100,10 +105,10 @@ def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
                 reducer.layer_ready(layer)
             reducer.finish()
         label = f"{algorithm} {bucket_bytes // 1024} KiB" + (f" {comm_dtype}" if comm_dtype else "")
-        variants.append((label, step, len(reducer.buckets)))
-    times = {label: [] for label, _, _ in variants}
+        variants.append((label, step, len(reducer.buckets), f"ring {bucket_bytes // 1024} KiB"))
+    times = {label: [] for label, *_ in variants}
     for rep in range(repeats + 3):  # the first 3 rounds are warm-up
-        for label, fn, _ in variants:
+        for label, fn, *_ in variants:
             comm.barrier()
             t0 = time.perf_counter()
             fn()
@@ -111,10 +116,11 @@ def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
                 times[label].append(comm.max_scalar(time.perf_counter() - t0))
     base = float(np.median(times["one call"]))
     rows = []
-    for label, _, buckets in variants:
+    for label, _, buckets, ring in variants:
         seconds = float(np.median(times[label]))
         rows.append({"how": label, "buckets": buckets, "seconds": seconds, "GBps_alg": grad.nbytes / seconds / 1e9,
-                     "vs_one_call": seconds / base})
+                     "vs_one_call": seconds / base,
+                     "vs_ring": seconds / float(np.median(times[ring])) if ring in times else None})
     return rows
 
 
@@ -205,9 +211,11 @@ def print_measured(result: dict) -> None:
         pieces = f"{1e6 * r['pieces_16MiB_s']:16.0f}" if "pieces_16MiB_s" in r else f"{'':>16}"
         print(f"{r['bytes']:>10} {1e6 * r['one_call_s']:12.1f} {r['busbw_GBps']:11.2f} {pieces} {1e6 * model:9.1f}")
     print(f"\nMEASURED MLP {'-'.join(map(str, MLP))} float32 gradient ({result['gradient_bytes'] / 1e6:.2f} MB)")
-    print(f"{'how':>26} {'buckets':>8} {'ms':>8} {'GB/s':>7} {'vs one call':>12}")
+    print(f"{'how':>26} {'buckets':>8} {'ms':>8} {'GB/s':>7} {'vs one call':>12} {'vs ring':>8}")
     for r in result["buckets"]:
-        print(f"{r['how']:>26} {r['buckets']:>8} {1e3 * r['seconds']:8.3f} {r['GBps_alg']:7.2f} {r['vs_one_call']:12.2f}")
+        vs_ring = f"{r['vs_ring']:8.2f}" if r.get("vs_ring") is not None else f"{'':>8}"
+        print(f"{r['how']:>26} {r['buckets']:>8} {1e3 * r['seconds']:8.3f} {r['GBps_alg']:7.2f} {r['vs_one_call']:12.2f} "
+              f"{vs_ring}")
     print(f"\nFIT (ring model, NNLS): alpha = {1e6 * fit['alpha_s']:.2f} us, beta = {1e12 * fit['beta_s_per_byte']:.1f} ps/B "
           f"({8e-9 / max(fit['beta_s_per_byte'], 1e-300):.1f} Gb/s), gamma (measured local add) = "
           f"{1e12 * fit['gamma_s_per_byte']:.1f} ps/B")
@@ -251,6 +259,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/allreduce.json", help="JSON file rank 0 writes")
     parser.add_argument("--max-bytes", type=int, default=64 * MIB, help="largest message in the size sweep")
+    parser.add_argument("--repeats", type=int, default=50, help="timed rounds of the gradient (bucket) sweep")
     parser.add_argument("--project", action="store_true", help="also project step time for 2..1024 nodes")
     parser.add_argument("--fit", help="take the fit from this JSON instead of measuring (no MPI needed)")
     parser.add_argument("--compute-ms", type=float, help="compute per step per node; default: measured GEMM proxy")
@@ -267,7 +276,7 @@ def main(argv=None) -> None:
         is_root = comm.is_root  # only rank 0 prints and writes
         gamma = measure_gamma()
         sizes = sweep_sizes(comm, args.max_bytes)
-        buckets = sweep_buckets(comm)
+        buckets = sweep_buckets(comm, args.repeats)
         alpha, beta = fit_alpha_beta(sizes, comm.size, gamma) if comm.size > 1 else (0.0, 0.0)
         result = {"host": platform.node(), "ranks": comm.size, "mpi": _mpi_version(),
                   "env": {k: v for k, v in os.environ.items() if k.startswith("MPIR_CVAR")},

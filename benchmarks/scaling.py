@@ -21,9 +21,10 @@ Definitions (printed with the tables):
   strong scaling fixed global batch G: speed-up = step(1x1, G) / step; efficiency = speed-up / (ranks x threads)
   weak scaling   fixed per-rank batch P: speed-up = samples/s / samples/s(1x1, P); efficiency = speed-up /
                  (ranks x threads), which for 1 thread per rank is the per-rank throughput ratio
-  transport      distbp's ring allreduce (what `distbp train` uses when all ranks share a node); "block" starts
-                 the same buckets only after backward; "ring vs MPI" times the same overlapped buckets through the
-                 MPI library's Iallreduce instead, in turns in the same job
+  transport      --allreduce (default hier, the node-aware allreduce `distbp train` uses on one node); "block" starts
+                 the same buckets only after backward; "vs MPI" and "vs distbp's ring" time the same overlapped
+                 buckets through the MPI library's Iallreduce and distbp's ring of messages
+                 in turns in the same job
   ceiling        efficiency if the ranks computed at once without communicating ("nocomm" variant): what sharing
                  the machine's caches and memory bandwidth alone costs
   hidden         1 - exposed(overlapped buckets) / exposed(buckets after backward), same split and batch:
@@ -209,9 +210,15 @@ def scaling_rows(d: dict, kind: str, G: int, P: int, cores: int) -> list[dict]:
             row["nocomm_step_s"] = nocomm["step_s"]
             row["ceiling_efficiency"] = row["efficiency"] * v["step_s"] / nocomm["step_s"]
         mpi = s["variants"].get(f"{batch}:overlap-mpi")
-        if mpi is not None:  # the same buckets through MPI's Iallreduce instead of distbp's ring
+        if mpi is not None:  # the same buckets through MPI's Iallreduce instead of distbp's transport
             row["mpi_step_s"], row["mpi_exposed_s"] = mpi["step_s"], mpi["exposed_s"]
-            row["ring_speedup_vs_mpi"] = mpi["step_s"] / v["step_s"]
+            row["speedup_vs_mpi"] = mpi["step_s"] / v["step_s"]
+        ring = s["variants"].get(f"{batch}:overlap-ring")
+        if ring is not None:  # the same buckets through distbp's ring
+            row["ring_step_s"], row["ring_exposed_s"] = ring["step_s"], ring["exposed_s"]
+            row["speedup_vs_ring"] = ring["step_s"] / v["step_s"]
+            if nocomm is not None:
+                row["ring_efficiency"] = row["efficiency"] * v["step_s"] / ring["step_s"]
         rows.append(row)
     return rows
 
@@ -251,10 +258,12 @@ def print_scaling(rows: list[dict], title: str) -> None:
               f"{fmt(r.get('vs_torch_all_cores'), '12.2f')} {1e3 * r['base_step_s']:8.1f} "
               f"{r['efficiency_vs_1x1_job']:11.1%}")
     for r in rows:
-        if "mpi_step_s" in r:
-            print(f"{r['ranks']:>7} x {r['threads']:<3} ring vs MPI Iallreduce (same buckets, overlapped): step "
-                  f"{1e3 * r['step_s']:.1f} vs {1e3 * r['mpi_step_s']:.1f} ms ({r['ring_speedup_vs_mpi']:.3f}x), "
-                  f"exposed {1e3 * r['exposed_s']:.2f} vs {1e3 * r['mpi_exposed_s']:.2f} ms")
+        for other, name in (("mpi", "MPI Iallreduce"), ("ring", "distbp's ring")):
+            if f"{other}_step_s" in r:
+                print(f"{r['ranks']:>7} x {r['threads']:<3} vs {name} (the same buckets, overlapped): "
+                      f"step {1e3 * r['step_s']:.1f} vs {1e3 * r[f'{other}_step_s']:.1f} ms "
+                      f"({r[f'speedup_vs_{other}']:.3f}x), exposed {1e3 * r['exposed_s']:.2f} vs "
+                      f"{1e3 * r[f'{other}_exposed_s']:.2f} ms")
         if "nocomm_step_s" in r:
             print(f"{r['ranks']:>7} x {r['threads']:<3} without any communication (all ranks computing at once): step "
                   f"{1e3 * r['nocomm_step_s']:.1f} ms, efficiency ceiling {r['ceiling_efficiency']:.1%} "
@@ -381,6 +390,9 @@ def main(argv=None) -> None:
     p.add_argument("--rank-batch", type=int, default=512, help="weak scaling: fixed batch per rank")
     p.add_argument("--repeats", type=int, default=2, help="times the whole sequence of jobs runs (A, B, A, B)")
     p.add_argument("--quick", action="store_true", help="fewer steps and one repeat (< 1 minute)")
+    p.add_argument("--allreduce", default="hier", choices=["hier", "ring", "mpi"],
+                   help="distbp's transport (default hier, what `distbp train` takes on one node); the same buckets "
+                        "through MPI's Iallreduce and distbp's ring are timed beside it")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--out", default="results/scaling.json")
     p.add_argument("--plot", help="PNG of speed-up, efficiency and the step time split (needs matplotlib)")
@@ -403,12 +415,14 @@ def main(argv=None) -> None:
         for rep in range(repeats):
             for r, t in plan:
                 batches = sorted({G // r, P} | ({G} if r == 1 else set()))
-                modes = "overlap,blocking,overlap-mpi,nocomm" if r > 1 else "overlap"
+                modes = f"overlap,blocking,overlap-mpi,{'overlap-ring,' if args.allreduce != 'ring' else ''}nocomm" \
+                    if r > 1 else "overlap"
                 solo = sorted({G, P}) if (r, t) != (1, 1) else []  # the 1x1 base, again inside this job
-                raw_d[(r, t)].append(run_distbp(r, t, batches, modes, solo, steps, Path(tmp, f"d{r}x{t}.{rep}.json")))
+                raw_d[(r, t)].append(run_distbp(r, t, batches, modes, solo, steps, Path(tmp, f"d{r}x{t}.{rep}.json"),
+                                                args.allreduce))
                 # memory of training alone: one job with one reducer, as `distbp train` runs it
                 raw_m.setdefault((r, t), []).append(
-                    run_distbp(r, t, [P], "overlap", [], steps, Path(tmp, f"m{r}x{t}.{rep}.json")))
+                    run_distbp(r, t, [P], "overlap", [], steps, Path(tmp, f"m{r}x{t}.{rep}.json"), args.allreduce))
                 if r > 1:  # the same with MPI's Iallreduce, the baseline of the ring's memory
                     raw_mm.setdefault((r, t), []).append(
                         run_distbp(r, t, [P], "overlap", [], steps, Path(tmp, f"mm{r}x{t}.{rep}.json"), "mpi"))
@@ -439,7 +453,7 @@ def main(argv=None) -> None:
           f"{steps['rounds']} rounds x {steps['steps']} steps per variant; load average {load0[0]:.1f} -> "
           f"{load1[0]:.1f} (shared machine); {elapsed:.0f} s")
     print(__doc__.split("\n\n", 3)[3].rstrip())
-    print_scaling(strong, f"STRONG scaling, global batch {G} (overlapped ring buckets; block = the same after backward; "
+    print_scaling(strong, f"STRONG scaling, global batch {G} (overlapped {args.allreduce} buckets; block = the same after backward; "
                           "allreduce; times in ms, max over ranks)")
     print_scaling(weak, f"WEAK scaling, {P} rows per rank")
     if torch:

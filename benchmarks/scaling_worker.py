@@ -27,6 +27,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distbp.comm import SerialComm, world  # noqa: E402
+from distbp.hier import HierarchicalAllreduce  # noqa: E402
 from distbp.reducer import GradientReducer  # noqa: E402
 from distbp.model import MLP  # noqa: E402
 from distbp.optim import make_optimizer  # noqa: E402
@@ -92,18 +93,21 @@ class Variant:
     """
 
     def __init__(self, comm, model: MLP, grad, rows: int, mode: str, bucket_bytes: int, algorithm: str,
-                 reducers: dict, solo: bool = False):
+                 reducers: dict, solo: bool = False, transport=None):
         self.rows, self.mode, self.solo = rows, mode, solo
         self.overlap = mode != "blocking"
-        # overlap-mpi: the MPI library's Iallreduce in the same buckets, the baseline of distbp's ring
-        self.algorithm = "mpi" if mode == "overlap-mpi" else algorithm
+        # overlap-mpi / overlap-ring: the same buckets through the MPI library's Iallreduce or distbp's ring
+        self.algorithm = {"overlap-mpi": "mpi", "overlap-ring": "ring"}.get(mode, algorithm)
         # nocomm: every rank steps at once without communicating, what sharing the machine alone costs
         self.comm = SerialComm() if solo or mode == "nocomm" else comm
+        if self.comm.size == 1:
+            self.algorithm = "mpi"  # one rank communicates nothing, whatever the transport
         # one reducer per mode, shared by the batch sizes, as one training run has one (its scratch counts once)
         key = (mode, solo)
         if key not in reducers:
             reducers[key] = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes,
-                                            overlap=self.overlap, algorithm=self.algorithm)
+                                            overlap=self.overlap, algorithm=self.algorithm,
+                                            transport=transport if self.algorithm == "hier" else None)
         self.reducer = reducers[key]
         self.times: dict[str, list[float]] = {k: [] for k in ("step", "compute", "hooks", "exposed", "other")}
 
@@ -140,10 +144,10 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="512", help="per-rank batch sizes to time, comma-separated")
     p.add_argument("--modes", default="overlap,blocking",
                    help="reducers: overlap (buckets during backward), blocking (all after backward), "
-                        "overlap-mpi (overlap with the MPI library's Iallreduce), "
+                        "overlap-mpi (overlap with the MPI library's Iallreduce), overlap-ring (with distbp's ring), "
                         "nocomm (all ranks step at once without communicating)")
-    p.add_argument("--allreduce", default="ring", choices=["ring", "mpi"],
-                   help="transport of the overlap and blocking modes (distbp train's default on one node: ring)")
+    p.add_argument("--allreduce", default="hier", choices=["hier", "ring", "mpi"],
+                   help="transport of the overlap and blocking modes (distbp train's default on one node: hier)")
     p.add_argument("--solo", default="", help="per-rank batches to time on rank 0 alone, 1 thread, no MPI")
     p.add_argument("--bucket-mb", type=float, default=4.0)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (Numba compiles on the first)")
@@ -162,7 +166,8 @@ def main(argv=None) -> None:
     # compile every kernel on a tiny model first, so the baseline RSS holds the runtime and the compiled code
     tiny = MLP([sizes[0], 4, 4, sizes[-1]], seed=1)
     tiny_grad = np.zeros(tiny.n_params, np.float32)
-    tiny_red = GradientReducer(comm, tiny_grad, tiny.layer_slices, algorithm=args.allreduce)
+    tiny_red = GradientReducer(comm, tiny_grad, tiny.layer_slices, algorithm="ring" if args.allreduce == "hier"
+                               else args.allreduce)
     rng = np.random.default_rng(comm.rank)
     Xt = rng.standard_normal((4, sizes[0]), dtype=np.float32)
     yt = rng.integers(0, sizes[-1], 4)
@@ -175,7 +180,9 @@ def main(argv=None) -> None:
 
     model = MLP(sizes, activation="sigmoid", loss="cross_entropy", dtype="float32", seed=0)
     opt = make_optimizer("gd", model.n_params, model.dtype, LR)
-    grad = np.zeros(model.n_params, model.dtype)
+    # the hierarchical allreduce sums a gradient that lives in the node's shared memory; the others take any
+    transport = HierarchicalAllreduce(comm, model.n_params, model.dtype) if args.allreduce == "hier" else None
+    grad = transport.grad if transport is not None else np.zeros(model.n_params, model.dtype)
     rows = max(batches + solo)
     # synthetic data: a speed benchmark needs the shapes, not a learnable task
     X = rng.standard_normal((rows, sizes[0]), dtype=np.float32)
@@ -186,8 +193,8 @@ def main(argv=None) -> None:
     model_rss = rss_bytes()
     training_peak = None
     reducers: dict = {}
-    variants = [Variant(comm, model, grad, b, m, int(args.bucket_mb * (1 << 20)), args.allreduce, reducers)
-                for b in batches for m in modes]
+    variants = [Variant(comm, model, grad, b, m, int(args.bucket_mb * (1 << 20)), args.allreduce, reducers,
+                        transport=transport) for b in batches for m in modes]
     variants += [Variant(comm, model, grad, b, "overlap", 1 << 20, args.allreduce, reducers, solo=True)
                  for b in solo]
     n_threads = threads.default_threads()

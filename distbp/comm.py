@@ -19,8 +19,14 @@
       comm.test_all(handles) -> bool        advance them (MPI moves them only inside Test/Wait)
       comm.wait_all(handles)                block until all are complete
       comm.start_send(buf, dest), comm.start_recv(buf, source)       point to point
-      comm.ring_allreduce(max_elems, dtype) distbp's own ring (`distbp.ring`), advanced by its caller
+      comm.ring_allreduce(max_elems, dtype, codec=None)  distbp's own ring (`distbp.ring`), advanced by its
+                                            caller; a codec sends 16-bit words
       comm.duplicate()                      the same ranks, messages kept apart
+    nodes and shared memory, for the hierarchical allreduce (`distbp.hier`)
+      comm.node_sizes()                     ranks on each node, in the order of the nodes' first ranks
+      comm.split_by_node(node_size)         (ranks of this node, ranks of the same local index on all nodes)
+      comm.shared_segments(nbytes)          a `SharedSegments`: nbytes of memory per rank of a node, every
+                                            rank's segment readable and writable by the node's ranks
     checks that fail loudly and on every rank
       comm.check_agree / check_identical / agree_on_failure
     ending the job
@@ -81,6 +87,31 @@ def _pieces(buf: np.ndarray, piece_bytes: int = PIECE_BYTES) -> Iterator[np.ndar
     step = max(1, piece_bytes // max(1, flat.itemsize))
     for start in range(0, flat.size, step):
         yield flat[start:start + step]
+
+
+class SharedSegments:
+    """Memory shared by the ranks of one node: one segment of nbytes per local rank.
+
+    segments[k]: local rank k's segment (uint8, nbytes), readable and writable by every rank of the node;
+    mine: this rank's. After writing shared memory that another rank will read, call sync() before
+    publishing that fact (a memory barrier; MPI_Win_sync on a window). free() gives the memory back
+    (collective over the node; idempotent). A process that ends without free() loses the memory with it:
+    MPICH's windows are System V segments already marked for removal.
+    """
+
+    def __init__(self, segments: list[np.ndarray], rank: int, window=None):
+        self.segments, self.mine, self._window = segments, segments[rank], window
+
+    def sync(self) -> None:
+        if self._window is not None:
+            self._window.Sync()
+
+    def free(self) -> None:
+        if self._window is not None:
+            self.segments = []
+            self._window.Unlock_all()
+            self._window.Free()
+            self._window = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +202,21 @@ class Comm(AgreementChecks):
 
     def single_node(self) -> bool:
         """Collective: True when every rank runs on this one node (shares memory with this rank)."""
+        return len(self.node_sizes()) == 1
+
+    def node_sizes(self) -> list[int]:
+        """Collective: the number of ranks on each node (ranks that share memory), nodes in the order of
+        their lowest rank."""
+        raise NotImplementedError
+
+    def split_by_node(self, node_size: int | None = None) -> tuple["Comm", "Comm"]:
+        """Collective: (node, cross). node: the ranks of this rank's node; cross: the ranks with this rank's
+        local index on every node, in node order. node_size=k groups consecutive ranks by k instead of by
+        shared memory (k must divide size), so tests can act out several nodes on one machine."""
+        raise NotImplementedError
+
+    def shared_segments(self, nbytes: int) -> "SharedSegments":
+        """Collective over a node communicator (`split_by_node`): nbytes per rank of shared memory."""
         raise NotImplementedError
 
     def hard_exit(self, code: int) -> NoReturn:
@@ -178,12 +224,16 @@ class Comm(AgreementChecks):
         raise NotImplementedError
 
     # shared ----------------------------------------------------------------------------------
-    def ring_allreduce(self, max_elems: int, dtype) -> "RingAllreduce":
-        """Collective: distbp's own ring allreduce (`distbp.ring`) for buffers of up to max_elems elements."""
+    def ring_allreduce(self, max_elems: int, dtype, codec=None) -> "RingAllreduce":
+        """Collective: distbp's own ring allreduce (`distbp.ring`) for buffers of up to max_elems elements.
+
+        codec (`distbp.codecs.Codec`): None sends the buffers' own dtype; else 16-bit words travel and
+        the sums are rounded to the codec's format (the same bits on every rank).
+        """
         from distbp.ring import RingAllreduce
 
         # a duplicate communicator keeps the ring's messages apart from everything else
-        return RingAllreduce(self.duplicate() if self.size > 1 else self, max_elems, dtype)
+        return RingAllreduce(self.duplicate() if self.size > 1 else self, max_elems, dtype, codec)
 
     def sum_scalars(self, values) -> np.ndarray:
         """Float64 sums over ranks of a few numbers (e.g. loss sum, correct count, example count)."""
@@ -236,8 +286,17 @@ class SerialComm(Comm):
     def duplicate(self) -> Comm:
         return SerialComm()
 
-    def single_node(self) -> bool:
-        return True
+    def node_sizes(self) -> list[int]:
+        return [1]
+
+    def split_by_node(self, node_size: int | None = None) -> tuple[Comm, Comm]:
+        if node_size not in (None, 1):
+            raise ValueError(f"node_size {node_size} does not divide 1 rank")
+        return self, SerialComm()
+
+    def shared_segments(self, nbytes: int) -> SharedSegments:
+        # like a window's, the memory is not a numpy array of its own (distbp.memory counts it as shared)
+        return SharedSegments([np.frombuffer(bytearray(nbytes), np.uint8)], 0)
 
     def start_reduce_scatter(self, send, recv, counts) -> Handle:
         recv[...] = send
@@ -352,12 +411,31 @@ class MPIComm(Comm):
     def duplicate(self) -> Comm:
         return MPIComm(self._comm.Dup())
 
-    def single_node(self) -> bool:
-        local = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+    def node_sizes(self) -> list[int]:
+        local = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)
         try:
-            return local.Get_size() == self.size
+            first = local.allreduce(self.rank, op=self._MPI.MIN)  # names the node
         finally:
             local.Free()
+        firsts = self._comm.allgather(first)
+        return [firsts.count(f) for f in sorted(set(firsts))]
+
+    def split_by_node(self, node_size: int | None = None) -> tuple[Comm, Comm]:
+        if node_size is None:
+            node = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)
+        elif node_size < 1 or self.size % node_size:
+            raise ValueError(f"node_size {node_size} does not divide {self.size} ranks")
+        else:
+            node = self._comm.Split(self.rank // node_size, self.rank)
+        cross = self._comm.Split(node.Get_rank(), self.rank)  # one rank per node, in rank order
+        return MPIComm(node), MPIComm(cross)
+
+    def shared_segments(self, nbytes: int) -> SharedSegments:
+        MPI = self._MPI
+        window = MPI.Win.Allocate_shared(max(1, nbytes), 1, comm=self._comm)
+        window.Lock_all(MPI.MODE_NOCHECK)  # a passive epoch for the whole life: sync() is Win_sync
+        segments = [np.frombuffer(window.Shared_query(k)[0], np.uint8)[:nbytes] for k in range(self.size)]
+        return SharedSegments(segments, self.rank, window)
 
     def start_reduce_scatter(self, send, recv, counts) -> Handle:
         return Handle(self._comm.Ireduce_scatter(send, recv, list(counts), op=self._MPI.SUM))

@@ -66,8 +66,9 @@ class Config:
     bucket_mb: float = opt(4.0, "gradient allreduce bucket size (MiB)")
     overlap: bool = opt(True, "overlap the allreduce with the backward pass; False: one blocking allreduce")
     comm_dtype: str | None = opt(None, "bfloat16 or float16: compress gradients for the allreduce")
-    allreduce: str = opt("auto", "ring (distbp's ring: less memory, faster on one node), mpi (the MPI library's), "
-                                 "auto: ring when all ranks share one node, else mpi")
+    allreduce: str = opt("auto", "hier (node-aware: sums through shared memory on a node, slices across nodes), "
+                                 "ring (distbp's ring of messages), mpi (the MPI library's Iallreduce); auto: hier "
+                                 "when every node has the same number of ranks, else mpi")
     # output
     save: str | None = opt(None, "the final model as a model file (.npz: W0, b0, W1, b1, … and its description; "
                                  "docs/modelfile.md)")
@@ -106,7 +107,7 @@ CHOICES = {
     "early_stop_metric": ("test_loss", "test_accuracy"),
     "lr_scale": ("sum", "mean"),
     "comm_dtype": (None, "bfloat16", "float16"),
-    "allreduce": ("auto", "ring", "mpi"),
+    "allreduce": ("auto", "hier", "ring", "mpi"),
     "progress": ("auto", "bar", "lines", "none"),
 }
 

@@ -51,6 +51,7 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
         faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
         with run.watchdog.section("shut-down", run.pos.step):
             comm.barrier()  # [dist] the watchdog bounds this wait too
+            run.sync.close()  # [dist] shared windows are freed together
         run.watchdog.stop()
         run.trace.finish(comm)  # [dist] the root writes --trace with every rank's events
         if comm.is_root and cfg.save:

@@ -75,7 +75,7 @@ def plan(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: 
     cfg = validate(Config(layers=list(layers), dtype=dtype, batch_size=batch_size, optimizer=optimizer,
                           shard_optimizer=shard_optimizer, accumulate=accumulate, **{**ring, **config}))
     shape = ModelShape(tuple(layers), np.dtype(dtype), labels)
-    return make_sync(cfg, Layout(rank, ranks, single_node=True), shape)
+    return make_sync(cfg, Layout(rank, ranks, node_sizes=(ranks,)), shape)
 
 
 def per_rank_bytes(layers: list[int], dtype: str, batch_size: int, ranks: int, optimizer: str = "gd",
@@ -150,6 +150,7 @@ def allocated_bytes(root, skip: tuple = ()) -> int:
     as the buffer they look into. Objects in `skip` (say the dataset) are not entered. Independent of
     the estimate above, so tests can compare the two.
     """
+    from distbp.comm import SharedSegments
     from distbp.sync.base import GradientSync
 
     seen, buffers, stack = {id(s) for s in skip}, {}, [root]
@@ -158,7 +159,9 @@ def allocated_bytes(root, skip: tuple = ()) -> int:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, np.ndarray):
+        if isinstance(obj, SharedSegments):
+            buffers[id(obj)] = obj.mine.nbytes  # this rank's segment; the others' belong to their ranks
+        elif isinstance(obj, np.ndarray):
             owner = obj if obj.base is None else obj.base  # numpy points a view's base at the owner
             if isinstance(owner, np.ndarray) and owner.base is None:
                 buffers[id(owner)] = owner.nbytes

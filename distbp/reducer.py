@@ -16,6 +16,7 @@ import numpy as np
 
 from distbp.codecs import codec_for
 from distbp.comm import PIECE_BYTES, Comm, Handle
+from distbp.ring import ring_buffer_elements
 from distbp.trace import NULL_TRACER
 
 # ---------------------------------------------------------------------------------------------
@@ -87,40 +88,52 @@ class GradientReducer:
     algorithm: "mpi" uses the MPI library's Iallreduce/Allreduce; "ring" uses distbp's ring of
     point-to-point messages (`distbp.ring.RingAllreduce`), which on one node here was faster than MPICH's
     and needs one scratch array of bucket/p elements instead of a message-sized temporary per
-    call (benchmarks/allreduce.py). Compressed buckets always take the MPI path (its user op).
+    call (benchmarks/allreduce.py).
 
-    comm_dtype compresses each bucket to 16 bits for the wire and sums with a user-defined MPI op
-    that adds in float32 and rounds back after every partial sum:
+    comm_dtype compresses each bucket to 16 bits for the wire (`distbp.codecs`):
       "bfloat16": upper 16 bits of float32, round to nearest even; relative error ~2^-8 per
         rounding, same range as float32.
       "float16": relative error ~2^-11 per rounding, but values above 65504 become inf and values
         below ~6e-8 flush to zero: scale the loss if gradients are large or tiny.
-    Each element is rounded once on encoding and once per partial sum (at most p-1 times), so
+    With "mpi" each bucket is encoded into a 16-bit copy and summed by a user-defined MPI op that
+    adds in float32 and rounds back after every partial sum: each element is rounded once on
+    encoding and once per partial sum (at most p-1 times). With "ring" the bucket stays in grad and
+    the ring encodes what it sends, adds what it receives in grad's dtype and rounds each completed
+    sum once (`RingAllreduce`): once per reduce-scatter hop (p-1) and once at the end. Either way
     |error| <= p * u * sum_r |g_r| to first order, u = 2^-8 (bf16) or 2^-11 (fp16). Measured on 2^20
-    normal values: max 1.95u with 2 ranks, 2.30u with 4 ranks, median 0.3u (tests/test_comm.py). A 1-rank run (SerialComm) applies the same encode/decode
-    rounding, so results do not jump when going from one rank to several.
+    normal values: MPI op max 1.95u with 2 ranks, 2.30u with 4, median 0.3u; ring (bf16) max 1.89u with
+    2 ranks, 2.79u with 4, median 0.27u / 0.23u (tests/test_comm.py).
+    A 1-rank run (SerialComm) applies the same encode/decode rounding, so results do not jump when
+    going from one rank to several.
 
     stats: exposed_s (seconds waiting in finish), overlap_s (seconds in layer_ready/progress),
     bytes (bytes handed to allreduce on this rank), calls (allreduce calls), steps (finish calls).
     """
 
     def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], bucket_bytes: int = 4 << 20,
-                 overlap: bool = True, comm_dtype: str | None = None, algorithm: str = "mpi"):
+                 overlap: bool = True, comm_dtype: str | None = None, algorithm: str = "mpi", transport=None):
         if grad.ndim != 1 or not grad.flags.c_contiguous or grad.dtype not in (np.float32, np.float64):
             raise ValueError(f"grad must be a flat contiguous float32/float64 array, got {grad.dtype} {grad.shape}")
         self.comm, self.grad, self.overlap = comm, grad, overlap
         self._codec = codec_for(comm_dtype)
         self.buckets = bucket_layout(layer_slices, grad.size, grad.itemsize, bucket_bytes)
-        if algorithm not in ("mpi", "ring"):
-            raise ValueError(f"algorithm must be 'mpi' or 'ring', got {algorithm!r}")
-        if algorithm == "ring" and comm_dtype is not None:
-            raise ValueError("the ring allreduce sends the gradient's own dtype; comm_dtype needs algorithm='mpi'")
+        if algorithm not in ("mpi", "ring", "hier"):
+            raise ValueError(f"algorithm must be 'mpi', 'ring' or 'hier', got {algorithm!r}")
+        if (algorithm == "hier") != (transport is not None):
+            raise ValueError("algorithm='hier' takes its transport (distbp.hier.HierarchicalAllreduce), whose "
+                             "gradient buffer is grad; no other algorithm takes one")
         # on one rank the ring sends nothing and holds no scratch
-        self.ring = comm.ring_allreduce(max(b.stop - b.start for b in self.buckets), grad.dtype) \
+        # distbp's own transports (the ring, or the hierarchical allreduce, which is driven the same way)
+        self.ring = transport if transport is not None else \
+            comm.ring_allreduce(max(b.stop - b.start for b in self.buckets), grad.dtype, self._codec) \
             if algorithm == "ring" else None
         self.algorithm = algorithm
-        self._wire = [grad[b.start:b.stop] if self._codec is None else self._codec.empty(b.stop - b.start)
+        # what a bucket's collective sums: a view of grad, or (MPI with a codec) its 16-bit copy; the ring
+        # encodes and decodes by itself
+        self._copies = self._codec is not None and self.ring is None
+        self._wire = [self._codec.empty(b.stop - b.start) if self._copies else grad[b.start:b.stop]
                       for b in self.buckets]
+        self._wire_itemsize = 2 if self._codec is not None else grad.itemsize  # bytes per element sent
         self._buckets_of_layer: list[list[int]] = [[] for _ in layer_slices]
         for i, b in enumerate(self.buckets):
             for l in b.layers:
@@ -159,13 +172,13 @@ class GradientReducer:
     def start_bucket(self, i: int) -> None:
         """Start bucket i's sum over ranks (subclasses change what a bucket's collective is)."""
         b, wire = self.buckets[i], self._wire[i]
-        if self._codec is not None:
-            self._codec.encode(self.grad[b.start:b.stop], wire)
         if self.ring is not None:
             self.ring.start(wire)
         else:
+            if self._copies:
+                self._codec.encode(self.grad[b.start:b.stop], wire)
             self._handles.append(self.comm.start_allreduce(wire, self._codec))
-        self.stats["bytes"] += wire.nbytes
+        self.stats["bytes"] += (b.stop - b.start) * self._wire_itemsize
         self.stats["calls"] += 1
 
     def layer_ready(self, layer: int) -> None:
@@ -226,7 +239,7 @@ class GradientReducer:
                     self.ring.wait()
                 self.comm.wait_all(self._handles)
             self._traced_done()
-            if self._codec is not None:
+            if self._copies:
                 for b, wire in zip(self.buckets, self._wire):
                     self._codec.decode(wire, self.grad[b.start:b.stop])
         self._new_step()
@@ -267,10 +280,12 @@ class ShardedGradientReducer(GradientReducer):
         self.stats["calls"] += 1
 
 
-def ring_scratch_elements(layer_slices: list[slice], itemsize: int, ranks: int, bucket_bytes: int) -> int:
-    """Elements of the ring allreduce's one scratch array: ceil(largest bucket / ranks), 0 on one rank."""
-    if ranks <= 1:
-        return 0
+def ring_buffer_bytes(layer_slices: list[slice], itemsize: int, ranks: int, bucket_bytes: int,
+                      compressed: bool = False) -> int:
+    """Bytes of the ring allreduce's own buffers for the gradient's largest bucket, 0 on one rank:
+    a scratch of ceil(largest / ranks) elements (uint16 words when compressed, else the gradient's
+    dtype), and when compressed a uint16 wire of the largest bucket (`distbp.ring.ring_buffer_elements`)."""
     n = layer_slices[-1].stop
     largest = max(b.stop - b.start for b in bucket_layout(layer_slices, n, itemsize, bucket_bytes))
-    return -(-largest // ranks)
+    wire, scratch = ring_buffer_elements(largest, ranks, compressed)
+    return 2 * (wire + scratch) if compressed else scratch * itemsize

@@ -175,7 +175,7 @@ def build_agreed(cfg: Config, comm: Comm, layout: Layout,
 
 def layout_of(comm: Comm) -> Layout:
     """Collective: this rank's place in the job."""
-    return Layout(comm.rank, comm.size, comm.single_node())
+    return Layout(comm.rank, comm.size, tuple(comm.node_sizes()))
 
 
 def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:

@@ -7,6 +7,7 @@ Run with 2, 3 or 4 ranks:
 import numpy as np
 import pytest
 
+from distbp.codecs import CODECS, bf16_decode, bf16_encode, codec_for
 from distbp.comm import PIECE_BYTES, ConfigMismatchError, DistbpError, DivergenceError, MPIComm
 from distbp.reducer import GradientReducer
 
@@ -219,16 +220,19 @@ def test_every_rank_agrees_that_this_job_runs_on_one_node(comm):
 
 # one rounding's relative error; each element is rounded on encoding (error <= u*sum|g_r|) and after each
 # of at most p-1 partial sums (each <= u*sum|g_r|), so |error| <= p*u*sum|g_r| to first order (measured on
-# 2^20 elements: max 1.95u with 2 ranks, 2.30u with 4, median 0.3u); 1% slack covers second-order terms
+# 2^20 elements: max 1.95u with 2 ranks, 2.30u with 4, median 0.3u); 1% slack covers second-order terms.
+# the compressed ring rounds once per reduce-scatter hop and once at the end: the same p roundings
 COMPRESSION_REL_ERROR = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
 
 
 @pytest.mark.parametrize("comm_dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("overlap", [True, False])
-def test_compressed_reducer_is_within_its_documented_tolerance(comm, comm_dtype, overlap):
+@pytest.mark.parametrize("algorithm", ["mpi", "ring"])
+def test_compressed_reducer_is_within_its_documented_tolerance(comm, comm_dtype, overlap, algorithm):
     n = sum(LAYER_SIZES)
     grad = np.zeros(n, np.float32)
-    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), 64 << 10, overlap, comm_dtype=comm_dtype)
+    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), 64 << 10, overlap, comm_dtype=comm_dtype,
+                              algorithm=algorithm)
     values = rank_array(comm.rank, n, np.float32, seed=4)
     run_backward(reducer, grad, values)
     total, scale = exact_sum(comm.size, n, np.float32, seed=4)
@@ -240,3 +244,78 @@ def test_compressed_reducer_is_within_its_documented_tolerance(comm, comm_dtype,
     assert reducer.stats["bytes"] == n * 2
     # every rank ends with the same bits, so parameters stay identical
     comm.check_identical(grad, step=0)
+
+
+# ---- the compressed ring --------------------------------------------------------------------
+
+def round16(name: str, x: np.ndarray) -> np.ndarray:
+    """x rounded to the 16-bit format by the plain-numpy reference (bf16_encode / a float16 cast)."""
+    if name == "bfloat16":
+        return bf16_decode(bf16_encode(x), x.dtype)
+    return x.astype(np.float16).astype(x.dtype)
+
+
+def ring_reference(name: str, size: int, n: int, dtype, seed: int) -> np.ndarray:
+    """What the compressed ring computes, hop by hop, in numpy: chunk k (bounds n·k//p) starts on rank k
+    and travels k+1, …, k+p−1 (its owner); each hop adds the next rank's values to the rounded partial
+    sum, in dtype; the owner rounds the complete sum once more."""
+    parts = [rank_array(r, n, dtype, seed) for r in range(size)]
+    bounds = [n * k // size for k in range(size + 1)]
+    out = np.empty(n, dtype)
+    for k in range(size):
+        lo, hi = bounds[k], bounds[k + 1]
+        acc = parts[k][lo:hi].copy()
+        for hop in range(1, size):
+            acc = parts[(k + hop) % size][lo:hi] + round16(name, acc)
+        out[lo:hi] = round16(name, acc)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 1001, 30_001])  # uneven chunks, and buffers smaller than p
+def test_compressed_ring_gives_every_rank_the_bits_of_its_numpy_twin(comm, name, dtype, n):
+    ring = comm.ring_allreduce(30_001, dtype, codec_for(name))
+    buf = rank_array(comm.rank, n, dtype, seed=n)
+    ring.start(buf)
+    ring.wait()
+    assert buf.dtype == dtype
+    assert np.array_equal(buf, ring_reference(name, comm.size, n, dtype, seed=n))
+    comm.check_identical(buf, step=0)  # the same bits on every rank, so parameters stay identical
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compressed_ring_error_is_within_the_documented_bound(comm, name, dtype):
+    # RingAllreduce: p roundings of partial sums, |error| <= p·u·Σ|g_r| to first order; (1 + p·u) covers
+    # the second-order terms (a rounding of an already rounded partial sum), the adds in dtype are far smaller
+    n, p, u = 200_003, comm.size, COMPRESSION_REL_ERROR[name]
+    ring = comm.ring_allreduce(n, dtype, codec_for(name))
+    buf = rank_array(comm.rank, n, dtype, seed=9)
+    ring.start(buf)
+    ring.wait()
+    total, scale = exact_sum(p, n, dtype, seed=9)
+    err = np.abs(buf - total) / scale
+    assert err.max() <= p * u * (1 + p * u)
+    assert err.max() > u / 4  # the compression really rounded
+    assert np.median(err) < u  # typical elements see about one rounding's worth of error
+    assert np.array_equal(round16(name, buf), buf)  # every rank keeps values of the 16-bit format
+
+
+def test_compressed_ring_runs_queued_buffers_through_one_wire_and_scratch(comm):
+    ring = comm.ring_allreduce(20_000, np.float32, codec_for("bfloat16"))
+    sizes = [20_000, 2, 7_777, 20_000, 3]
+    bufs = [rank_array(comm.rank, n, np.float32, seed=k) for k, n in enumerate(sizes)]
+    for buf in bufs:
+        ring.start(buf)
+        ring.progress()
+    polls = 0
+    while not ring.progress():
+        polls += 1
+        assert polls < 10**7, "the ring made no progress"
+    for k, buf in enumerate(bufs):
+        assert np.array_equal(buf, ring_reference("bfloat16", comm.size, buf.size, np.float32, seed=k))
+    # uint16 words: the wire holds the largest buffer, the scratch one chunk of it
+    assert ring.wire.dtype == ring.scratch.dtype == np.uint16
+    assert ring.wire.size == 20_000 and ring.scratch.size == -(-20_000 // comm.size)
+    assert ring.nbytes == 2 * (ring.wire.size + ring.scratch.size)

@@ -121,14 +121,34 @@ def test_serial_reducer_leaves_an_uncompressed_gradient_unchanged(overlap, algor
     assert reducer.stats["steps"] == 1 and reducer.stats["bytes"] == grad.nbytes
 
 
-def test_serial_reducer_applies_the_compression_rounding():
+@pytest.mark.parametrize("algorithm", ["mpi", "ring"], ids=["MPI Iallreduce", "ring"])
+def test_serial_reducer_applies_the_compression_rounding(algorithm):
     rng = np.random.default_rng(1)
     grad = rng.standard_normal(500).astype(np.float32)
     expected = bf16_decode(bf16_encode(grad))
-    reducer = GradientReducer(SerialComm(), grad, layer_slices([200, 300]), comm_dtype="bfloat16")
+    reducer = GradientReducer(SerialComm(), grad, layer_slices([200, 300]), comm_dtype="bfloat16", algorithm=algorithm)
     reducer.finish()
     assert np.array_equal(grad, expected)
     assert reducer.stats["bytes"] == grad.size * 2
+
+
+@pytest.mark.parametrize("comm_dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_rank_rounds_the_same_bits_through_the_ring_as_through_mpi(comm_dtype, dtype):
+    # the ring encodes in place (no 16-bit copies), so one rank must still round like the MPI path does
+    values = np.random.default_rng(2).standard_normal(1000).astype(dtype)
+    results = []
+    for algorithm in ("mpi", "ring"):
+        grad = values.copy()
+        reducer = GradientReducer(SerialComm(), grad, layer_slices([100, 300, 600]), bucket_bytes=256,
+                                  comm_dtype=comm_dtype, algorithm=algorithm)
+        for layer in (2, 1, 0):
+            reducer.layer_ready(layer)
+            reducer.progress()
+        reducer.finish()
+        results.append(grad)
+    assert np.array_equal(results[0], results[1])
+    assert not np.array_equal(results[1], values)  # it did round
 
 
 def test_reducer_rejects_a_layer_reported_twice_and_bad_options():
@@ -143,8 +163,6 @@ def test_reducer_rejects_a_layer_reported_twice_and_bad_options():
         GradientReducer(SerialComm(), np.zeros(10, np.float16), layer_slices([5, 5]))
     with pytest.raises(ValueError, match="algorithm must be"):
         GradientReducer(SerialComm(), grad, layer_slices([5, 5]), algorithm="tree")
-    with pytest.raises(ValueError, match="comm_dtype needs algorithm='mpi'"):
-        GradientReducer(SerialComm(), grad, layer_slices([5, 5]), comm_dtype="bfloat16", algorithm="ring")
 
 
 # ---- bfloat16 encoding ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ iproute2 and skip with the reason where namespaces cannot be made. Every job run
 over TCP (MPIR_CVAR_NOLOCAL=1, UCX_TLS=tcp), so the gradients cross the veth links between hosts.
 """
 
+import json
 import math
 import subprocess
 import sys
@@ -20,10 +21,13 @@ from jobs import load_npz
 DATA = "synthetic:rows=2000,features=64"
 LAYERS = [64, 32, 10]
 TRAIN_ROWS = 1800  # 2000 rows minus the 10 % held out
-BATCH = 128
+BATCH = 257  # the last batch of an epoch has 1 row: on 2 x 2 ranks three shards are empty
 EPOCHS = 2
+# buckets of 327 float64 values: the layers are cut into pieces of 297/298 and 165, which 2 ranks per node
+# cannot share out evenly
 TRAIN = ["--data", DATA, "--layers", ",".join(map(str, LAYERS)), "--batch-size", str(BATCH),
-         "--epochs", str(EPOCHS), "--dtype", "float64", "--progress", "none", "--timeout", "60"]
+         "--epochs", str(EPOCHS), "--dtype", "float64", "--progress", "none", "--timeout", "60",
+         "--bucket-mb", str(327 * 8 / (1 << 20))]
 TOLERANCE = 1e-10  # max abs difference from the 1-rank parameters (float64, other reduction order)
 
 # the fault run: long enough that the link goes down mid-training, after the first epoch's checkpoint
@@ -85,7 +89,7 @@ def assert_clean(cluster: netns.Cluster) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("hosts, ranks_per_host, allreduce", [(2, 2, "auto"), (3, 1, "auto"), (3, 1, "ring")])
+@pytest.mark.parametrize("hosts, ranks_per_host, allreduce", [(2, 2, "auto"), (2, 2, "hier"), (3, 1, "hier")])
 def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_cluster, one_rank_params, tmp_path,
                                                                        hosts, ranks_per_host, allreduce):
     cluster = make_cluster(hosts)
@@ -97,8 +101,9 @@ def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_clus
     assert result.returncode == 0, result.output
     assert f"distbp: {hosts * ranks_per_host} rank(s) x 1 thread(s)" in result.stdout, result.output
     assert f"{n_params(LAYERS)} parameters" in result.stdout, result.output
-    # auto leaves several nodes to the MPI library; the ring works across them when asked for
-    transport = "(distbp ring)" if allreduce == "ring" else "(MPI)"
+    # auto leaves several nodes to the MPI library; the hierarchical allreduce works across them when asked for
+    transport = "(MPI)" if allreduce == "auto" else \
+        f"(hierarchical: nodes of {ranks_per_host} in shared memory, {hosts} nodes by distbp ring)"
     assert f"allreduce overlapped {transport}" in result.stdout, result.output
 
     params = load_npz(save)
@@ -116,6 +121,40 @@ def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_clus
         assert received >= allreduced, (f"host h{h} received {received} B over its link, less than the "
                                         f"{allreduced} B of allreduced gradients ({steps} steps)")
     assert_clean(cluster)
+
+
+# a gradient that dwarfs everything else a step sends (the loss sums, the agreement checks): 1.2 MB float32
+BIG_LAYERS = [64, 512, 512, 10]
+BIG_TRAIN = ["--data", "synthetic:rows=300,features=64", "--layers", ",".join(map(str, BIG_LAYERS)),
+             "--batch-size", "64", "--progress", "none", "--timeout", "60"]
+
+
+def bytes_per_step(cluster: netns.Cluster, allreduce: str, tmp_path: Path) -> float:
+    """The most bytes any host sent or received per training step: the traffic of 2 epochs minus that of 1,
+    so start-up (MPI's wiring, the parameters' broadcast) cancels, divided by the steps of an epoch."""
+    moved, steps = [], []
+    for epochs in (1, 2):
+        metrics = tmp_path / f"{allreduce}-{epochs}.jsonl"
+        before = [cluster.counters(h) for h in range(len(cluster.hosts))]
+        result = cluster.run(["distbp", "train", *BIG_TRAIN, "--epochs", str(epochs), "--allreduce", allreduce,
+                              "--metrics", str(metrics)], ranks_per_host=2, timeout=120)
+        assert result.returncode == 0, result.output
+        after = [cluster.counters(h) for h in range(len(cluster.hosts))]
+        moved.append([max(a["tx"] - b["tx"], a["rx"] - b["rx"]) for a, b in zip(after, before)])
+        steps.append(json.loads(metrics.read_text().splitlines()[-1])["steps"])
+    return max(two - one for one, two in zip(*moved)) / (steps[1] - steps[0])
+
+
+@pytest.mark.timeout(240)
+def test_the_hierarchical_allreduce_moves_each_hosts_share_and_less_than_mpi(make_cluster, tmp_path):
+    # h hosts: each host sends and receives 2n(h−1)/h bytes of an n-byte gradient per step, whatever the
+    # ranks per host (they share out the slices across nodes)
+    cluster, hosts = make_cluster(2), 2
+    n = n_params(BIG_LAYERS) * 4
+    share = 2 * n * (hosts - 1) / hosts
+    hier, mpi = bytes_per_step(cluster, "hier", tmp_path), bytes_per_step(cluster, "mpi", tmp_path)
+    assert share <= hier <= 1.1 * share, f"{hier:.0f} B per host per step; the share is {share:.0f} B"
+    assert hier < mpi, f"hier {hier:.0f} B vs MPI's Iallreduce {mpi:.0f} B per host per step"
 
 
 def checkpoints(directory: Path) -> list[Path]:

@@ -16,6 +16,8 @@ SMALL = "synthetic:rows=300,features=12,classes=3,test=40"
 # every mode the factory can build, by its flags (the same list runs on several ranks in test_sync_mpi.py)
 # (no key may be "mpi": pytest-mpi takes a test id's words for markers and would skip the case)
 MODES = {
+    "hierarchical allreduce": dict(allreduce="hier"),
+    "hierarchical bfloat16": dict(allreduce="hier", comm_dtype="bfloat16"),
     "ring allreduce": dict(allreduce="ring"),
     "MPI allreduce": dict(allreduce="mpi"),
     "blocking": dict(overlap=False),

@@ -116,7 +116,6 @@ def test_learning_rate_too_high_is_reported_as_nonfinite_not_silently_trained_on
     (dict(optimizer="sgdx"), "--optimizer must be one of"),
     (dict(resume=True), "--resume needs --checkpoint-dir"),
     (dict(reproducible=True, comm_dtype="bfloat16"), "conflict"),
-    (dict(allreduce="ring", comm_dtype="bfloat16"), "conflict"),
     (dict(allreduce="ring", shard_optimizer=True), "conflict"),
     (dict(allreduce="nccl"), "--allreduce must be one of"),
     (dict(layers=[12, 0, 3]), "positive sizes"),
@@ -125,6 +124,19 @@ def test_learning_rate_too_high_is_reported_as_nonfinite_not_silently_trained_on
 def test_nonsense_configuration_is_a_clear_error(overrides, words):
     with pytest.raises(ConfigError, match=words):
         validate(Config(**overrides))
+
+
+def test_the_ring_takes_compressed_gradients_and_auto_chooses_as_without_compression():
+    from distbp.sync import allreduce_algorithm
+    from distbp.sync.base import Layout
+
+    one_node, two_nodes = Layout(0, 2, node_sizes=(2,)), Layout(0, 2, node_sizes=(1, 1))
+    ring = validate(Config(allreduce="ring", comm_dtype="bfloat16"))  # no longer a conflict
+    assert allreduce_algorithm(ring, two_nodes) == "ring"
+    for layout in (one_node, two_nodes):
+        assert allreduce_algorithm(validate(Config(comm_dtype="float16")), layout) == \
+            allreduce_algorithm(validate(Config()), layout)
+    assert allreduce_algorithm(validate(Config(comm_dtype="float16")), two_nodes) == "mpi"  # across nodes MPI's own
 
 
 @pytest.mark.parametrize("overrides,words", [

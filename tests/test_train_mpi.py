@@ -62,11 +62,13 @@ def test_overlapped_buckets_and_one_blocking_allreduce_agree(overlap, bucket_mb,
 
 
 @pytest.mark.mpi(min_size=2)
-def test_auto_picks_the_ring_on_one_node_and_mpi_for_compressed_gradients():
+def test_auto_picks_the_same_transport_on_one_node_for_compressed_gradients():
     comm = world()
-    single_node = train.layout_of(comm).single_node
-    assert sync.allreduce_algorithm(validate(Config(data=SMALL)), single_node) == "ring"  # the test jobs share one node
-    assert sync.allreduce_algorithm(validate(Config(data=SMALL, comm_dtype="bfloat16")), single_node) == "mpi"
+    layout = train.layout_of(comm)
+    assert layout.single_node  # the test jobs share one node
+    plain = sync.allreduce_algorithm(validate(Config(data=SMALL)), layout)
+    assert plain != "mpi"  # distbp's own transport on one node
+    assert sync.allreduce_algorithm(validate(Config(data=SMALL, comm_dtype="bfloat16")), layout) == plain
 
 
 @pytest.mark.mpi(min_size=2)
@@ -76,6 +78,19 @@ def test_memory_estimate_counts_the_ring_scratch_a_run_allocates():
     r = train_on(comm, batch_size=16, epochs=1, allreduce="ring", bucket_mb=bucket / (1 << 20))
     est = memory.per_rank_bytes(r.cfg.layers, r.cfg.dtype, 16, comm.size, "momentum", ring_bucket_bytes=bucket)
     assert est["allreduce_scratch"] == r.sync.reducer.ring.scratch.nbytes > 0
+
+
+@pytest.mark.mpi(min_size=2)
+def test_memory_estimate_counts_the_compressed_rings_wire_and_scratch():
+    comm = world()
+    bucket = 1000 * 8  # bytes: several buckets for this model
+    r = train_on(comm, batch_size=16, epochs=1, allreduce="ring", comm_dtype="bfloat16", bucket_mb=bucket / (1 << 20))
+    est = memory.per_rank_bytes(r.cfg.layers, r.cfg.dtype, 16, comm.size, "momentum", ring_bucket_bytes=bucket,
+                                comm_dtype="bfloat16")
+    ring = r.sync.reducer.ring
+    # uint16 words: a wire of the largest bucket and a scratch of its ceil(1/p) share; no per-bucket copies
+    assert ring.wire.dtype == ring.scratch.dtype == np.uint16
+    assert est["allreduce_scratch"] == ring.nbytes == ring.wire.nbytes + ring.scratch.nbytes > 0
 
 
 @pytest.mark.mpi(min_size=2)

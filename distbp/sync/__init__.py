@@ -44,9 +44,9 @@ def check_modes(cfg: Config) -> None:
     if cfg.reproducible and (cfg.accumulate > 1 or cfg.shard_optimizer):
         raise ConfigError("--reproducible conflicts with --accumulate and --shard-optimizer "
                           "(it already computes in micro-blocks and sums exactly)")
-    if cfg.allreduce == "ring" and (cfg.comm_dtype or cfg.shard_optimizer or cfg.reproducible):
-        raise ConfigError("--allreduce ring conflicts with --comm-dtype, --shard-optimizer and --reproducible "
-                          "(compressed, reduce-scattered and exact sums use their own collectives)")
+    if cfg.allreduce in ("ring", "hier") and (cfg.shard_optimizer or cfg.reproducible):
+        raise ConfigError(f"--allreduce {cfg.allreduce} conflicts with --shard-optimizer and --reproducible "
+                          "(reduce-scattered and exact sums use their own collectives)")
     if cfg.shard_optimizer and cfg.comm_dtype:
         raise ConfigError("--shard-optimizer and --comm-dtype conflict: the reduce-scatter sums full precision")
 
@@ -56,19 +56,26 @@ def strategy_name(cfg: Config) -> str:
     return next(name for name, (_, applies) in STRATEGIES.items() if applies(cfg))
 
 
-def allreduce_algorithm(cfg: Config, single_node: bool) -> str:
-    """"ring" or "mpi" for the gradient's collectives (--allreduce).
+def allreduce_algorithm(cfg: Config, layout: Layout) -> str:
+    """"hier", "ring" or "mpi" for the gradient's allreduce (--allreduce).
 
-    auto takes distbp's ring when every rank is on one node, where it measured faster than MPICH's
-    Iallreduce and needs no message-sized scratch (benchmarks/allreduce.py), and the MPI library's own
-    across nodes, where a vendor MPI knows the network's topology and a flat ring pays 2(p−1) latencies.
-    Compressed, reduce-scattered and exact sums always use MPI's collectives (check_modes forbids ring).
+    auto takes the hierarchical allreduce (`distbp.hier`) when every rank is on one node: the ranks add
+    each other's buckets in shared memory, measured several times faster than distbp's ring and MPICH's
+    Iallreduce there (benchmarks/allreduce.py), with no scratch at all. Across nodes auto keeps the MPI
+    library's own, which knows the network's topology (benchmarks/multinode.py measures the choice).
+    Compressed sums (--comm-dtype) go the same way: distbp's transports send 16-bit words between nodes
+    and add them with Numba kernels, MPI's path sums them with a Python user op. Reduce-scattered and
+    exact sums always use MPI's collectives (check_modes forbids the others).
     """
-    if cfg.comm_dtype or cfg.shard_optimizer or cfg.reproducible:
+    if cfg.shard_optimizer or cfg.reproducible:
         return "mpi"
+    if cfg.allreduce == "hier" and not layout.even_nodes:
+        raise ConfigError(f"--allreduce hier needs the same number of ranks on every node; this job has "
+                          f"{', '.join(map(str, layout.node_sizes))} (use --allreduce ring or mpi, or place the ranks "
+                          f"evenly)")
     if cfg.allreduce != "auto":
         return cfg.allreduce
-    return "ring" if single_node else "mpi"
+    return "hier" if layout.single_node else "mpi"
 
 
 def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
@@ -77,7 +84,7 @@ def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
 
     return SyncOptions(batch_size=cfg.batch_size, accumulate=cfg.accumulate, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                        overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
-                       algorithm=allreduce_algorithm(cfg, layout.single_node), micro_batch=cfg.micro_batch,
+                       algorithm=allreduce_algorithm(cfg, layout), micro_batch=cfg.micro_batch,
                        threads=cfg.threads,
                        optimizer=cfg.optimizer, lr=cfg.lr, optimizer_options=optimizer_options(cfg),
                        clip_grad_norm=cfg.clip_grad_norm)

@@ -43,11 +43,20 @@ Gather = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class Layout:
-    """Where this rank is: its rank, the rank count, and whether all ranks share one node."""
+    """Where this rank is: its rank, the rank count, and the ranks on each node (nodes in rank order)."""
 
     rank: int = 0
     size: int = 1
-    single_node: bool = True
+    node_sizes: tuple[int, ...] = (1,)
+
+    @property
+    def single_node(self) -> bool:
+        return len(self.node_sizes) == 1
+
+    @property
+    def even_nodes(self) -> bool:
+        """Every node runs the same number of ranks (what the hierarchical allreduce needs)."""
+        return len(set(self.node_sizes)) == 1
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,10 @@ class GradientSync:
 
     def attach_trace(self, tracer) -> None:
         """--trace: record this strategy's communication on `tracer` (default: nothing of its own)."""
+
+    def close(self) -> None:
+        """Collective, at the job's normal end: give back what build() took beyond numpy memory (shared
+        windows). A job that ends otherwise leaves it to the process's end."""
 
 
 class ReplicatedUpdate:
