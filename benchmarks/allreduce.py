@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distbp.comm import PIECE_BYTES, world  # noqa: E402
+from distbp.hier import HierarchicalAllreduce  # noqa: E402
 from distbp.reducer import GradientReducer  # noqa: E402
 
 MIB = 1 << 20
@@ -76,7 +77,8 @@ def mlp_layer_sizes(widths: list[int]) -> list[int]:
 
 
 def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
-    """The MLP gradient as one call, in 16 MiB pieces, and through GradientReducer: MPI's Iallreduce and distbp's ring, several bucket sizes.
+    """The MLP gradient as one call, in 16 MiB pieces, and through GradientReducer: MPI's Iallreduce, distbp's ring
+    and the hierarchical allreduce (on one node: sums in shared memory, no messages), several bucket sizes.
 
     All layers are ready at once (no compute to hide behind): this measures what bucketing costs.
     16-bit gradients (--comm-dtype) go both ways: MPI's Iallreduce with a user-defined op, and the
@@ -96,9 +98,13 @@ def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
             (256 << 10, None, "mpi"), (MIB, None, "mpi"), (4 * MIB, None, "mpi"), (8 * MIB, None, "mpi"),
             (MIB, None, "ring"), (4 * MIB, None, "ring"), (8 * MIB, None, "ring"),
             (4 * MIB, "bfloat16", "mpi"), (4 * MIB, "float16", "mpi"),
-            (4 * MIB, "bfloat16", "ring"), (4 * MIB, "float16", "ring")]:
-        reducer = GradientReducer(comm, grad, slices, bucket_bytes, overlap=True, comm_dtype=comm_dtype,
-                                  algorithm=algorithm)
+            (4 * MIB, "bfloat16", "ring"), (4 * MIB, "float16", "ring"),
+            (MIB, None, "hier"), (4 * MIB, None, "hier"), (8 * MIB, None, "hier")]:
+        # the hierarchical allreduce sums a gradient of its own, in the node's shared memory
+        transport = HierarchicalAllreduce(comm, grad.size, grad.dtype, max_bucket=bucket_bytes // grad.itemsize) \
+            if algorithm == "hier" else None
+        reducer = GradientReducer(comm, grad if transport is None else transport.grad, slices, bucket_bytes,
+                                  overlap=True, comm_dtype=comm_dtype, algorithm=algorithm, transport=transport)
 
         def step(reducer=reducer):
             for layer in reversed(range(len(slices))):

@@ -21,7 +21,7 @@
       comm.start_send(buf, dest), comm.start_recv(buf, source)       point to point
       comm.ring_allreduce(max_elems, dtype, codec=None)  distbp's own ring (`distbp.ring`), advanced by its
                                             caller; a codec sends 16-bit words
-      comm.duplicate()                      the same ranks, messages kept apart
+      comm.duplicate(), comm.free()         the same ranks, messages kept apart; give a made one back
     nodes and shared memory, for the hierarchical allreduce (`distbp.hier`)
       comm.node_sizes()                     ranks on each node, in the order of the nodes' first ranks
       comm.split_by_node(node_size)         (ranks of this node, ranks of the same local index on all nodes)
@@ -199,6 +199,9 @@ class Comm(AgreementChecks):
     def duplicate(self) -> "Comm":
         """Collective: a communicator of the same ranks whose messages never mix with this one's."""
         raise NotImplementedError
+
+    def free(self) -> None:
+        """Collective: release a communicator made by duplicate or split_by_node (MPI has a few thousand)."""
 
     def single_node(self) -> bool:
         """Collective: True when every rank runs on this one node (shares memory with this rank)."""
@@ -410,6 +413,10 @@ class MPIComm(Comm):
 
     def duplicate(self) -> Comm:
         return MPIComm(self._comm.Dup())
+
+    def free(self) -> None:
+        if self._comm != self._MPI.COMM_WORLD and self._comm != self._MPI.COMM_NULL:
+            self._comm.Free()
 
     def node_sizes(self) -> list[int]:
         local = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)

@@ -62,6 +62,7 @@ class HierarchicalAllreduce:
         # the largest slice a rank owns, ceil(largest bucket / r), bounds what the cross ring ever sums
         self.cross = cross.ring_allreduce(slice_elements(max_bucket or n, self.local_size), self.dtype, codec) \
             if self.nodes > 1 else None
+        self._cross_comm = cross
         self._cross_started = 0  # buffers handed to the cross ring (it completes them in that order)
         self._seq = 0  # sequence number of the last bucket started (the same on every rank)
         self._queue: list[_Bucket] = []
@@ -101,8 +102,12 @@ class HierarchicalAllreduce:
             os.sched_yield()
 
     def close(self) -> None:
-        """Collective over the node: give the shared memory back (the gradient view becomes invalid)."""
+        """Collective: give the shared memory and the communicators back (the gradient view becomes invalid)."""
         self.shared.free()
+        if self.cross is not None:
+            self.cross.close()
+        self._cross_comm.free()
+        self.node.free()
 
     # ---- the steps ----------------------------------------------------------------------------------
     def _all_at(self, flag: int, seq: int) -> bool:

@@ -59,6 +59,12 @@ class RingAllreduce:
         self.wire = np.empty(wire, np.uint16) if codec is not None else None
         self._queue: collections.deque[_RingOp] = collections.deque()
 
+    def close(self) -> None:
+        """Collective: give back the ring's own communicator (made by Comm.ring_allreduce)."""
+        if self.size > 1 and self.comm is not None:
+            self.comm.free()
+            self.comm = None
+
     @property
     def nbytes(self) -> int:
         """Bytes of the ring's own buffers (scratch, and the wire with a codec)."""

@@ -233,7 +233,7 @@ def test_plot_draws_a_png_from_the_metrics(tmp_path):
 
 # ---- accuracy and rank-count independence -----------------------------------------------------
 
-@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("ranks", [3])  # an uneven split of every batch (tests/test_train_mpi.py covers 2 and 4)
 def test_digits_reach_95_percent_test_accuracy(tmp_path, ranks):
     pytest.importorskip("sklearn")
     metrics = tmp_path / "m.jsonl"
@@ -265,7 +265,8 @@ def same_run_args(d: Path, batch: int) -> list[str]:
             "--batch-size", str(batch), "--epochs", "2", "--progress", "none", "--save", str(d / "p.npz")]
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
+# 3 ranks: 25 rows do not divide, and 1 row leaves two ranks empty (in-process, tests/test_train_mpi.py runs 2-4)
+@pytest.mark.parametrize("ranks", [3])
 @pytest.mark.parametrize("batch", [25, 1], ids=["batch not divisible", "batch smaller than ranks"])
 def test_p_ranks_save_the_same_parameters_as_one_rank(tmp_path, one_rank_params, ranks, batch):
     done = run_job(ranks, same_run_args(tmp_path, batch), timeout=90)
@@ -277,16 +278,3 @@ def test_p_ranks_save_the_same_parameters_as_one_rank(tmp_path, one_rank_params,
         assert np.abs(got[k] - want[k]).max() < 1e-10, k
 
 
-def test_reproducible_saves_bit_identical_files_on_one_to_four_ranks(tmp_path):
-    saved = {}
-    for ranks in (1, 2, 3, 4):
-        d = tmp_path / f"r{ranks}"
-        args = ["distbp", "train", "--data", f"synthetic:rows=150,features={FEATURES},classes={CLASSES},test=20",
-                *LAYERS, "--optimizer", "adam", "--lr", "0.01", "--batch-size", "45", "--micro-batch", "8",
-                "--epochs", "2", "--progress", "none", "--reproducible", "--save", str(d / "p.npz")]
-        # one rank gets two threads: the result must not depend on the thread count either
-        done = run_job(ranks, args, timeout=90, threads=2 if ranks == 1 else 1)
-        assert done.returncode == 0, done.output
-        # the arrays' bytes: the .npz (zip) itself also stores the time it was written
-        saved[ranks] = {k: v.tobytes() for k, v in load_npz(d / "p.npz").items()}
-    assert saved[2] == saved[1] and saved[3] == saved[1] and saved[4] == saved[1]

@@ -71,6 +71,7 @@ LAYOUTS = [(1, 1), (1, 2), (2, 1), (3, 1), (4, 1), (2, 2)]
     ("float64", "synthetic:rows=930,features=40,classes=7,test=40"),  # a test split of its own
 ])
 def test_reproducible_saves_the_same_bytes_on_every_layout(tmp_path, dtype, data):
+    # (with adam: its state too; test_cli once ran the same on 1-4 ranks, a subset of these layouts)
     common = ["--data", data, "--dtype", dtype, "--reproducible", "--micro-batch", "16", "--epochs", "2"]
     saved = {}
     for ranks, threads in LAYOUTS:

@@ -95,11 +95,34 @@ def test_a_killed_rank_ends_the_step_at_once(slurm, tmp_path):
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1  # no survivor
 
 
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE"}
+
+
+def sbatch_wait(args: list[str], env, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`sbatch ARGS` and wait for the job: its exit code as returncode, like `sbatch --wait` (which polls the
+    controller only every few seconds, so each job would take ~10 s here), from `scontrol show job`."""
+    submitted = run(["sbatch", "--parsable", *args], env)
+    if submitted.returncode != 0:
+        return submitted
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = dict(kv.split("=", 1) for kv in run(["scontrol", "-o", "show", "job", job], env).stdout.split()
+                      if "=" in kv)
+        if fields.get("JobState") in FINISHED:
+            code = int(fields.get("ExitCode", "1:0").split(":")[0])
+            return subprocess.CompletedProcess(args, code, submitted.stdout, f"job {job}: {fields['JobState']}")
+        time.sleep(0.2)
+    run(["scancel", job], env)
+    pytest.fail(f"slurm job {job} still running after {timeout} s")
+
+
 def sbatch(slurm, tmp_path, name, options, args, **extra) -> tuple[subprocess.CompletedProcess, str]:
     out = tmp_path / f"{name}.out"
     env = job_env(slurm, CHECKPOINT_DIR=str(tmp_path / f"{name}-ck"), **extra)
-    done = run(["sbatch", "--wait", f"--output={out}", f"--job-name={name}", "--nodes=1", *options,
-                str(REPO / "launch" / "slurm.sbatch"), *args], env, timeout=240)
+    done = sbatch_wait([f"--output={out}", f"--job-name={name}", "--nodes=1", *options,
+                        str(REPO / "launch" / "slurm.sbatch"), *args], env)
     return done, out.read_text() if out.exists() else ""
 
 
@@ -142,8 +165,8 @@ def test_threads_never_exceed_the_cores_srun_bound(slurm, tmp_path):
                       f"srun --mpi=pmi2 --cpu-bind=cores {PYTHON} -c \"{probe}\"\n"
                       f"srun --mpi=pmi2 --cpu-bind=cores {' '.join(train('--epochs', '1'))}\n")
     out = tmp_path / "inner.out"
-    done = run(["sbatch", "--wait", f"--output={out}", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2",
-                str(script)], job_env(slurm))
+    done = sbatch_wait([f"--output={out}", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2", str(script)],
+                       job_env(slurm))
     log = out.read_text() if out.exists() else ""
     assert done.returncode == 0, log + done.stderr
     cores = int(log.split("affinity ")[1].split()[0])

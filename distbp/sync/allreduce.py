@@ -82,6 +82,8 @@ class AllreduceSync(ReplicatedUpdate, BucketedSync):
         self.optimizer = self.build_optimizer(model)
 
     def close(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None:  # the hierarchical allreduce: its window, communicators and ring
             self.transport.close()
             self.transport = None
+        elif self.reducer.ring is not None:
+            self.reducer.ring.close()
