@@ -12,18 +12,17 @@ what each rate carries). For every topology (hosts x ranks per host) and rate:
              and the hierarchical allreduce (hier), each in float32 and with bfloat16 on the wire (+bf16),
              on single buckets of 64 KiB … 4 MiB and on the 7.45 MB gradient of MLP 784-1024-1024-10 in
              4 MiB buckets, taking turns in one job; the slowest rank's time, median of the turns
-  training   `distbp train` of that MLP (float32, sigmoid, gd) on synthetic data for --epochs, one job per
+  training   `distbp train` of that MLP (float32, relu, momentum, lr 1e-4) on synthetic data for --epochs, one job per
              transport: step time and exposed communication (the wait for the sum after the backward
              pass, slowest rank) of the last epoch, held-out accuracy at the end, and the bytes each host
              moved per step (the most of eth0's sent and received bytes over the hosts, from the veth
              counters, whole job / steps: start-up's broadcast of the parameters is included)
 
 The α–β model T(n) = α + β·n is fitted per transport and link to the single-bucket sizes (least squares
-of the relative error), and checked on
-them and on the gradient (its buckets, each α + β·bucket). The projection to 1024 nodes uses each
-transport's fitted figures on the fastest shaped link of the 2x1 runs: per ring step α' = α/2 and the
-fraction of the link's rate it reached, e = 8·β'/(8/R) (see `project`), for 10, 25 and 100 Gb/s and
---compute-ms of computation per step, no overlap.
+of the relative error, α >= 0), and checked on them and on the gradient (its buckets, each α + β·bucket).
+The projection to 1024 nodes (`project`) takes each transport's latency from the unshaped 2x1 fit and the
+share of the link it used from the 2x1 gradient on --project-from, for 10, 25 and 100 Gb/s and
+--compute-ms of computation per step, no overlap: a model, not a measurement.
 """
 
 from __future__ import annotations
@@ -71,6 +70,7 @@ def training(cluster: netns.Cluster, ranks_per_host: int, algorithm: str, codec:
     metrics = tmp / f"m-{algorithm}-{codec}.jsonl"
     command = ["distbp", "train", "--data", f"synthetic:rows={args.rows}", "--layers", LAYERS,
                "--batch-size", str(args.batch), "--epochs", str(args.epochs), "--allreduce", algorithm,
+               "--activation", "relu", "--optimizer", "momentum", "--lr", "0.0001",
                "--progress", "none", "--metrics", str(metrics), "--timeout", "120"]
     if codec:
         command += ["--comm-dtype", codec]
@@ -103,6 +103,8 @@ def fit(seconds: dict[str, float]) -> dict:
     swt, swnt = sum(a * c for a, c in zip(w, t)), sum(a * b * c for a, b, c in zip(w, n, t))
     det = sw * swnn - swn * swn
     alpha, beta = (swt * swnn - swn * swnt) / det, (sw * swnt - swn * swt) / det
+    if alpha < 0:  # no latency is negative: the best fit through the origin instead (small buckets can pass
+        alpha, beta = 0.0, swnt / swnn  # a shaper's burst at the unshaped speed, which bends the line)
     errors = {str(s): (alpha + beta * s) / seconds[str(s)] - 1 for s in sizes}
     gradient_bytes = 7_451_688
     buckets = math.ceil(gradient_bytes / (4 << 20))
@@ -111,19 +113,24 @@ def fit(seconds: dict[str, float]) -> dict:
             "max_abs_error": max(abs(e) for e in errors.values())}
 
 
-def project(fits: dict, rate_bps: float, compute_s: float, gradient_bytes: float, nodes: list[int],
-            rates: list[float], ranks_per_node: int = 8) -> list[dict]:
-    """Weak-scaling efficiency compute / (compute + T(nodes)) at link rates `rates`, per transport, from the
-    2-host fits at `rate_bps`: each ring step costs α' = α/2 (a 2-host ring has 2 steps) and moves bytes at
-    a fraction e = rate·β'/8 … of the link, so β'(R) = e·8/R. ring: 2(p−1) steps over p = nodes·r ranks;
-    hier: 2(h−1) steps over h nodes, r slices at once sharing the link; mpi: MPICH's large-message
-    allreduce, reduce-scatter and allgather by recursive halving and doubling, 2·log2(p) steps. Bytes per
-    node: 2(k−1)/k·n for all three (k = p or h)."""
+def project(latency_fits: dict, gradient_s: dict, rate_bps: float, compute_s: float, gradient_bytes: float,
+            nodes: list[int], rates: list[float], ranks_per_node: int = 8) -> list[dict]:
+    """Weak-scaling efficiency compute / (compute + T(nodes)) at link rates `rates`, per transport.
+
+    From 2 hosts x 1 rank: each step of a ring costs α' = α/2 of the unshaped link's fit (a 2-host ring has
+    2 steps; shaped links' small buckets pass tbf's burst at the unshaped speed, so their own α are not
+    latencies), and the bytes move at the fraction e of the link that the 7.45 MB gradient reached on the
+    shaped link: e = (wire bytes · 8 / R) / (T − 2α'), wire bytes = n (2-host ring), n/2 with bfloat16.
+    Then at rate R: ring, 2(p−1) steps over p = nodes·r ranks; hier, 2(h−1) steps over h nodes (the r
+    slices at once share the link; the node's own shared-memory sum is left out); mpi, MPICH's
+    large-message allreduce by recursive halving and doubling, 2·log2(p) steps. Bytes per node: 2(k−1)/k·n
+    for k = p or h (halved with bfloat16)."""
     rows = []
-    for algo, f in fits.items():
-        a1, e = f["alpha_s"] / 2, f["beta_s_per_byte"] * rate_bps / 8
+    for algo, f in latency_fits.items():
+        a1 = f["alpha_s"] / 2
+        wire = gradient_bytes * (0.5 if "bf16" in algo else 1)
+        e = wire * 8 / rate_bps / max(gradient_s[algo] - 2 * a1, 1e-9)
         for rate in rates:
-            beta = e * 8 / rate
             for h in nodes:
                 p = h * ranks_per_node
                 if algo.startswith("hier"):
@@ -132,10 +139,47 @@ def project(fits: dict, rate_bps: float, compute_s: float, gradient_bytes: float
                     steps, k = 2 * (p - 1), p
                 else:
                     steps, k = 2 * math.ceil(math.log2(p)), p
-                comm = steps * a1 + 2 * (k - 1) / k * gradient_bytes * beta * (0.5 if "bf16" in algo else 1)
-                rows.append({"transport": algo, "rate_gbit": rate / 1e9, "nodes": h,
+                comm = steps * a1 + 2 * (k - 1) / k * wire * 8 / rate / e
+                rows.append({"transport": algo, "rate_gbit": rate / 1e9, "nodes": h, "link use": e,
                              "allreduce_ms": 1e3 * comm, "efficiency": compute_s / (compute_s + comm)})
     return rows
+
+
+def report(results: dict, args, elapsed: float, rates: list[str]) -> list[dict]:
+    """Print the training table, the fits (added to `results`) and the projection; returns the projection."""
+    rows, fit_rows = [], []
+    for topo, runs in results.items():
+        for rate, run in runs.items():
+            for key, t in run["training"].items():
+                bare_key = key.replace("+bf16", "+bfloat16")
+                rows.append({"hosts x ranks": topo, "link": rate, "transport": key,
+                             "step ms": 1e3 * t["step_s"], "exposed ms": 1e3 * t["exposed_s"],
+                             "exposed %": 100 * t["exposed_s"] / t["step_s"],
+                             "MB/host/step": t["bytes_per_step"] / 1e6, "accuracy %": 100 * t["test_accuracy"],
+                             "bare gradient ms": 1e3 * run["bare"]["seconds"][bare_key]["gradient"]})
+                f = fit(run["bare"]["seconds"][bare_key])
+                run.setdefault("fits", {})[key] = f
+                fit_rows.append({"hosts x ranks": topo, "link": rate, "transport": key, "alpha us": 1e6 * f["alpha_s"],
+                                 "beta ps/B": 1e12 * f["beta_s_per_byte"],
+                                 "Gbit/s": 8e-9 / f["beta_s_per_byte"] if f["beta_s_per_byte"] > 0 else None,
+                                 "max error %": 100 * f["max_abs_error"],
+                                 "gradient error %": 100 * f["relative_errors"]["gradient"]})
+    print(f"MEASURED: MLP {LAYERS} float32 relu momentum, global batch {args.batch}, {args.epochs} epochs of "
+          f"{args.rows} synthetic rows; {elapsed:.0f} s")
+    print_table(rows, list(rows[0]), "\nTraining, one job per transport (last epoch; bytes: whole job / steps)")
+    print_table(fit_rows, list(fit_rows[0]), "\nα–β fits of the bare allreduce (single buckets 64 KiB – 4 MiB; "
+                                             "errors of the fit on them and on the bucketed gradient)")
+    proj = []
+    two = results.get("2x1", {})
+    if args.project_from in two and "none" in two:
+        shaped = two[args.project_from]["bare"]["seconds"]
+        gradient_s = {name(*t): shaped[name(*t).replace("+bf16", "+bfloat16")]["gradient"] for t in TRANSPORTS}
+        proj = project(two["none"]["fits"], gradient_s, netns.parse_rate(args.project_from), args.compute_ms * 1e-3,
+                       7_451_688, [2, 16, 128, 1024], [10e9, 25e9, 100e9])
+        print_table(proj, list(proj[0]), f"\nProjection (2x1: latency of the unshaped fit, link use at "
+                                         f"{args.project_from}; 8 ranks per node, "
+                                         f"{args.compute_ms:g} ms compute per step, no overlap; a model)")
+    return proj
 
 
 def plot(results: dict, path: str) -> None:
@@ -170,16 +214,25 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--topologies", default="2x1,2x2,3x1", help="hosts x ranks per host, comma-separated")
-    p.add_argument("--rates", default="500mbit,1gbit,2gbit,none", help="link rates ('none': unshaped)")
+    p.add_argument("--rates", default="1gbit,2gbit,none", help="link rates ('none': unshaped)")
     p.add_argument("--rows", type=int, default=4608, help="synthetic training rows (10 %% held out)")
     p.add_argument("--batch", type=int, default=512, help="global batch")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3, help="(3 reach about 90 %% held-out accuracy on 1 rank)")
     p.add_argument("--repeats", type=int, default=7, help="turns of the bare allreduce job")
     p.add_argument("--compute-ms", type=float, default=41.0, help="compute per step for the projection")
     p.add_argument("--quick", action="store_true", help="2x1 and 2x2 at 1gbit and unshaped, fewer turns")
     p.add_argument("--out", default="results/multinode.json")
     p.add_argument("--plot", help="PNG of step time against link rate per topology (needs matplotlib)")
+    p.add_argument("--project-from", default="1gbit", help="the 2x1 link whose fits the projection uses")
+    p.add_argument("--analyse", help="the tables of a saved --out JSON again, refitted, into --out (no namespaces)")
     args = p.parse_args(argv)
+    if args.analyse:
+        saved = json.loads(Path(args.analyse).read_text())
+        saved["projection"] = report(saved["results"], args, saved["elapsed_s"], [])
+        write_json(args.out, saved)
+        if args.plot:
+            plot(saved["results"], args.plot)
+        return 0
     if args.quick:
         args.topologies, args.rates, args.repeats = "2x1,2x2", "1gbit,none", 5
     reason = netns.unavailable_reason()
@@ -207,37 +260,7 @@ def main(argv=None) -> int:
                 results.setdefault(topo, {})[rate] = run
     elapsed = time.monotonic() - started
 
-    rows, fit_rows = [], []
-    for topo, runs in results.items():
-        for rate, run in runs.items():
-            for key, t in run["training"].items():
-                bare_key = key.replace("+bf16", "+bfloat16")
-                rows.append({"hosts x ranks": topo, "link": rate, "transport": key,
-                             "step ms": 1e3 * t["step_s"], "exposed ms": 1e3 * t["exposed_s"],
-                             "exposed %": 100 * t["exposed_s"] / t["step_s"],
-                             "MB/host/step": t["bytes_per_step"] / 1e6, "accuracy %": 100 * t["test_accuracy"],
-                             "bare gradient ms": 1e3 * run["bare"]["seconds"][bare_key]["gradient"]})
-                f = fit(run["bare"]["seconds"][bare_key])
-                run.setdefault("fits", {})[key] = f
-                fit_rows.append({"hosts x ranks": topo, "link": rate, "transport": key, "alpha us": 1e6 * f["alpha_s"],
-                                 "beta ps/B": 1e12 * f["beta_s_per_byte"],
-                                 "Gbit/s": 8e-9 / f["beta_s_per_byte"] if f["beta_s_per_byte"] > 0 else None,
-                                 "max error %": 100 * f["max_abs_error"],
-                                 "gradient error %": 100 * f["relative_errors"]["gradient"]})
-    print(f"MEASURED: MLP {LAYERS} float32, global batch {args.batch}, {args.epochs} epochs of "
-          f"{args.rows} synthetic rows; {elapsed:.0f} s")
-    print_table(rows, list(rows[0]), "\nTraining, one job per transport (last epoch; bytes: whole job / steps)")
-    print_table(fit_rows, list(fit_rows[0]), "\nα–β fits of the bare allreduce (single buckets 64 KiB – 4 MiB; "
-                                             "errors of the fit on them and on the bucketed gradient)")
-    shaped = [r for r in rates if r != "none"]
-    proj = []
-    if "2x1" in results and shaped:
-        fastest = max(shaped, key=netns.parse_rate)
-        fits = results["2x1"][fastest]["fits"]
-        proj = project(fits, netns.parse_rate(fastest), args.compute_ms * 1e-3, 7_451_688, [2, 16, 128, 1024],
-                       [10e9, 25e9, 100e9])
-        print_table(proj, list(proj[0]), f"\nProjection (fits of 2x1 at {fastest}; 8 ranks per node, "
-                                         f"{args.compute_ms:g} ms compute per step, no overlap)")
+    proj = report(results, args, elapsed, rates)
     write_json(args.out, {"results": results, "projection": proj, "elapsed_s": elapsed, "args": vars(args)})
     if args.plot:
         plot(results, args.plot)
