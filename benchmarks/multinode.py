@@ -182,7 +182,8 @@ def report(results: dict, args, elapsed: float, rates: list[str]) -> list[dict]:
     return proj
 
 
-def plot(results: dict, path: str) -> None:
+def plot(results: dict, path: str, projection: list[dict] | None = None) -> None:
+    """Step time against link rate per topology (measured), and efficiency against nodes (projected)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -191,7 +192,8 @@ def plot(results: dict, path: str) -> None:
         log("matplotlib is not installed: no plot written")
         return
     topologies = list(results)
-    fig, axes = plt.subplots(1, len(topologies), figsize=(4.5 * len(topologies), 3.8), squeeze=False)
+    panels = len(topologies) + (1 if projection else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
     for ax, topo in zip(axes[0], topologies):
         runs = results[topo]
         labels = list(runs)
@@ -203,6 +205,17 @@ def plot(results: dict, path: str) -> None:
         ax.set_xlabel("link rate")
         ax.set_ylabel("step time (ms)")
     axes[0][0].legend(fontsize=8)
+    if projection:
+        ax = axes[0][-1]
+        for algo, codec in TRANSPORTS:
+            key = name(algo, codec)
+            pts = sorted((p["nodes"], p["efficiency"]) for p in projection if p["transport"] == key
+                         and p["rate_gbit"] == 25)
+            ax.plot([n for n, _ in pts], [e for _, e in pts], marker="o", linestyle="--" if codec else "-", label=key)
+        ax.set_xscale("log", base=2)
+        ax.set_title("PROJECTED, 25 Gb/s, 8 ranks per node")
+        ax.set_xlabel("nodes")
+        ax.set_ylabel("weak-scaling efficiency")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -231,7 +244,7 @@ def main(argv=None) -> int:
         saved["projection"] = report(saved["results"], args, saved["elapsed_s"], [])
         write_json(args.out, saved)
         if args.plot:
-            plot(saved["results"], args.plot)
+            plot(saved["results"], args.plot, saved["projection"])
         return 0
     if args.quick:
         args.topologies, args.rates, args.repeats = "2x1,2x2", "1gbit,none", 5
@@ -263,7 +276,7 @@ def main(argv=None) -> int:
     proj = report(results, args, elapsed, rates)
     write_json(args.out, {"results": results, "projection": proj, "elapsed_s": elapsed, "args": vars(args)})
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, proj)
     return 0
 
 

@@ -44,7 +44,10 @@ class AllreduceSync(ReplicatedUpdate, BucketedSync):
                 r, h = self.layout.node_sizes[0], len(self.layout.node_sizes)
                 text += f" (hierarchical: nodes of {r} in shared memory" + \
                     (f", {h} nodes by distbp ring)" if h > 1 else ")")
-        if o.comm_dtype:
+        if o.comm_dtype and o.algorithm == "hier":
+            # only the slices that cross nodes travel as 16-bit words; a node sums in full precision
+            text += f", {o.comm_dtype} between nodes" + (" (one node here: none)" if self.layout.single_node else "")
+        elif o.comm_dtype:
             text += f", {o.comm_dtype} on the wire"
             if self.layout.size > 1:
                 text += " (added in float by the ring)" if o.algorithm == "ring" else " (added by an MPI user op)"
