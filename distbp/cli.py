@@ -1,5 +1,5 @@
-"""Command line: `distbp train …`, `distbp predict …`, `distbp evaluate …` and `distbp plot …` (also
-`python -m distbp …`).
+"""Command line: `distbp train …`, `distbp predict …`, `distbp evaluate …`, `distbp plot …` and `distbp
+warmup …` (also `python -m distbp …`).
 
 Thread counts must be fixed before numpy, SciPy or Numba start their pools, so
 this module imports only the standard library and `distbp.threads` until the
@@ -8,6 +8,7 @@ thread count is known.
     distbp train --data digits --epochs 20                          # one process
     launch/local -n 4 distbp train --data synthetic --epochs 5      # four ranks on this machine
     mpirun -n 64 python -m mpi4py -m distbp train --config run.toml # a cluster
+    distbp warmup --activation relu --optimizer adam                # compile a configuration's kernels now
     distbp predict --model m.npz --data X.csv --output P.npy       # a saved model's outputs
     launch/local -n 2 distbp evaluate --model m.npz --data test.npz # its loss and accuracy
 """
@@ -25,12 +26,13 @@ from distbp import threads
 
 SPLIT_REPORT_WAIT_S = 1.0  # how long rank 0 of a split job lets the others end before it exits 2
 
-USAGE = """usage: distbp {train,predict,evaluate,plot} [options]
+USAGE = """usage: distbp {train,predict,evaluate,plot,warmup} [options]
 
   train     train an MLP data-parallel over the MPI ranks (distbp train --help)
   predict   write a saved model's outputs or labels for the rows of a file (distbp predict --help)
   evaluate  a saved model's loss and accuracy on labelled data, data-parallel (distbp evaluate --help)
   plot      draw loss/accuracy curves from --metrics files (distbp plot --help)
+  warmup    compile the kernels of a configuration (train's options) into the cache, without training
 """
 
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "plot":
         from distbp.plot import main as plot_main
         return plot_main(rest)
+    if command == "warmup":
+        return warmup_main(rest)
     print(f"distbp: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
 
@@ -107,6 +111,37 @@ def train_main(argv: list[str]) -> int:
     finally:
         if watch is not None:
             watch.close()
+
+
+def warmup_main(argv: list[str]) -> int:
+    """`distbp warmup [train options]`: one process compiles (or finds) the kernels a `distbp train` with these
+    options would need, into the Numba cache its ranks will share, and marks the cache warm for them."""
+    import argparse
+
+    prepare_environment(argv)
+    from distbp.config import ConfigError, add_arguments, from_sources
+    from distbp.errors import DistbpError
+
+    parser = argparse.ArgumentParser(prog="distbp warmup", exit_on_error=False,
+                                     description="Compile the kernels a `distbp train` with these options needs into "
+                                                 "the Numba cache (NUMBA_CACHE_DIR), so that its first step starts "
+                                                 "without compiling. Data and sizes do not matter.")
+    add_arguments(parser)
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+        from distbp.warmup import warm_configuration
+        done = warm_configuration(from_sources(args))
+    except (argparse.ArgumentError, ValueError, DistbpError) as e:
+        print(f"distbp: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(f"distbp: warm-up {done['seconds']:.1f} s: compiled {done['compiled']} kernel(s) into "
+          f"{os.environ['NUMBA_CACHE_DIR']} (marked warm: {done['key'][:12]})", flush=True)
+    return 0
 
 
 def split_job_exit(comm) -> int | None:

@@ -7,13 +7,28 @@ ranks' compile time. `shared_warmup` lets the root compile first (on 2 rows: eve
 an evaluation call, for this run's dtype, activations, loss, optimizer and strategy), then the other
 ranks, which find the kernels in the shared cache and only load them. `CompileCounter` counts what
 each rank compiled, from Numba's own "numba:compile" events.
+
+Loading is not free either (about 0.2 s for a run's kernels, after Numba's own 0.5 s first use), and
+one rank after another it added up. So a warm-up that completes leaves a marker in the cache
+(`distbp-warm/<key>`, the key naming what selects the kernels: Numba, the CPU, distbp's sources, dtype,
+activations, loss, optimizer and strategy); when every rank finds the marker for its run, all load at
+once. A stale marker costs time, never correctness: Numba checks its cache entries itself and compiles
+what is missing. `distbp warmup` (`warm_configuration`) fills the cache and the marker for one
+configuration without training, e.g. at install (launch/setup runs it for the demo's configuration).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+import uuid
+from pathlib import Path
 
+import numba
 import numpy as np
+from llvmlite import binding as llvm
 from numba.core import event
 
 from distbp import kernels
@@ -66,24 +81,94 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     sync.warm_up()
 
 
+def warm_key(model, optimizer: str, sync) -> str:
+    """A digest of what selects the kernels `warm_kernels` calls (and what makes Numba's cache stale)."""
+    package = Path(__file__).resolve().parent
+    sources = sorted((str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for f in package.rglob("*.py"))
+    options = {k: (v if isinstance(v, (bool, str)) else v != 0) for k, v in sync.options.optimizer_options.items()}
+    what = dict(numba=numba.__version__, cpu=llvm.get_host_cpu_name(), sources=sources, dtype=str(model.dtype),
+                activations=sorted(set(model.activation_names)), loss=model.loss.name, optimizer=optimizer,
+                options=sorted(options.items()), strategy=type(sync).__name__, clip=bool(sync.options.clip_grad_norm),
+                comm_dtype=sync.options.comm_dtype)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def marker_path(key: str) -> Path:
+    """The file that says a warm-up of `key` completed into this process's Numba cache."""
+    cache = numba.config.CACHE_DIR or str(Path(__file__).resolve().parent / "__pycache__")
+    return Path(cache) / "distbp-warm" / key
+
+
+def mark_warm(key: str) -> None:
+    """Leave the marker for `key` (atomically: a reader sees no file or a whole one). Best effort: a cache
+    we cannot write to only means the next run loads one rank after another."""
+    path = marker_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(f"numba {numba.__version__}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def shared_warmup(run) -> dict:
-    """[dist] The root compiles the run's kernels, then the others load them; returns per-rank figures
-    (rank -> {"compiled", "compile_s", "seconds"}) on every rank."""
+    """[dist] The root compiles the run's kernels, then the others load them (all ranks at once when every
+    rank finds the cache marked warm); returns per-rank figures (rank -> {"compiled", "compile_s", "seconds",
+    "together"}) on every rank."""
     comm = run.comm
     t0 = time.perf_counter()
+    key = warm_key(run.model, run.cfg.optimizer, run.sync)
+    together = all(comm.allgather_object(marker_path(key).exists()))  # [dist]
     with CompileCounter() as counter:
-        if comm.rank == 0:
+        if together or comm.rank == 0:
             warm_kernels(run.model, run.cfg.optimizer, run.sync)
-        # the others wait while the root writes the cache: a long phase, bounded on its own, and waited
-        # for by polling with sleeps, so that waiting ranks do not spin on the cores the compiler needs
+        # the others wait while the root writes the cache (or, marked warm, while any rank that found a kernel
+        # missing compiles it): a long phase, bounded on its own, and waited for by polling with sleeps, so
+        # that waiting ranks do not spin on the cores the compiler needs
         with run.watchdog.section("compiling kernels", 0, at_least=COMPILE_WAIT_S):
             if not comm.barrier_within(COMPILE_WAIT_S):
                 raise StallError(f"rank {comm.rank}: the kernels were not compiled within {COMPILE_WAIT_S:g} s "
-                                 "(is rank 0 stalled?)")
-        if comm.rank != 0:
+                                 f"(is rank {0 if not together else 'another'} stalled?)")
+        if not together and comm.rank != 0:
             warm_kernels(run.model, run.cfg.optimizer, run.sync)
-    mine = {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0}
+    if comm.rank == 0 and not together:
+        mark_warm(key)
+    mine = {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0,
+            "together": together}
     return dict(enumerate(comm.allgather_object(mine)))
+
+
+def warm_configuration(cfg) -> dict:
+    """`distbp warmup`: compile (or load) the kernels a run of `cfg` needs into the cache and mark it warm,
+    without its data or any training; returns {"compiled", "compile_s", "seconds", "key"}.
+
+    The kernels do not depend on sizes: a tiny synthetic dataset with cfg's layer count stands in for the data.
+    """
+    import dataclasses
+
+    from distbp import train
+    from distbp.comm import SerialComm
+
+    hidden = [4] * (len(cfg.layers) - 2 if cfg.layers else 1)
+    stand_in = dataclasses.replace(
+        cfg, data="synthetic:rows=64,features=4,classes=3,test=8", layers=[4, *hidden, 3], local_rows=False,
+        init_from=None, epochs=1, save=None, save_best=None, metrics=None, trace=None, trace_steps=None,
+        checkpoint_dir=None, resume=False, progress="none", timeout=0, batch_size=8, micro_batch=4,
+        accumulate=min(cfg.accumulate, 2), eval_every=0, early_stop_patience=0)
+    run = train.setup(stand_in, SerialComm())
+    try:
+        t0 = time.perf_counter()
+        with CompileCounter() as counter:
+            warm_kernels(run.model, stand_in.optimizer, run.sync)
+        key = warm_key(run.model, stand_in.optimizer, run.sync)
+        mark_warm(key)
+        return {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0,
+                "key": key}
+    finally:
+        run.sync.close()
+        run.watchdog.stop()
 
 
 def startup_line(seconds: float, figures: dict) -> str:
@@ -91,7 +176,7 @@ def startup_line(seconds: float, figures: dict) -> str:
     root = figures[0]
     others = [f for r, f in figures.items() if r != 0]
     if root["compiled"] == 0 and not any(f["compiled"] for f in others):
-        what = "every kernel loaded from the cache"
+        what = "every kernel loaded from the cache" + (", by all ranks at once" if others and root["together"] else "")
     else:
         what = f"rank 0 compiled {root['compiled']} kernel(s) in {root['compile_s']:.1f} s"
         if others:

@@ -4,6 +4,8 @@ figures do not include the compilation (it is reported as start-up)."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -63,5 +65,72 @@ def test_four_ranks_on_an_empty_cache_compile_once(tmp_path):
     # the cache the four ranks shared holds good kernels: a second job loads all and trains the same
     again = run_job(4, [*args[:-1], str(tmp_path / "b.npz")], timeout=300, env={"NUMBA_CACHE_DIR": str(cache)})
     assert again.returncode == 0, again.output
-    assert "distbp: start-up" in again.stdout and "(every kernel loaded from the cache)" in again.stdout, again.stdout
+    assert "(every kernel loaded from the cache, by all ranks at once)" in again.stdout, again.stdout
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def startup_of(done) -> str:
+    return next(line for line in done.stdout.splitlines() if line.startswith("distbp: start-up"))
+
+
+def warmup(cache, *options) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    return subprocess.run([sys.executable, "-m", "distbp", "warmup", *options], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+JOB = ["distbp", "train", "--data", "synthetic:rows=300,features=10,classes=3,test=30", "--layers", "10,8,3",
+       "--epochs", "1", "--batch-size", "30", "--progress", "none"]
+
+
+def test_distbp_warmup_compiles_a_configuration_that_a_job_then_loads_on_all_ranks_at_once(tmp_path):
+    cache = tmp_path / "cache"
+    done = warmup(cache, "--activation", "tanh", "--optimizer", "momentum")
+    assert done.returncode == 0, done.stderr
+    assert "distbp: warm-up" in done.stdout and "compiled" in done.stdout, done.stdout
+    assert not re.search(r"compiled 0 kernel", done.stdout), done.stdout  # the cache was empty
+    job = run_job(2, [*JOB, "--activation", "tanh", "--optimizer", "momentum"], timeout=300,
+                  env={"NUMBA_CACHE_DIR": str(cache)})
+    assert job.returncode == 0, job.output
+    assert "(every kernel loaded from the cache, by all ranks at once)" in startup_of(job), job.stdout
+    # another activation is another set of kernels: not marked warm, so the root compiles first
+    other = run_job(2, [*JOB, "--activation", "relu", "--optimizer", "momentum"], timeout=300,
+                    env={"NUMBA_CACHE_DIR": str(cache)})
+    assert other.returncode == 0, other.output
+    assert "rank 0 compiled" in startup_of(other) and "loaded them from the cache" in startup_of(other), other.stdout
+
+
+def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
+    # a cache marked warm that holds no kernels (wiped by hand, say): every rank compiles at once, writing the
+    # same cache entries concurrently; the job trains, and the cache it leaves is whole for the next job
+    warmed, stale = tmp_path / "warmed", tmp_path / "stale"
+    assert warmup(warmed).returncode == 0
+    shutil.copytree(warmed / "distbp-warm", stale / "distbp-warm")
+    args = [*JOB, "--save", str(tmp_path / "a.npz")]
+    first = run_job(2, args, timeout=300, env={"NUMBA_CACHE_DIR": str(stale)})
+    assert first.returncode == 0, first.output
+    assert "rank 0 compiled" in startup_of(first) and "more" in startup_of(first), first.stdout
+    again = run_job(2, [*JOB, "--save", str(tmp_path / "b.npz")], timeout=300, env={"NUMBA_CACHE_DIR": str(stale)})
+    assert again.returncode == 0, again.output
+    assert "(every kernel loaded from the cache, by all ranks at once)" in startup_of(again), again.stdout
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_the_warm_key_names_the_kernels_not_the_sizes():
+    from distbp.comm import SerialComm
+    from distbp.config import Config, validate
+    from distbp import train
+    from distbp.warmup import warm_key
+
+    def key(**options):
+        cfg = validate(Config(**{**dict(data="synthetic:rows=60,features=6,classes=3,test=6", layers=[6, 5, 3],
+                                        epochs=1, progress="none", timeout=0), **options}))
+        run = train.setup(cfg, SerialComm())
+        run.watchdog.stop()
+        return warm_key(run.model, cfg.optimizer, run.sync)
+
+    base = key()
+    assert key(layers=[6, 9, 9, 3], batch_size=32, lr=0.5, momentum=0.5) == base  # sizes and values: same kernels
+    for changed in (dict(dtype="float64"), dict(activation="relu"), dict(loss="mse"), dict(optimizer="adam"),
+                    dict(clip_grad_norm=1.0), dict(reproducible=True, micro_batch=8)):
+        assert key(**changed) != base, changed
