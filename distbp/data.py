@@ -24,6 +24,9 @@ from distbp import formats
 BUILTINS = ("synthetic", "digits")
 SCALES = ("auto", "standardize", "minmax", "none")
 CHUNK_ELEMENTS = 1 << 22  # elements per chunk for statistics and NaN checks (32 MiB of float64)
+# bytes of each row block (and of its scratch) in product_without_blas: the default synthetic data's 60000x784
+# product took 1.05 s in blocks of 2.6 MB and 0.56 s in blocks of 0.5 MB (smaller ones add numpy call overhead)
+PRODUCT_BLOCK_BYTES = 1 << 19
 
 
 @dataclass
@@ -261,7 +264,7 @@ def product_without_blas(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     differs between 1 and 2 OpenBLAS threads on AMD Zen 3), and data must not. Separate multiply
     and add passes are exactly rounded element by element, so these bits are the same everywhere.
     """
-    rows = max(1, CHUNK_ELEMENTS // (8 * b.shape[1]))  # row blocks that stay in cache
+    rows = max(1, PRODUCT_BLOCK_BYTES // (out.itemsize * b.shape[1]))  # row blocks that stay in L2
     tmp = np.empty((rows, b.shape[1]), out.dtype)
     for s in range(0, a.shape[0], rows):
         o, t, ai = out[s:s + rows], tmp[:min(rows, a.shape[0] - s)], a[s:s + rows]
