@@ -70,6 +70,7 @@ def machine() -> dict:
             "numpy": numpy.__version__, "numba": numba.__version__,
             "numba_threading_layer_env": os.environ.get("NUMBA_THREADING_LAYER", "default"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
             "openblas_kernels": openblas_kernels()}
     try:
         with open("/proc/cpuinfo") as f:

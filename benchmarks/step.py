@@ -14,8 +14,10 @@ round-robin within one process for each thread count, so machine load falls on
 all of them alike, each timed call after `--lead` untimed ones so every library
 is timed in its own steady state; the table reports medians, a line below it the
 best of the repeats. PyTorch shares libgomp with numba in one process, so it runs
-with the OMP_WAIT_POLICY distbp sets (PASSIVE; PyTorch alone measured the same
-with either policy here: ~10,400 samples/s on 1 thread, ~19,500 on 2).
+with the OpenMP wait distbp sets (a short spin, distbp.threads.set_openmp_wait; PyTorch
+gained from it as distbp did: 2 threads 33.5 ms per step against 39.5-43 ms with PASSIVE).
+The distbp step is what training runs: loss_and_grad_into without the per-call input checks
+(validate=False; training checks its data once at start-up) and the update.
 
 Executed GFLOP/s counts the matrix products the step really runs: forward
 2·n·Σ fi·fo, dW = aᵀ·δ 2·n·Σ fi·fo, and δ·Wᵀ for every layer but the first.
@@ -141,7 +143,7 @@ def phase_cases(model: MLP, X: np.ndarray, y: np.ndarray, grad: np.ndarray, opt)
         kernels.column_sum(ws.z[L][:n], grads[L][1], ws.partial)
         for l in range(L, 0, -1):
             W = model.params[l][0]
-            model._backward_kernels[l - 1](ws.z[l - 1][:n], ws.g[:n, :W.shape[0]], ws.z[l - 1][:n],
+            model._backward_kernels[l - 1](ws.z[l - 1][:n], ws.g[:n, :W.shape[0]],
                                            X if l == 1 else ws.a[l - 2][:n], grads[l - 1][1], ws.partial)
 
     def loss():
@@ -172,7 +174,7 @@ def measure(t: int, args, sizes, X, y) -> dict:
     products = gemms(model, X, n)
 
     def distbp_step():
-        model.loss_and_grad_into(X, y, grad)
+        model.loss_and_grad_into(X, y, grad, validate=False)  # as training calls it
         opt.step(model.flat_params, grad)
 
     def gemm_all():

@@ -3,8 +3,9 @@
 Layout (all of distbp): batch-major. A layer maps a (n, fan_in) to
 z = a·W + b of shape (n, fan_out), with W (fan_in, fan_out) and b (fan_out,).
 
-Forward:   z = a·W (BLAS), then `bias_activation_forward`: z += b, a' = σ(z).
-Backward:  g = δ_next·Wᵀ (BLAS), then `activation_backward`: δ = σ'(z) ⊙ g and
+Forward:   z = a·W (BLAS), then `bias_activation_forward`: a' = σ(z + b) (z + b is not stored:
+           σ' is a function of a', see distbp.activations; at the output a' is z itself).
+Backward:  g = δ_next·Wᵀ (BLAS), then `activation_backward`: δ = σ'(a) ⊙ g and
            db = Σₙ δ in the same pass; dW = aᵀ·δ (BLAS).
 Every kernel releases the GIL (nogil), so that threads of one rank can run passes of the model at
 once (--reproducible computes one micro-block per thread). The activation is a compile-time constant: `bias_activation_forward_for(name)`
@@ -12,14 +13,9 @@ and `activation_backward_for(name)` return kernels specialised on it (see
 `distbp.activations.kernel_key`), so σ is inlined and the loops vectorise.
 """
 
-import os
+from distbp.threads import set_openmp_wait
 
-# numba's OpenMP workers (threading layer 'omp', libgomp) spin after every parallel
-# kernel by default and take the core OpenBLAS's second thread needs for the next
-# GEMM: at 2 threads the step of 784-1024-1024-10 (batch 512) ran at 6,400 samples/s
-# spinning and 22,000 passive (benchmarks/step.py). libgomp reads this when numba
-# starts its pool, on the first parallel kernel; an explicit setting is respected.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+set_openmp_wait()  # numba's workers spin briefly, then sleep (see distbp.threads); before the pool starts
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
@@ -42,7 +38,7 @@ def bias_activation_forward_for(activation: str):
 
 
 def activation_backward_for(activation: str):
-    """The compiled kernel `activation_backward(delta, g, z, a, db, partial)` for one activation (by name)."""
+    """The compiled kernel `activation_backward(delta, g, a, db, partial)` for one activation (by name)."""
     key = kernel_key(activation)
     if key not in _BACKWARD:
         _BACKWARD[key] = _make_activation_backward(key)
@@ -60,23 +56,22 @@ _BACKWARD: dict = {}
 def _make_bias_activation_forward(key: str):
     @njit(parallel=True, cache=True, nogil=True)
     def bias_activation_forward(z, a, b):
-        """z (n, m) += b (m,); a (n, m) = σ(z). `a` may be `z` itself."""
+        """a (n, m) = σ(z + b) for z (n, m) and b (m,). `a` may be `z` itself (in place, as the output
+        layer does); otherwise z is left as it is."""
         n, m = z.shape
         for i in prange(n):
             for j in range(m):
-                zij = z[i, j] + b[j]
-                z[i, j] = zij
-                a[i, j] = value(key, zij)
+                a[i, j] = value(key, z[i, j] + b[j])
     return bias_activation_forward
 
 
 def _make_activation_backward(key: str):
     @njit(parallel=True, cache=True, nogil=True)
-    def activation_backward(delta, g, z, a, db, partial):
-        """δ (n, m) = σ'(z) ⊙ g, and db (m,) = Σₙ δ.
+    def activation_backward(delta, g, a, db, partial):
+        """δ (n, m) = σ'(z) ⊙ g with σ'(z) from a = σ(z), and db (m,) = Σₙ δ.
 
-        g = δ_next·Wᵀ (n, m); z, a the layer's pre-activation and activation (n, m).
-        `delta` may be `z` (z is read before it is overwritten). db sums fixed chunks
+        g = δ_next·Wᵀ (n, m); a the layer's activation (n, m). `delta` may be `g` or `a` (each
+        element is read before it is written). db sums fixed chunks
         of ROW_CHUNK rows, so it is the same for any thread count; partial is scratch
         of at least (⌈n/ROW_CHUNK⌉, m) for the chunk sums.
         """
@@ -87,7 +82,7 @@ def _make_activation_backward(key: str):
             p[:] = 0
             for i in range(c * ROW_CHUNK, min(n, (c + 1) * ROW_CHUNK)):
                 for j in range(m):
-                    d = g[i, j] * derivative(key, z[i, j], a[i, j])
+                    d = g[i, j] * derivative(key, a[i, j])
                     delta[i, j] = d
                     p[j] += d
         sum_rows_into(partial[:n_chunks, :m], db)

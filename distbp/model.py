@@ -38,7 +38,7 @@ class Workspace:
     def __init__(self, rows: int, sizes: Sequence[int], dtype):
         outs = sizes[1:]
         self.rows = rows
-        self.z = [np.empty((rows, m), dtype) for m in outs]  # pre-activations; δ overwrites them
+        self.z = [np.empty((rows, m), dtype) for m in outs]  # a·W (the output layer's: + b); δ overwrites them
         self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
         self.g = np.empty((rows, max(outs[:-1], default=1)), dtype)  # δ_next·Wᵀ, reused by every layer
         self.row_loss = np.empty(rows, dtype)
@@ -266,7 +266,7 @@ class MLP:
             g = ws.g[:n, : W.shape[0]]
             _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
             z_prev = ws.z[l - 1][:n]
-            self._backward_kernels[l - 1](z_prev, g, z_prev, a_prev, grads[l - 1][1], ws.partial)
+            self._backward_kernels[l - 1](z_prev, g, a_prev, grads[l - 1][1], ws.partial)
             delta = z_prev
             if tr.on:
                 tr.complete(f"backward {l}", t0, tr.now() - t0, layer=l)

@@ -91,6 +91,23 @@ def default_threads() -> int:
     return choose_threads()[0]
 
 
+# How long libgomp's idle workers (numba's threading layer 'omp', and PyTorch's) spin before they sleep.
+# libgomp's default, 300,000 spins, kept numba's workers on the core OpenBLAS's second thread needed for the
+# next GEMM (2 threads: 6,400 samples/s for 784-1024-1024-10). Sleeping at once (OMP_WAIT_POLICY=PASSIVE, the
+# setting until now) put a futex sleep and wake-up on every barrier of every kernel: the sigmoid pass on
+# 512x1024 float32 took 1.0 ms on 2 threads against 0.59 ms on 1 (a VM, where waking an idle vCPU is dear).
+# A short spin has neither cost: 0.50 ms on 2 threads, and the 2-thread step went from 37.6-40.6 ms to
+# 32.6-32.8 ms (benchmarks/step.py, medians of two runs each; 10,000 spins measured no better than PASSIVE).
+OPENMP_SPIN_COUNT = "1000"
+
+
+def set_openmp_wait(environ=os.environ) -> None:
+    """Give libgomp a short spin (OPENMP_SPIN_COUNT) unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set; read
+    when an OpenMP pool starts, so this must run before numba's first parallel kernel (distbp.kernels does)."""
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+
+
 def pin_threads_env(n: int) -> None:
     """Set the thread variables to n before numpy/scipy/numba load; if one already did, set_threads(n)."""
     if n < 1:
