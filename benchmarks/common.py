@@ -71,6 +71,7 @@ def machine() -> dict:
             "numba_threading_layer_env": os.environ.get("NUMBA_THREADING_LAYER", "default"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"),
             "openblas_kernels": openblas_kernels()}
     try:
         with open("/proc/cpuinfo") as f:

@@ -107,10 +107,11 @@ def main(argv=None) -> None:
     # set before torch loads in any process, so intra-op pools start with the right size
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    # the same OpenMP wait distbp's kernels get (distbp.threads.set_openmp_wait: a short spin, then sleep);
+    # the same pool waits distbp's processes get (distbp.threads.set_pool_waits: a short spin, then sleep);
     # libgomp's long default spin collapses when a shared machine deschedules a spinning worker
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = "1000"
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     with tempfile.TemporaryDirectory() as tmpdir:
         if args.ranks == 1:

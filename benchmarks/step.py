@@ -14,8 +14,8 @@ round-robin within one process for each thread count, so machine load falls on
 all of them alike, each timed call after `--lead` untimed ones so every library
 is timed in its own steady state; the table reports medians, a line below it the
 best of the repeats. PyTorch shares libgomp with numba in one process, so it runs
-with the OpenMP wait distbp sets (a short spin, distbp.threads.set_openmp_wait; PyTorch
-gained from it as distbp did: 2 threads 33.5 ms per step against 39.5-43 ms with PASSIVE).
+with the pool waits distbp sets (short spins, distbp.threads.set_pool_waits; PyTorch
+gained from them as distbp did: 2 threads 33.5 ms per step against 39.5-43 ms with PASSIVE).
 The distbp step is what training runs: loss_and_grad_into without the per-call input checks
 (validate=False; training checks its data once at start-up) and the update.
 
@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (bar_chart, interleaved_medians, interleaved_times, machine,  # noqa: E402

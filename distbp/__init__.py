@@ -5,6 +5,10 @@ Imports are lazy so that the command line can pin thread counts before numpy,
 SciPy or Numba start their thread pools.
 """
 
+from distbp.threads import set_pool_waits as _set_pool_waits
+
+_set_pool_waits()  # idle OpenMP and OpenBLAS workers spin briefly, then sleep: before numpy or numba start a pool
+
 __version__ = "0.1.0"
 
 _LAZY = {

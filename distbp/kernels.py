@@ -13,14 +13,12 @@ and `activation_backward_for(name)` return kernels specialised on it (see
 `distbp.activations.kernel_key`), so σ is inlined and the loops vectorise.
 """
 
-from distbp.threads import set_openmp_wait
+# numba's workers (and OpenBLAS's) spin only briefly before they sleep: distbp/__init__.py sets that up
+# before anything loads numpy (distbp.threads.set_pool_waits)
+import numpy as np
+from numba import njit, prange
 
-set_openmp_wait()  # numba's workers spin briefly, then sleep (see distbp.threads); before the pool starts
-
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
-
-from distbp.activations import derivative, kernel_key, value  # noqa: E402
+from distbp.activations import derivative, kernel_key, value
 
 # rows per parallel task in kernels that also sum over rows. each task streams whole
 # rows and keeps its own partial sums, added in chunk order afterwards: the chunks do

@@ -91,21 +91,28 @@ def default_threads() -> int:
     return choose_threads()[0]
 
 
-# How long libgomp's idle workers (numba's threading layer 'omp', and PyTorch's) spin before they sleep.
-# libgomp's default, 300,000 spins, kept numba's workers on the core OpenBLAS's second thread needed for the
-# next GEMM (2 threads: 6,400 samples/s for 784-1024-1024-10). Sleeping at once (OMP_WAIT_POLICY=PASSIVE, the
-# setting until now) put a futex sleep and wake-up on every barrier of every kernel: the sigmoid pass on
-# 512x1024 float32 took 1.0 ms on 2 threads against 0.59 ms on 1 (a VM, where waking an idle vCPU is dear).
-# A short spin has neither cost: 0.50 ms on 2 threads, and the 2-thread step went from 37.6-40.6 ms to
-# 32.6-32.8 ms (benchmarks/step.py, medians of two runs each; 10,000 spins measured no better than PASSIVE).
+# How long idle pool workers spin before they sleep. A worker that spins on after its own library's call
+# takes the core the other library's worker needs next: the step alternates OpenBLAS's GEMMs with numba's
+# kernels on the same cores.
+# - libgomp (numba's threading layer 'omp', and PyTorch's): its default, 300,000 spins, kept numba's workers
+#   on the core OpenBLAS's second thread needed (2 threads: 6,400 samples/s for 784-1024-1024-10). Sleeping at
+#   once (OMP_WAIT_POLICY=PASSIVE, the setting until now) put a futex sleep and wake-up on every barrier of every
+#   kernel. A short spin, GOMP_SPINCOUNT=1000 (microseconds), has neither cost.
+# - OpenBLAS: its workers spin 2^28 cycles (a tenth of a second) after each GEMM, so on 2 threads numba's
+#   sigmoid pass right after a GEMM ran at the speed of 1 thread (0.76-0.98 ms against 0.45-0.54 ms with
+#   OPENBLAS_THREAD_TIMEOUT=12, 2^12 cycles); the step's element-wise kernels on 2 threads went from 2.1 ms to
+#   1.0 ms (benchmarks/step.py). Read when OpenBLAS loads, so only before numpy is imported.
 OPENMP_SPIN_COUNT = "1000"
+OPENBLAS_TIMEOUT = "12"
 
 
-def set_openmp_wait(environ=os.environ) -> None:
-    """Give libgomp a short spin (OPENMP_SPIN_COUNT) unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set; read
-    when an OpenMP pool starts, so this must run before numba's first parallel kernel (distbp.kernels does)."""
+def set_pool_waits(environ=os.environ) -> None:
+    """Short spins for libgomp's and OpenBLAS's idle workers (see above), unless the user set them; must
+    run before numpy (OpenBLAS) loads and numba starts its pool (importing distbp does it first)."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+    if "OPENBLAS_THREAD_TIMEOUT" not in environ and "GOTO_THREAD_TIMEOUT" not in environ:
+        environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_TIMEOUT
 
 
 def pin_threads_env(n: int) -> None:

@@ -148,3 +148,17 @@ def test_default_cache_dir_honours_numba_cache_dir(monkeypatch, tmp_path):
     assert threads.default_cache_dir() == str(tmp_path)
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     assert threads.default_cache_dir().endswith((".numba_cache", os.path.join("distbp", "numba")))
+
+
+def test_idle_pool_workers_spin_briefly_unless_the_user_chose():
+    from distbp.threads import OPENBLAS_TIMEOUT, OPENMP_SPIN_COUNT, set_pool_waits
+
+    env = {}
+    set_pool_waits(env)
+    assert env == {"GOMP_SPINCOUNT": OPENMP_SPIN_COUNT, "OPENBLAS_THREAD_TIMEOUT": OPENBLAS_TIMEOUT}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "GOTO_THREAD_TIMEOUT": "28"}
+    set_pool_waits(mine)
+    assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "GOTO_THREAD_TIMEOUT": "28"}  # an explicit choice wins
+    spin = {"GOMP_SPINCOUNT": "5", "OPENBLAS_THREAD_TIMEOUT": "20"}
+    set_pool_waits(spin)
+    assert spin == {"GOMP_SPINCOUNT": "5", "OPENBLAS_THREAD_TIMEOUT": "20"}
