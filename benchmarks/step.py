@@ -19,6 +19,9 @@ gained from them as distbp did: 2 threads 33.5 ms per step against 39.5-43 ms wi
 The distbp step is what training runs: loss_and_grad_into without the per-call input checks
 (validate=False; training checks its data once at start-up) and the update.
 
+"numpy GEMMs of the step" times every product of the step through numpy, the narrow layer's δ·Wᵀ
+included, although distbp computes that one in kernels.narrow_backward (its own table compares the two).
+
 Executed GFLOP/s counts the matrix products the step really runs: forward
 2·n·Σ fi·fo, dW = aᵀ·δ 2·n·Σ fi·fo, and δ·Wᵀ for every layer but the first.
 "6PN" GFLOP/s is the usual 6 × parameters × batch estimate.
@@ -143,9 +146,13 @@ def phase_cases(model: MLP, X: np.ndarray, y: np.ndarray, grad: np.ndarray, opt)
             model._forward_kernels[l](z, ws.a[l][:n] if l < L else z, b)
         kernels.column_sum(ws.z[L][:n], grads[L][1], ws.partial)
         for l in range(L, 0, -1):
-            W = model.params[l][0]
-            model._backward_kernels[l - 1](ws.z[l - 1][:n], ws.g[:n, :W.shape[0]],
-                                           X if l == 1 else ws.a[l - 2][:n], grads[l - 1][1], ws.partial)
+            W, a_prev = model.params[l][0], X if l == 1 else ws.a[l - 2][:n]
+            if l in ws.w_t:  # a narrow layer: its δ·Wᵀ is inside this kernel (so not in the step's GEMMs)
+                model._narrow_kernels[l - 1](ws.z[l - 1][:n], ws.z[l][:n], ws.w_t[l], a_prev, grads[l - 1][1],
+                                             ws.partial)
+            else:
+                model._backward_kernels[l - 1](ws.z[l - 1][:n], ws.g[:n, :W.shape[0]], a_prev, grads[l - 1][1],
+                                               ws.partial)
 
     def loss():
         delta = ws.z[L][:n]
@@ -154,6 +161,28 @@ def phase_cases(model: MLP, X: np.ndarray, y: np.ndarray, grad: np.ndarray, opt)
 
     return {"element-wise kernels": elementwise, "loss": loss,
             "update": lambda: opt.step(model.flat_params, grad)}
+
+
+def narrow_cases(model: MLP, X: np.ndarray, y: np.ndarray, grad: np.ndarray) -> dict:
+    """For each narrow layer l (kernels.narrow_backward): δ_{l-1} as the step computes it (one fused pass)
+    and as it did before (BLAS δ·Wᵀ into g, then activation_backward), on the step's buffers."""
+    model.loss_and_grad_into(X, y, grad, validate=False)
+    ws, n = model._ws, X.shape[0]
+    grads = model.views(grad)
+    cases = {}
+    for l in ws.w_t:
+        W, a_prev, z_prev, d = model.params[l][0], (X if l == 1 else ws.a[l - 2][:n]), ws.z[l - 1][:n], ws.z[l][:n]
+        g = ws.g[:n, :W.shape[0]]
+
+        def fused(l=l, W=W, a_prev=a_prev, z_prev=z_prev, d=d):
+            np.copyto(ws.w_t[l], W.T)
+            model._narrow_kernels[l - 1](z_prev, d, ws.w_t[l], a_prev, grads[l - 1][1], ws.partial)
+
+        def blas(l=l, W=W, a_prev=a_prev, z_prev=z_prev, d=d, g=g):
+            np.matmul(d, W.T, out=g)
+            model._backward_kernels[l - 1](z_prev, g, a_prev, grads[l - 1][1], ws.partial)
+        cases[f"narrow {l}: fused"], cases[f"narrow {l}: BLAS + pass"] = fused, blas
+    return cases
 
 
 PHASES = ("gemms", "element-wise kernels", "loss", "update")
@@ -183,7 +212,7 @@ def measure(t: int, args, sizes, X, y) -> dict:
             np.matmul(A, B, out=out)
 
     cases = {"distbp": distbp_step, "numpy": lambda: numpy_step(np_params, X, y, args.activation, LR),
-             "gemms": gemm_all, **phase_cases(model, X, y, grad, opt)}
+             "gemms": gemm_all, **phase_cases(model, X, y, grad, opt), **narrow_cases(model, X, y, grad)}
     torch_step = torch_step_fn(sizes, args.activation, args.dtype, X, y) if not args.no_torch else None
     if torch_step is not None:
         cases["torch"] = torch_step
@@ -202,11 +231,13 @@ def measure(t: int, args, sizes, X, y) -> dict:
     mem["optimizer_state"] = sum(a.nbytes for a in opt.state_arrays().values())
     mem["step_total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_state"] + mem["workspace"]
     mem["step_minimum"] = mem["step_total"] - mem["workspace"] + mem["workspace_minimum"]
+    narrow = {k: 1e3 * v for k, v in med.items() if k.startswith("narrow ")}
     profile = {name: med[name] for name in PHASES}
     profile["python and the rest"] = med["distbp"] - sum(profile.values())
     res = {
         "threads": t,
         "profile_ms": {k: 1e3 * v for k, v in profile.items()},
+        "narrow_backward_ms": narrow,
         "seconds": med,
         "seconds_best": best,
         "distbp_over_torch_best": best["torch"] / best["distbp"] if "torch" in best else None,
@@ -281,6 +312,13 @@ def main(argv=None) -> None:
                 title="where a distbp step's time goes (each phase timed on its own, on the step's buffers; "
                       "the rest is the step's median minus the phases)")
     print()
+    narrow_rows = [{"threads": r["threads"], "case": name, "ms": ms} for r in results
+                   for name, ms in r["narrow_backward_ms"].items()]
+    if narrow_rows:
+        print_table(narrow_rows, ["threads", "case", "ms"],
+                    title="δ below a narrow layer: kernels.narrow_backward (product, σ' and db in one pass) against "
+                          "a BLAS δ·Wᵀ and activation_backward, interleaved")
+        print()
     mem = results[0]["memory_bytes"]
     print_table(rows, ["threads", "case", "ms", "samples/s", "GFLOP/s", "6PN GFLOP/s", "of GEMM rate",
                        "distbp/this"],

@@ -43,15 +43,25 @@ class Workspace:
         self.g = np.empty((rows, max(outs[:-1], default=1)), dtype)  # δ_next·Wᵀ, reused by every layer
         self.row_loss = np.empty(rows, dtype)
         self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
+        # Wᵀ (fan_out, fan_in) of each narrow layer but the first, contiguous, for kernels.narrow_backward
+        self.w_t = {l: np.empty((fo, fi), dtype) for l, (fi, fo) in _narrow_layers(sizes)}
 
     def arrays(self) -> list[np.ndarray]:
-        return [*self.z, *self.a, self.g, self.row_loss, self.partial]
+        return [*self.z, *self.a, self.g, self.row_loss, self.partial, *self.w_t.values()]
+
+
+def _narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
+    """(l, (fan_in, fan_out)) of the layers l ≥ 1 at most kernels.NARROW_WIDTH wide, whose δ·Wᵀ goes through
+    kernels.narrow_backward."""
+    return [(l, (fi, fo)) for l, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:]))
+            if l >= 1 and fo <= kernels.NARROW_WIDTH]
 
 
 def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
     """Bytes of the forward/backward buffers for batches of up to `rows` rows (what Workspace allocates)."""
     outs = sizes[1:]
     elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1) + _chunks(rows) * max(outs)
+    elements += sum(fi * fo for _, (fi, fo) in _narrow_layers(sizes))
     return elements * np.dtype(dtype).itemsize
 
 
@@ -97,6 +107,7 @@ class MLP:
         # kernels specialised on each layer's activation (the output layer only adds its bias)
         self._forward_kernels = [kernels.bias_activation_forward_for(a) for a in names + ["linear"]]
         self._backward_kernels = [kernels.activation_backward_for(a) for a in names]
+        self._narrow_kernels = [kernels.narrow_backward_for(a) for a in names]
         self.loss = get_loss(loss)
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -263,10 +274,16 @@ class MLP:
                 break
             # δ_prev = σ'(z_prev) ⊙ (δ·Wᵀ), written over z_prev; also db_prev = Σₙ δ_prev
             W = self.params[l][0]
-            g = ws.g[:n, : W.shape[0]]
-            _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
             z_prev = ws.z[l - 1][:n]
-            self._backward_kernels[l - 1](z_prev, g, a_prev, grads[l - 1][1], ws.partial)
+            if l in ws.w_t:  # a narrow layer: product, σ' and db in one pass (kernels.narrow_backward)
+                np.copyto(ws.w_t[l], W.T)
+                self._narrow_kernels[l - 1](z_prev, delta, ws.w_t[l], a_prev, grads[l - 1][1], ws.partial)
+                if hooks is not None:
+                    hooks.progress()
+            else:
+                g = ws.g[:n, : W.shape[0]]
+                _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
+                self._backward_kernels[l - 1](z_prev, g, a_prev, grads[l - 1][1], ws.partial)
             delta = z_prev
             if tr.on:
                 tr.complete(f"backward {l}", t0, tr.now() - t0, layer=l)

@@ -71,6 +71,11 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     grad = np.zeros(model.n_params, model.dtype)
     ws = model.new_workspace(ROWS)  # its own buffers: the model's are left as they are
     model.loss_and_grad_into(X, y, grad, workspace=ws, validate=False)
+    # both backward kernels of every activation, whichever this model's widths pick (model.Workspace.w_t)
+    z, db, partial = np.zeros((ROWS, 1), model.dtype), np.zeros(1, model.dtype), np.zeros((1, 1), model.dtype)
+    for name in sorted(set(model.activation_names)):
+        kernels.activation_backward_for(name)(z, z.copy(), z.copy(), db, partial)
+        kernels.narrow_backward_for(name)(z, z.copy(), np.zeros((1, 1), model.dtype), z.copy(), db, partial)
     kernels.all_finite(grad)  # the strategies' finite check of ∇L
     params = np.zeros(4, model.dtype)
     # the run's optimizer options: weight decay and the layer-wise optimizers have kernels of their own

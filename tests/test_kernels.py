@@ -98,3 +98,42 @@ def test_correct_counts_match_numpy_argmax_including_ties():
     assert kernels.count_correct(out, labels) == np.count_nonzero(out.argmax(axis=1) == labels)
     onehot = np.eye(4)[labels]
     assert kernels.count_correct_onehot(out, onehot) == np.count_nonzero(out.argmax(axis=1) == labels)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_narrow_backward_is_the_product_the_derivative_and_db_in_one_pass(name):
+    rng = np.random.default_rng(4)
+    n, m, k = 45, 70, 10  # rows not a multiple of the row chunk; k as a classifier's output layer
+    a = ACT[name][0](rng.standard_normal((n, m)))
+    d_next, W = rng.standard_normal((n, k)), rng.standard_normal((m, k))
+    delta, db = np.empty((n, m)), np.empty(m)
+    kernels.narrow_backward_for(name)(delta, d_next, np.ascontiguousarray(W.T), a, db, np.empty((3, m)))
+    expected = (d_next @ W.T) * ACT[name][1](np.log(a / (1 - a)) if name == "sigmoid" else
+                                             np.arctanh(a) if name == "tanh" else a)
+    np.testing.assert_allclose(delta, expected, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(db, expected.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_narrow_backward_rows_do_not_depend_on_threads_or_on_the_rows_beside_them():
+    import numba
+
+    rng = np.random.default_rng(5)
+    n, m, k = 100, 300, 7
+    a = rng.random((n, m)).astype(np.float32)
+    d_next = rng.standard_normal((n, k)).astype(np.float32)
+    w_t = rng.standard_normal((k, m)).astype(np.float32)
+    narrow = kernels.narrow_backward_for("sigmoid")
+
+    def rows(lo, hi, threads):
+        delta, db = np.empty((hi - lo, m), np.float32), np.empty(m, np.float32)
+        before = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            narrow(delta, d_next[lo:hi].copy(), w_t, a[lo:hi].copy(), db, np.empty((8, m), np.float32))
+        finally:
+            numba.set_num_threads(before)
+        return delta
+
+    whole = rows(0, n, 2)
+    np.testing.assert_array_equal(rows(0, n, 1), whole)
+    np.testing.assert_array_equal(np.vstack([rows(0, 33, 1), rows(33, n, 2)]), whole)  # a split of the rows

@@ -5,7 +5,6 @@ figures do not include the compilation (it is reported as start-up)."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -103,9 +102,9 @@ def test_distbp_warmup_compiles_a_configuration_that_a_job_then_loads_on_all_ran
 def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
     # a cache marked warm that holds no kernels (wiped by hand, say): every rank compiles at once, writing the
     # same cache entries concurrently; the job trains, and the cache it leaves is whole for the next job
-    warmed, stale = tmp_path / "warmed", tmp_path / "stale"
-    assert warmup(warmed).returncode == 0
-    shutil.copytree(warmed / "distbp-warm", stale / "distbp-warm")
+    stale = tmp_path / "stale"
+    (stale / "distbp-warm").mkdir(parents=True)
+    (stale / "distbp-warm" / key_of(JOB)).write_text("marked by hand\n")
     args = [*JOB, "--save", str(tmp_path / "a.npz")]
     first = run_job(2, args, timeout=300, env={"NUMBA_CACHE_DIR": str(stale)})
     assert first.returncode == 0, first.output
@@ -116,18 +115,34 @@ def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
 
 
-def test_the_warm_key_names_the_kernels_not_the_sizes():
+def warm_key_of(**options) -> str:
+    """The warm key (distbp.warmup.warm_key) of a run with these Config fields, on one rank."""
+    from distbp import train
     from distbp.comm import SerialComm
     from distbp.config import Config, validate
-    from distbp import train
     from distbp.warmup import warm_key
 
-    def key(**options):
-        cfg = validate(Config(**{**dict(data="synthetic:rows=60,features=6,classes=3,test=6", layers=[6, 5, 3],
-                                        epochs=1, progress="none", timeout=0), **options}))
-        run = train.setup(cfg, SerialComm())
-        run.watchdog.stop()
-        return warm_key(run.model, cfg.optimizer, run.sync)
+    cfg = validate(Config(**{**dict(data="synthetic:rows=60,features=6,classes=3,test=6", layers=[6, 5, 3],
+                                    epochs=1, progress="none", timeout=0), **options}))
+    run = train.setup(cfg, SerialComm())
+    run.watchdog.stop()
+    return warm_key(run.model, cfg.optimizer, run.sync)
+
+
+def key_of(job: list[str]) -> str:
+    """The warm key of a `distbp train` command line (its flags; the data and sizes do not enter the key)."""
+    import argparse
+
+    from distbp.config import add_arguments, from_sources
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_sources(parser.parse_args(job[2:]))
+    return warm_key_of(activation=cfg.activation, optimizer=cfg.optimizer, dtype=cfg.dtype, loss=cfg.loss)
+
+
+def test_the_warm_key_names_the_kernels_not_the_sizes():
+    key = warm_key_of
 
     base = key()
     assert key(layers=[6, 9, 9, 3], batch_size=32, lr=0.5, momentum=0.5) == base  # sizes and values: same kernels
