@@ -71,11 +71,6 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     grad = np.zeros(model.n_params, model.dtype)
     ws = model.new_workspace(ROWS)  # its own buffers: the model's are left as they are
     model.loss_and_grad_into(X, y, grad, workspace=ws, validate=False)
-    # both backward kernels of every activation, whichever this model's widths pick (model.Workspace.w_t)
-    z, db, partial = np.zeros((ROWS, 1), model.dtype), np.zeros(1, model.dtype), np.zeros((1, 1), model.dtype)
-    for name in sorted(set(model.activation_names)):
-        kernels.activation_backward_for(name)(z, z.copy(), z.copy(), db, partial)
-        kernels.narrow_backward_for(name)(z, z.copy(), np.zeros((1, 1), model.dtype), z.copy(), db, partial)
     kernels.all_finite(grad)  # the strategies' finite check of ∇L
     params = np.zeros(4, model.dtype)
     # the run's optimizer options: weight decay and the layer-wise optimizers have kernels of their own
@@ -92,11 +87,28 @@ def warm_key(model, optimizer: str, sync) -> str:
     sources = sorted((str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns)
                      for f in package.rglob("*.py"))
     options = {k: (v if isinstance(v, (bool, str)) else v != 0) for k, v in sync.options.optimizer_options.items()}
+    backward = backward_kernels(model.sizes, model.activation_names)
     what = dict(numba=numba.__version__, cpu=llvm.get_host_cpu_name(), sources=sources, dtype=str(model.dtype),
-                activations=sorted(set(model.activation_names)), loss=model.loss.name, optimizer=optimizer,
+                activations=sorted(set(model.activation_names)), backward=backward, loss=model.loss.name,
+                optimizer=optimizer,
                 options=sorted(options.items()), strategy=type(sync).__name__, clip=bool(sync.options.clip_grad_norm),
                 comm_dtype=sync.options.comm_dtype)
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def backward_kernels(sizes, activations) -> list[tuple[str, str]]:
+    """Which backward kernel each hidden layer's δ takes, as sorted (kind, activation) pairs: "narrow" below
+    a layer at most kernels.NARROW_WIDTH wide (kernels.narrow_backward), else "wide" (activation_backward)."""
+    return sorted({("narrow" if sizes[l + 1] <= kernels.NARROW_WIDTH else "wide", activations[l - 1])
+                   for l in range(1, len(sizes) - 1)})
+
+
+def warm_both_backward_kernels(model) -> None:
+    """Both backward kernels of each of the model's activations, whichever its widths pick."""
+    z, db, partial = np.zeros((ROWS, 1), model.dtype), np.zeros(1, model.dtype), np.zeros((1, 1), model.dtype)
+    for name in sorted(set(model.activation_names)):
+        kernels.activation_backward_for(name)(z, z.copy(), z.copy(), db, partial)
+        kernels.narrow_backward_for(name)(z, z.copy(), np.zeros((1, 1), model.dtype), z.copy(), db, partial)
 
 
 def marker_path(key: str) -> Path:
@@ -149,14 +161,18 @@ def warm_configuration(cfg) -> dict:
     """`distbp warmup`: compile (or load) the kernels a run of `cfg` needs into the cache and mark it warm,
     without its data or any training; returns {"compiled", "compile_s", "seconds", "key"}.
 
-    The kernels do not depend on sizes: a tiny synthetic dataset with cfg's layer count stands in for the data.
+    The kernels do not depend on sizes, only on whether a layer is narrow (kernels.NARROW_WIDTH): a tiny
+    synthetic dataset with cfg's layer count stands in for the data, with wide hidden layers and a narrow output
+    (a classifier's), and both backward kernels are compiled whatever the real widths. The mark is for the
+    stand-in's key: a run whose output is wide finds every kernel but not the mark (its ranks load one after
+    another).
     """
     import dataclasses
 
     from distbp import train
     from distbp.comm import SerialComm
 
-    hidden = [4] * (len(cfg.layers) - 2 if cfg.layers else 1)
+    hidden = [kernels.NARROW_WIDTH + 1] * (len(cfg.layers) - 2 if cfg.layers else 1)
     stand_in = dataclasses.replace(
         cfg, data="synthetic:rows=64,features=4,classes=3,test=8", layers=[4, *hidden, 3], local_rows=False,
         init_from=None, epochs=1, save=None, save_best=None, metrics=None, trace=None, trace_steps=None,
@@ -167,6 +183,7 @@ def warm_configuration(cfg) -> dict:
         t0 = time.perf_counter()
         with CompileCounter() as counter:
             warm_kernels(run.model, stand_in.optimizer, run.sync)
+            warm_both_backward_kernels(run.model)
         key = warm_key(run.model, stand_in.optimizer, run.sync)
         mark_warm(key)
         return {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0,
