@@ -109,8 +109,8 @@ def _make_narrow_backward(key: str):
         db (m,) = Σₙ δ.
 
         d_next (n, k): δ of the next layer, k ≤ NARROW_WIDTH; w_t (k, m): that layer's Wᵀ, contiguous; a (n, m)
-        this layer's activation. Each row is built in δ's own row (it stays in L1) by k passes, summed over k
-        in order, so a row's bits depend on nothing but the row: not on the thread count or on how the rows
+        this layer's activation. Each row is built in δ's own row (it stays in L1) by passes of four terms,
+        summed over k in order, so a row's bits depend on nothing but the row: not on the thread count or on how the rows
         are split over ranks or blocks. partial: scratch of at least (⌈n/ROW_CHUNK⌉, m), as in
         activation_backward.
         """
@@ -125,10 +125,18 @@ def _make_narrow_backward(key: str):
                 s = d_next[i, 0]
                 for j in range(m):
                     row[j] = s * w_t[0, j]
-                for kk in range(1, k):
-                    s = d_next[i, kk]
+                kk = 1
+                while kk + 4 <= k:  # four terms per pass over the row, added in the same order (same bits)
+                    s0, s1, s2, s3 = d_next[i, kk], d_next[i, kk + 1], d_next[i, kk + 2], d_next[i, kk + 3]
+                    w0, w1, w2, w3 = w_t[kk], w_t[kk + 1], w_t[kk + 2], w_t[kk + 3]
                     for j in range(m):
-                        row[j] += s * w_t[kk, j]
+                        row[j] = (((row[j] + s0 * w0[j]) + s1 * w1[j]) + s2 * w2[j]) + s3 * w3[j]
+                    kk += 4
+                while kk < k:
+                    s, w0 = d_next[i, kk], w_t[kk]
+                    for j in range(m):
+                        row[j] += s * w0[j]
+                    kk += 1
                 for j in range(m):
                     d = row[j] * derivative(key, a[i, j])
                     row[j] = d
