@@ -247,7 +247,7 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
         z += rng.standard_normal((n, latent), dtype=np.float32)
         X = np.empty((n, features), np.float32)
         product_without_blas(z, basis, X)
-        X += rng.standard_normal((n, features), dtype=np.float32)
+        add_standard_normal(rng, X)
         return X, y
 
     X, y = draw(rows)
@@ -255,6 +255,18 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
     if test is not None:
         arrays["X_test"], arrays["y_test"] = draw(test)
     return arrays, classes
+
+
+def add_standard_normal(rng: np.random.Generator, X: np.ndarray) -> None:
+    """X (n, m) float32 += N(0, 1) noise, drawn in row order: the values of X += rng.standard_normal((n, m)),
+    drawn into one L2-sized block at a time (no n x m temporary: the default synthetic set's draw took 1.56 s
+    instead of 2.26 s)."""
+    block = max(1, PRODUCT_BLOCK_BYTES // (X.itemsize * X.shape[1]))
+    noise = np.empty((block, X.shape[1]), X.dtype)
+    for s in range(0, X.shape[0], block):
+        part = noise[:min(block, X.shape[0] - s)]
+        rng.standard_normal(out=part, dtype=X.dtype)
+        X[s:s + block] += part
 
 
 def product_without_blas(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

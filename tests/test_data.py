@@ -447,3 +447,12 @@ def test_a_read_that_fails_names_the_file(tmp_path, monkeypatch, failure, words)
     with pytest.raises(ValueError, match=words) as caught:
         load_dataset(str(tmp_path / "d.npz"))
     assert str(tmp_path / "d.npz") in str(caught.value)
+
+
+def test_blockwise_noise_is_the_noise_of_one_draw():
+    from distbp.data import add_standard_normal
+
+    X = np.arange(3000 * 70, dtype=np.float32).reshape(3000, 70)  # more rows than one block
+    expected = X + np.random.default_rng(7).standard_normal((3000, 70), dtype=np.float32)
+    add_standard_normal(np.random.default_rng(7), X)
+    np.testing.assert_array_equal(X, expected)
