@@ -4,6 +4,10 @@
     .venv/bin/python benchmarks/step.py --threads 1 --repeats 30 --plot results/step.png
     OPENBLAS_CORETYPE=SkylakeX .venv/bin/python benchmarks/step.py   # OpenBLAS's AVX-512 kernels
 
+It prints, in order: where a step's time goes (per phase), the narrow layer's fused backward pass against
+BLAS + a pass, the step against numpy's GEMMs, plain numpy and PyTorch, and last the GEMM paths for the
+step's products (benchmarks/gemm_path.py, run as its own process; --no-gemm-paths skips it).
+
 OpenBLAS reads OPENBLAS_CORETYPE when numpy loads it; the table title names the
 kernel set in use (it picks Haswell's AVX2 kernels on this AVX-512 EPYC by itself).
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -284,6 +289,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--lead", type=int, default=3, help="untimed calls before each timed call (steady state)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
+    p.add_argument("--no-gemm-paths", action="store_true",
+                   help="skip the GEMM-path comparison (numpy's OpenBLAS, SciPy's through Numba, BLIS) printed last")
     p.add_argument("--out", default="results/step.json")
     p.add_argument("--plot", default=None, help="PNG path for a bar chart (needs matplotlib)")
     args = p.parse_args(argv)
@@ -339,6 +346,12 @@ def main(argv=None) -> None:
                           "pytorch": "not installed" if torch_missing else ("skipped" if args.no_torch else
                                                                             sys.modules["torch"].__version__),
                           "results": results})
+    if not args.no_gemm_paths:
+        # the step's products through each GEMM library, in a process of its own (its own thread pools)
+        print(flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).with_name("gemm_path.py")), "--layers", args.layers,
+                        "--batch", str(args.batch), "--dtype", args.dtype, "--threads", args.threads,
+                        "--repeats", str(max(5, args.repeats // 2))], check=True)
     if args.plot:
         names = ["distbp", "numpy"] + (["torch"] if "torch" in results[0]["samples_per_s"] else [])
         label = {"distbp": "distbp", "numpy": "plain numpy", "torch": "PyTorch"}
