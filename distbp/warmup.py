@@ -11,8 +11,8 @@ each rank compiled, from Numba's own "numba:compile" events.
 Loading is not free either (about 0.2 s for a run's kernels, after Numba's own 0.5 s first use), and
 one rank after another it added up. So a warm-up that completes leaves a marker in the cache
 (`distbp-warm/<key>`, the key naming what selects the kernels: Numba, the CPU, distbp's sources, dtype,
-activations, loss, optimizer and strategy); when every rank finds the marker for its run, all load at
-once. A stale marker costs time, never correctness: Numba checks its cache entries itself and compiles
+activations, which backward kernel each hidden layer takes, loss, optimizer and strategy); when every
+rank finds the marker for its run, all load at once. A stale marker costs time, never correctness: Numba checks its cache entries itself and compiles
 what is missing. `distbp warmup` (`warm_configuration`) fills the cache and the marker for one
 configuration without training, e.g. at install (launch/setup runs it for the demo's configuration).
 """
@@ -90,9 +90,8 @@ def warm_key(model, optimizer: str, sync) -> str:
     backward = backward_kernels(model.sizes, model.activation_names)
     what = dict(numba=numba.__version__, cpu=llvm.get_host_cpu_name(), sources=sources, dtype=str(model.dtype),
                 activations=sorted(set(model.activation_names)), backward=backward, loss=model.loss.name,
-                optimizer=optimizer,
-                options=sorted(options.items()), strategy=type(sync).__name__, clip=bool(sync.options.clip_grad_norm),
-                comm_dtype=sync.options.comm_dtype)
+                optimizer=optimizer, options=sorted(options.items()), strategy=type(sync).__name__,
+                clip=bool(sync.options.clip_grad_norm), comm_dtype=sync.options.comm_dtype)
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -121,13 +120,13 @@ def mark_warm(key: str) -> None:
     """Leave the marker for `key` (atomically: a reader sees no file or a whole one). Best effort: a cache
     we cannot write to only means the next run loads one rank after another."""
     path = marker_path(key)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         tmp.write_text(f"numba {numba.__version__}\n")
         os.replace(tmp, path)
     except OSError:
-        pass
+        tmp.unlink(missing_ok=True)
 
 
 def shared_warmup(run) -> dict:
