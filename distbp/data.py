@@ -24,8 +24,9 @@ from distbp import formats
 BUILTINS = ("synthetic", "digits")
 SCALES = ("auto", "standardize", "minmax", "none")
 CHUNK_ELEMENTS = 1 << 22  # elements per chunk for statistics and NaN checks (32 MiB of float64)
-# bytes of each row block (and of its scratch) in product_without_blas: the default synthetic data's 60000x784
-# product took 1.05 s in blocks of 2.6 MB and 0.56 s in blocks of 0.5 MB (smaller ones add numpy call overhead)
+# bytes of each row block (and of its scratch) in product_without_blas and add_standard_normal: L2-sized (the
+# default synthetic data's draw: 1.61 s against 2.01 s with 2.6 MB blocks and one noise temporary,
+# benchmarks/synthetic_data.py; smaller blocks add numpy call overhead)
 PRODUCT_BLOCK_BYTES = 1 << 19
 
 
@@ -259,8 +260,7 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
 
 def add_standard_normal(rng: np.random.Generator, X: np.ndarray) -> None:
     """X (n, m) float32 += N(0, 1) noise, drawn in row order: the values of X += rng.standard_normal((n, m)),
-    drawn into one L2-sized block at a time (no n x m temporary: the default synthetic set's draw took 1.56 s
-    instead of 2.26 s)."""
+    drawn into one L2-sized block at a time (no n x m temporary; see PRODUCT_BLOCK_BYTES)."""
     block = max(1, PRODUCT_BLOCK_BYTES // (X.itemsize * X.shape[1]))
     noise = np.empty((block, X.shape[1]), X.dtype)
     for s in range(0, X.shape[0], block):
