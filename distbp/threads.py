@@ -99,9 +99,9 @@ def default_threads() -> int:
 #   once (OMP_WAIT_POLICY=PASSIVE, the setting until now) put a futex sleep and wake-up on every barrier of every
 #   kernel. A short spin, GOMP_SPINCOUNT=1000 (microseconds), has neither cost.
 # - OpenBLAS: its workers spin 2^28 cycles (a tenth of a second) after each GEMM, so on 2 threads numba's
-#   sigmoid pass right after a GEMM ran at the speed of 1 thread (0.76-0.98 ms against 0.45-0.54 ms with
-#   OPENBLAS_THREAD_TIMEOUT=12, 2^12 cycles); the step's element-wise kernels on 2 threads went from 2.1 ms to
-#   1.0 ms (benchmarks/step.py). Read when OpenBLAS loads, so only before numpy is imported.
+#   kernels right after a GEMM ran at the speed of 1 thread; with OPENBLAS_THREAD_TIMEOUT=12 (2^12 cycles)
+#   the step's element-wise kernels on 2 threads went from 2.1 ms to 1.0 ms (benchmarks/step.py, run with
+#   each setting). Read when OpenBLAS loads, so only before numpy is imported.
 OPENMP_SPIN_COUNT = "1000"
 OPENBLAS_TIMEOUT = "12"
 
