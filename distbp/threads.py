@@ -97,7 +97,8 @@ def default_threads() -> int:
 # - libgomp (numba's threading layer 'omp', and PyTorch's): its default, 300,000 spins, kept numba's workers
 #   on the core OpenBLAS's second thread needed (2 threads: 6,400 samples/s for 784-1024-1024-10). Sleeping at
 #   once (OMP_WAIT_POLICY=PASSIVE, the setting until now) put a futex sleep and wake-up on every barrier of every
-#   kernel. A short spin, GOMP_SPINCOUNT=1000 (microseconds), has neither cost.
+#   kernel. A short spin, GOMP_SPINCOUNT=1000 (microseconds), has neither cost: the 2-thread step went from
+#   37.6-40.6 ms to 32.6-32.8 ms (benchmarks/step.py, two runs with each setting).
 # - OpenBLAS: its workers spin 2^28 cycles (a tenth of a second) after each GEMM, so on 2 threads numba's
 #   kernels right after a GEMM ran at the speed of 1 thread; with OPENBLAS_THREAD_TIMEOUT=12 (2^12 cycles)
 #   the step's element-wise kernels on 2 threads went from 2.1 ms to 1.0 ms (benchmarks/step.py, run with
