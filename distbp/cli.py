@@ -235,8 +235,11 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         if is_root and reports:
             from distbp.interrupts import INTERRUPTED
             print(f"distbp: {INTERRUPTED}", file=sys.stderr, flush=True)
-        comm.barrier_within(3.0)  # let the others stop too before this rank's exit ends the job
-        return comm.exit_quietly(130, finalize=False)
+        if comm.barrier_within(3.0):  # every rank took the interrupt: end quietly, together
+            return comm.exit_quietly(130, finalize=False)
+        # a rank did not (stopped, or blocked where no signal reaches it): MPI_Abort ends it under any
+        # launcher, where a plain exit would leave its ending to the launcher's clean-up
+        comm.hard_exit(130)
     except BaseException as e:  # noqa: BLE001 — one rank failing alone: end the whole job now
         sys.stderr.write(traceback.format_exc())  # one write: less to lose if the job ends now
         comm.abort(f"{type(e).__name__}: {e}", code=1)

@@ -45,9 +45,9 @@ the job instead of leaving the other ranks waiting forever in a collective.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Iterator, NoReturn
 
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 PIECE_BYTES = 16 << 20
 # seconds between writing a fatal message and aborting, so the launcher forwards the message first
 ABORT_GRACE_S = 0.3
+# seconds hard_exit gives MPI_Abort before this process exits by itself (see MPIComm.hard_exit)
+HARD_EXIT_BACKSTOP_S = 2.0
 
 
 class Handle:
@@ -373,11 +375,7 @@ class MPIComm(Comm):
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
         self.say(message)
-        # hydra forwards a rank's output through a pipe; MPI_Abort right after the write can end the
-        # job before the message is forwarded (seen in tests: only the first traceback line arrived)
-        time.sleep(ABORT_GRACE_S)
-        self._comm.Abort(code)
-        os._exit(code)  # not reached: Abort does not return
+        self.hard_exit(code)
 
     def exit_quietly(self, code: int, finalize: bool = True) -> int:
         if "mpi4py.run" not in sys.modules:
@@ -455,9 +453,13 @@ class MPIComm(Comm):
         self._MPI.Request.Waitall([h.request for h in handles])
 
     def hard_exit(self, code: int) -> NoReturn:
-        # Abort ends every rank under any launcher; if it cannot (the MPI library wedged), a timer
-        # exits this process, which hydra also turns into the end of the job (checked with MPICH)
-        threading.Timer(2.0, os._exit, args=(code,)).start()
+        # Abort ends every rank under any launcher. If it cannot (the MPI library wedged), this process
+        # exits anyway, which hydra also turns into the end of the job (checked with MPICH). That backstop
+        # must not need the GIL: mpi4py calls MPI_Abort holding it, so a Python timer thread could never
+        # run. faulthandler's is a C thread; it prints every thread's stack (where it hung) and _exits.
+        faulthandler.dump_traceback_later(ABORT_GRACE_S + HARD_EXIT_BACKSTOP_S, exit=True, file=sys.__stderr__)
+        # hydra forwards a rank's output through a pipe; MPI_Abort right after a write can end the job
+        # before the message is forwarded (seen in tests: only the first traceback line arrived)
         time.sleep(ABORT_GRACE_S)
         self._comm.Abort(code)
         os._exit(code)

@@ -100,6 +100,23 @@ def test_a_rank_killed_with_sigkill_ends_the_job_and_no_process_survives(tmp_pat
     assert not left
 
 
+def test_hard_exit_ends_the_job_even_when_mpi_abort_hangs_holding_the_gil(tmp_path):
+    # mpi4py calls MPI_Abort with the GIL held: if it never returns, no Python thread can run again, so the
+    # backstop must be a C thread (faulthandler's), which says where the process hung and exits
+    code, out, seconds, left = run_job(tmp_path, """
+        import ctypes
+        class WedgedAbort:
+            def Abort(self, code):
+                ctypes.PyDLL(None).sleep(3600)  # a C call that keeps the GIL, like a wedged MPI_Abort
+        if comm.rank == 0:
+            comm._comm = WedgedAbort()
+            comm.hard_exit(7)
+        comm.barrier()
+    """)
+    assert code != 0 and seconds < 15 and not left
+    assert "Timeout (0:00:0" in out and "hard_exit" in out  # the backstop's stack dump shows where it hung
+
+
 @pytest.mark.parametrize("stall", ["time.sleep(3600)", "os.kill(os.getpid(), signal.SIGSTOP)"])
 def test_a_stalled_rank_is_caught_by_the_other_ranks_watchdog(tmp_path, stall):
     code, out, seconds, left = run_job(tmp_path, f"""
