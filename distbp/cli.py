@@ -125,7 +125,8 @@ def warmup_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="distbp warmup", exit_on_error=False,
                                      description="Compile the kernels a `distbp train` with these options needs into "
                                                  "the Numba cache (NUMBA_CACHE_DIR), so that its first step starts "
-                                                 "without compiling. Data and sizes do not matter.")
+                                                 "without compiling, and draw a large built-in dataset into the "
+                                                 "data cache (DISTBP_DATA_CACHE). Sizes do not matter.")
     add_arguments(parser)
     if "-h" in argv or "--help" in argv:
         parser.print_help()
@@ -139,6 +140,9 @@ def warmup_main(argv: list[str]) -> int:
     except (argparse.ArgumentError, ValueError, DistbpError) as e:
         print(f"distbp: error: {e}", file=sys.stderr, flush=True)
         return 2
+    if done["data"] is not None:
+        print(f"distbp: data {done['data_s']:.1f} s: {done['data_spec']} is in the data cache, {done['data']}",
+              flush=True)
     print(f"distbp: warm-up {done['seconds']:.1f} s: compiled {done['compiled']} kernel(s) into "
           f"{os.environ['NUMBA_CACHE_DIR']} (marked warm: {done['key'][:12]})", flush=True)
     return 0

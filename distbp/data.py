@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distbp import formats
+from distbp import datacache, formats
 
 BUILTINS = ("synthetic", "digits")
 SCALES = ("auto", "standardize", "minmax", "none")
@@ -127,6 +127,16 @@ class Dataset:
         """The training rows' statistics for `scale` (see `scaling_part`)."""
         return scaling_part(self.train.X, self.train.index, scale)
 
+    def split_arrays(self) -> dict[str, np.ndarray]:
+        """{"X", "y"} of the training rows and {"X_test", "y_test"} of the test rows (unscaled; rows through
+        the splits' index): what `_build` gives this dataset again, with its test split given."""
+        arrays = {}
+        for prefix, split in (("", self.train), ("_test", self.test)):
+            if split is not None:
+                X = split.X if split.index is None else split.X[split.index]
+                arrays["X" + prefix], arrays["y" + prefix] = X, split.y
+        return arrays
+
     def fingerprint(self, sample_rows: int = 64) -> str:
         """sha256 of the splits' shapes, scaling and `sample_rows` rows spread over each split, as gathered:
         cheap, and different when ranks read different data under the same name."""
@@ -151,8 +161,21 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     name, _, options = spec.partition(":")
     if name == "synthetic":
-        arrays, n_classes = _synthetic(options, seed)
-        return _build("synthetic", "synthetic", arrays, seed, test_fraction, scale, n_classes)
+        keys = _synthetic_options(options)
+        entry = cache_entry(spec, seed, test_fraction)  # a large set is drawn once per machine, then mapped
+        cached = datacache.load(entry) if entry is not None else None
+        if cached is not None:
+            moments = {"features": keys["features"], "uint8": False, "count": int(cached.pop("train_count")[0]),
+                       "mean": cached.pop("train_mean"), "m2": cached.pop("train_m2")}
+            return _build("synthetic", "synthetic", cached, seed, test_fraction, scale, keys["classes"],
+                          known_parts={"auto": moments, "standardize": moments})
+        dataset = _build("synthetic", "synthetic", _synthetic(keys, seed), seed, test_fraction, scale, keys["classes"])
+        if entry is not None:
+            arrays = dataset.split_arrays()
+            moments = scaling_part(arrays["X"], None, "standardize")
+            datacache.store(entry, {**arrays, "train_count": np.array([moments["count"]]),
+                                    "train_mean": moments["mean"], "train_m2": moments["m2"]})
+        return dataset
     if name == "digits" and not options:
         return _build("digits", "digits", _digits(), seed, test_fraction, scale)
     path = Path(spec)
@@ -173,6 +196,17 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
         if e.filename is not None or str(path) in str(e):
             raise  # it names the file already
         raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from e  # an I/O error names no file
+
+
+def cache_entry(spec: str, seed: int = 0, test_fraction: float = 0.1) -> Path | None:
+    """The data cache's folder for a generated built-in set (`distbp.datacache`; it may not exist yet), or
+    None for files, small sets, or when the cache is off."""
+    name, _, options = spec.partition(":")
+    if name != "synthetic":
+        return None
+    keys = _synthetic_options(options)
+    features_bytes = 4 * keys["features"] * (keys["rows"] + (keys["test"] or 0))
+    return datacache.entry_for("synthetic", keys, seed, test_fraction, features_bytes)
 
 
 def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None = None, *,
@@ -217,14 +251,8 @@ def _read(path: Path) -> tuple[dict, dict | None]:
 # ---------------------------------------------------------------- built-ins
 
 
-def _synthetic(options: str, seed: int) -> tuple[dict, int]:
-    """Class-conditional Gaussian clusters in a random 24-dimensional subspace, plus isotropic noise.
-
-    Each class has 4 cluster centres (N(0, 1.2^2) in the subspace); a row is a centre plus
-    N(0, 1) in the subspace, mapped to `features` dimensions, plus N(0, 1) per feature.
-    Measured on the defaults: linear models reach 55-67 % held-out accuracy, a 784-256-10 MLP
-    (SGD, batch 128) 96-98 % after 3 epochs.
-    """
+def _synthetic_options(options: str) -> dict:
+    """{"rows", "features", "classes", "test"} of 'rows=…,features=…' (defaults for the keys not given)."""
     keys = {"rows": 60000, "features": 784, "classes": 10, "test": None}
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
@@ -234,9 +262,21 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
             keys[key] = int(value)
         except ValueError:
             raise ValueError(f"synthetic: {key} must be an integer, got {value!r}") from None
-    rows, features, classes, test = keys["rows"], keys["features"], keys["classes"], keys["test"]
-    if rows <= 0 or features <= 0 or classes <= 1 or (test is not None and test <= 0):
+    if keys["rows"] <= 0 or keys["features"] <= 0 or keys["classes"] <= 1 or (keys["test"] is not None
+                                                                             and keys["test"] <= 0):
         raise ValueError(f"synthetic: need rows > 0, features > 0, classes > 1, test > 0; got {options!r}")
+    return keys
+
+
+def _synthetic(keys: dict, seed: int) -> dict:
+    """Class-conditional Gaussian clusters in a random 24-dimensional subspace, plus isotropic noise.
+
+    Each class has 4 cluster centres (N(0, 1.2^2) in the subspace); a row is a centre plus
+    N(0, 1) in the subspace, mapped to `features` dimensions, plus N(0, 1) per feature.
+    Measured on the defaults: linear models reach 55-67 % held-out accuracy, a 784-256-10 MLP
+    (SGD, batch 128) 96-98 % after 3 epochs. keys: `_synthetic_options`.
+    """
+    rows, features, classes, test = keys["rows"], keys["features"], keys["classes"], keys["test"]
     latent, per_class = 24, 4
     rng = np.random.default_rng([seed, 20240])
     centres = rng.standard_normal((classes, per_class, latent), dtype=np.float32) * np.float32(1.2)
@@ -255,7 +295,7 @@ def _synthetic(options: str, seed: int) -> tuple[dict, int]:
     arrays = {"X": X, "y": y}
     if test is not None:
         arrays["X_test"], arrays["y_test"] = draw(test)
-    return arrays, classes
+    return arrays
 
 
 def add_standard_normal(rng: np.random.Generator, X: np.ndarray) -> None:
@@ -299,8 +339,10 @@ def _digits() -> dict:
 
 
 def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float, scale: str,
-           n_classes: int | None = None, files: dict | None = None) -> Dataset:
-    """Validate X, y (and X_test, y_test), hold out a test split if none is given, compute the scaling."""
+           n_classes: int | None = None, files: dict | None = None, known_parts: dict | None = None) -> Dataset:
+    """Validate X, y (and X_test, y_test), hold out a test split if none is given, compute the scaling.
+
+    known_parts: `scaling_part` of the training rows by scale, already known (the data cache keeps them)."""
     names = {key: f"{key} ({files[key] if files else source})" for key in arrays}
     X, y = _check_arrays(arrays["X"], arrays["y"], names["X"], names["y"])
     if "X_test" in arrays:
@@ -332,7 +374,8 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
         n_classes = max(n_classes or 0, largest + 1)
     else:
         n_classes = None
-    offset, factor, scaling = _scaling(X, train_index, scale)
+    part = (known_parts or {}).get(scale) or scaling_part(X, train_index, scale)
+    offset, factor, scaling = scaling_from_parts([part], scale)
     train = Split(X, y, train_index, offset, factor, n_classes)
     test = None if X_test is None else Split(X_test, y_test, test_index, offset, factor, n_classes)
     n_targets = n_classes if classification else y.shape[1]
@@ -392,11 +435,6 @@ def _held_out(n_rows: int, seed: int, test_fraction: float, source: str) -> tupl
         raise ValueError(f"{source}: {n_rows} rows are too few to hold out a test fraction of {test_fraction}")
     perm = np.random.default_rng([seed, 1]).permutation(n_rows)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
-
-
-def _scaling(X: np.ndarray, index: np.ndarray | None, scale: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(offset, factor, description) from the training rows X[index] (all of X if index is None)."""
-    return scaling_from_parts([scaling_part(X, index, scale)], scale)
 
 
 def scaling_part(X: np.ndarray, index: np.ndarray | None, scale: str) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 from llvmlite import binding as llvm
 from numba.core import event
 
-from distbp import kernels
+from distbp import data, kernels
 from distbp.errors import StallError
 from distbp.optim import make_optimizer
 
@@ -158,7 +158,10 @@ def shared_warmup(run) -> dict:
 
 def warm_configuration(cfg) -> dict:
     """`distbp warmup`: compile (or load) the kernels a run of `cfg` needs into the cache and mark it warm,
-    without its data or any training; returns {"compiled", "compile_s", "seconds", "key"}.
+    without training; returns {"compiled", "compile_s", "seconds", "key", "data", "data_s", "data_spec"}.
+
+    A large generated dataset (cfg.data, e.g. the default synthetic one) is drawn into the data cache first
+    ("data": its folder, "data_s": seconds; None and the time of finding out for any other data).
 
     The kernels do not depend on sizes, only on whether a layer is narrow (kernels.NARROW_WIDTH): a tiny
     synthetic dataset with cfg's layer count stands in for the data, with wide hidden layers and a narrow output
@@ -177,6 +180,11 @@ def warm_configuration(cfg) -> dict:
         init_from=None, epochs=1, save=None, save_best=None, metrics=None, trace=None, trace_steps=None,
         checkpoint_dir=None, resume=False, progress="none", timeout=0, batch_size=8, micro_batch=4,
         accumulate=min(cfg.accumulate, 2), eval_every=0, early_stop_patience=0)
+    t0 = time.perf_counter()
+    entry = data.cache_entry(cfg.data, cfg.seed, cfg.test_fraction)
+    if entry is not None:  # the run's own generated data, drawn now into the data cache (distbp.datacache)
+        data.load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale)
+    data_s = time.perf_counter() - t0
     run = train.setup(stand_in, SerialComm())
     try:
         t0 = time.perf_counter()
@@ -186,7 +194,8 @@ def warm_configuration(cfg) -> dict:
         key = warm_key(run.model, stand_in.optimizer, run.sync)
         mark_warm(key)
         return {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0,
-                "key": key}
+                "key": key, "data": entry if entry is not None and entry.is_dir() else None, "data_s": data_s,
+                "data_spec": cfg.data}
     finally:
         run.sync.close()
         run.watchdog.stop()

@@ -5,6 +5,7 @@ Run by launch/test under MPI on 2, 3 and 4 ranks:
 """
 
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,9 +24,14 @@ def mpi():
     return MPI.COMM_WORLD
 
 
-def shared_tmp() -> Path:
-    """A folder every rank of this test sees (the root makes it)."""
-    return Path(mpi().bcast(tempfile.mkdtemp(prefix="distbp-api-") if mpi().rank == 0 else None))
+@pytest.fixture
+def shared_tmp():
+    """A folder every rank of this test sees (the root makes it, and removes it once every rank is done)."""
+    path = Path(mpi().bcast(tempfile.mkdtemp(prefix="distbp-api-") if mpi().rank == 0 else None))
+    yield path
+    mpi().Barrier()
+    if mpi().rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def rows(n: int, seed: int, features: int = 9, classes: int = 3, offset: float = 3.0):
@@ -40,10 +46,10 @@ def digest(model) -> str:
 
 
 @pytest.mark.mpi(min_size=2)
-def test_fit_on_p_ranks_saves_the_bytes_distbp_train_saves_on_p_ranks():
+def test_fit_on_p_ranks_saves_the_bytes_distbp_train_saves_on_p_ranks(shared_tmp):
     from distbp.cli import main
 
-    tmp = shared_tmp()
+    tmp = shared_tmp
     X, y = rows(230, seed=1)
     Xt, yt = rows(40, seed=2)
     if mpi().rank == 0:
@@ -90,9 +96,9 @@ def test_ranks_with_their_own_rows_train_one_model_over_all_rows():
 
 
 @pytest.mark.mpi(min_size=2)
-def test_ranks_with_their_own_rows_resume_bit_exactly():
+def test_ranks_with_their_own_rows_resume_bit_exactly(shared_tmp):
     comm = mpi()
-    tmp = shared_tmp()
+    tmp = shared_tmp
     X, y = my_rows(comm.rank)
     options = dict(SPEC, epochs=3, local_rows=True, verbose=False)
     whole = distbp.MLP([9, 7, 3], seed=3)

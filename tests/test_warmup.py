@@ -108,6 +108,24 @@ def test_distbp_warmup_marks_a_configuration_that_a_job_then_loads_on_all_ranks_
     assert "(every kernel loaded from the cache, by all ranks at once)" in startup_of(job), job.stdout
 
 
+def test_distbp_warmup_draws_a_large_synthetic_set_into_the_data_cache(tmp_path, monkeypatch):
+    import numpy as np
+
+    from distbp import datacache
+    from distbp.data import load_dataset
+
+    spec = "synthetic:rows=5400,features=784,classes=3"  # 16.9 MB of features: just above datacache.MIN_BYTES
+    monkeypatch.setenv(datacache.ENV, str(tmp_path / "data"))
+    done = warmup(os.environ["NUMBA_CACHE_DIR"], "--data", spec)
+    assert done.returncode == 0, done.stderr
+    entry, = (tmp_path / "data").iterdir()
+    assert "distbp: data" in done.stdout and f"{spec} is in the data cache, {entry}" in done.stdout, done.stdout
+    cached = load_dataset(spec)
+    assert isinstance(cached.train.X, np.memmap)
+    monkeypatch.setenv(datacache.ENV, "off")
+    assert cached.fingerprint() == load_dataset(spec).fingerprint()
+
+
 def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
     # a cache marked warm that holds no kernels (wiped by hand, say): every rank compiles at once, writing the
     # same cache entries concurrently; the job trains, and the cache it leaves is whole for the next job
