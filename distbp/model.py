@@ -40,7 +40,7 @@ class Workspace:
         self.rows = rows
         self.z = [np.empty((rows, m), dtype) for m in outs]  # a·W (the output layer's: + b); δ overwrites them
         self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
-        self.g = np.empty((rows, max(outs[:-1], default=1)), dtype)  # δ_next·Wᵀ, reused by every layer
+        self.g = np.empty((rows, _g_width(sizes)), dtype)  # δ_next·Wᵀ by BLAS, reused by every wide layer
         self.row_loss = np.empty(rows, dtype)
         self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
         # Wᵀ (fan_out, fan_in) of each narrow layer but the first, contiguous, for kernels.narrow_backward
@@ -57,10 +57,17 @@ def _narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
             if l >= 1 and fo <= kernels.NARROW_WIDTH]
 
 
+def _g_width(sizes: Sequence[int]) -> int:
+    """Columns of Workspace.g: the widest fan-in of the layers l ≥ 1 whose δ·Wᵀ is a BLAS product (0: none;
+    a classifier with one hidden layer sends its only δ·Wᵀ through kernels.narrow_backward)."""
+    narrow = {l for l, _ in _narrow_layers(sizes)}
+    return max((fi for l, fi in enumerate(sizes[:-1]) if l >= 1 and l not in narrow), default=0)
+
+
 def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
     """Bytes of the forward/backward buffers for batches of up to `rows` rows (what Workspace allocates)."""
     outs = sizes[1:]
-    elements = rows * (2 * sum(outs) + max(outs[:-1], default=1) + 1) + _chunks(rows) * max(outs)
+    elements = rows * (2 * sum(outs) + _g_width(sizes) + 1) + _chunks(rows) * max(outs)
     elements += sum(fi * fo for _, (fi, fo) in _narrow_layers(sizes))
     return elements * np.dtype(dtype).itemsize
 

@@ -7,9 +7,13 @@ from distbp.comm import SerialComm
 from distbp.config import Config, validate
 
 
-@pytest.mark.parametrize("optimizer,accumulate", [("gd", 1), ("adam", 1), ("momentum", 3)])
-def test_estimate_equals_the_allocated_buffers(optimizer, accumulate):
-    cfg = validate(Config(data="synthetic:rows=200,features=12,classes=3,test=20", layers=[12, 9, 7, 3],
+@pytest.mark.parametrize("optimizer,accumulate,layers", [
+    ("gd", 1, [12, 9, 7, 3]),  # every δ·Wᵀ narrow (kernels.narrow_backward): no BLAS scratch g
+    ("adam", 1, [12, 20, 18, 3]),  # layer 1 wide: g holds its δ·Wᵀ
+    ("momentum", 3, [12, 9, 7, 3]),
+])
+def test_estimate_equals_the_allocated_buffers(optimizer, accumulate, layers):
+    cfg = validate(Config(data="synthetic:rows=200,features=12,classes=3,test=20", layers=layers,
                           batch_size=40, optimizer=optimizer, accumulate=accumulate, epochs=1, progress="none",
                           timeout=0))
     run = train.setup(cfg, SerialComm())
