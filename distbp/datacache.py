@@ -15,7 +15,8 @@ a `meta.json`, written in a temporary folder and renamed into place, so a reader
 an entry that does not read back (a file removed or cut short) counts as missing and is removed. The key
 digests the generator's options, the seed, the test fraction, numpy's version and data.py's source, so
 another generator makes another entry. Sets smaller than MIN_BYTES are not kept: they draw in well under a
-second (and the test suite's small sets write nothing).
+second (and the test suite's small sets write nothing). The cache holds at most MAX_BYTES: a new entry
+evicts the least recently used ones.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ ENV = "DISTBP_DATA_CACHE"
 MIN_BYTES = 16 << 20
 # a lock file older than this was left by a writer that died: the next job may write the entry
 STALE_LOCK_S = 600.0
+# the cache keeps at most this many bytes: a new entry evicts the least recently used ones (a sweep over
+# seeds of the default set would otherwise leave 188 MB per seed)
+MAX_BYTES = 2 << 30
 
 
 def cache_root() -> Path | None:
@@ -77,6 +81,7 @@ def load(entry: Path) -> dict[str, np.ndarray] | None:
             if list(a.shape) != shape or a.dtype.str != meta["dtypes"][key]:
                 raise ValueError(f"{key}.npy is {a.dtype} {a.shape}, meta.json says {meta['dtypes'][key]} {shape}")
             arrays[key] = a
+        os.utime(entry / "meta.json")  # used now: the last to be evicted
         return arrays
     except (OSError, ValueError, KeyError, TypeError):
         _remove(entry)
@@ -110,6 +115,7 @@ def store(entry: Path, arrays: dict[str, np.ndarray]) -> bool:
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, entry)  # atomic: readers see the whole entry or none
         tmp = None
+        _evict(entry.parent, keep=entry)
         return True
     except OSError:
         return False
@@ -121,6 +127,26 @@ def store(entry: Path, arrays: dict[str, np.ndarray]) -> bool:
             os.unlink(lock)
         except OSError:
             pass
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """Remove the least recently used entries (by meta.json's time) until the cache holds at most MAX_BYTES;
+    `keep` (just written) stays. A reader that mapped an evicted entry keeps its pages (Linux unlinks lazily)."""
+    entries = []
+    for entry in root.iterdir():
+        try:
+            if "." not in entry.name and entry.is_dir() and (entry / "meta.json").exists():  # not .tmp-, .broken-
+                entries.append(((entry / "meta.json").stat().st_mtime, sum(f.stat().st_size for f in entry.iterdir()),
+                                entry))
+        except OSError:
+            continue  # removed meanwhile
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= MAX_BYTES:
+            break
+        if entry != keep:
+            _remove(entry)
+            total -= size
 
 
 def _clear_if_stale(lock: Path) -> None:
