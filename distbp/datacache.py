@@ -81,11 +81,14 @@ def load(entry: Path) -> dict[str, np.ndarray] | None:
             if list(a.shape) != shape or a.dtype.str != meta["dtypes"][key]:
                 raise ValueError(f"{key}.npy is {a.dtype} {a.shape}, meta.json says {meta['dtypes'][key]} {shape}")
             arrays[key] = a
-        os.utime(entry / "meta.json")  # used now: the last to be evicted
-        return arrays
     except (OSError, ValueError, KeyError, TypeError):
         _remove(entry)
         return None
+    try:
+        os.utime(entry / "meta.json")  # used now: the last to be evicted
+    except OSError:
+        pass  # a cache someone else filled, read-only for us: still a whole entry
+    return arrays
 
 
 def store(entry: Path, arrays: dict[str, np.ndarray]) -> bool:

@@ -151,6 +151,18 @@ def test_an_unwritable_cache_does_not_fail_the_load(tmp_path, monkeypatch):
     assert load_dataset(SPEC).train.n_rows == 2700
 
 
+def test_a_read_only_cache_is_read(cache, monkeypatch):
+    load_dataset(SPEC)
+    entry, = entries(cache)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+    monkeypatch.setattr(os, "utime", read_only)
+    monkeypatch.setattr(os, "rename", read_only)
+    assert isinstance(load_dataset(SPEC).train.X, np.memmap)
+    assert entries(cache) == [entry]
+
+
 def test_processes_racing_to_write_one_entry_leave_one_whole_entry(cache, monkeypatch):
     # four processes draw the same set at once, as the ranks of a first job do; each loads what it drew
     code = f"from distbp import datacache, data; datacache.MIN_BYTES = 0; data.load_dataset({SPEC!r})"
