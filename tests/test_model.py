@@ -65,6 +65,11 @@ def test_matches_plain_numpy_reference_in_float64(activation, loss):
         np.testing.assert_allclose(db, rb, rtol=1e-12, atol=1e-12)
 
 
+def test_the_configuration_accepts_exactly_the_implemented_activations():
+    from distbp.config import ACTIVATION_NAMES  # checked without importing Numba
+    assert sorted(ACTIVATION_NAMES) == sorted(ACTIVATIONS)
+
+
 def test_one_activation_per_hidden_layer():
     model = MLP(SIZES, activation=["tanh", "relu"], loss="cross_entropy", dtype="float64", seed=5)
     X, y = problem("cross_entropy")
