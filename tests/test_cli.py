@@ -233,7 +233,7 @@ def test_plot_draws_a_png_from_the_metrics(tmp_path):
 
 # ---- accuracy and rank-count independence -----------------------------------------------------
 
-@pytest.mark.parametrize("ranks", [3])  # an uneven split of every batch (tests/test_train_mpi.py covers 2 and 4)
+@pytest.mark.parametrize("ranks", [2])  # uneven splits: test_p_ranks_save_the_same_parameters_as_one_rank
 def test_digits_reach_95_percent_test_accuracy(tmp_path, ranks):
     pytest.importorskip("sklearn")
     metrics = tmp_path / "m.jsonl"

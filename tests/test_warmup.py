@@ -5,6 +5,7 @@ figures do not include the compilation (it is reported as start-up)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -127,10 +128,15 @@ def test_distbp_warmup_draws_a_large_synthetic_set_into_the_data_cache(tmp_path,
 
 
 def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
-    # a cache marked warm that holds no kernels (wiped by hand, say): every rank compiles at once, writing the
-    # same cache entries concurrently; the job trains, and the cache it leaves is whole for the next job
+    # a cache marked warm that lacks kernels (entries deleted by hand, say): every rank compiles the missing
+    # ones at once, writing the same cache entries (index files included) concurrently; the job trains, and
+    # the cache it leaves is whole for the next job. A copy of the suite's cache with the backward kernels
+    # removed (compiling all of them is test_four_ranks…'s part; an empty cache here works the same, slower)
     stale = tmp_path / "stale"
-    (stale / "distbp-warm").mkdir(parents=True)
+    shutil.copytree(os.environ["NUMBA_CACHE_DIR"], stale, ignore=shutil.ignore_patterns("distbp-warm"))
+    for entry in stale.glob("*/kernels.*backward*"):
+        entry.unlink()
+    (stale / "distbp-warm").mkdir()
     (stale / "distbp-warm" / key_of(JOB)).write_text("marked by hand\n")
     args = [*JOB, "--save", str(tmp_path / "a.npz")]
     first = run_job(2, args, timeout=300, env={"NUMBA_CACHE_DIR": str(stale)})
