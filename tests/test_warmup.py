@@ -141,7 +141,8 @@ def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
     args = [*JOB, "--save", str(tmp_path / "a.npz")]
     first = run_job(2, args, timeout=300, env={"NUMBA_CACHE_DIR": str(stale)})
     assert first.returncode == 0, first.output
-    assert "rank 0 compiled" in startup_of(first) and "more" in startup_of(first), first.stdout
+    # the missing kernels were compiled (by every rank, unless one lagged behind another's cache write)
+    assert "rank 0 compiled" in startup_of(first), first.stdout
     again = run_job(2, [*JOB, "--save", str(tmp_path / "b.npz")], timeout=300, env={"NUMBA_CACHE_DIR": str(stale)})
     assert again.returncode == 0, again.output
     assert "(every kernel loaded from the cache, by all ranks at once)" in startup_of(again), again.stdout
