@@ -114,6 +114,7 @@ class Dataset:
     n_classes: int | None  # number of classes for integer labels; None for float targets
     n_targets: int  # n_classes for labels, else the targets' width
     scaling: str  # what gather applies, e.g. "standardized (train mean/std)"
+    from_cache: bool = False  # read from the data cache (distbp.datacache), not drawn
 
     def rescaled(self, offset: np.ndarray, factor: np.ndarray, scaling: str, n_classes: int | None) -> "Dataset":
         """This dataset with another scaling and class count (agreed over the ranks that each hold their own
@@ -167,8 +168,9 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
         if cached is not None:
             moments = {"features": keys["features"], "uint8": False, "count": int(cached.pop("train_count")[0]),
                        "mean": cached.pop("train_mean"), "m2": cached.pop("train_m2")}
-            return _build("synthetic", "synthetic", cached, seed, test_fraction, scale, keys["classes"],
-                          known_parts={"auto": moments, "standardize": moments})
+            dataset = _build("synthetic", "synthetic", cached, seed, test_fraction, scale, keys["classes"],
+                             known_parts={"auto": moments, "standardize": moments})
+            return dataclasses.replace(dataset, from_cache=True)
         dataset = _build("synthetic", "synthetic", _synthetic(keys, seed), seed, test_fraction, scale, keys["classes"])
         if entry is not None:
             arrays = dataset.split_arrays()

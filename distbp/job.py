@@ -74,7 +74,7 @@ def header(run: Run, thread_note: str | None = None) -> str:
     test_rows = None if data.test is None else run.plan.eval_share(data.test.n_rows)[2]
     test = f", {test_rows} test" if test_rows is not None else ""
     capped = f" ({thread_note})" if thread_note else ""
-    where = " (each rank its own)" if cfg.local_rows else ""
+    where = " (each rank its own)" if cfg.local_rows else " (from the data cache)" if data.from_cache else ""
     return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {run.plan.train_rows} "
             f"train{test} rows{where}, {data.scaling}\n"
             f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "

@@ -59,10 +59,10 @@ def test_a_cached_set_gathers_the_bits_of_a_fresh_draw(cache, monkeypatch, spec,
     first = load_dataset(spec, test_fraction=test_fraction, scale=scale)  # drawn, then written
     assert len(entries(cache)) == 1
     again = load_dataset(spec, test_fraction=test_fraction, scale=scale)
-    assert isinstance(again.train.X, np.memmap), "the second load should map the cache's files"
+    assert isinstance(again.train.X, np.memmap) and again.from_cache, "the second load should map the cache's files"
     monkeypatch.setenv(datacache.ENV, "off")
     drawn = load_dataset(spec, test_fraction=test_fraction, scale=scale)
-    assert not isinstance(drawn.train.X, np.memmap)
+    assert not isinstance(drawn.train.X, np.memmap) and not drawn.from_cache and not first.from_cache
     assert_same_bits(again, drawn)
     assert_same_bits(first, drawn)
 
