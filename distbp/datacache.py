@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -40,6 +41,8 @@ STALE_LOCK_S = 600.0
 # the cache keeps at most this many bytes: a new entry evicts the least recently used ones (a sweep over
 # seeds of the default set would otherwise leave 188 MB per seed)
 MAX_BYTES = 2 << 30
+# what entry_for names an entry: only such folders are ever evicted (DISTBP_DATA_CACHE may hold other things)
+ENTRY_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}")
 
 
 def cache_root() -> Path | None:
@@ -138,7 +141,7 @@ def _evict(root: Path, keep: Path) -> None:
     entries = []
     for entry in root.iterdir():
         try:
-            if "." not in entry.name and entry.is_dir() and (entry / "meta.json").exists():  # not .tmp-, .broken-
+            if ENTRY_NAME.fullmatch(entry.name) and entry.is_dir():  # not .tmp-, .broken-, nor a user's folder
                 entries.append(((entry / "meta.json").stat().st_mtime, sum(f.stat().st_size for f in entry.iterdir()),
                                 entry))
         except OSError:
@@ -161,7 +164,7 @@ def _clear_if_stale(lock: Path) -> None:
 
 
 def _remove(entry: Path) -> None:
-    """Move a broken entry aside (atomic, so a concurrent reader never sees half of it), then delete it."""
+    """Move an entry (broken, or evicted) aside, atomically, so that no reader sees half of it; then delete it."""
     aside = entry.with_name(f"{entry.name}.broken-{os.getpid()}")
     try:
         os.rename(entry, aside)

@@ -116,16 +116,19 @@ def test_a_full_cache_evicts_the_least_recently_used_entries(cache, monkeypatch)
     def entry(seed: int) -> Path:
         return datacache.entry_for("synthetic", data._synthetic_options(SPEC.partition(":")[2]), seed, 0.1, 0)
 
+    theirs = cache / "my-runs"  # a folder of the user's beside the entries: never evicted
+    theirs.mkdir(parents=True)
+    (theirs / "meta.json").write_text("{}")
     load_dataset(SPEC, seed=0)
     one = sum(f.stat().st_size for f in entry(0).iterdir())
     monkeypatch.setattr(datacache, "MAX_BYTES", 2 * one)  # room for two entries
     for seed in (1, 0, 2):  # seed 0 used again after seed 1 was written: seed 1 is the least recently used
         time.sleep(0.02)
         load_dataset(SPEC, seed=seed)
-    assert entries(cache) == sorted([entry(0), entry(2)])
+    assert entries(cache) == sorted([entry(0), entry(2), theirs])
     time.sleep(0.02)
     load_dataset(SPEC, seed=1)  # drawn again; now seed 0 is the oldest
-    assert entries(cache) == sorted([entry(1), entry(2)])
+    assert entries(cache) == sorted([entry(1), entry(2), theirs])
 
 
 def test_a_writer_holding_the_lock_is_left_alone_and_a_stale_lock_is_cleared(cache):
