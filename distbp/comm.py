@@ -457,7 +457,7 @@ class MPIComm(Comm):
         # exits anyway, which hydra also turns into the end of the job (checked with MPICH). That backstop
         # must not need the GIL: mpi4py calls MPI_Abort holding it, so a Python timer thread could never
         # run. faulthandler's is a C thread; it prints every thread's stack (where it hung) and _exits.
-        faulthandler.dump_traceback_later(ABORT_GRACE_S + HARD_EXIT_BACKSTOP_S, exit=True, file=sys.__stderr__)
+        faulthandler.dump_traceback_later(ABORT_GRACE_S + HARD_EXIT_BACKSTOP_S, exit=True, file=2)  # fd 2: stderr
         # hydra forwards a rank's output through a pipe; MPI_Abort right after a write can end the job
         # before the message is forwarded (seen in tests: only the first traceback line arrived)
         time.sleep(ABORT_GRACE_S)
