@@ -44,13 +44,13 @@ class Workspace:
         self.row_loss = np.empty(rows, dtype)
         self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
         # Wᵀ (fan_out, fan_in) of each narrow layer but the first, contiguous, for kernels.narrow_backward
-        self.w_t = {l: np.empty((fo, fi), dtype) for l, (fi, fo) in _narrow_layers(sizes)}
+        self.w_t = {l: np.empty((fo, fi), dtype) for l, (fi, fo) in narrow_layers(sizes)}
 
     def arrays(self) -> list[np.ndarray]:
         return [*self.z, *self.a, self.g, self.row_loss, self.partial, *self.w_t.values()]
 
 
-def _narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
+def narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
     """(l, (fan_in, fan_out)) of the layers l ≥ 1 at most kernels.NARROW_WIDTH wide, whose δ·Wᵀ goes through
     kernels.narrow_backward."""
     return [(l, (fi, fo)) for l, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:]))
@@ -60,7 +60,7 @@ def _narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
 def _g_width(sizes: Sequence[int]) -> int:
     """Columns of Workspace.g: the widest fan-in of the layers l ≥ 1 whose δ·Wᵀ is a BLAS product (0: none;
     a classifier with one hidden layer sends its only δ·Wᵀ through kernels.narrow_backward)."""
-    narrow = {l for l, _ in _narrow_layers(sizes)}
+    narrow = {l for l, _ in narrow_layers(sizes)}
     return max((fi for l, fi in enumerate(sizes[:-1]) if l >= 1 and l not in narrow), default=0)
 
 
@@ -68,7 +68,7 @@ def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
     """Bytes of the forward/backward buffers for batches of up to `rows` rows (what Workspace allocates)."""
     outs = sizes[1:]
     elements = rows * (2 * sum(outs) + _g_width(sizes) + 1) + _chunks(rows) * max(outs)
-    elements += sum(fi * fo for _, (fi, fo) in _narrow_layers(sizes))
+    elements += sum(fi * fo for _, (fi, fo) in narrow_layers(sizes))
     return elements * np.dtype(dtype).itemsize
 
 

@@ -33,6 +33,7 @@ from numba.core import event
 
 from distbp import data, kernels
 from distbp.errors import StallError
+from distbp.model import narrow_layers
 from distbp.optim import make_optimizer
 
 ROWS = 2  # rows of the warm-up pass: enough to call every kernel
@@ -98,8 +99,8 @@ def warm_key(model, optimizer: str, sync) -> str:
 def backward_kernels(sizes, activations) -> list[tuple[str, str]]:
     """Which backward kernel each hidden layer's δ takes, as sorted (kind, activation) pairs: "narrow" below
     a layer at most kernels.NARROW_WIDTH wide (kernels.narrow_backward), else "wide" (activation_backward)."""
-    return sorted({("narrow" if sizes[l + 1] <= kernels.NARROW_WIDTH else "wide", activations[l - 1])
-                   for l in range(1, len(sizes) - 1)})
+    narrow = {l for l, _ in narrow_layers(sizes)}  # the model's own rule, so the key cannot drift from it
+    return sorted({("narrow" if l in narrow else "wide", activations[l - 1]) for l in range(1, len(sizes) - 1)})
 
 
 def warm_both_backward_kernels(model) -> None:
