@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distbp.comm import PIECE_BYTES, world  # noqa: E402
-from distbp.hier import HierarchicalAllreduce  # noqa: E402
-from distbp.reducer import GradientReducer  # noqa: E402
+from distbp.comm.base import PIECE_BYTES
+from distbp.comm.mpi import world  # noqa: E402
+from distbp.comm.hier import HierarchicalAllreduce  # noqa: E402
+from distbp.sync.reducer import GradientReducer  # noqa: E402
 
 MIB = 1 << 20
 MLP = [784, 1024, 1024, 10]  # its float32 gradient is 7.45 MB

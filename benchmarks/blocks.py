@@ -23,9 +23,9 @@ import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle wait
 import numpy as np  # noqa: E402
 
 from common import interleaved_medians, machine, print_table, write_json  # noqa: E402
-from distbp.model import MLP  # noqa: E402
+from distbp.nn.model import MLP  # noqa: E402
 from distbp.sync.exact import add_fixed_point  # noqa: E402
-from distbp.threads import thread_setter  # noqa: E402
+from distbp.host.threads import thread_setter  # noqa: E402
 
 ROWS = 512
 

@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     # set before torch loads in any process, so intra-op pools start with the right size
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    # the same pool waits distbp's processes get (distbp.threads.set_pool_waits: a short spin, then sleep);
+    # the same pool waits distbp's processes get (distbp.host.threads.set_pool_waits: a short spin, then sleep);
     # libgomp's long default spin collapses when a shared machine deschedules a spinning worker
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = "1000"

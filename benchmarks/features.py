@@ -4,7 +4,7 @@
                                             [--out results/features.json] [--plot PNG]
 
 Part 1 (model, no run): memory per rank against the rank count, with and without
-sharded optimizer state, from distbp.memory (which tests check against the buffers
+sharded optimizer state, from distbp.train.memory (which tests check against the buffers
 a run really allocates).
 Part 2 (measured): median step time of each variant, interleaved round-robin in one
 MPI job per rank count (launch/local), so load from elsewhere hits every variant
@@ -44,10 +44,11 @@ def worker(args) -> None:
     """Runs on every rank: build one Run per variant, time train_step round-robin."""
     import numpy as np
 
-    from distbp import memory, train
-    from distbp.comm import world
+    from tests.helpers import memcheck
+    from distbp.train import loop as train
+    from distbp.comm.mpi import world
     from distbp.config import Config, validate
-    from distbp.shard import epoch_permutation, global_batches
+    from distbp.data.shard import epoch_permutation, global_batches
 
     comm = world()
     runs = {}
@@ -84,18 +85,18 @@ def worker(args) -> None:
     if comm.is_root:
         out = {}
         for name, run in runs.items():
-            allocated = memory.allocated_bytes(run, skip=(run.data, run.comm))
+            allocated = memcheck.allocated_bytes(run, skip=(run.data, run.comm))
             out[name] = {"step_s": float(np.median(times[name])), "allocated_bytes": int(allocated)}
         print("RESULT " + json.dumps(out), flush=True)
 
 
 def memory_table(batch: int) -> list[dict]:
-    from distbp import memory
+    from tests.helpers import memcheck
 
     rows = []
     for p in (1, 2, 4, 8, 16, 64, 256, 1024):
-        plain = memory.per_rank_bytes(LAYERS, "float32", batch * p, p, "adam", False)  # weak scaling: batch per rank
-        shard = memory.per_rank_bytes(LAYERS, "float32", batch * p, p, "adam", True)
+        plain = memcheck.per_rank_bytes(LAYERS, "float32", batch * p, p, "adam", False)  # weak scaling: batch per rank
+        shard = memcheck.per_rank_bytes(LAYERS, "float32", batch * p, p, "adam", True)
         rows.append({"ranks": p, "plain MiB": plain["total"] / 2**20, "sharded MiB": shard["total"] / 2**20,
                      "opt state plain MiB": plain["optimizer_state"] / 2**20,
                      "opt state sharded MiB": shard["optimizer_state"] / 2**20,
@@ -121,7 +122,7 @@ def main() -> None:
 
     mem = memory_table(args.batch)
     print_table(mem, list(mem[0]), "memory per rank, MLP 784-1024-1024-10 float32 adam, 512 rows per rank "
-                                   "(model: distbp.memory)")
+                                   "(model: distbp.train.memory)")
     measured = []
     for p in [int(x) for x in args.ranks.split(",")]:
         threads = max(1, len(os.sched_getaffinity(0)) // p)

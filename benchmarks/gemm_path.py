@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 from benchmarks.common import interleaved_times, machine, openblas_kernels, print_table, write_json  # noqa: E402
-from distbp.threads import blas_threads, cores_available, set_threads  # noqa: E402
+from distbp.host.threads import blas_threads, cores_available, set_threads  # noqa: E402
 
 
 try:

@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/links.py                   # ~1 minute: table, results/links.json
     sudo .venv/bin/python benchmarks/links.py --rates 500mbit,10gbit --delays 20us --repeats 2
 
-Every case is a 2-host Cluster (tests/netns.py) with its links shaped by --rates or --delays; the
+Every case is a 2-host Cluster (tests/helpers/netns.py) with its links shaped by --rates or --delays; the
 unshaped one is the baseline. All clusters exist at once and are measured round-robin, so load from
 other processes falls on every case alike. In each round, per case: h0 streams 1 MiB sendall()s to
 h1 for --seconds (the receiver times first byte to end of stream), then bounces one byte over a
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
 import netns  # noqa: E402  (standard library only, like the workers below)
 
 PORT = 5201

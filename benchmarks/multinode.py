@@ -4,7 +4,7 @@
     sudo .venv/bin/python benchmarks/multinode.py --quick              # ~5 minutes: 2x1 and 2x2, 2 rates
     sudo .venv/bin/python benchmarks/multinode.py --rates 1gbit,none --topologies 2x2 --plot docs/perf/multinode.png
 
-Hosts are network namespaces on this machine (tests/netns.py) whose links tbf shapes to --rates on
+Hosts are network namespaces on this machine (tests/helpers/netns.py) whose links tbf shapes to --rates on
 both ends ("none": unshaped, whatever the kernel's TCP stack moves; benchmarks/links.py measures
 what each rate carries). For every topology (hosts x ranks per host) and rate:
 
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import netns  # noqa: E402
 from common import print_table, write_json  # noqa: E402

@@ -4,7 +4,7 @@
     (benchmarks/multinode.py runs it across namespace hosts with shaped links)
 
 For each transport (MPI's Iallreduce, distbp's ring, the hierarchical allreduce, each in float32 and with
-bfloat16 on the wire) and each size, the buffer goes through `distbp.reducer.GradientReducer` as training
+bfloat16 on the wire) and each size, the buffer goes through `distbp.sync.reducer.GradientReducer` as training
 sends it: one bucket per size up to --bucket-mb, the gradient of MLP 784-1024-1024-10 (7.45 MB) in 4 MiB
 buckets. The cases take turns (a, b, c, a, b, c, ...) so that load hits all alike; a time is the
 slowest rank's, the median over --repeats turns. Rank 0 writes {case: {bytes: seconds}} as JSON.
@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
-from distbp.codecs import codec_for  # noqa: E402
-from distbp.comm import world  # noqa: E402
-from distbp.hier import HierarchicalAllreduce  # noqa: E402
-from distbp.reducer import GradientReducer  # noqa: E402
+from distbp.comm.codecs import codec_for  # noqa: E402
+from distbp.comm.mpi import world  # noqa: E402
+from distbp.comm.hier import HierarchicalAllreduce  # noqa: E402
+from distbp.sync.reducer import GradientReducer  # noqa: E402
 
 GRADIENT = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10  # parameters of MLP 784-1024-1024-10
 

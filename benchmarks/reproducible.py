@@ -28,13 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def worker(args) -> None:
     """One MPI job: time default and reproducible variants in turns; rank 0 writes JSON."""
-    from distbp import threads
+    from distbp.host import threads
 
     threads.pin_threads_env(threads.default_threads())
     import numpy as np
 
-    from distbp import train
-    from distbp.comm import world
+    from distbp.train import loop as train
+    from distbp.comm.mpi import world
     from distbp.config import Config
 
     comm = world()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distbp import threads  # noqa: E402  (imports nothing heavy: threads are pinned before numpy loads)
+from distbp.host import threads  # noqa: E402  (imports nothing heavy: threads are pinned before numpy loads)
 
 threads.pin_threads_env(threads.default_threads())
 
@@ -26,11 +26,12 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from distbp.comm import SerialComm, world  # noqa: E402
-from distbp.hier import HierarchicalAllreduce  # noqa: E402
-from distbp.reducer import GradientReducer  # noqa: E402
-from distbp.model import MLP  # noqa: E402
-from distbp.optim import make_optimizer  # noqa: E402
+from distbp.comm.serial import SerialComm
+from distbp.comm.mpi import world  # noqa: E402
+from distbp.comm.hier import HierarchicalAllreduce  # noqa: E402
+from distbp.sync.reducer import GradientReducer  # noqa: E402
+from distbp.nn.model import MLP  # noqa: E402
+from distbp.nn.optim import make_optimizer  # noqa: E402
 
 LR = 1e-5  # small: random labels and a summed loss must not saturate the sigmoids during the run
 

@@ -13,7 +13,7 @@ cases differ only in what that cache holds when the job starts:
 
 A second table takes the demo's data (the default 60000 x 784 synthetic set) on --demo-ranks ranks with
 the kernels marked warm, drawn by every rank (DISTBP_DATA_CACHE=off, the behaviour before the data cache)
-against read from the data cache that `distbp warmup` filled (distbp.datacache).
+against read from the data cache that `distbp warmup` filled (distbp.data.cache).
 
 `distbp warmup` itself (into an empty cache) is timed too. Reported per case: `startup_s` (the job's own
 figure: from `distbp train`'s start to its first step, in the first epoch's metrics) and the wall time of

@@ -18,7 +18,7 @@ round-robin within one process for each thread count, so machine load falls on
 all of them alike, each timed call after `--lead` untimed ones so every library
 is timed in its own steady state; the table reports medians, a line below it the
 best of the repeats. PyTorch shares libgomp with numba in one process, so it runs
-with the pool waits distbp sets (short spins, distbp.threads.set_pool_waits; PyTorch
+with the pool waits distbp sets (short spins, distbp.host.threads.set_pool_waits; PyTorch
 gained from them as distbp did: 2 threads 33.5 ms per step against 39.5-43 ms with PASSIVE).
 The distbp step is what training runs: loss_and_grad_into without the per-call input checks
 (validate=False; training checks its data once at start-up) and the update.
@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import (bar_chart, interleaved_medians, interleaved_times, machine,  # noqa: E402
                                openblas_kernels, print_table, write_json)
 from distbp import GD, MLP  # noqa: E402
-from distbp.threads import cores_available, set_threads  # noqa: E402
+from distbp.host.threads import cores_available, set_threads  # noqa: E402
 
 LR = 1e-4
 
@@ -143,7 +143,7 @@ def phase_cases(model: MLP, X: np.ndarray, y: np.ndarray, grad: np.ndarray, opt)
     model.loss_and_grad_into(X, y, grad)  # fills the workspace
     ws, n, L = model._ws, X.shape[0], model.n_layers - 1
     grads = model.views(grad)
-    from distbp import kernels
+    from distbp.nn import kernels
 
     def elementwise():
         for l, (_, b) in enumerate(model.params):

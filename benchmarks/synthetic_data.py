@@ -1,5 +1,5 @@
 """The built-in synthetic dataset at start-up: distbp's draw against the earlier one, and a whole
-`load_dataset` drawn against one read from the data cache (distbp.datacache), side by side, the same bits.
+`load_dataset` drawn against one read from the data cache (distbp.data.cache), side by side, the same bits.
 
     .venv/bin/python benchmarks/synthetic_data.py                 # the default 60000x784, 10 classes
     .venv/bin/python benchmarks/synthetic_data.py --rows 200000 --rounds 5
@@ -30,7 +30,8 @@ import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle wait
 import numpy as np  # noqa: E402
 
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
-from distbp import data, datacache  # noqa: E402
+from distbp.data import datasets as data
+from distbp.data import cache as datacache  # noqa: E402
 
 
 def earlier_draw(rows: int, features: int, classes: int, seed: int = 0) -> np.ndarray:

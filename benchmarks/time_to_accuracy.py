@@ -21,7 +21,7 @@ CrossEntropyLoss(mean); E epochs each; 1 thread per rank, each rank pinned to it
                warm-up and cosine (LARS, momentum 0.9, trust 1, η = η_lamb·√k/10, when distbp has lars but no
                lamb: the same step relative to ‖θ_l‖ once momentum's 1/(1−μ) is counted; left out if neither)
 Both libraries start from distbp's initial weights (seed 0), take the same global batches in the same order
-(distbp.shard) and the same η at every step (distbp.schedule): their accuracy curves nearly coincide, so the
+(distbp.data.shard) and the same η at every step (distbp.train.schedule): their accuracy curves nearly coincide, so the
 time columns compare the libraries, not their luck.
 
 Hyperparameters (a sweep of distbp at full size, 60,000 rows, 8 epochs; final held-out accuracy):
@@ -70,7 +70,7 @@ SPEEDUP_TARGET = 1.3
 
 def export_rows(rows: int, path: Path) -> dict:
     """The synthetic set, standardized with the training rows' statistics, as X, y, X_test, y_test in `path`."""
-    from distbp.data import load_dataset
+    from distbp.data.datasets import load_dataset
 
     data = load_dataset(f"synthetic:rows={rows}", seed=0, scale="standardize")
     arrays = {}
@@ -84,8 +84,8 @@ def export_rows(rows: int, path: Path) -> dict:
 
 
 def layerwise_optimizer() -> str | None:
-    """'lamb', else 'lars', for recipe (c), whichever distbp.optim has now; None if neither."""
-    from distbp.optim import OPTIMIZERS
+    """'lamb', else 'lars', for recipe (c), whichever distbp.nn.optim has now; None if neither."""
+    from distbp.nn.optim import OPTIMIZERS
 
     return next((name for name in ("lamb", "lars") if name in OPTIMIZERS), None)
 
@@ -323,7 +323,7 @@ def main(argv=None) -> None:
              f"1 thread per rank, {args.repeats} repeat(s); load average {load0[0]:.2f} -> {load1[0]:.2f}; {elapsed:.0f} s")
     print(title)
     if not layerwise:
-        print("distbp.optim has neither lamb nor lars: recipe (c) left out")
+        print("distbp.nn.optim has neither lamb nor lars: recipe (c) left out")
     print(f"target: baseline final {100 * (target + 0.005):.2f} % - 0.5 = {100 * target:.2f} %")
     columns = ["library", "ranks", "batch", "recipe", "lr", "final acc %", "epochs to target", "time to target s",
                "s/epoch", "d/t", "basis", "vs base"]

@@ -7,11 +7,11 @@
 The same run as `distbp train --data rows.npz --scale none --lr-scale mean`, in PyTorch: --ranks processes
 (DistributedDataParallel over gloo; --plain: one process, no DDP), each with torch.set_num_threads(threads) and
 pinned to its own cores like launch/local pins distbp's ranks; nn.Linear + activation layers starting from
-distbp's own initial weights (distbp.model.MLP, same seed); CrossEntropyLoss on the mean over the global batch;
+distbp's own initial weights (distbp.nn.model.MLP, same seed); CrossEntropyLoss on the mean over the global batch;
 distbp's global batches (the same permutation per epoch, every row once, the last batch short) and each rank's
-contiguous share of them (distbp.shard); η per step from distbp.schedule.Schedule. The optimizers are distbp's:
-momentum is torch.optim.SGD (v ← μv + g, θ ← θ − ηv, as distbp.optim.Momentum); LAMB and LARS have no
-PyTorch version, so they are written here after distbp.optim's definitions.
+contiguous share of them (distbp.data.shard); η per step from distbp.train.schedule.Schedule. The optimizers are distbp's:
+momentum is torch.optim.SGD (v ← μv + g, θ ← θ − ηv, as distbp.nn.optim.Momentum); LAMB and LARS have no
+PyTorch version, so they are written here after distbp.nn.optim's definitions.
 
 An epoch's time covers its training steps only (as distbp's `time_s`); the held-out evaluation after it is
 timed apart (`eval_s`). Before the run, a throw-away copy of the model takes --warmup steps, so the timed
@@ -42,7 +42,7 @@ def make_model(sizes: list[int], activation: str, seed: int):
     """nn.Sequential of Linear + activation layers holding distbp's initial parameters for `seed`."""
     import torch
     import torch.nn as nn
-    from distbp.model import MLP
+    from distbp.nn.model import MLP
 
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[activation]
     init = MLP(sizes, activation=activation, seed=seed).params  # [(W (fan_in, fan_out), b (fan_out,))]
@@ -59,10 +59,10 @@ def make_model(sizes: list[int], activation: str, seed: int):
 
 
 def lamb_and_lars():
-    """distbp.optim's LAMB and LARS in PyTorch (built here, so torch is imported in the worker processes only).
+    """distbp.nn.optim's LAMB and LARS in PyTorch (built here, so torch is imported in the worker processes only).
 
     Both take one trust ratio per layer, over its weight and bias together (one param group per nn.Linear,
-    see `layer_groups`), 1 when either norm is 0, as distbp.optim does; no weight decay (λ = 0 in this benchmark).
+    see `layer_groups`), 1 when either norm is 0, as distbp.nn.optim does; no weight decay (λ = 0 in this benchmark).
     """
     import torch
 
@@ -149,8 +149,8 @@ def run_rank(rank: int, args, tmpdir: str) -> None:
     import numpy as np
     import torch
     import torch.distributed as dist
-    from distbp.schedule import Schedule
-    from distbp.shard import epoch_permutation, global_batches, rank_slice
+    from distbp.train.schedule import Schedule
+    from distbp.data.shard import epoch_permutation, global_batches, rank_slice
 
     torch.set_num_threads(args.threads)
     P = args.ranks
@@ -246,7 +246,7 @@ def main(argv=None) -> None:
         p.error("--plain runs one process: use --ranks 1")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before torch loads in any process
-    # the same pool waits distbp's processes get (distbp.threads.set_pool_waits: a short spin, then sleep);
+    # the same pool waits distbp's processes get (distbp.host.threads.set_pool_waits: a short spin, then sleep);
     # libgomp's long default spin collapses when a shared machine deschedules a spinning worker
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = "1000"

@@ -37,8 +37,8 @@ import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle wait
 import numpy as np  # noqa: E402
 
 from benchmarks.common import interleaved_times, machine, print_table, write_json  # noqa: E402
-from distbp.data import load_dataset  # noqa: E402
-from distbp.threads import cores_available  # noqa: E402
+from distbp.data.datasets import load_dataset  # noqa: E402
+from distbp.host.threads import cores_available  # noqa: E402
 
 HIDDEN = (256,)
 LR = {"sgd": 0.01, "adam": 0.001}

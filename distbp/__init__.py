@@ -5,23 +5,22 @@ Imports are lazy so that the command line can pin thread counts before numpy,
 SciPy or Numba start their thread pools.
 """
 
-from distbp.threads import set_pool_waits as _set_pool_waits
+from distbp.host.threads import set_pool_waits as _set_pool_waits
+from distbp.version import __version__
 
 _set_pool_waits()  # idle OpenMP and OpenBLAS workers spin briefly, then sleep: before numpy or numba start a pool
 
-__version__ = "0.1.0"
-
 _LAZY = {
-    "MLP": "distbp.model",
-    "GD": "distbp.optim",
-    "Momentum": "distbp.optim",
-    "Adam": "distbp.optim",
-    "make_optimizer": "distbp.optim",
+    "MLP": "distbp.nn.model",
+    "GD": "distbp.nn.optim",
+    "Momentum": "distbp.nn.optim",
+    "Adam": "distbp.nn.optim",
+    "make_optimizer": "distbp.nn.optim",
     "fit": "distbp.api",
     "Config": "distbp.config",
     "DistbpError": "distbp.errors",
     "ConfigError": "distbp.errors",
-    "load": ("distbp.modelfile", "load_model"),  # distbp.load(path) -> MLP
+    "load": ("distbp.nn.model", "load_model"),  # distbp.load(path) -> MLP
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -22,10 +22,14 @@ from typing import Callable
 
 import numpy as np
 
-from distbp.comm import Comm
-from distbp.config import Config
+from distbp.comm.base import Comm
+from distbp.comm.mpi import world
+from distbp.config import Config, from_values
+from distbp.data.datasets import from_arrays
 from distbp.errors import ConfigError, DistbpError
-from distbp.model import MLP
+from distbp.host import threads
+from distbp.nn.model import MLP
+from distbp.train.job import run_job
 
 FROM_MODEL = ("layers", "activation", "loss", "dtype")  # Config fields the model decides
 ARRAYS = "arrays"  # cfg.data of in-memory rows
@@ -51,7 +55,6 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     """
     started = time.monotonic()
     if comm is None:
-        from distbp.comm import world
         comm = world()
     err, cfg, dataset = None, None, None
     try:
@@ -59,8 +62,6 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     except (DistbpError, ValueError, TypeError) as e:
         err = e if isinstance(e, DistbpError) else ConfigError(str(e))
     comm.agree_on_failure(err)  # [dist] a bad argument on any rank stops every rank, with the same error
-
-    from distbp.job import run_job
 
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not verbose else contextlib.nullcontext()
     with quiet as sink:
@@ -80,9 +81,6 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback_every: int
              options: dict) -> tuple[Config, Callable | None]:
     """The run's configuration and, for in-memory rows, a loader of their dataset (called inside set-up,
     where the ranks agree on its errors)."""
-    from distbp import threads
-    from distbp.config import from_values
-
     if not isinstance(model, MLP):
         raise ConfigError(f"model must be a distbp.MLP, got {type(model).__name__}")
     given = sorted(k for k in FROM_MODEL + ("data",) if k in options)
@@ -112,8 +110,6 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback_every: int
     threads.set_threads(cfg.threads)  # numpy is loaded already: the pools are resized now
     if data is not None:
         return cfg, None
-    from distbp.data import from_arrays
-
     pair = None if held_out else validation
     return cfg, lambda: from_arrays(X, y, pair, name=ARRAYS, seed=cfg.seed,
                                     test_fraction=cfg.test_fraction if held_out else 0.0, scale=cfg.scale)

@@ -2,8 +2,9 @@
 warmup …` (also `python -m distbp …`).
 
 Thread counts must be fixed before numpy, SciPy or Numba start their pools, so
-this module imports only the standard library and `distbp.threads` until the
-thread count is known.
+this module imports only the standard library and distbp's standard-library-only modules (errors, units,
+`distbp.host`) until the thread count is known: every other import is inside the function that needs it,
+after `prepare_environment`.
 
     distbp train --data digits --epochs 20                          # one process
     launch/local -n 4 distbp train --data synthetic --epochs 5      # four ranks on this machine
@@ -22,7 +23,11 @@ import threading
 import time
 import traceback
 
-from distbp import threads
+from distbp import units
+from distbp.errors import ConfigError, DistbpError
+from distbp.host import threads
+from distbp.host.interrupts import INTERRUPTED, InterruptWatch
+from distbp.host.launcher import launcher_rank, split_job_error
 
 SPLIT_REPORT_WAIT_S = 1.0  # how long rank 0 of a split job lets the others end before it exits 2
 
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("predict", "evaluate"):
         return model_main(command, rest)
     if command == "plot":
-        from distbp.plot import main as plot_main
+        from distbp.observe.plot import main as plot_main  # matplotlib only when plotting
         return plot_main(rest)
     if command == "warmup":
         return warmup_main(rest)
@@ -96,7 +101,7 @@ def prepare_environment(argv: list[str]) -> tuple[int, str | None]:
 def train_main(argv: list[str]) -> int:
     started = time.monotonic()
     n_threads, thread_note = prepare_environment(argv)
-    from distbp.comm import world
+    from distbp.comm.mpi import world  # after the thread pools are pinned (module docstring)
 
     comm = world()
     split = split_job_exit(comm)
@@ -104,7 +109,6 @@ def train_main(argv: list[str]) -> int:
         return comm.exit_quietly(split)
     watch = None
     if threading.current_thread() is threading.main_thread():
-        from distbp.interrupts import InterruptWatch
         watch = InterruptWatch(comm)  # ctrl-c reaches a rank blocked inside MPI too
     try:
         return _train(argv, comm, n_threads, thread_note, watch, started)
@@ -119,8 +123,7 @@ def warmup_main(argv: list[str]) -> int:
     import argparse
 
     prepare_environment(argv)
-    from distbp.config import ConfigError, add_arguments, from_sources
-    from distbp.errors import DistbpError
+    from distbp.config import add_arguments, from_sources  # after the thread pools are pinned
 
     parser = argparse.ArgumentParser(prog="distbp warmup", exit_on_error=False,
                                      description="Compile the kernels a `distbp train` with these options needs into "
@@ -135,7 +138,7 @@ def warmup_main(argv: list[str]) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:
             raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
-        from distbp.warmup import warm_configuration
+        from distbp.train.warmup import warm_configuration  # Numba: only once the flags are good
         done = warm_configuration(from_sources(args))
     except (argparse.ArgumentError, ValueError, DistbpError) as e:
         print(f"distbp: error: {e}", file=sys.stderr, flush=True)
@@ -156,8 +159,6 @@ def split_job_exit(comm) -> int | None:
     restart it). Were the others to exit 2 too, srun --kill-on-bad-exit would end whichever was slower,
     rank 0 perhaps before it printed, and report the kill's 143 instead.
     """
-    from distbp.launcher import launcher_rank, split_job_error
-
     split = split_job_error(comm.size, comm.library)
     if split is None:
         return None
@@ -172,14 +173,13 @@ def model_main(command: str, argv: list[str]) -> int:
     """`distbp predict` / `distbp evaluate` (distbp.predict) with threads pinned before numpy loads; an error
     (agreed by every rank) is printed once by the root, exit 2."""
     prepare_environment(argv)
-    from distbp.comm import world
-    from distbp.errors import DistbpError
+    from distbp.comm.mpi import world  # after the thread pools are pinned (module docstring)
 
     comm = world()
     split = split_job_exit(comm)
     if split is not None:
         return comm.exit_quietly(split)
-    from distbp import predict
+    from distbp import predict  # numpy and the model: after the thread pools are pinned
 
     try:
         return (predict.predict_main if command == "predict" else predict.evaluate_main)(argv, comm)
@@ -193,8 +193,7 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
     """train_main once the job's ranks are known: parse, set up, fit, save; every ending handled here."""
     import argparse
 
-    from distbp.comm import DistbpError
-    from distbp.config import ConfigError, add_arguments, from_sources
+    from distbp.config import add_arguments, from_sources  # after the thread pools are pinned
 
     is_root = comm.is_root
     parser = argparse.ArgumentParser(prog="distbp train", exit_on_error=False,
@@ -217,7 +216,7 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         cfg.threads = n_threads  # decided (and capped) before numpy loaded, from --threads or the config
         if cfg.dry_run:
             return dry_run(cfg, comm)
-        from distbp.job import run_job
+        from distbp.train.job import run_job  # Numba: only once the flags are good
         run_job(cfg, comm, started=started, thread_note=thread_note)
         return 0
     except DistbpError as e:
@@ -237,7 +236,6 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         # main thread is stuck inside a collective, from the InterruptWatch's thread (which then ends the job)
         reports = watch is None or watch.claim()
         if is_root and reports:
-            from distbp.interrupts import INTERRUPTED
             print(f"distbp: {INTERRUPTED}", file=sys.stderr, flush=True)
         if comm.barrier_within(3.0):  # every rank took the interrupt: end quietly, together
             return comm.exit_quietly(130, finalize=False)
@@ -253,19 +251,20 @@ def dry_run(cfg, comm) -> int:
     """--dry-run: the per-rank memory table of the strategy the job would run (root prints it), no training."""
     import numpy as np
 
-    from distbp import memory
-    from distbp.sync import make_sync
+    # the strategies and the model's sizes: loaded only for --dry-run
     from distbp.sync.base import ModelShape
-    from distbp.train import layout_of, resolve_layers
+    from distbp.sync.factory import make_sync
+    from distbp.train import memory
+    from distbp.train.loop import layout_of, resolve_layers
 
     layers = cfg.layers
     if layers is None:  # the default layers follow the data's shape
-        from distbp.data import load_dataset
+        from distbp.data.datasets import load_dataset  # only when the data decides the layers
 
         layers = resolve_layers(cfg, load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction))
     layout = layout_of(comm)  # collective: every rank runs the dry run
     shape = ModelShape(tuple(layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy")
-    budget = memory.parse_bytes(cfg.memory_budget) if cfg.memory_budget else None
+    budget = units.parse_bytes(cfg.memory_budget) if cfg.memory_budget else None
 
     def plan_for(batch_size: int):
         return make_sync(dataclasses.replace(cfg, batch_size=batch_size), layout, shape)

@@ -16,7 +16,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
-from distbp.errors import ConfigError  # noqa: F401 (distbp.config.ConfigError, as before)
+from distbp.errors import ConfigError
+from distbp.observe.trace import parse_steps
+from distbp.sync.rules import check_modes
+from distbp.units import parse_bytes
 
 
 def opt(default, help: str):
@@ -133,7 +136,6 @@ def validate(cfg: Config) -> Config:
                           "one would blame healthy ranks for an ordinary step")
     _check_activations(cfg)
     if cfg.memory_budget is not None:
-        from distbp.memory import parse_bytes
         try:
             parse_bytes(cfg.memory_budget)
         except ValueError as e:
@@ -153,7 +155,6 @@ def validate(cfg: Config) -> Config:
     if cfg.trace_steps is not None:
         if not cfg.trace:
             raise ConfigError("--trace-steps needs --trace (where the trace goes)")
-        from distbp.trace import parse_steps
         try:
             parse_steps(cfg.trace_steps)
         except ValueError as e:
@@ -164,8 +165,6 @@ def validate(cfg: Config) -> Config:
                           "micro-blocks over rows that every rank can read")
     if cfg.resume and not cfg.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (where to find the checkpoint)")
-    from distbp.sync import check_modes
-
     check_modes(cfg)  # which mode flags go together is the strategies' business
     return cfg
 
@@ -192,7 +191,7 @@ def _check_schedule(cfg: Config) -> None:
             raise ConfigError(f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
 
 
-# distbp.activations.ACTIVATIONS' names, here so that checking a flag needs no Numba (0.6 s of imports per rank)
+# distbp.nn.activations.ACTIVATIONS' names, here so that checking a flag needs no Numba (0.6 s of imports per rank)
 ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh")
 
 

@@ -31,4 +31,4 @@ class NonFiniteError(DistbpError):
 
 
 class ModelFileError(DistbpError):
-    """A model file (`distbp.modelfile`) that cannot be read or does not fit: named with the reason."""
+    """A model file (`distbp.nn.modelfile`) that cannot be read or does not fit: named with the reason."""

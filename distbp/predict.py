@@ -22,13 +22,13 @@ import warnings
 
 import numpy as np
 
-from distbp.comm import Comm
-from distbp.data import Dataset, Split, load_dataset
+from distbp.comm.base import Comm
+from distbp.data.datasets import Dataset, Split, load_dataset
 from distbp.errors import ConfigError, DistbpError
-from distbp.formats import is_number
-from distbp.model import MLP
-from distbp.modelfile import load_model, write_atomically
-from distbp.shard import rank_slice
+from distbp.data.formats import is_number
+from distbp.nn.model import MLP, load_model
+from distbp.nn.modelfile import write_atomically
+from distbp.data.shard import rank_slice
 
 CHUNK_ELEMENTS = 1 << 24  # rows × layer widths per forward pass: bounds the workspace (64 MiB per float32 array)
 OUTPUTS = (".npy", ".npz", ".csv")

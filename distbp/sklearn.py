@@ -12,7 +12,7 @@ Needs scikit-learn: `pip install distbp[sklearn]`. The estimators follow
 the same, the mean loss over a batch, stopping when the loss (or the validation score, with
 `early_stopping`) has not improved by `tol` for `n_iter_no_change` epochs, and the fitted attributes
 `loss_curve_`, `n_iter_`, `classes_`, `coefs_`, `intercepts_`, … They work with `clone`, `Pipeline`,
-`GridSearchCV` and pickle, and pass scikit-learn's estimator checks (see tests/test_sklearn.py).
+`GridSearchCV` and pickle, and pass scikit-learn's estimator checks (see tests/unit/test_sklearn.py).
 
 Under MPI every rank calls `fit` with the same X and y (the same script on the same data); each rank
 computes its share of every global batch, the gradients are summed over ranks, and every rank ends with
@@ -74,8 +74,9 @@ except ImportError:  # scikit-learn 1.2-1.5: the same check is a method of BaseE
         return estimator._validate_data(*args, **kwargs)
 
 from distbp.api import fit as distbp_fit
-from distbp.comm import Comm, world
-from distbp.model import MLP
+from distbp.comm.base import Comm
+from distbp.comm.mpi import world
+from distbp.nn.model import MLP
 
 ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}  # sklearn → distbp
 SOLVERS = ("sgd", "adam")

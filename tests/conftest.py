@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from distbp.threads import pin_threads_env
+from distbp.host.threads import pin_threads_env
 
 REPO = Path(__file__).resolve().parent.parent
-# lets test modules `from jobs import run_job` whatever pytest's import mode
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# lets test modules `from jobs import run_job` (tests/helpers) whatever pytest's import mode
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 pin_threads_env(int(os.environ.get("DISTBP_TEST_THREADS", "1")))

@@ -2,7 +2,7 @@
 
 Buckets of the flat gradient start their allreduce while the backward pass still runs (output layer
 first); the transport is the MPI library's Iallreduce or distbp's own ring (`--allreduce`), and a
-bucket may travel as 16-bit words (`--comm-dtype`, `distbp.codecs`). Every rank ends with the same
+bucket may travel as 16-bit words (`--comm-dtype`, `distbp.comm.codecs`). Every rank ends with the same
 ∇L and applies the same replicated update.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from distbp.codecs import codec_for
-from distbp.hier import FLAG_BYTES, HierarchicalAllreduce, slice_elements
-from distbp.reducer import GradientReducer, bucket_layout, ring_buffer_bytes
-from distbp.ring import ring_buffer_elements
+from distbp.comm.codecs import codec_for
+from distbp.comm.hier import FLAG_BYTES, HierarchicalAllreduce, slice_elements
+from distbp.sync.reducer import GradientReducer, bucket_layout, ring_buffer_bytes
+from distbp.comm.ring import ring_buffer_elements
 from distbp.sync.base import ReplicatedUpdate
 from distbp.sync.bucketed import BucketedSync
 

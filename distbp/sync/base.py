@@ -30,14 +30,14 @@ from typing import Callable
 
 import numpy as np
 
-from distbp import kernels
-from distbp.comm import Comm
-from distbp.model import MLP, layer_slices_of
-from distbp.optim import OPTIMIZERS, Segments, make_optimizer, segments_of
-from distbp.shard import max_shard_rows, rank_slice
+from distbp.nn import kernels
+from distbp.comm.base import Comm
+from distbp.nn.model import MLP, layer_slices_of
+from distbp.nn.optim import OPTIMIZERS, Segments, make_optimizer, segments_of
+from distbp.data.shard import max_shard_rows, rank_slice
 
 # gather(rows, into=None) -> (X, y): the training rows `rows` (int64 indices) as views of this rank's
-# buffers, or of `into` (a distbp.run.BatchBuffers of the strategy's own, for threads gathering at once)
+# buffers, or of `into` (a distbp.train.run.BatchBuffers of the strategy's own, for threads gathering at once)
 Gather = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
@@ -85,7 +85,7 @@ class SyncOptions:
     accumulate: int = 1  # micro-batches per rank share, one sum over ranks per global batch
     bucket_bytes: int = 4 << 20
     overlap: bool = True
-    comm_dtype: str | None = None  # 16-bit codec for the allreduce (distbp.codecs)
+    comm_dtype: str | None = None  # 16-bit codec for the allreduce (distbp.comm.codecs)
     algorithm: str = "mpi"  # "mpi" or "ring" for bucketed allreduces
     micro_batch: int = 32  # rows per fixed micro-block (exact sums)
     threads: int | None = None  # threads of this rank (None: what Numba has)
@@ -97,7 +97,7 @@ class SyncOptions:
     def make_optimizer(self, n: int, dtype, segments: Segments | None = None, sum_over_ranks=None):
         """The configured optimizer for a flat buffer of n elements: `segments` says which layer's W or b each
         element is, `sum_over_ranks` completes per-layer sums when the buffer is one rank's part
-        (distbp.optim)."""
+        (distbp.nn.optim)."""
         return make_optimizer(self.optimizer, n, dtype, self.lr, segments=segments, sum_over_ranks=sum_over_ranks,
                               **self.optimizer_options)
 
@@ -161,7 +161,7 @@ class GradientSync:
         raise NotImplementedError
 
     def set_lr(self, lr: float) -> None:
-        """η of the next updates (the learning-rate schedule's, distbp.schedule)."""
+        """η of the next updates (the learning-rate schedule's, distbp.train.schedule)."""
         self.optimizer.lr = lr
 
     # ---- checkpoints ----------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class GradientSync:
         self.clip.reset_stats()
 
     def warm_up(self) -> None:
-        """Call this strategy's own Numba kernels once on tiny arrays (distbp.warmup; default: the clip's norm)."""
+        """Call this strategy's own Numba kernels once on tiny arrays (distbp.train.warmup; default: the clip's norm)."""
         if self.clip.max_norm:
             kernels.sum_of_squares(np.zeros(4, self.shape.dtype))
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from distbp.reducer import GradientReducer
-from distbp.shard import rank_slice
+from distbp.sync.reducer import GradientReducer
+from distbp.data.shard import rank_slice
 from distbp.sync.base import Gather, GradientSync
 
 

@@ -32,12 +32,12 @@ import concurrent.futures
 
 import numba
 
-from distbp import kernels
-from distbp.model import workspace_bytes
-from distbp.run import BatchBuffers
-from distbp.shard import rank_slice
+from distbp.nn import kernels
+from distbp.nn.model import workspace_bytes
+from distbp.data.batch import BatchBuffers
+from distbp.data.shard import rank_slice
 from distbp.sync.base import GradientSync, ReplicatedUpdate
-from distbp.threads import thread_setter
+from distbp.host.threads import thread_setter
 
 HEADROOM_BITS = 8
 INT_BITS = 62  # keep clear of int64's sign bit

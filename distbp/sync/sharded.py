@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from distbp import kernels
-from distbp.optim import segments_of
-from distbp.reducer import ShardedGradientReducer
-from distbp.shard import rank_slice
+from distbp.nn import kernels
+from distbp.nn.optim import segments_of
+from distbp.sync.reducer import ShardedGradientReducer
+from distbp.data.shard import rank_slice
 from distbp.sync.base import layers_with_nonfinite
 from distbp.sync.bucketed import BucketedSync
 

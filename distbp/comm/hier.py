@@ -1,0 +1,193 @@
+"""distbp's node-aware (hierarchical) allreduce: sum through shared memory on a node, across nodes by slices.
+
+`HierarchicalAllreduce(comm, n, dtype)` builds one; `distbp.sync.reducer` drives it like the ring (start each
+bucket, progress between compute chunks, wait). Its gradient buffer lives in memory the node's ranks
+share, so nothing is copied into messages on a node.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from distbp.comm.base import Comm
+from distbp.comm.ring import ring_allreduce
+
+# this rank's flags at the start of its segment (int64 sequence numbers of buckets, see HierarchicalAllreduce)
+READY, SUMMED, COPIED = 0, 1, 2
+FLAG_BYTES = 64  # one cache line, so the gradient that follows starts 64-byte aligned
+
+
+class HierarchicalAllreduce:
+    """In-place SUM over ranks of a gradient held in node-shared memory, advanced by its caller.
+
+    grad: (n,) this rank's gradient buffer, a segment of memory shared by the r ranks of its node. A bucket
+    grad[lo:hi] is cut into r slices; local rank i owns slice i. For every bucket:
+      1. each rank says its bucket is written (flag READY);
+      2. the owner of slice i adds the r ranks' slice i into its own (reading their memory directly);
+      3. with h > 1 nodes, the owners of slice i on every node sum it over nodes: one ring allreduce
+         (`distbp.comm.ring`) of 1/r of the bucket per local index, on its own communicator, so the r ranks
+         of a node use the network at once and each host sends and receives 2n(h−1)/h bytes per n;
+      4. the owner says its slice is final (flag SUMMED) and every rank copies the other slices from
+         their owners' segments.
+    Each element is summed once, by its owner (and then along the cross ring), and copied: every rank
+    ends with the same bits. The flags are sequence numbers in the ranks' segments, polled by progress(),
+    so the node needs no message; wait() also waits until every rank of the node has copied what it
+    needs (flag COPIED) before the caller may write its gradient again.
+
+    Buckets must be started in the same order with the same bounds on every rank, and not touched
+    before wait() returns, nor any longer than max_bucket elements. node_size groups consecutive ranks into
+    pretend nodes (tests on one machine). codec (`distbp.comm.codecs`): the cross-node ring sends 16-bit words
+    (rounded as `distbp.comm.ring` says); on a node nothing is compressed.
+
+    Memory: this rank's segment (64 bytes of flags and the gradient) and, across nodes, the cross ring's
+    buffers for slices of ceil(max_bucket / r) elements; no message-sized copy on the node.
+    """
+
+    def __init__(self, comm: Comm, n: int, dtype, node_size: int | None = None, codec=None,
+                 max_bucket: int | None = None):
+        self.dtype = np.dtype(dtype)
+        self.node, cross = comm.split_by_node(node_size)
+        self.local_rank, self.local_size = self.node.rank, self.node.size
+        self.nodes = cross.size
+        itemsize = self.dtype.itemsize
+        self.shared = self.node.shared_segments(FLAG_BYTES + n * itemsize)
+        self._flags = [seg[:FLAG_BYTES].view(np.int64) for seg in self.shared.segments]
+        self._grads = [seg[FLAG_BYTES:].view(self.dtype) for seg in self.shared.segments]
+        self.grad = self._grads[self.local_rank]
+        self._flags[self.local_rank][:] = 0
+        self.grad[:] = 0
+        self.shared.sync()
+        self.node.barrier()  # every rank's flags are zero before anyone polls them
+        # the largest slice a rank owns, ceil(largest bucket / r), bounds what the cross ring ever sums
+        self.cross = ring_allreduce(cross, slice_elements(max_bucket or n, self.local_size), self.dtype, codec) \
+            if self.nodes > 1 else None
+        self._cross_comm = cross
+        self._cross_started = 0  # buffers handed to the cross ring (it completes them in that order)
+        self._seq = 0  # sequence number of the last bucket started (the same on every rank)
+        self._queue: list[_Bucket] = []
+        self._copied = 0
+
+    # ---- the reducer's interface (like RingAllreduce) --------------------------------------------------
+    def start(self, buf: np.ndarray) -> None:
+        """Queue buf, a contiguous slice of self.grad that this rank has finished writing, for summing."""
+        lo = _offset(buf, self.grad)
+        self._seq += 1
+        bucket = _Bucket(lo, lo + buf.size, self._seq, self.local_size)
+        self._queue.append(bucket)
+        self.shared.sync()  # the bucket's values are in memory before the flag says so
+        self._flags[self.local_rank][READY] = bucket.seq
+        self._advance()
+
+    @property
+    def in_flight(self) -> int:
+        """Buckets started and not yet complete on this rank."""
+        return len(self._queue)
+
+    def progress(self) -> bool:
+        """Advance without blocking; True when nothing is left in flight."""
+        self._advance()
+        return not self._queue
+
+    def wait(self) -> None:
+        """Block until every started bucket holds its sum on this rank and every rank of the node has
+        copied what it needs from this rank's segment (so the caller may overwrite grad)."""
+        while not self.progress():
+            os.sched_yield()  # ranks may share cores: let the one we wait for run
+        if self._seq == self._copied:
+            return
+        self._copied = self._seq
+        self._flags[self.local_rank][COPIED] = self._seq
+        while not self._all_at(COPIED, self._seq):
+            os.sched_yield()
+
+    def close(self) -> None:
+        """Collective: give the shared memory and the communicators back (the gradient view becomes invalid)."""
+        self.shared.free()
+        if self.cross is not None:
+            self.cross.close()
+        self._cross_comm.free()
+        self.node.free()
+
+    # ---- the steps ----------------------------------------------------------------------------------
+    def _all_at(self, flag: int, seq: int) -> bool:
+        return all(int(f[flag]) >= seq for f in self._flags)
+
+    def _advance(self) -> None:
+        """Take every bucket as far as the flags and the cross ring allow, in start order."""
+        if self.cross is not None and self.cross.in_flight:
+            self.cross.progress()
+        for b in self._queue:
+            if b.stage == _Bucket.WRITTEN:
+                if not self._all_at(READY, b.seq):
+                    break  # later buckets cannot be ready either
+                self._sum_own_slice(b)
+            if b.stage == _Bucket.CROSSING and self._cross_done(b):
+                b.stage = _Bucket.REDUCED
+        # SUMMED goes up in start order (the cross ring completes in order; a bucket whose own slice was
+        # empty and skipped the ring must not overtake one still in it)
+        flags = self._flags[self.local_rank]
+        for b in self._queue:
+            if b.stage == _Bucket.REDUCED:
+                self.shared.sync()
+                flags[SUMMED] = b.seq
+                b.stage = _Bucket.PUBLISHED
+            elif b.stage != _Bucket.PUBLISHED:
+                break
+        while self._queue and self._queue[0].stage == _Bucket.PUBLISHED and self._all_at(SUMMED, self._queue[0].seq):
+            self._copy_other_slices(self._queue.pop(0))
+
+    def _sum_own_slice(self, b: _Bucket) -> None:
+        """grad[own slice] = Σ over the node's ranks of their slice, then start its sum across nodes."""
+        a, z = b.slice_of(self.local_rank)
+        own = self.grad[a:z]
+        for k, g in enumerate(self._grads):
+            if k != self.local_rank:
+                own += g[a:z]
+        if self.cross is not None and z > a:
+            self.cross.start(own)
+            self._cross_started += 1
+            b.cross_number = self._cross_started
+            b.stage = _Bucket.CROSSING
+        else:
+            b.stage = _Bucket.REDUCED
+
+    def _cross_done(self, b: _Bucket) -> bool:
+        return self._cross_started - self.cross.in_flight >= b.cross_number
+
+    def _copy_other_slices(self, b: _Bucket) -> None:
+        for k, g in enumerate(self._grads):
+            if k != self.local_rank:
+                a, z = b.slice_of(k)
+                self.grad[a:z] = g[a:z]
+
+
+class _Bucket:
+    """One started bucket: its bounds, sequence number, and how far it has come on this rank."""
+
+    WRITTEN, CROSSING, REDUCED, PUBLISHED = range(4)
+    __slots__ = ("lo", "hi", "seq", "r", "stage", "cross_number")
+
+    def __init__(self, lo: int, hi: int, seq: int, r: int):
+        self.lo, self.hi, self.seq, self.r = lo, hi, seq, r
+        self.stage, self.cross_number = _Bucket.WRITTEN, 0
+
+    def slice_of(self, k: int) -> tuple[int, int]:
+        """[a, z) of local rank k's slice: the bucket cut into r nearly equal parts in rank order."""
+        m = self.hi - self.lo
+        return self.lo + m * k // self.r, self.lo + m * (k + 1) // self.r
+
+
+def slice_elements(bucket: int, local_size: int) -> int:
+    """Elements of the largest slice of a bucket of `bucket` elements cut among `local_size` ranks."""
+    return -(-bucket // local_size)
+
+
+def _offset(buf: np.ndarray, base: np.ndarray) -> int:
+    """Index in base (flat, contiguous) where the contiguous view buf starts; ValueError if it is not inside."""
+    start = (buf.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
+    if buf.dtype != base.dtype or buf.ndim != 1 or not buf.flags.c_contiguous or not 0 <= start <= base.size - buf.size:
+        raise ValueError(f"the hierarchical allreduce sums slices of its own gradient buffer ({base.dtype} "
+                         f"{base.shape}), got {buf.dtype} {buf.shape}")
+    return int(start)

@@ -1,0 +1,242 @@
+"""Readers of the dataset file formats (see docs/data.md): .npz, a folder of .npy files, MNIST's IDX
+files (optionally gzipped), CSV. Each returns the raw arrays X, y (and X_test, y_test when the source
+has them) for `distbp.data` to validate, split and scale; each names the file in its errors and reads
+no more than the file's own header says it holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from distbp.host.threads import local_rank_count
+
+
+def read_npz(path: Path) -> dict:
+    _check_magic(path, b"PK", "an .npz (zip) file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "X" not in archive.files or "y" not in archive.files:
+                raise ValueError(f"needs arrays 'X' and 'y', found {archive.files}")
+            keys = [key for key in ("X", "y", "X_test", "y_test") if key in archive.files]
+            # the members' headers say how big they are: refuse what cannot fit before decompressing any
+            check_fits_memory(path, sum(_npz_member_bytes(archive, key) for key in keys), "its arrays")
+            return {key: archive[key] for key in keys}
+    except MemoryError as error:
+        raise ValueError(f"{path}: cannot read: out of memory ({error})") from error
+    except Exception as error:  # zip, zlib and header errors all mean a corrupt file
+        if isinstance(error, ValueError) and str(error).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}: cannot read: {error}") from error
+
+
+def _npz_member_bytes(archive, key: str) -> int:
+    """Bytes of the array `key` of an open .npz, from its .npy header alone."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(member))
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _npy(path: Path) -> np.ndarray:
+    _check_magic(path, b"\x93NUMPY", "a .npy file")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:
+        raise ValueError(f"{path}: cannot read: {error}") from error
+
+
+def read_npy_directory(path: Path) -> tuple[dict, dict]:
+    """Memory-mapped X, y (X_test, y_test) and the file each came from."""
+    if not (path / "y.npy").exists():
+        raise FileNotFoundError(f"{path}: has X.npy but no y.npy")
+    if (path / "X_test.npy").exists() != (path / "y_test.npy").exists():
+        raise FileNotFoundError(f"{path}: X_test.npy and y_test.npy must both be present or both absent")
+    keys = ("X", "y", "X_test", "y_test") if (path / "X_test.npy").exists() else ("X", "y")
+    return {key: _npy(path / f"{key}.npy") for key in keys}, {key: path / f"{key}.npy" for key in keys}
+
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    # mirrors spell the files with '-' or '.' before 'idx', gzipped or not.
+    for name in (stem, stem.replace("-idx", ".idx")):
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _idx(path: Path) -> np.ndarray:
+    """Parse an IDX file: 2 zero bytes, dtype code, ndim, ndim big-endian uint32 dims, then the data.
+
+    Returns (n, prod(other dims)) for ndim > 1, else (n,); a memmap unless the file is gzipped.
+    """
+    raw = None
+    stream = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    try:
+        with stream:
+            head = stream.read(1024)
+            dims, dtype, header = _idx_header(path, head)
+            expected = header + int(np.prod(dims)) * dtype.itemsize
+            if path.suffix == ".gz":
+                # the header says how much there is: refuse what cannot fit, and never read past it
+                _check_fits_memory(path, expected)
+                raw = head + stream.read(max(0, expected - len(head)) + 1)
+                size = len(raw)
+            else:
+                size = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as error:  # bad gzip header, truncated or corrupt stream
+        if path.suffix != ".gz":
+            raise ValueError(f"{path}: cannot read: {error}") from error
+        raise ValueError(f"{path}: corrupt gzip: {error}") from error
+    if size != expected:
+        has = f"{size} or more" if raw is not None and size > expected else size  # gzip: not read any further
+        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {has}")
+    if 0 in dims:
+        raise ValueError(f"{path}: empty dataset (IDX dims {tuple(dims)})")
+    if raw is not None:
+        data = np.frombuffer(raw, dtype=dtype, offset=header)
+    else:
+        data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(int(np.prod(dims)),))
+    return data.reshape(dims[0], int(np.prod(dims[1:]))) if len(dims) > 1 else data
+
+
+def _idx_header(path: Path, head: bytes) -> tuple[list[int], np.dtype, int]:
+    """(dims, dtype, header bytes) from the first bytes of an IDX file."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {head[:4].hex() or 'missing'})")
+    ndim, dtype = head[3], np.dtype(IDX_DTYPES[head[2]])
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(head)} bytes, {ndim} dims need {header})")
+    return [int(d) for d in np.frombuffer(head[4:header], dtype=">u4")], dtype, header
+
+
+def _check_fits_memory(path: Path, nbytes: int) -> None:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > have:
+        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data, more than this machine's "
+                         f"{have / 2**30:.1f} GiB of memory")
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable; the physical memory where /proc has none)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(path: Path, nbytes: int, what: str) -> None:
+    """Refuse to read `nbytes` of `path` when this node's ranks, each reading its own copy, would not fit.
+
+    Every rank holds the whole dataset, so the ranks sharing this node need nbytes each.
+    """
+    ranks = local_rank_count()
+    have = available_memory()
+    if nbytes * ranks > have:
+        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
+        raise ValueError(f"{path}: {what} need {nbytes / 2**20:,.0f} MiB{each}, more than the "
+                         f"{have / 2**20:,.0f} MiB this machine has available")
+
+
+def read_idx_directory(path: Path) -> tuple[dict, dict]:
+    """MNIST train (and t10k) images and labels, and the file each came from."""
+    images, labels = _idx_file(path, "train-images-idx3-ubyte"), _idx_file(path, "train-labels-idx1-ubyte")
+    if images is None or labels is None:
+        raise FileNotFoundError(f"{path}: no X.npy/y.npy and no MNIST train-images-idx3-ubyte/"
+                                f"train-labels-idx1-ubyte (optionally .gz)")
+    files = {"X": images, "y": labels}
+    test_images, test_labels = _idx_file(path, "t10k-images-idx3-ubyte"), _idx_file(path, "t10k-labels-idx1-ubyte")
+    if (test_images is None) != (test_labels is None):
+        raise FileNotFoundError(f"{path}: t10k images and labels must both be present or both absent")
+    if test_images is not None:
+        files["X_test"], files["y_test"] = test_images, test_labels
+    return {key: _idx(file) for key, file in files.items()}, files
+
+
+CSV_CHUNK_ROWS = 4096  # rows parsed into Python floats at a time, then packed into a float64 block
+
+
+def read_csv(path: Path) -> dict:
+    """Header row, then numeric rows; the label column is 'label' if present, else the last one.
+
+    Bounded: rows are parsed a block at a time into float64 arrays, so the reader holds the table's
+    8 bytes per cell plus one block of Python floats. After each block it projects the table's rows
+    from the share of the file read so far and stops with an error as soon as the rest (and the final
+    copy) would not fit in the memory this machine has available: a file that cannot fit is refused
+    after its first block, not when the machine runs out.
+    """
+    size = max(1, path.stat().st_size)
+    consumed = [0]
+
+    def counted(stream):
+        for text in stream:
+            consumed[0] += len(text)  # characters: bytes, for the digits, signs and commas of a numeric CSV
+            yield text
+
+    with open(path, newline="") as stream:
+        reader = csv.reader(counted(stream))
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path}: empty dataset (no header row)")
+        label = header.index("label") if "label" in header else len(header) - 1
+        blocks, block, rows = [], [], 0
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
+            try:
+                block.append([float(cell) for cell in row])
+            except ValueError:
+                column = next(i for i, cell in enumerate(row) if not is_number(cell))
+                raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
+                                 f"non-numeric cell {row[column]!r}") from None
+            if len(block) == CSV_CHUNK_ROWS:
+                blocks.append(np.array(block))
+                rows += len(block)
+                block = []
+                projected = int(rows * size / max(1, consumed[0]))
+                # still to come: the blocks not read yet, and the final table that concatenates them all
+                check_fits_memory(path, (2 * projected - rows) * len(header) * 8,
+                                  f"its about {projected:,} rows (projected from the first {rows:,})")
+    if block:
+        blocks.append(np.array(block))
+    if not blocks:
+        raise ValueError(f"{path}: empty dataset (no rows after the header)")
+    table = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    del blocks
+    y = table[:, label]
+    if not (np.isfinite(y) & (y == np.round(y))).all():
+        bad = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
+        raise ValueError(f"{path}: non-integer label {float(y[bad])!r} on line {bad + 2}")
+    return {"X": np.delete(table, label, axis=1), "y": y.astype(np.int64)}
+
+
+def is_number(cell: str) -> bool:
+    """True when a CSV cell reads as a number (float() accepts it)."""
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_magic(path: Path, magic: bytes, what: str) -> None:
+    with open(path, "rb") as stream:
+        start = stream.read(len(magic))
+    if start != magic:
+        raise ValueError(f"{path}: not {what} (starts with {start!r})")

@@ -1,0 +1,380 @@
+"""The multilayer perceptron: parameters in one flat buffer, forward and backward passes.
+
+Layout: batch-major, layer l maps a (n, fan_in) to z = a·W + b (n, fan_out) with
+W (fan_in, fan_out) and b (fan_out,). Parameters and gradients each live in one
+flat buffer, layer after layer, W then b; `params` / `grads` are views into it,
+so an optimizer updates, and an allreduce sends, the whole model in one call.
+
+Backpropagation (mnielsen's notation): the forward pass keeps z and a of every
+layer; the backward pass starts from δ = ∂l/∂z at the output (from the loss) and
+walks back with δ = σ'(z) ⊙ (δ_next·Wᵀ), dW = aᵀ·δ, db = Σₙ δ. The input layer's
+δ·Wᵀ (= ∂l/∂X) is never computed: nobody needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from distbp.nn import kernels, modelfile
+from distbp.nn.activations import get_activation
+from distbp.nn.losses import get_loss
+from distbp.observe.trace import NULL_TRACER
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class BackwardHooks(Protocol):
+    """What the backward pass tells a gradient reducer (see `distbp.sync.reducer.GradientReducer`)."""
+
+    def layer_ready(self, layer: int) -> None: ...  # layer's dW, db are final
+    def progress(self) -> None: ...  # called between compute chunks
+
+
+class Workspace:
+    """Per-layer buffers for batches of up to `rows` rows (reused from step to step)."""
+
+    def __init__(self, rows: int, sizes: Sequence[int], dtype):
+        outs = sizes[1:]
+        self.rows = rows
+        self.z = [np.empty((rows, m), dtype) for m in outs]  # a·W (the output layer's: + b); δ overwrites them
+        self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
+        self.g = np.empty((rows, _g_width(sizes)), dtype)  # δ_next·Wᵀ by BLAS, reused by every wide layer
+        self.row_loss = np.empty(rows, dtype)
+        self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
+        # Wᵀ (fan_out, fan_in) of each narrow layer but the first, contiguous, for kernels.narrow_backward
+        self.w_t = {l: np.empty((fo, fi), dtype) for l, (fi, fo) in narrow_layers(sizes)}
+
+
+def narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
+    """(l, (fan_in, fan_out)) of the layers l ≥ 1 at most kernels.NARROW_WIDTH wide, whose δ·Wᵀ goes through
+    kernels.narrow_backward."""
+    return [(l, (fi, fo)) for l, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:]))
+            if l >= 1 and fo <= kernels.NARROW_WIDTH]
+
+
+def _g_width(sizes: Sequence[int]) -> int:
+    """Columns of Workspace.g: the widest fan-in of the layers l ≥ 1 whose δ·Wᵀ is a BLAS product (0: none;
+    a classifier with one hidden layer sends its only δ·Wᵀ through kernels.narrow_backward)."""
+    narrow = {l for l, _ in narrow_layers(sizes)}
+    return max((fi for l, fi in enumerate(sizes[:-1]) if l >= 1 and l not in narrow), default=0)
+
+
+def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
+    """Bytes of the forward/backward buffers for batches of up to `rows` rows (what Workspace allocates)."""
+    outs = sizes[1:]
+    elements = rows * (2 * sum(outs) + _g_width(sizes) + 1) + _chunks(rows) * max(outs)
+    elements += sum(fi * fo for _, (fi, fo) in narrow_layers(sizes))
+    return elements * np.dtype(dtype).itemsize
+
+
+def layer_slices_of(sizes: Sequence[int]) -> list[slice]:
+    """Layer l's (W, b) within the flat parameter/gradient buffers: W (fan_in·fan_out) then b (fan_out)."""
+    slices, start = [], 0
+    for fi, fo in zip(sizes[:-1], sizes[1:]):
+        slices.append(slice(start, start + fi * fo + fo))
+        start += fi * fo + fo
+    return slices
+
+
+def _chunks(rows: int) -> int:
+    return -(-rows // kernels.ROW_CHUNK)
+
+
+class MLP:
+    """A multilayer perceptron trained with the summed loss L = Σₙ lⁿ.
+
+    sizes: [inputs, hidden…, outputs], at least two entries, all positive.
+    activation: one name for every hidden layer or one per hidden layer
+        (sigmoid, tanh, relu, linear). The output layer is softmax for
+        `cross_entropy` and linear for `mse`.
+    dtype: "float32" (default) or "float64". seed: weight initialisation
+        (Glorot uniform for sigmoid/tanh/linear, He normal for relu; biases 0).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str | Sequence[str] = "sigmoid",
+        loss: str = "cross_entropy",
+        dtype: str = "float32",
+        seed: int = 0,
+    ):
+        self.sizes = _check_sizes(sizes)
+        n_hidden = len(self.sizes) - 2
+        names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(names) != n_hidden:
+            raise ValueError(f"{len(names)} activations given for {n_hidden} hidden layers")
+        self.activation_names = names
+        self.activations = [get_activation(a) for a in names]
+        # kernels specialised on each layer's activation (the output layer only adds its bias)
+        self._forward_kernels = [kernels.bias_activation_forward_for(a) for a in names + ["linear"]]
+        self._backward_kernels = [kernels.activation_backward_for(a) for a in names]
+        self._narrow_kernels = [kernels.narrow_backward_for(a) for a in names]
+        self.loss = get_loss(loss)
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(DTYPES[str(dtype)])
+
+        self.layer_slices = layer_slices_of(self.sizes)  # layer l's (W, b) within the flat buffers
+        self.n_params = self.layer_slices[-1].stop
+        self.flat_params = np.zeros(self.n_params, self.dtype)
+        self.params = self.views(self.flat_params)
+        self._init_params(seed)
+        self._ws: Workspace | None = None
+        # what training learnt about its data, applied by predict and kept in model files: the feature
+        # scaling x ← (x − offset)·factor (None: the rows are used as given), and the class labels that
+        # outputs 0…K−1 stand for (None: the outputs are the labels 0…K−1 themselves)
+        self.feature_offset: np.ndarray | None = None  # (inputs,) float64
+        self.feature_factor: np.ndarray | None = None  # (inputs,) float64
+        self.classes: np.ndarray | None = None  # (outputs,) labels in output order
+        self.trace = NULL_TRACER  # --trace: forward/backward per layer of the main thread's passes
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-layer (W (fan_in, fan_out), b (fan_out,)) views into a flat buffer of n_params."""
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"flat buffer has shape {flat.shape}, the model needs ({self.n_params},)")
+        out = []
+        for (fi, fo), sl in zip(zip(self.sizes[:-1], self.sizes[1:]), self.layer_slices):
+            layer = flat[sl]
+            out.append((layer[: fi * fo].reshape(fi, fo), layer[fi * fo :]))
+        return out
+
+    def _init_params(self, seed: int) -> None:
+        # drawn in float64 then cast, so float32 and float64 models start from the same point
+        rng = np.random.default_rng(seed)
+        inits = [a.init for a in self.activations] + ["xavier"]
+        for (W, b), init, (fi, fo) in zip(self.params, inits, zip(self.sizes[:-1], self.sizes[1:])):
+            if init == "he":
+                W[...] = rng.standard_normal((fi, fo)) * np.sqrt(2.0 / fi)
+            else:
+                limit = np.sqrt(6.0 / (fi + fo))
+                W[...] = rng.uniform(-limit, limit, (fi, fo))
+            b[...] = 0
+
+    def memory_bytes(self, rows: int) -> dict[str, int]:
+        """Bytes a training step holds for batches of `rows` rows (optimizer state not included).
+
+        parameters and gradients: the two flat buffers; workspace: the forward/backward
+        buffers (z and a of every layer, one δ·Wᵀ scratch, the per-row loss);
+        workspace_minimum: what backpropagation cannot do without, the activations of
+        every hidden layer plus the output logits (δ could overwrite both in place).
+        The workspace keeps z beside a because σ'(z, a) may need z, and δ·Wᵀ needs a
+        scratch because a is still read while δ is formed.
+        """
+        item = self.dtype.itemsize
+        return {"parameters": self.n_params * item, "gradients": self.n_params * item,
+                "workspace": workspace_bytes(rows, self.sizes, self.dtype),
+                "workspace_minimum": rows * sum(self.sizes[1:]) * item}
+
+    # ---- validation -------------------------------------------------------
+
+    def check_batch(self, X: np.ndarray, y: np.ndarray | None = None, allow_empty: bool = False) -> None:
+        """Raise ValueError naming the problem with a batch X (n, inputs) and targets y."""
+        if not isinstance(X, np.ndarray) or X.ndim != 2:
+            raise ValueError(f"X must be a 2-D array (rows, {self.sizes[0]} features), got "
+                             f"{getattr(X, 'shape', type(X).__name__)}")
+        if X.shape[1] != self.sizes[0]:
+            raise ValueError(f"X has {X.shape[1]} features but the model's input layer has {self.sizes[0]}")
+        if X.shape[0] == 0 and not allow_empty:
+            raise ValueError("empty batch: X has no rows")
+        if not np.issubdtype(X.dtype, np.floating):
+            raise ValueError(f"X must be floating point, got dtype {X.dtype}")
+        if X.size and not kernels.all_finite(X.reshape(-1) if X.flags.c_contiguous else X.ravel()):
+            raise ValueError("X contains NaN or Inf")
+        if y is not None:
+            self.loss.check_targets(y, X.shape[0], self.sizes[-1])
+
+    # ---- forward and backward ---------------------------------------------
+
+    def _workspace(self, n: int) -> Workspace:
+        if self._ws is None or self._ws.rows < n:
+            self._ws = Workspace(n, self.sizes, self.dtype)
+        return self._ws
+
+    def new_workspace(self, rows: int) -> Workspace:
+        """Forward/backward buffers of this model's own for batches of up to `rows` rows (one per thread)."""
+        return Workspace(rows, self.sizes, self.dtype)
+
+    def reserve_workspace(self, rows: int) -> None:
+        """Allocate the forward/backward buffers for batches of up to `rows` rows now (training does, so
+        that its memory is known before the first step and never grows)."""
+        self._workspace(max(1, rows))
+
+    def _forward(self, X: np.ndarray, ws: Workspace, n: int, trace=NULL_TRACER) -> None:
+        """Fill z[l], a[l] (n rows) for every layer; a[-1] is before the output activation."""
+        a = X
+        for l, (W, b) in enumerate(self.params):
+            t0 = trace.now() if trace.on else 0.0
+            z = ws.z[l][:n]
+            np.matmul(a, W, out=z)
+            if l < self.n_layers - 1:
+                act = ws.a[l][:n]
+                self._forward_kernels[l](z, act, b)
+                a = act
+            else:
+                self._forward_kernels[l](z, z, b)
+            if trace.on:
+                trace.complete(f"forward {l}", t0, trace.now() - t0, layer=l)
+
+    def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
+                           hooks: BackwardHooks | None = None, progress_chunks: int = 1,
+                           validate: bool = True, workspace: Workspace | None = None) -> float:
+        """The hot path: write ∂L/∂θ for the batch into `grad` (flat, n_params) and return L = Σₙ lⁿ.
+
+        X (n, inputs) in the model's dtype; y (n,) int labels or (n, outputs) targets.
+        An empty batch (a rank's empty shard) gives L = 0 and zero gradients.
+        `hooks.layer_ready(l)` is called as soon as layer l's gradients are final
+        (output layer first), and `hooks.progress()` between `progress_chunks`
+        row-chunks of each δ·Wᵀ product, so communication can overlap the backward pass.
+        Buffers are reused: no allocation once the largest batch has been seen. `workspace`
+        (from new_workspace) lets several threads run passes of one model at once.
+        """
+        if validate:
+            self.check_batch(X, y, allow_empty=True)
+        if X.dtype != self.dtype:
+            raise ValueError(f"X has dtype {X.dtype} but the model computes in {self.dtype}; convert it first")
+        n = X.shape[0]
+        grads = self.views(grad)
+        if n == 0:
+            grad[...] = 0
+            for l in reversed(range(self.n_layers)):
+                if hooks is not None:
+                    hooks.layer_ready(l)
+            return 0.0
+        ws = self._workspace(n) if workspace is None else workspace
+        tr = self.trace if workspace is None else NULL_TRACER  # other threads' passes are not traced
+        with tr.span("forward", rows=n):
+            self._forward(X, ws, n, tr)
+
+        # output layer: δ = ∂l/∂z from the loss, written over z
+        L = self.n_layers - 1
+        delta = ws.z[L][:n]
+        row_loss = ws.row_loss[:n]
+        self.loss.loss_delta(delta, y, ws.a[L][:n], delta, row_loss)
+        loss = kernels.ordered_sum(row_loss)
+
+        for l in range(L, -1, -1):
+            t0 = tr.now() if tr.on else 0.0
+            dW, db = grads[l]
+            a_prev = X if l == 0 else ws.a[l - 1][:n]
+            if l == L:
+                kernels.column_sum(delta, db, ws.partial)  # hidden layers get db from activation_backward
+            np.matmul(a_prev.T, delta, out=dW)
+            if hooks is not None:
+                hooks.layer_ready(l)
+            if l == 0:
+                if tr.on:
+                    tr.complete("backward 0", t0, tr.now() - t0, layer=0)
+                break
+            # δ_prev = σ'(z_prev) ⊙ (δ·Wᵀ), written over z_prev; also db_prev = Σₙ δ_prev
+            W = self.params[l][0]
+            z_prev = ws.z[l - 1][:n]
+            if l in ws.w_t:  # a narrow layer: product, σ' and db in one pass (kernels.narrow_backward)
+                np.copyto(ws.w_t[l], W.T)
+                self._narrow_kernels[l - 1](z_prev, delta, ws.w_t[l], a_prev, grads[l - 1][1], ws.partial)
+                if hooks is not None:
+                    hooks.progress()
+            else:
+                g = ws.g[:n, : W.shape[0]]
+                _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
+                self._backward_kernels[l - 1](z_prev, g, a_prev, grads[l - 1][1], ws.partial)
+            delta = z_prev
+            if tr.on:
+                tr.complete(f"backward {l}", t0, tr.now() - t0, layer=l)
+        return loss
+
+    def loss_and_grad(self, X: np.ndarray, y: np.ndarray) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
+        """L = Σₙ lⁿ over the rows of X and ∂L/∂θ as [(dW, db), …] (new arrays owned by the caller)."""
+        self.check_batch(X, y)
+        grad = np.empty(self.n_params, self.dtype)
+        loss = self.loss_and_grad_into(np.ascontiguousarray(X, self.dtype), y, grad, validate=False)
+        return loss, self.views(grad)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Output-layer activations (n, outputs): softmax probabilities or linear outputs.
+
+        X (n, inputs) is raw data: the feature scaling training used (if any) is applied first.
+        """
+        self.check_batch(X)
+        X = self.scale_features(X)
+        n = X.shape[0]
+        ws = self._workspace(n)
+        self._forward(X, ws, n)
+        out = np.empty((n, self.sizes[-1]), self.dtype)
+        self.loss.output(ws.z[-1][:n], out)
+        return out
+
+    def save(self, path: str) -> None:
+        """Write this model (layers, activations, loss, dtype, parameters, feature scaling, classes) to the
+        model file `path`, an .npz read back by `distbp.load(path)`; see distbp.nn.modelfile for the format."""
+        modelfile.save_model(self, path)
+
+    def scale_features(self, X: np.ndarray) -> np.ndarray:
+        """X (n, inputs) in the model's dtype with the training's feature scaling applied (a new array when
+        anything changes; X itself when it is already contiguous, of this dtype and unscaled)."""
+        if self.feature_offset is None:
+            return np.ascontiguousarray(X, self.dtype)
+        # the same operations in the same dtype as the training rows' (distbp.data.Split.gather), so that
+        # a model predicts on raw rows exactly what it computed on them in training
+        out = np.array(X, self.dtype, order="C")
+        out -= self.feature_offset.astype(self.dtype)
+        out *= self.feature_factor.astype(self.dtype)
+        return out
+
+    def count_correct(self, y: np.ndarray, workspace: Workspace | None = None) -> float:
+        """Correct predictions of the last forward pass over y's rows: labels (n,), or one-hot targets (n, outputs)
+        compared by argmax. workspace: the one that pass used, if not the model's own."""
+        if y.shape[0] == 0:
+            return 0.0
+        out = (self._ws if workspace is None else workspace).a[-1][:y.shape[0]]
+        return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
+
+    def loss_into(self, X: np.ndarray, y: np.ndarray, workspace: Workspace | None = None) -> float:
+        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); count_correct reads its outputs
+        (from `workspace`, if given, instead of the model's own)."""
+        n = X.shape[0]
+        if n == 0:
+            return 0.0
+        ws = self._workspace(n) if workspace is None else workspace
+        self._forward(X, ws, n)
+        z = ws.z[-1][:n]
+        self.loss.loss_delta(z, y, ws.a[-1][:n], z, ws.row_loss[:n])
+        return kernels.ordered_sum(ws.row_loss[:n])
+
+
+def _matmul_chunked(a, b, out, hooks, chunks: int) -> None:
+    """out = a·b, split into row chunks with hooks.progress() between them."""
+    if hooks is None or chunks <= 1:
+        np.matmul(a, b, out=out)
+        if hooks is not None:
+            hooks.progress()
+        return
+    n = a.shape[0]
+    step = -(-n // chunks)
+    for r0 in range(0, n, step):
+        np.matmul(a[r0:r0 + step], b, out=out[r0:r0 + step])
+        hooks.progress()
+
+
+def _check_sizes(sizes) -> list[int]:
+    try:
+        sizes = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise ValueError(f"layer sizes must be integers, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"need at least an input and an output layer, got layer list {sizes}")
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"layer sizes must be positive, got {sizes}")
+    return sizes
+
+
+def load_model(path) -> MLP:
+    """The MLP saved in the model file `path` (`distbp.load`): layers, activations, loss, dtype, parameters
+    (the same bits), feature scaling and classes. Raises ModelFileError naming the file and the cause."""
+    return modelfile.read_model(path, MLP)

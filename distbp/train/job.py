@@ -1,0 +1,82 @@
+"""One training job from a resolved configuration: what `distbp train` and `distbp.fit` share.
+
+    set up (data, model, strategy, agreement, resume) → compile the kernels once → train → save
+    → shut down together (the watchdog bounds the last barrier) → write the trace
+
+Whatever way the job ends, each rank's trace file is closed and the checkpoint directory released; an
+error propagates to the caller, which reports it (the command line prints it once and exits 2; the
+Python API raises it on every rank).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from distbp.testing import faults
+from distbp.comm.base import Comm
+from distbp.config import Config
+from distbp.data.datasets import Dataset
+from distbp.train import loop as train
+from distbp.train import runstate
+from distbp.train.run import Run
+from distbp.train.warmup import shared_warmup, startup_line
+from distbp.train.loop import Callback
+
+
+def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None = None,
+            dataset: Callable[[], Dataset] | None = None, initial: np.ndarray | None = None,
+            callback: Callback | None = None, callback_every: int = 0) -> Run:
+    """Train as `cfg` says; returns the finished run (its model, history and position).
+
+    started: time.monotonic() at the launch (start-up is reported from it); dataset, initial: see
+    `distbp.train.setup`; callback, callback_every: see `distbp.train.fit`.
+    """
+    run = None
+    try:
+        run = train.setup(cfg, comm, dataset=dataset, initial=initial)
+        compiled = shared_warmup(run)  # [dist] the root compiles the kernels, the others load them
+        run.startup_s = time.monotonic() - started
+        if comm.is_root:
+            print(header(run, thread_note), flush=True)
+            print(startup_line(run.startup_s, compiled), flush=True)
+            if cfg.init_from and run.pos.step == 0:  # not resumed from a checkpoint, which would win
+                print(f"distbp: starting from the parameters in {cfg.init_from} (--init-from)", flush=True)
+        train.fit(run, callback, callback_every)
+        run.attach_scaling()  # the model predicts on raw rows, and model files keep the scaling
+        if cfg.save:
+            runstate.save_params(run, cfg.save)
+        faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
+        with run.watchdog.section("shut-down", run.pos.step):
+            comm.barrier()  # [dist] the watchdog bounds this wait too
+            run.sync.close()  # [dist] shared windows are freed together
+        run.watchdog.stop()
+        run.trace.finish(comm)  # [dist] the root writes --trace with every rank's events
+        if comm.is_root and cfg.save:
+            print(f"distbp: saved parameters to {cfg.save}", flush=True)
+        if comm.is_root and cfg.trace:
+            print(f"distbp: wrote the trace to {cfg.trace} (open it in https://ui.perfetto.dev or chrome://tracing)",
+                  flush=True)
+        return run
+    except BaseException:
+        if run is not None:
+            run.trace.close_part()  # each rank's --trace file, up to the failure
+            runstate.release_checkpoint_dir(run)  # the job is over: the next one may have the directory
+            run.watchdog.stop()  # the caller decides how the job ends (a library caller goes on)
+        raise
+
+
+def header(run: Run, thread_note: str | None = None) -> str:
+    """The root's two start-up lines: ranks, threads and data; model, optimizer and the strategy."""
+    cfg, comm, data, model = run.cfg, run.comm, run.data, run.model
+    test_rows = None if data.test is None else run.plan.eval_share(data.test.n_rows)[2]
+    test = f", {test_rows} test" if test_rows is not None else ""
+    capped = f" ({thread_note})" if thread_note else ""
+    where = " (each rank its own)" if cfg.local_rows else " (from the data cache)" if data.from_cache else ""
+    return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {run.plan.train_rows} "
+            f"train{test} rows{where}, {data.scaling}\n"
+            f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
+            f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "
+            f"{cfg.batch_size}, {cfg.epochs} epochs; {run.sync.describe()}")

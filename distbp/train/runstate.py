@@ -1,0 +1,172 @@
+"""Checkpoints of a training run: what goes in, how a run resumes, and the saved model.
+
+The file format (atomic, checksummed) is `distbp.train.checkpoint`; this module decides the
+contents: parameters, what the gradient-sync strategy keeps (optimizer state, gathered from the
+ranks when it is sharded, and the strategy's own meta), the position in the epoch with its
+running sums and the early-stopping state (best, since_best), the metrics so far and the configuration.
+It also writes the model files: --save at the end, --save-best after each improvement.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+
+from distbp.train import checkpoint as ckpt
+from distbp.comm.base import Comm
+from distbp.config import Config
+from distbp.nn.modelfile import save_model
+from distbp.train.run import Position, Run
+
+# a resumed run must be the same run: the model, and what decides its batches and data
+MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer",
+              "config.batch_size", "config.data", "config.seed", "config.scale", "config.test_fraction", "config.local_rows"]
+# allowed to change on resume, but they change the trajectory: named in a warning
+WARN_IF_CHANGED = ["lr", "lr_scale", "momentum", "lr_schedule", "lr_milestones", "lr_decay", "lr_final",
+                   "warmup_steps", "warmup_epochs", "warmup_start", "weight_decay", "decay_biases",
+                   "clip_grad_norm", "trust", "eval_every", "early_stop_patience", "early_stop_metric"]
+LOCK_REFRESH_S = 10.0
+
+
+def claim_checkpoint_dir(cfg: Config, comm: Comm) -> str | None:
+    """Collective: the root locks cfg.checkpoint_dir for this job (returns the lock's path there, None
+    elsewhere), and a fresh run (no --resume) is refused on a directory holding another run's checkpoints."""
+    err, lock, directory = None, None, cfg.checkpoint_dir
+    if comm.is_root:
+        try:
+            lock = ckpt.lock_directory(directory, socket.gethostname(), os.getpid(), warn=_warn_if(comm.is_root))
+            theirs = [p for p in ckpt.list_checkpoints(directory) if ckpt.read_meta(p) is not None]
+            if theirs and not cfg.resume:
+                ckpt.unlock_directory(lock)
+                raise ckpt.CheckpointError(
+                    f"{directory} holds checkpoints of another run (newest {theirs[-1].name}); pass --resume to "
+                    "continue that run, or use another --checkpoint-dir (a run never deletes another's files)")
+        except ckpt.CheckpointError as e:
+            err = e
+        except OSError as e:
+            err = ckpt.CheckpointError(f"--checkpoint-dir {directory}: cannot hold checkpoints there ({_why(e)})")
+    comm.agree_on_failure(err)
+    return None if lock is None else str(lock)
+
+
+def new_run_id(comm: Comm) -> str:
+    """Collective: a fresh run's id, the root's, on every rank."""
+    return comm.allgather_object(uuid.uuid4().hex if comm.is_root else None)[0]
+
+
+def keep_claim(run: Run) -> None:
+    """Root: refresh the directory's lock now and then, so that it never looks abandoned while we run."""
+    if run.lock is not None and time.monotonic() - run.lock_refreshed > LOCK_REFRESH_S:
+        ckpt.refresh_lock(run.lock)
+        run.lock_refreshed = time.monotonic()
+
+
+def release_checkpoint_dir(run: Run) -> None:
+    if run.lock is not None:
+        ckpt.unlock_directory(run.lock)
+        run.lock = None
+
+
+def _why(e: OSError) -> str:
+    return "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+
+
+def _warn_if(is_root: bool):
+    return (lambda m: print(f"distbp: warning: {m}", file=sys.stderr, flush=True)) if is_root else (lambda m: None)
+
+
+def save(run: Run) -> None:
+    """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure."""
+    state, sync_meta = run.sync.checkpoint_state()  # [dist] collective when the state is sharded
+    if run.comm.is_root:
+        arrays = {"params": run.model.flat_params}
+        arrays.update({"opt_" + k: v for k, v in state.items()})
+        meta = {"run_id": run.run_id, "position": vars(run.pos).copy(), "optimizer_steps": run.sync.optimizer_steps,
+                "sync": sync_meta, "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
+        ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
+    with run.watchdog.section("checkpoint", run.pos.step):
+        run.comm.barrier()
+
+
+def resume(run: Run) -> None:
+    """Continue from the newest valid checkpoint in cfg.checkpoint_dir (every rank reads it)."""
+    err, found = None, None
+    try:
+        found = ckpt.latest_checkpoint(run.cfg.checkpoint_dir, warn=_warn_if(run.comm.is_root))
+        if found is not None:
+            path, arrays, meta = found
+            expected = {"config": run.cfg.to_dict()}
+            ckpt.check_compatible(meta, expected, MUST_MATCH, path=path)
+            if arrays["params"].shape != run.model.flat_params.shape:
+                raise ckpt.CheckpointError(f"{path}: {arrays['params'].shape[0]} parameters, the model has "
+                                           f"{run.model.n_params}")
+    except (ckpt.CheckpointError, OSError, ValueError) as e:
+        err = e
+    run.comm.agree_on_failure(err)
+    if found is None:
+        if run.comm.is_root:
+            print(f"distbp: no checkpoint in {run.cfg.checkpoint_dir}; starting from scratch", flush=True)
+        return
+    path, arrays, meta = found
+    run.comm.check_agree("checkpoint", str(path.name))
+    run.model.flat_params[...] = arrays["params"]
+    run.sync.load_checkpoint_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt_")},
+                                   meta.get("sync", {}), meta["optimizer_steps"])
+    run.pos = Position(**meta["position"])
+    run.history = list(meta.get("history", []))
+    run.run_id = meta.get("run_id", run.run_id)  # continue that run (older checkpoints carry no id)
+    if run.comm.is_root:
+        print(f"distbp: resumed from {path} (epoch {run.pos.epoch + 1}, step {run.pos.step}, "
+              f"written by {meta['ranks']} ranks)", flush=True)
+        for key in WARN_IF_CHANGED:
+            old, new = meta["config"].get(key), getattr(run.cfg, key)
+            if old is not None and old != new:
+                print(f"distbp: warning: resuming with --{key.replace('_', '-')} {new} (the checkpoint's run "
+                      f"used {old}): the run goes on on another trajectory", file=sys.stderr, flush=True)
+
+
+def check_outputs(cfg: Config, comm: Comm) -> None:
+    """Collective: the root makes sure it can write --save, --save-best, --metrics and --trace (their folders made,
+    a probe file written and removed), so that a bad path is one clear error before the first step."""
+    err = None
+    if comm.is_root:
+        for flag, path in (("--save", cfg.save), ("--save-best", cfg.save_best), ("--metrics", cfg.metrics),
+                           ("--trace", cfg.trace)):
+            if not path:
+                continue
+            try:
+                if os.path.isdir(path):
+                    raise ckpt.CheckpointError(f"{flag} {path} is a directory; give a file name")
+                directory = os.path.dirname(os.path.abspath(path))
+                os.makedirs(directory, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=directory, prefix=".distbp-probe-"):
+                    pass
+            except ckpt.CheckpointError as e:
+                err = e
+            except OSError as e:
+                err = ckpt.CheckpointError(f"{flag} {path}: cannot write there ({_why(e)})")
+    comm.agree_on_failure(err)
+
+
+def save_params(run: Run, path: str) -> None:
+    """--save: the final model as a model file (root only, atomic; distbp.nn.modelfile): W0, b0, W1, b1, … as
+    before, plus what it takes to use the model (layers, activations, loss, dtype, the feature scaling)."""
+    if run.comm.is_root:
+        save_model(run.model, path, scaling=None if run.data.scaling == "none" else run.data.scaling)
+
+
+def save_best(run: Run) -> None:
+    """Collective: --save-best, the model as it is now (after an evaluation that improved the run's best) as a
+    model file, written by the root atomically; a file that cannot be written stops every rank, named."""
+    err = None
+    run.attach_scaling()  # the file keeps the scaling, so that the best model predicts on raw rows
+    if run.comm.is_root:
+        try:
+            save_params(run, run.cfg.save_best)
+        except OSError as e:
+            err = ckpt.CheckpointError(f"--save-best {run.cfg.save_best}: cannot write the best model ({_why(e)})")
+    run.comm.agree_on_failure(err)  # [dist]
