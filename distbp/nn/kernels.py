@@ -8,6 +8,10 @@ Forward:   z = a·W (BLAS), then `bias_activation_forward`: a' = σ(z + b) (z + 
 Backward:  g = δ_next·Wᵀ (BLAS), then `activation_backward`: δ = σ'(a) ⊙ g and
            db = Σₙ δ in the same pass; dW = aᵀ·δ (BLAS). Below a narrow next layer (the output
            layer of a classifier) `narrow_backward` does δ_next·Wᵀ, σ' and db in one pass, no BLAS.
+           distbp.nn.layers calls these as one forward and one backward function per dense layer.
+Sums are deterministic: each parallel task sums a fixed chunk (ROW_CHUNK rows, or SUM_CHUNK elements)
+into its own row of partial sums, and `add_rows_into` adds those rows in chunk order, so no result
+depends on the thread count (distbp.nn.optim's layer norms use the same two).
 Every kernel releases the GIL (nogil), so that threads of one rank can run passes of the model at
 once (--reproducible computes one micro-block per thread). The activation is a compile-time constant: `bias_activation_forward_for(name)`
 and `activation_backward_for(name)` return kernels specialised on it (see
@@ -26,6 +30,9 @@ from distbp.nn.activations import derivative, kernel_key, value
 # not depend on the thread count, so neither does the result. (tasks owning blocks of
 # 64 columns instead measured 5-6x slower on 512x1024 float32: strided, barely vectorised.)
 ROW_CHUNK = 16
+
+# elements per parallel task of a 1-D sum (sum_of_squares, the optimizers' layer norms), fixed for the same reason
+SUM_CHUNK = 4096
 
 
 def bias_activation_forward_for(activation: str):
@@ -98,7 +105,8 @@ def _make_activation_backward(key: str):
                     d = g[i, j] * derivative(key, a[i, j])
                     delta[i, j] = d
                     p[j] += d
-        sum_rows_into(partial[:n_chunks, :m], db)
+        db[:] = 0
+        add_rows_into(db, partial[:n_chunks, :m])
     return activation_backward
 
 
@@ -141,7 +149,8 @@ def _make_narrow_backward(key: str):
                     d = row[j] * derivative(key, a[i, j])
                     row[j] = d
                     p[j] += d
-        sum_rows_into(partial[:n_chunks, :m], db)
+        db[:] = 0
+        add_rows_into(db, partial[:n_chunks, :m])
     return narrow_backward
 
 
@@ -159,13 +168,14 @@ def column_sum(delta, db, partial):
         for i in range(c * ROW_CHUNK, min(n, (c + 1) * ROW_CHUNK)):
             for j in range(m):
                 p[j] += delta[i, j]
-    sum_rows_into(partial[:n_chunks, :m], db)
+    db[:] = 0
+    add_rows_into(db, partial[:n_chunks, :m])
 
 
 @njit(cache=True, nogil=True)
-def sum_rows_into(partial, out):
-    """out (m,) = Σ_c partial[c] (c, m), rows added in order."""
-    out[:] = 0
+def add_rows_into(out, partial):
+    """out (m,) += Σ_c partial[c] for partial (c, m), rows added in order: the last, serial step of every
+    chunked sum, so the result does not depend on which thread summed which chunk."""
     for c in range(partial.shape[0]):
         for j in range(partial.shape[1]):
             out[j] += partial[c, j]
@@ -180,23 +190,22 @@ def ordered_sum(x):
     return s
 
 
-SUM_CHUNK = 4096  # elements per parallel task of sum_of_squares
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def sum_of_squares(x):
     """Σ x² of the 1-D array x in float64, by fixed chunks of SUM_CHUNK elements added in chunk order:
     the same for any thread count (so every rank holding the same x gets the same bits)."""
     n = x.shape[0]
     n_chunks = (n + SUM_CHUNK - 1) // SUM_CHUNK
-    partial = np.zeros(n_chunks)
+    partial = np.zeros((n_chunks, 1))
     for c in prange(n_chunks):
         s = 0.0
         for i in range(c * SUM_CHUNK, min(n, (c + 1) * SUM_CHUNK)):
             v = np.float64(x[i])
             s += v * v
-        partial[c] = s
-    return ordered_sum(partial)
+        partial[c, 0] = s
+    total = np.zeros(1)
+    add_rows_into(total, partial)
+    return total[0]
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -7,29 +7,25 @@ so an optimizer updates, and an allreduce sends, the whole model in one call.
 
 Backpropagation (mnielsen's notation): the forward pass keeps z and a of every
 layer; the backward pass starts from δ = ∂l/∂z at the output (from the loss) and
-walks back with δ = σ'(z) ⊙ (δ_next·Wᵀ), dW = aᵀ·δ, db = Σₙ δ. The input layer's
-δ·Wᵀ (= ∂l/∂X) is never computed: nobody needs it.
+walks back with δ = σ'(z) ⊙ (δ_next·Wᵀ), dW = aᵀ·δ, db = Σₙ δ, one layer's pass per
+function of distbp.nn.layers. The input layer's δ·Wᵀ (= ∂l/∂X) is never computed:
+nobody needs it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from distbp.nn import kernels, modelfile
 from distbp.nn.activations import get_activation
+from distbp.nn.layers import (BackwardHooks, bias_gradient, dense_backward, dense_forward, narrow_dense_backward,
+                              weight_gradient)
 from distbp.nn.losses import get_loss
 from distbp.observe.trace import NULL_TRACER
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-class BackwardHooks(Protocol):
-    """What the backward pass tells a gradient reducer (see `distbp.sync.reducer.GradientReducer`)."""
-
-    def layer_ready(self, layer: int) -> None: ...  # layer's dW, db are final
-    def progress(self) -> None: ...  # called between compute chunks
 
 
 class Workspace:
@@ -38,7 +34,10 @@ class Workspace:
     def __init__(self, rows: int, sizes: Sequence[int], dtype):
         outs = sizes[1:]
         self.rows = rows
-        self.z = [np.empty((rows, m), dtype) for m in outs]  # a·W (the output layer's: + b); δ overwrites them
+        self.z = [np.empty((rows, m), dtype) for m in outs]  # a·W (the output layer's: + b)
+        # δ = ∂l/∂z of each layer: the backward pass writes it over z (no pass reads z after that), so the
+        # same buffers, named for what they hold then
+        self.delta = self.z
         self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
         self.g = np.empty((rows, _g_width(sizes)), dtype)  # δ_next·Wᵀ by BLAS, reused by every wide layer
         self.row_loss = np.empty(rows, dtype)
@@ -207,18 +206,15 @@ class MLP:
         self._workspace(max(1, rows))
 
     def _forward(self, X: np.ndarray, ws: Workspace, n: int, trace=NULL_TRACER) -> None:
-        """Fill z[l], a[l] (n rows) for every layer; a[-1] is before the output activation."""
-        a = X
+        """Fill z[l], a[l] (n rows) for every hidden layer, and the output layer's z = a·W + b (its σ is the
+        loss's: softmax or linear)."""
+        a_in = X
         for l, (W, b) in enumerate(self.params):
             t0 = trace.now() if trace.on else 0.0
             z = ws.z[l][:n]
-            np.matmul(a, W, out=z)
-            if l < self.n_layers - 1:
-                act = ws.a[l][:n]
-                self._forward_kernels[l](z, act, b)
-                a = act
-            else:
-                self._forward_kernels[l](z, z, b)
+            a_out = ws.a[l][:n] if l < self.n_layers - 1 else z
+            dense_forward(z, a_out, a_in, W, b, self._forward_kernels[l])
+            a_in = a_out
             if trace.on:
                 trace.complete(f"forward {l}", t0, trace.now() - t0, layer=l)
 
@@ -254,37 +250,30 @@ class MLP:
 
         # output layer: δ = ∂l/∂z from the loss, written over z
         L = self.n_layers - 1
-        delta = ws.z[L][:n]
+        delta = ws.delta[L][:n]
         row_loss = ws.row_loss[:n]
-        self.loss.loss_delta(delta, y, ws.a[L][:n], delta, row_loss)
+        self.loss.loss_delta(ws.z[L][:n], y, ws.a[L][:n], delta, row_loss)
         loss = kernels.ordered_sum(row_loss)
 
         for l in range(L, -1, -1):
             t0 = tr.now() if tr.on else 0.0
             dW, db = grads[l]
-            a_prev = X if l == 0 else ws.a[l - 1][:n]
-            if l == L:
-                kernels.column_sum(delta, db, ws.partial)  # hidden layers get db from activation_backward
-            np.matmul(a_prev.T, delta, out=dW)
+            a_in = X if l == 0 else ws.a[l - 1][:n]
+            if l == L:  # a hidden layer's db came with its δ, from dense_backward
+                bias_gradient(db, delta, ws.partial)
+            weight_gradient(dW, a_in, delta)
             if hooks is not None:
                 hooks.layer_ready(l)
-            if l == 0:
-                if tr.on:
-                    tr.complete("backward 0", t0, tr.now() - t0, layer=0)
-                break
-            # δ_prev = σ'(z_prev) ⊙ (δ·Wᵀ), written over z_prev; also db_prev = Σₙ δ_prev
-            W = self.params[l][0]
-            z_prev = ws.z[l - 1][:n]
-            if l in ws.w_t:  # a narrow layer: product, σ' and db in one pass (kernels.narrow_backward)
-                np.copyto(ws.w_t[l], W.T)
-                self._narrow_kernels[l - 1](z_prev, delta, ws.w_t[l], a_prev, grads[l - 1][1], ws.partial)
-                if hooks is not None:
-                    hooks.progress()
-            else:
-                g = ws.g[:n, : W.shape[0]]
-                _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
-                self._backward_kernels[l - 1](z_prev, g, a_prev, grads[l - 1][1], ws.partial)
-            delta = z_prev
+            if l > 0:
+                # the layer below's δ_in = σ'(a_in) ⊙ (δ·Wᵀ), written over its z, and its db_in = Σₙ δ_in
+                W, delta_in, db_in = self.params[l][0], ws.delta[l - 1][:n], grads[l - 1][1]
+                if l in ws.w_t:  # a narrow layer: product, σ' and db_in in one pass
+                    narrow_dense_backward(delta_in, db_in, delta, W, a_in, self._narrow_kernels[l - 1], ws.w_t[l],
+                                          ws.partial, hooks)
+                else:
+                    dense_backward(delta_in, db_in, delta, W, a_in, self._backward_kernels[l - 1],
+                                   ws.g[:n, : W.shape[0]], ws.partial, hooks, progress_chunks)
+                delta = delta_in
             if tr.on:
                 tr.complete(f"backward {l}", t0, tr.now() - t0, layer=l)
         return loss
@@ -346,20 +335,6 @@ class MLP:
         z = ws.z[-1][:n]
         self.loss.loss_delta(z, y, ws.a[-1][:n], z, ws.row_loss[:n])
         return kernels.ordered_sum(ws.row_loss[:n])
-
-
-def _matmul_chunked(a, b, out, hooks, chunks: int) -> None:
-    """out = a·b, split into row chunks with hooks.progress() between them."""
-    if hooks is None or chunks <= 1:
-        np.matmul(a, b, out=out)
-        if hooks is not None:
-            hooks.progress()
-        return
-    n = a.shape[0]
-    step = -(-n // chunks)
-    for r0 in range(0, n, step):
-        np.matmul(a[r0:r0 + step], b, out=out[r0:r0 + step])
-        hooks.progress()
 
 
 def _check_sizes(sizes) -> list[int]:

@@ -35,17 +35,30 @@ import os
 import uuid
 import zipfile
 import zlib
-from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, Protocol, TypeVar
 
 import numpy as np
 
 from distbp.version import __version__
 from distbp.errors import ModelFileError
 
-if TYPE_CHECKING:
-    from distbp.nn.model import MLP
 
-M = TypeVar("M")  # the model type `build` makes (distbp.nn.model.MLP)
+class SavedModel(Protocol):
+    """What this format reads from a model and writes into one (`distbp.nn.model.MLP` has it all)."""
+
+    sizes: list[int]
+    activation_names: list[str]
+    loss: Any  # .name: the loss's registry name
+    dtype: np.dtype
+    params: list[tuple[np.ndarray, np.ndarray]]  # per layer (W (fan_in, fan_out), b (fan_out,)), views
+    flat_params: np.ndarray  # (n_params,)
+    n_layers: int
+    feature_offset: np.ndarray | None  # (inputs,) float64
+    feature_factor: np.ndarray | None  # (inputs,) float64
+    classes: np.ndarray | None  # (outputs,)
+
+
+M = TypeVar("M", bound=SavedModel)  # the model type `build` makes (distbp.nn.model.MLP)
 
 FORMAT = "distbp-model"
 FORMAT_VERSION = 1
@@ -58,7 +71,7 @@ NPY_MAGIC = b"\x93NUMPY"
 
 # ---- writing ------------------------------------------------------------------------------------
 
-def save_model(model: MLP, path: str | os.PathLike, *, scaling: str | None = None) -> None:
+def save_model(model: SavedModel, path: str | os.PathLike, *, scaling: str | None = None) -> None:
     """Write `model` to the model file `path` atomically (a crash leaves the old file or the new one).
 
     scaling: how the model's feature_offset/feature_factor were made, kept for people reading the file
@@ -69,7 +82,7 @@ def save_model(model: MLP, path: str | os.PathLike, *, scaling: str | None = Non
     write_atomically(path, lambda fh: np.savez(fh, **arrays))
 
 
-def model_arrays(model: MLP, scaling: str | None = None) -> dict[str, np.ndarray]:
+def model_arrays(model: SavedModel, scaling: str | None = None) -> dict[str, np.ndarray]:
     """The members of `model`'s file: W0, b0, …, the optional scaling and classes, and the metadata."""
     arrays: dict[str, np.ndarray] = {}
     for l, (W, b) in enumerate(model.params):
@@ -154,7 +167,7 @@ def read_model(path: str | os.PathLike, build: Callable[..., M]) -> M:
     return model
 
 
-def initial_parameters(path: str | os.PathLike, model: MLP) -> np.ndarray:
+def initial_parameters(path: str | os.PathLike, model: SavedModel) -> np.ndarray:
     """The flat parameters (model.n_params,) of the model file `path`, in model's dtype, once it is checked
     to be the same network as `model`: layer sizes (a mismatch names the layer), activations and loss.
     A file of the other dtype is cast (float32 → float64 exactly)."""
@@ -238,7 +251,7 @@ def _build(build: Callable[..., M], meta: dict, name: str) -> M:
         raise ModelFileError(f"{name}: its metadata describes no model this distbp can build: {e}") from None
 
 
-def _fill(model: MLP, archive, meta: dict, name: str) -> None:
+def _fill(model: SavedModel, archive, meta: dict, name: str) -> None:
     """Copy the file's arrays into `model`, each checked against the shape and dtype the sizes give."""
     layers = [key for l in range(model.n_layers) for key in (f"W{l}", f"b{l}")]
     missing = [key for key in dict.fromkeys(layers + meta["arrays"]) if key not in archive.files]

@@ -24,8 +24,9 @@ so a layer at θ_l = 0 takes the plain step at η instead of none. An optimizer 
 updates as `Segments`, pieces (start, stop, layer, is_bias); with a sharded optimizer state the range
 is one rank's part and may cut through layers, so the per-layer sums of squares are partial, and
 `sum_over_ranks` (one allreduce of an (n_layers, 2) float64 array) completes them before the ratios.
-Norms are float64 sums in fixed chunks of NORM_CHUNK elements added in order: the same for any thread
-count, so the same on every rank that holds the same ∇L.
+Both take their norms with one kernel, `layer_norms` specialised on the direction u (lars_norms,
+lamb_norms): float64 sums in fixed chunks of kernels.SUM_CHUNK elements added in order
+(kernels.add_rows_into), the same for any thread count, so the same on every rank that holds the same ∇L.
 
 Scalars are cast to the buffer's dtype so float32 updates stay float32. State (`state_arrays`,
 `step_count`) goes into checkpoints.
@@ -37,10 +38,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-NORM_CHUNK = 4096  # elements per parallel task of a sum of squares; fixed, so sums do not depend on threads
-
+from distbp.nn import kernels
+from distbp.nn.kernels import SUM_CHUNK
 
 # ---- the kernels (segs: the (n_pieces, 4) int64 table of Segments.table: start, stop, layer, decayed) ----
 
@@ -112,30 +114,8 @@ def adamw_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lr_
 
 
 @njit(parallel=True, cache=True)
-def lars_sums(sums, params, grad, scale, segs, lam):
-    """sums (n_layers, 2) float64 += (Σ θ², Σ g²) over each layer's pieces, g = scale·∇L + λ·θ."""
-    zero = type(lam)(0)
-    for k in range(segs.shape[0]):
-        lam_k = lam if segs[k, 3] else zero
-        start, stop = segs[k, 0], segs[k, 1]
-        n_chunks = (stop - start + NORM_CHUNK - 1) // NORM_CHUNK
-        partial = np.zeros((n_chunks, 2))
-        for c in prange(n_chunks):
-            s_theta = 0.0
-            s_g = 0.0
-            for i in range(start + c * NORM_CHUNK, min(stop, start + (c + 1) * NORM_CHUNK)):
-                p = params[i]
-                g = scale * grad[i] + lam_k * p
-                s_theta += np.float64(p) * np.float64(p)
-                s_g += np.float64(g) * np.float64(g)
-            partial[c, 0] = s_theta
-            partial[c, 1] = s_g
-        add_chunks(sums[segs[k, 2]], partial)
-
-
-@njit(parallel=True, cache=True)
 def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
-    """g = scale·∇L + λ·θ (as lars_sums); v ← μ·v + η_l·g; θ ← θ − v, with η_l = rates[layer] (n_layers,)."""
+    """g = scale·∇L + λ·θ (as lars_norms); v ← μ·v + η_l·g; θ ← θ − v, with η_l = rates[layer] (n_layers,)."""
     zero = type(lam)(0)
     for k in range(segs.shape[0]):
         lam_k = lam if segs[k, 3] else zero
@@ -148,37 +128,8 @@ def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
 
 
 @njit(parallel=True, cache=True)
-def lamb_moments(sums, params, grad, m, v, scale, beta1, beta2, corr, eps_t, segs, lam):
-    """m ← β₁·m + (1−β₁)·g, v ← β₂·v + (1−β₂)·g² (g = scale·∇L), and sums (n_layers, 2) float64 +=
-    (Σ θ², Σ r²) over each layer's pieces, r = corr·m/(√v + eps_t) + λ·θ = m̂/(√v̂ + ε) + λ·θ
-    (corr = √(1−β₂ᵗ)/(1−β₁ᵗ), eps_t = ε·√(1−β₂ᵗ))."""
-    one, zero = type(beta1)(1), type(beta1)(0)
-    for k in range(segs.shape[0]):
-        lam_k = lam if segs[k, 3] else zero
-        start, stop = segs[k, 0], segs[k, 1]
-        n_chunks = (stop - start + NORM_CHUNK - 1) // NORM_CHUNK
-        partial = np.zeros((n_chunks, 2))
-        for c in prange(n_chunks):
-            s_theta = 0.0
-            s_r = 0.0
-            for i in range(start + c * NORM_CHUNK, min(stop, start + (c + 1) * NORM_CHUNK)):
-                g = scale * grad[i]
-                mi = beta1 * m[i] + (one - beta1) * g
-                vi = beta2 * v[i] + (one - beta2) * g * g
-                m[i] = mi
-                v[i] = vi
-                p = params[i]
-                r = corr * mi / (np.sqrt(vi) + eps_t) + lam_k * p
-                s_theta += np.float64(p) * np.float64(p)
-                s_r += np.float64(r) * np.float64(r)
-            partial[c, 0] = s_theta
-            partial[c, 1] = s_r
-        add_chunks(sums[segs[k, 2]], partial)
-
-
-@njit(parallel=True, cache=True)
 def lamb_update(params, m, v, rates, corr, eps_t, segs, lam):
-    """θ ← θ − η_l·r, r = corr·m/(√v + eps_t) + λ·θ (as lamb_moments), η_l = rates[layer] (n_layers,)."""
+    """θ ← θ − η_l·r, r = corr·m/(√v + eps_t) + λ·θ (as lamb_norms), η_l = rates[layer] (n_layers,)."""
     zero = type(lam)(0)
     for k in range(segs.shape[0]):
         lam_k = lam if segs[k, 3] else zero
@@ -188,12 +139,76 @@ def lamb_update(params, m, v, rates, corr, eps_t, segs, lam):
             params[i] = p - rate * (corr * m[i] / (np.sqrt(v[i]) + eps_t) + lam_k * p)
 
 
-@njit(cache=True)
-def add_chunks(out, partial):
-    """out (2,) += Σ_c partial[c] (c, 2), chunks added in order."""
-    for c in range(partial.shape[0]):
-        out[0] += partial[c, 0]
-        out[1] += partial[c, 1]
+# ---- the layer norms of lars and lamb: one kernel, specialised on the direction u whose norm it takes ----
+
+def direction(rule, i, p, lam_k, state, coefs):
+    """u[i] of the update `rule` ("lars" or "lamb") at θ[i] = p; only callable inside Numba code, rule a constant.
+
+    lars: u = scale·∇L + λ·θ (state (grad,), coefs (scale,)).
+    lamb: m ← β₁·m + (1−β₁)·g, v ← β₂·v + (1−β₂)·g² with g = scale·∇L, then u = r = corr·m/(√v + eps_t) + λ·θ
+          = m̂/(√v̂ + ε) + λ·θ (state (grad, m, v), coefs (scale, β₁, β₂, corr, eps_t); corr = √(1−β₂ᵗ)/(1−β₁ᵗ),
+          eps_t = ε·√(1−β₂ᵗ)).
+    """
+    raise TypeError("direction() is resolved inside Numba kernels only")
+
+
+# not inline="always": numba's IR inlining lost lamb's writes to m and v (arrays unpacked from a tuple)
+# inside the prange (numba 0.68); LLVM inlines the compiled call anyway, and the loop measured as fast
+@overload(direction)
+def _direction(rule, i, p, lam_k, state, coefs):
+    if not isinstance(rule, types.StringLiteral):
+        return None  # numba retries with the constant's literal type
+    if rule.literal_value == "lars":
+        def lars(rule, i, p, lam_k, state, coefs):
+            grad, = state
+            scale, = coefs
+            return scale * grad[i] + lam_k * p
+        return lars
+    if rule.literal_value == "lamb":
+        def lamb(rule, i, p, lam_k, state, coefs):
+            grad, m, v = state
+            scale, beta1, beta2, corr, eps_t = coefs
+            one = type(beta1)(1)
+            g = scale * grad[i]
+            mi = beta1 * m[i] + (one - beta1) * g
+            vi = beta2 * v[i] + (one - beta2) * g * g
+            m[i] = mi
+            v[i] = vi
+            return corr * mi / (np.sqrt(vi) + eps_t) + lam_k * p
+        return lamb
+    raise ValueError(f"no layer-norm direction for {rule.literal_value!r}")
+
+
+def _make_layer_norms(rule: str):
+    # the factory closes over `rule`, a string constant: numba inlines the direction through it and caches
+    # one entry per rule on disk (as distbp.nn.kernels does with activations)
+    @njit(parallel=True, cache=True)
+    def layer_norms(sums, params, state, coefs, segs, lam):
+        """sums (n_layers, 2) float64 += (Σ θ², Σ u²) over each layer's pieces, u = direction(rule, …); in
+        float64, by chunks of SUM_CHUNK elements added in chunk order (the same for any thread count)."""
+        zero = type(lam)(0)
+        for k in range(segs.shape[0]):
+            lam_k = lam if segs[k, 3] else zero
+            start, stop = segs[k, 0], segs[k, 1]
+            n_chunks = (stop - start + SUM_CHUNK - 1) // SUM_CHUNK
+            partial = np.zeros((n_chunks, 2))
+            for c in prange(n_chunks):
+                s_theta = 0.0
+                s_u = 0.0
+                for i in range(start + c * SUM_CHUNK, min(stop, start + (c + 1) * SUM_CHUNK)):
+                    p = params[i]
+                    u = direction(rule, i, p, lam_k, state, coefs)
+                    s_theta += np.float64(p) * np.float64(p)
+                    s_u += np.float64(u) * np.float64(u)
+                partial[c, 0] = s_theta
+                partial[c, 1] = s_u
+            kernels.add_rows_into(sums[segs[k, 2]], partial)
+    return layer_norms
+
+
+# lars: the norms of θ and g = scale·∇L + λ·θ; lamb: Adam's moment update, and the norms of θ and r
+lars_norms = _make_layer_norms("lars")
+lamb_norms = _make_layer_norms("lamb")
 
 
 def trust_ratios(sums: np.ndarray, coefficient: float = 1.0) -> np.ndarray:
@@ -385,7 +400,7 @@ class LARS(Momentum):
     def step(self, params, grad, scale=1.0):
         t, table = self.dtype.type, self.table()
         sums = self.layer_sums()
-        lars_sums(sums, params, grad, t(scale), table, t(self.weight_decay))
+        lars_norms(sums, params, (grad,), (t(scale),), table, t(self.weight_decay))
         rates = (self.lr * trust_ratios(self.sum_layers_over_ranks(sums), self.trust)).astype(self.dtype)
         lars_update(params, grad, self.velocity, rates, t(scale), t(self.mu), table, t(self.weight_decay))
         self.step_count += 1
@@ -408,8 +423,8 @@ class LAMB(Adam):
         corr, eps_t = np.sqrt(c2) / c1, self.eps * np.sqrt(c2)
         t, table = self.dtype.type, self.table()
         sums = self.layer_sums()
-        lamb_moments(sums, params, grad, self.m, self.v, t(scale), t(self.beta1), t(self.beta2), t(corr), t(eps_t),
-                     table, t(self.weight_decay))
+        lamb_norms(sums, params, (grad, self.m, self.v), (t(scale), t(self.beta1), t(self.beta2), t(corr), t(eps_t)),
+                   table, t(self.weight_decay))
         rates = (self.lr * trust_ratios(self.sum_layers_over_ranks(sums))).astype(self.dtype)
         lamb_update(params, self.m, self.v, rates, t(corr), t(eps_t), table, t(self.weight_decay))
 

@@ -37,3 +37,44 @@ def loss_and_grad(params, activations, loss, X, y):
         if l:
             delta = (delta @ params[l][0].T) * ACT[activations[l - 1]][1](zs[l - 1])
     return L, grads
+
+
+# ---- one dense layer's pass (distbp.nn.layers), a_in (n, fan_in), W (fan_in, fan_out), b (fan_out,) ----
+
+def dense_forward(a_in, W, b, activation):
+    """(z, a_out) of a hidden layer: z = a_in·W (without b), a_out = σ(z + b)."""
+    z = a_in @ W
+    return z, ACT[activation][0](z + b)
+
+
+def weight_gradient(a, delta):
+    """dW = aᵀ·δ."""
+    return a.T @ delta
+
+
+def bias_gradient(delta):
+    """db = Σₙ δ."""
+    return delta.sum(axis=0)
+
+
+def dense_backward(delta, W, z_in, activation):
+    """(δ_in, db_in) of the layer below, whose pre-activation is z_in: δ_in = σ'(z_in) ⊙ (δ·Wᵀ), db_in = Σₙ δ_in."""
+    delta_in = (delta @ W.T) * ACT[activation][1](z_in)
+    return delta_in, delta_in.sum(axis=0)
+
+
+# ---- the layer norms of lars and lamb (distbp.nn.optim), in float64 ----
+
+def layer_sums_of_squares(theta, u, layer_of, n_layers):
+    """(n_layers, 2): Σ θ² and Σ u² over the elements of each layer (layer_of: each element's layer)."""
+    sums = np.zeros((n_layers, 2))
+    np.add.at(sums[:, 0], layer_of, theta.astype(np.float64) ** 2)
+    np.add.at(sums[:, 1], layer_of, u.astype(np.float64) ** 2)
+    return sums
+
+
+def lamb_direction(m, v, g, theta, beta1, beta2, corr, eps_t, lam):
+    """(m', v', r): Adam's moments m' = β₁m + (1−β₁)g, v' = β₂v + (1−β₂)g², and r = corr·m'/(√v' + eps_t) + λθ."""
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    return m, v, corr * m / (np.sqrt(v) + eps_t) + lam * theta

@@ -1,11 +1,12 @@
-"""Each fast kernel against its plain-numpy twin, and the float32 exp against numpy's."""
+"""Each fast kernel against its plain-numpy twin (optim's layer norms too), and the float32 exp against numpy's."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from distbp.nn import kernels
+from distbp.nn import kernels, optim
 from distbp.nn.activations import ACTIVATIONS, exp_f32
+from tests.helpers import reference
 from tests.helpers.reference import ACT
 
 
@@ -137,3 +138,33 @@ def test_narrow_backward_rows_do_not_depend_on_threads_or_on_the_rows_beside_the
     whole = rows(0, n, 2)
     np.testing.assert_array_equal(rows(0, n, 1), whole)
     np.testing.assert_array_equal(np.vstack([rows(0, 33, 1), rows(33, n, 2)]), whole)  # a split of the rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lars_and_lamb_layer_norms_match_numpy_on_a_range_that_cuts_through_layers(dtype):
+    sizes, lo, hi = [300, 40, 30, 10], 5000, 13000  # cuts layer 0's W and ends in layer 1's W
+    segs = optim.segments_of(sizes, lo, hi)
+    table = segs.table(decay_biases=False)
+    layer_of = np.concatenate([np.full(b - a, layer) for a, b, layer, _ in segs.pieces])
+    decayed = np.concatenate([np.full(b - a, not bias) for a, b, _, bias in segs.pieces])
+    rng = np.random.default_rng(6)
+    theta, grad = rng.standard_normal(hi - lo).astype(dtype), rng.standard_normal(hi - lo).astype(dtype)
+    t = np.dtype(dtype).type
+    scale, lam = 0.5, 0.01
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+
+    sums = np.zeros((segs.n_layers, 2))
+    optim.lars_norms(sums, theta, (grad,), (t(scale),), table, t(lam))
+    u = scale * grad.astype(np.float64) + lam * decayed * theta.astype(np.float64)
+    np.testing.assert_allclose(sums, reference.layer_sums_of_squares(theta, u, layer_of, segs.n_layers), **tol)
+
+    m, v = rng.standard_normal(hi - lo).astype(dtype), rng.random(hi - lo).astype(dtype)
+    beta1, beta2, corr, eps_t = 0.9, 0.999, 0.3, 1e-6
+    m_ref, v_ref, r = reference.lamb_direction(m.astype(np.float64), v.astype(np.float64),
+                                               scale * grad.astype(np.float64), theta.astype(np.float64),
+                                               beta1, beta2, corr, eps_t, lam * decayed)
+    sums = np.zeros((segs.n_layers, 2))
+    optim.lamb_norms(sums, theta, (grad, m, v), (t(scale), t(beta1), t(beta2), t(corr), t(eps_t)), table, t(lam))
+    np.testing.assert_allclose(m, m_ref, **tol)  # the moments are updated in the same pass
+    np.testing.assert_allclose(v, v_ref, **tol)
+    np.testing.assert_allclose(sums, reference.layer_sums_of_squares(theta, r, layer_of, segs.n_layers), **tol)
