@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distbp.comm.base import PIECE_BYTES
 from distbp.comm.mpi import world  # noqa: E402
-from distbp.comm.hier import HierarchicalAllreduce  # noqa: E402
 from distbp.sync.reducer import GradientReducer  # noqa: E402
+from distbp.sync.transports import make_transport  # noqa: E402
 
 MIB = 1 << 20
 MLP = [784, 1024, 1024, 10]  # its float32 gradient is 7.45 MB
@@ -101,11 +101,11 @@ def sweep_buckets(comm, repeats: int = 50) -> list[dict]:
             (4 * MIB, "bfloat16", "mpi"), (4 * MIB, "float16", "mpi"),
             (4 * MIB, "bfloat16", "ring"), (4 * MIB, "float16", "ring"),
             (MIB, None, "hier"), (4 * MIB, None, "hier"), (8 * MIB, None, "hier")]:
-        # the hierarchical allreduce sums a gradient of its own, in the node's shared memory
-        transport = HierarchicalAllreduce(comm, grad.size, grad.dtype, max_bucket=bucket_bytes // grad.itemsize) \
-            if algorithm == "hier" else None
-        reducer = GradientReducer(comm, grad if transport is None else transport.grad, slices, bucket_bytes,
-                                  overlap=True, comm_dtype=comm_dtype, algorithm=algorithm, transport=transport)
+        # the hierarchical allreduce sums a gradient of its own, in the node's shared memory (transport.grad)
+        transport = make_transport(algorithm, comm, grad.size, grad.dtype, max_bucket=bucket_bytes // grad.itemsize,
+                                   comm_dtype=comm_dtype)
+        reducer = GradientReducer(comm, grad if transport.grad is None else transport.grad, slices, bucket_bytes,
+                                  overlap=True, transport=transport)
 
         def step(reducer=reducer):
             for layer in reversed(range(len(slices))):

@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
-from distbp.comm.codecs import codec_for  # noqa: E402
 from distbp.comm.mpi import world  # noqa: E402
-from distbp.comm.hier import HierarchicalAllreduce  # noqa: E402
 from distbp.sync.reducer import GradientReducer  # noqa: E402
+from distbp.sync.transports import make_transport  # noqa: E402
 
 GRADIENT = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10  # parameters of MLP 784-1024-1024-10
 
@@ -36,12 +35,11 @@ class Case:
     """One transport on one buffer size: its reducer, and how long each sum took (slowest rank)."""
 
     def __init__(self, comm, algorithm: str, codec: str | None, n: int, bucket_bytes: int):
-        self.transport = HierarchicalAllreduce(comm, n, np.float32, codec=codec_for(codec),
-                                               max_bucket=min(n, bucket_bytes // 4)) if algorithm == "hier" else None
-        grad = self.transport.grad if self.transport is not None else np.zeros(n, np.float32)
+        self.transport = make_transport(algorithm, comm, n, np.float32, max_bucket=min(n, bucket_bytes // 4),
+                                        comm_dtype=codec)
+        grad = self.transport.grad if self.transport.grad is not None else np.zeros(n, np.float32)
         grad[:] = np.float32(comm.rank + 1)
-        self.reducer = GradientReducer(comm, grad, [slice(0, n)], bucket_bytes=bucket_bytes, comm_dtype=codec,
-                                       algorithm=algorithm, transport=self.transport)
+        self.reducer = GradientReducer(comm, grad, [slice(0, n)], bucket_bytes=bucket_bytes, transport=self.transport)
         self.comm, self.times = comm, []
 
     def run(self) -> float:
@@ -51,8 +49,7 @@ class Case:
         return time.perf_counter() - t0
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        self.transport.close()
 
 
 def main(argv=None) -> None:

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from distbp.comm.serial import SerialComm
 from distbp.comm.mpi import world  # noqa: E402
-from distbp.comm.hier import HierarchicalAllreduce  # noqa: E402
-from distbp.sync.reducer import GradientReducer  # noqa: E402
+from distbp.sync.reducer import GradientReducer, bucket_layout  # noqa: E402
+from distbp.sync.transports import make_transport  # noqa: E402
 from distbp.nn.model import MLP  # noqa: E402
 from distbp.nn.optim import make_optimizer  # noqa: E402
 
@@ -106,9 +106,12 @@ class Variant:
         # one reducer per mode, shared by the batch sizes, as one training run has one (its scratch counts once)
         key = (mode, solo)
         if key not in reducers:
+            if self.algorithm != "hier":  # the hierarchical one is built once, beside the shared gradient
+                largest = max(b.stop - b.start for b in bucket_layout(model.layer_slices, grad.size, grad.itemsize,
+                                                                      bucket_bytes))
+                transport = make_transport(self.algorithm, self.comm, grad.size, grad.dtype, max_bucket=largest)
             reducers[key] = GradientReducer(self.comm, grad, model.layer_slices, bucket_bytes=bucket_bytes,
-                                            overlap=self.overlap, algorithm=self.algorithm,
-                                            transport=transport if self.algorithm == "hier" else None)
+                                            overlap=self.overlap, transport=transport)
         self.reducer = reducers[key]
         self.times: dict[str, list[float]] = {k: [] for k in ("step", "compute", "hooks", "exposed", "other")}
 
@@ -167,8 +170,9 @@ def main(argv=None) -> None:
     # compile every kernel on a tiny model first, so the baseline RSS holds the runtime and the compiled code
     tiny = MLP([sizes[0], 4, 4, sizes[-1]], seed=1)
     tiny_grad = np.zeros(tiny.n_params, np.float32)
-    tiny_red = GradientReducer(comm, tiny_grad, tiny.layer_slices, algorithm="ring" if args.allreduce == "hier"
-                               else args.allreduce)
+    tiny_transport = make_transport("ring" if args.allreduce == "hier" else args.allreduce, comm, tiny.n_params,
+                                    tiny_grad.dtype)
+    tiny_red = GradientReducer(comm, tiny_grad, tiny.layer_slices, transport=tiny_transport)
     rng = np.random.default_rng(comm.rank)
     Xt = rng.standard_normal((4, sizes[0]), dtype=np.float32)
     yt = rng.integers(0, sizes[-1], 4)
@@ -182,7 +186,7 @@ def main(argv=None) -> None:
     model = MLP(sizes, activation="sigmoid", loss="cross_entropy", dtype="float32", seed=0)
     opt = make_optimizer("gd", model.n_params, model.dtype, LR)
     # the hierarchical allreduce sums a gradient that lives in the node's shared memory; the others take any
-    transport = HierarchicalAllreduce(comm, model.n_params, model.dtype) if args.allreduce == "hier" else None
+    transport = make_transport("hier", comm, model.n_params, model.dtype) if args.allreduce == "hier" else None
     grad = transport.grad if transport is not None else np.zeros(model.n_params, model.dtype)
     rows = max(batches + solo)
     # synthetic data: a speed benchmark needs the shapes, not a learnable task

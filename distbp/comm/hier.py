@@ -1,7 +1,7 @@
 """distbp's node-aware (hierarchical) allreduce: sum through shared memory on a node, across nodes by slices.
 
-`HierarchicalAllreduce(comm, n, dtype)` builds one; `distbp.sync.reducer` drives it like the ring (start each
-bucket, progress between compute chunks, wait). Its gradient buffer lives in memory the node's ranks
+`HierarchicalAllreduce(comm, n, dtype)` builds one; the gradient reducer drives it like the ring (start each
+bucket, progress between compute chunks, wait) as the "hier" transport of `distbp.sync.transports`. Its gradient buffer lives in memory the node's ranks
 share, so nothing is copied into messages on a node.
 """
 
@@ -69,7 +69,7 @@ class HierarchicalAllreduce:
         self._queue: list[_Bucket] = []
         self._copied = 0
 
-    # ---- the reducer's interface (like RingAllreduce) --------------------------------------------------
+    # ---- the transport's interface (like RingAllreduce) ------------------------------------------------
     def start(self, buf: np.ndarray) -> None:
         """Queue buf, a contiguous slice of self.grad that this rank has finished writing, for summing."""
         lo = _offset(buf, self.grad)

@@ -1,7 +1,8 @@
 """distbp's own ring allreduce: point-to-point messages of the `Comm` interface, advanced by its caller.
 
-`ring_allreduce(comm, max_elems, dtype, codec)` builds one on a duplicate communicator; `distbp.sync.reducer`
-drives it during the backward pass (start each bucket, progress between compute chunks, wait).
+`ring_allreduce(comm, max_elems, dtype, codec)` builds one on a duplicate communicator; the gradient reducer
+drives it during the backward pass (start each bucket, progress between compute chunks, wait) as the
+"ring" transport of `distbp.sync.transports`.
 """
 
 from __future__ import annotations

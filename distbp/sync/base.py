@@ -86,7 +86,7 @@ class SyncOptions:
     bucket_bytes: int = 4 << 20
     overlap: bool = True
     comm_dtype: str | None = None  # 16-bit codec for the allreduce (distbp.comm.codecs)
-    algorithm: str = "mpi"  # "mpi" or "ring" for bucketed allreduces
+    transport: str = "mpi"  # the bucketed allreduce's transport, a name in distbp.sync.transports.TRANSPORTS
     micro_batch: int = 32  # rows per fixed micro-block (exact sums)
     threads: int | None = None  # threads of this rank (None: what Numba has)
     optimizer: str = "gd"
@@ -186,6 +186,14 @@ class GradientSync:
     def reset_stats(self) -> None:
         """Start the counters of a new epoch."""
         self.clip.reset_stats()
+
+    def kernel_key(self) -> dict:
+        """What of this strategy selects the Numba kernels a run calls (part of distbp.train.warmup's key): the
+        strategy, the optimizer's options (a flag per option: on or off), the clip, and the 16-bit codec."""
+        options = {k: (v if isinstance(v, (bool, str)) else v != 0)
+                   for k, v in self.options.optimizer_options.items()}
+        return dict(strategy=type(self).__name__, options=sorted(options.items()), clip=bool(self.clip.max_norm),
+                    comm_dtype=self.options.comm_dtype)
 
     def warm_up(self) -> None:
         """Call this strategy's own Numba kernels once on tiny arrays (distbp.train.warmup; default: the clip's norm)."""

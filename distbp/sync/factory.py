@@ -43,7 +43,8 @@ def strategy_name(cfg: Config) -> str:
 
 
 def allreduce_algorithm(cfg: Config, layout: Layout) -> str:
-    """"hier", "ring" or "mpi" for the gradient's allreduce (--allreduce).
+    """The name of the gradient allreduce's transport (--allreduce): "hier", "ring" or "mpi", a key of
+    `distbp.sync.transports.TRANSPORTS`, which the strategy builds.
 
     auto takes the hierarchical allreduce (`distbp.comm.hier`) when every rank is on one node: the ranks add
     each other's buckets in shared memory, measured several times faster than distbp's ring and MPICH's
@@ -68,7 +69,7 @@ def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
     """The strategy's view of the configuration."""
     return SyncOptions(batch_size=cfg.batch_size, accumulate=cfg.accumulate, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                        overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
-                       algorithm=allreduce_algorithm(cfg, layout), micro_batch=cfg.micro_batch,
+                       transport=allreduce_algorithm(cfg, layout), micro_batch=cfg.micro_batch,
                        threads=cfg.threads,
                        optimizer=cfg.optimizer, lr=cfg.lr, optimizer_options=optimizer_options(cfg),
                        clip_grad_norm=cfg.clip_grad_norm)

@@ -1,10 +1,10 @@
 """The gradient's way over the ranks: buckets, and their overlap with the backward pass.
 
 `GradientReducer` sums the flat gradient over ranks in buckets that start while the backward pass is
-still running (output layer first), optionally 16-bit compressed (`distbp.comm.codecs`);
-`ShardedGradientReducer` reduce-scatters the same buckets into the ranks' parts instead. Both call
-only the public `Comm` interface; the MPI calls, including distbp's own ring allreduce
-(`distbp.comm.ring`), live in `distbp.comm`.
+still running (output layer first); how a bucket is summed is its transport's business
+(`distbp.sync.transports`: MPI's Iallreduce, distbp's ring or the hierarchical allreduce, optionally
+16-bit compressed). `ShardedGradientReducer` reduce-scatters the same buckets into the ranks' parts
+instead. Both call only the public `Comm` interface and the transport's; the MPI calls live in `distbp.comm`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from distbp.comm.codecs import codec_for
-from distbp.comm.base import PIECE_BYTES, Comm, Handle
-from distbp.comm.ring import ring_allreduce, ring_buffer_elements
+from distbp.comm.base import PIECE_BYTES, Comm
 from distbp.observe.trace import NULL_TRACER
+from distbp.sync.transports import MpiTransport, Transport
 
 # ---------------------------------------------------------------------------------------------
 # bucketed, overlapped gradient allreduce
@@ -80,17 +79,20 @@ class GradientReducer:
     first) and progress() between compute chunks; finish() before the update. After finish, grad
     holds the sum over ranks on every rank. Do not write a layer's gradient after layer_ready.
 
-    overlap=True starts a non-blocking allreduce for each bucket as soon as all its layers are ready,
-    in the fixed bucket order (so every rank starts the same collectives in the same order). MPI
-    only advances them inside Test/Wait, hence progress(). overlap=False does one blocking
-    allreduce of the whole buffer (in 16 MiB pieces) in finish().
+    overlap=True starts each bucket's sum (transport.start) as soon as all its layers are ready, in
+    the fixed bucket order (so every rank starts the same collectives in the same order). Transports,
+    like MPI, only advance inside their own calls, hence progress(). overlap=False starts every
+    bucket in finish(), except that a transport that sums the buffer's own values with MPI
+    (`whole_blocking`: MPI's, uncompressed) does one blocking allreduce of the whole buffer (in 16 MiB
+    pieces) instead.
 
-    algorithm: "mpi" uses the MPI library's Iallreduce/Allreduce; "ring" uses distbp's ring of
-    point-to-point messages (`distbp.comm.ring.RingAllreduce`), which on one node here was faster than MPICH's
-    and needs one scratch array of bucket/p elements instead of a message-sized temporary per
-    call (benchmarks/allreduce.py).
+    transport (`distbp.sync.transports`, built for grad's size and dtype; default: MPI's Iallreduce,
+    uncompressed): "mpi" uses the MPI library's Iallreduce/Allreduce; "ring" uses distbp's ring of
+    point-to-point messages (`distbp.comm.ring.RingAllreduce`), which on one node here was faster than
+    MPICH's and needs one scratch array of bucket/p elements instead of a message-sized temporary per
+    call (benchmarks/allreduce.py); "hier" sums on a node in shared memory (grad must be its buffer).
 
-    comm_dtype compresses each bucket to 16 bits for the wire (`distbp.comm.codecs`):
+    A transport's codec compresses each bucket to 16 bits for the wire (`distbp.comm.codecs`):
       "bfloat16": upper 16 bits of float32, round to nearest even; relative error ~2^-8 per
         rounding, same range as float32.
       "float16": relative error ~2^-11 per rounding, but values above 65504 become inf and values
@@ -111,29 +113,15 @@ class GradientReducer:
     """
 
     def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], bucket_bytes: int = 4 << 20,
-                 overlap: bool = True, comm_dtype: str | None = None, algorithm: str = "mpi", transport=None):
+                 overlap: bool = True, transport: Transport | None = None):
         if grad.ndim != 1 or not grad.flags.c_contiguous or grad.dtype not in (np.float32, np.float64):
             raise ValueError(f"grad must be a flat contiguous float32/float64 array, got {grad.dtype} {grad.shape}")
         self.comm, self.grad, self.overlap = comm, grad, overlap
-        self._codec = codec_for(comm_dtype)
+        self.transport = transport if transport is not None else MpiTransport(comm, grad.size, grad.dtype)
+        if self.transport.dtype != grad.dtype:
+            raise ValueError(f"the transport was built for {self.transport.dtype}, the gradient is {grad.dtype}")
         self.buckets = bucket_layout(layer_slices, grad.size, grad.itemsize, bucket_bytes)
-        if algorithm not in ("mpi", "ring", "hier"):
-            raise ValueError(f"algorithm must be 'mpi', 'ring' or 'hier', got {algorithm!r}")
-        if (algorithm == "hier") != (transport is not None):
-            raise ValueError("algorithm='hier' takes its transport (distbp.comm.hier.HierarchicalAllreduce), whose "
-                             "gradient buffer is grad; no other algorithm takes one")
-        # on one rank the ring sends nothing and holds no scratch
-        # distbp's own transports (the ring, or the hierarchical allreduce, which is driven the same way)
-        self.ring = transport if transport is not None else \
-            ring_allreduce(comm, max(b.stop - b.start for b in self.buckets), grad.dtype, self._codec) \
-            if algorithm == "ring" else None
-        self.algorithm = algorithm
-        # what a bucket's collective sums: a view of grad, or (MPI with a codec) its 16-bit copy; the ring
-        # encodes and decodes by itself
-        self._copies = self._codec is not None and self.ring is None
-        self._wire = [self._codec.empty(b.stop - b.start) if self._copies else grad[b.start:b.stop]
-                      for b in self.buckets]
-        self._wire_itemsize = 2 if self._codec is not None else grad.itemsize  # bytes per element sent
+        self._wire_itemsize = self.transport.wire_itemsize  # bytes per element sent
         self._buckets_of_layer: list[list[int]] = [[] for _ in layer_slices]
         for i, b in enumerate(self.buckets):
             for l in b.layers:
@@ -151,7 +139,6 @@ class GradientReducer:
         self._layer_done = [False] * self._n_layers
         self._missing = [len(b.layers) for b in self.buckets]
         self._next = 0  # first bucket not started yet
-        self._handles: list[Handle] = []
 
     def _traced_start(self, i: int) -> None:
         """start_bucket(i), and its async slice on the trace's buckets track."""
@@ -164,20 +151,15 @@ class GradientReducer:
 
     def _traced_done(self, still_in_flight: int = 0) -> None:
         """The started buckets but the last `still_in_flight` are complete: end their async slices."""
-        done = len(self._open) - still_in_flight
+        done = max(0, len(self._open) - still_in_flight)
         for i, ident in self._open[:done]:
             self.trace.async_end(f"bucket {i}", ident)
         del self._open[:done]
 
     def start_bucket(self, i: int) -> None:
         """Start bucket i's sum over ranks (subclasses change what a bucket's collective is)."""
-        b, wire = self.buckets[i], self._wire[i]
-        if self.ring is not None:
-            self.ring.start(wire)
-        else:
-            if self._copies:
-                self._codec.encode(self.grad[b.start:b.stop], wire)
-            self._handles.append(self.comm.start_allreduce(wire, self._codec))
+        b = self.buckets[i]
+        self.transport.start(self.grad[b.start:b.stop])
         self.stats["bytes"] += (b.stop - b.start) * self._wire_itemsize
         self.stats["calls"] += 1
 
@@ -204,16 +186,13 @@ class GradientReducer:
             self._advance_now()
 
     def _advance_now(self) -> None:
-        if self.ring is not None:
-            self.ring.progress()
-            if self._open:
-                self._traced_done(self.ring.in_flight)  # the ring finishes its buffers in order
-        if self._handles and self.comm.test_all(self._handles) and self.ring is None and self._open:
-            self._traced_done()  # MPI says every started bucket is complete
+        self.transport.progress()
+        if self._open:
+            self._traced_done(self.transport.in_flight)  # buckets complete in the order they started
 
     def progress(self) -> None:
-        """Let MPI advance the outstanding allreduces (it only does so inside Test/Wait)."""
-        if self._handles or self.ring is not None:
+        """Let the transport advance the outstanding sums (MPI only does so inside Test/Wait)."""
+        if self._next > 0:  # something was started this step
             t0 = time.perf_counter()
             self._advance()
             self.stats["overlap_s"] += time.perf_counter() - t0
@@ -227,7 +206,7 @@ class GradientReducer:
     def finish(self) -> None:
         """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
         t0 = time.perf_counter()
-        if not self.overlap and self._codec is None and self.ring is None:
+        if not self.overlap and self.transport.whole_blocking:
             with self.trace.span("blocking allreduce", bytes=int(self.grad.nbytes)):
                 self.reduce_blocking()
         else:
@@ -235,13 +214,8 @@ class GradientReducer:
                 self._traced_start(self._next)
                 self._next += 1
             with self.trace.span("wait", in_flight=len(self._open)):
-                if self.ring is not None:
-                    self.ring.wait()
-                self.comm.wait_all(self._handles)
+                self.transport.wait()
             self._traced_done()
-            if self._copies:
-                for b, wire in zip(self.buckets, self._wire):
-                    self._codec.decode(wire, self.grad[b.start:b.stop])
         self._new_step()
         self.stats["exposed_s"] += time.perf_counter() - t0
         self.stats["steps"] += 1
@@ -257,7 +231,9 @@ class ShardedGradientReducer(GradientReducer):
 
     def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], part: np.ndarray,
                  bounds: list[tuple[int, int]], bucket_bytes: int = 4 << 20, overlap: bool = True):
-        super().__init__(comm, grad, layer_slices, bucket_bytes=bucket_bytes, overlap=overlap)
+        # MPI's collectives, uncompressed: it holds the reduce-scatters' handles
+        self.mpi = MpiTransport(comm, grad.size, grad.dtype)
+        super().__init__(comm, grad, layer_slices, bucket_bytes=bucket_bytes, overlap=overlap, transport=self.mpi)
         self.part, self.bounds = part, bounds
         lo, hi = bounds[comm.rank]
         self._scatter = []  # per bucket: (elements each rank receives, this rank's receive view)
@@ -269,7 +245,7 @@ class ShardedGradientReducer(GradientReducer):
     def start_bucket(self, i: int) -> None:
         b = self.buckets[i]
         counts, recv = self._scatter[i]
-        self._handles.append(self.comm.start_reduce_scatter(self.grad[b.start:b.stop], recv, counts))
+        self.mpi.track(self.comm.start_reduce_scatter(self.grad[b.start:b.stop], recv, counts))
         self.stats["bytes"] += (b.stop - b.start) * self.grad.itemsize
         self.stats["calls"] += 1
 
@@ -279,13 +255,3 @@ class ShardedGradientReducer(GradientReducer):
         self.stats["bytes"] += self.grad.nbytes
         self.stats["calls"] += 1
 
-
-def ring_buffer_bytes(layer_slices: list[slice], itemsize: int, ranks: int, bucket_bytes: int,
-                      compressed: bool = False) -> int:
-    """Bytes of the ring allreduce's own buffers for the gradient's largest bucket, 0 on one rank:
-    a scratch of ceil(largest / ranks) elements (uint16 words when compressed, else the gradient's
-    dtype), and when compressed a uint16 wire of the largest bucket (`distbp.comm.ring.ring_buffer_elements`)."""
-    n = layer_slices[-1].stop
-    largest = max(b.stop - b.start for b in bucket_layout(layer_slices, n, itemsize, bucket_bytes))
-    wire, scratch = ring_buffer_elements(largest, ranks, compressed)
-    return 2 * (wire + scratch) if compressed else scratch * itemsize

@@ -6,16 +6,12 @@ kernels or the communicator (tests/unit/test_sync.py holds it to that).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from distbp.errors import ConfigError
 
-if TYPE_CHECKING:
-    from distbp.config import Config
 
-
-def check_modes(cfg: Config) -> None:
-    """Raise ConfigError for mode flags that cannot go together (called by config.validate)."""
+def check_modes(cfg) -> None:
+    """Raise ConfigError for mode flags of `cfg` (a `distbp.config.Config`, which calls this from validate) that
+    cannot go together."""
     if cfg.reproducible and cfg.comm_dtype:
         raise ConfigError("--reproducible and --comm-dtype conflict: compressed gradients are not exact")
     if cfg.reproducible and (cfg.accumulate > 1 or cfg.shard_optimizer):

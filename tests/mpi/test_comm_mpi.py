@@ -13,6 +13,7 @@ from distbp.errors import ConfigMismatchError, DistbpError, DivergenceError
 from distbp.comm.mpi import MPIComm
 from distbp.comm.ring import ring_allreduce
 from distbp.sync.reducer import GradientReducer
+from distbp.sync.transports import make_transport
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -163,7 +164,8 @@ def run_backward(reducer, grad, values):
 def test_reducer_equals_a_plain_allreduce(comm, dtype, overlap, bucket_bytes, algorithm):
     n = sum(LAYER_SIZES)
     grad = np.zeros(n, dtype)
-    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), bucket_bytes, overlap, algorithm=algorithm)
+    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), bucket_bytes, overlap,
+                              transport=make_transport(algorithm, comm, n, dtype))
     for step in range(2):  # the second step checks that the reducer resets between steps
         values = rank_array(comm.rank, n, dtype, seed=step)
         run_backward(reducer, grad, values)
@@ -234,8 +236,8 @@ COMPRESSION_REL_ERROR = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
 def test_compressed_reducer_is_within_its_documented_tolerance(comm, comm_dtype, overlap, algorithm):
     n = sum(LAYER_SIZES)
     grad = np.zeros(n, np.float32)
-    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), 64 << 10, overlap, comm_dtype=comm_dtype,
-                              algorithm=algorithm)
+    reducer = GradientReducer(comm, grad, layer_slices(LAYER_SIZES), 64 << 10, overlap,
+                              transport=make_transport(algorithm, comm, n, np.float32, comm_dtype=comm_dtype))
     values = rank_array(comm.rank, n, np.float32, seed=4)
     run_backward(reducer, grad, values)
     total, scale = exact_sum(comm.size, n, np.float32, seed=4)

@@ -13,7 +13,8 @@ from distbp.train import memory
 from tests.helpers import memcheck
 from distbp.comm.serial import SerialComm
 from distbp.comm.mpi import world
-from tests.unit.test_sync import MODES, config, plug_in_the_toy, trained
+from tests.unit.test_sync import (MODES, BlockingTransport, config, plug_in_the_toy, plug_in_the_toy_transport,
+                                   trained)
 
 
 @pytest.mark.mpi(min_size=2)
@@ -63,3 +64,18 @@ def test_a_toy_strategy_trains_data_parallel_without_touching_the_loop(monkeypat
     toy = trained(comm, dtype="float64", epochs=2, batch_size=23, check_every=1)
     assert toy.sync.name == "toy"
     assert np.abs(toy.model.flat_params - one.model.flat_params).max() < 1e-10
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_toy_transport_sums_the_buckets_like_mpis_without_touching_the_reducer(monkeypatch, overlap):
+    comm = world()
+    mpi = trained(comm, dtype="float64", epochs=2, allreduce="mpi", overlap=overlap)
+    plug_in_the_toy_transport(monkeypatch)
+    toy = trained(comm, dtype="float64", epochs=2, allreduce="toy", overlap=overlap)
+    assert isinstance(toy.sync.reducer.transport, BlockingTransport)
+    assert "(toy: one blocking allreduce per bucket)" in toy.sync.describe()
+    # the same sums, added by MPI in possibly another order: equal up to rounding
+    assert np.abs(toy.model.flat_params - mpi.model.flat_params).max() < 1e-10
+    everyone = comm.allgather_object(toy.model.flat_params.copy())
+    assert all(np.array_equal(everyone[0], p) for p in everyone)

@@ -12,6 +12,7 @@ from distbp.errors import ConfigMismatchError, DistbpError, DivergenceError, Sta
 from distbp.comm.serial import SerialComm
 from distbp.comm.codecs import bf16_decode, bf16_encode
 from distbp.sync.reducer import Bucket, GradientReducer, bucket_layout
+from distbp.sync.transports import make_transport
 from distbp.train.watchdog import Watchdog
 
 
@@ -113,7 +114,7 @@ def test_serial_reducer_leaves_an_uncompressed_gradient_unchanged(overlap, algor
     grad = rng.standard_normal(1000).astype(np.float32)
     expected = grad.copy()
     reducer = GradientReducer(SerialComm(), grad, layer_slices([100, 300, 600]), bucket_bytes=256, overlap=overlap,
-                              algorithm=algorithm)
+                              transport=make_transport(algorithm, SerialComm(), grad.size, grad.dtype))
     for layer in (2, 1, 0):
         reducer.layer_ready(layer)
         reducer.progress()
@@ -127,7 +128,8 @@ def test_serial_reducer_applies_the_compression_rounding(algorithm):
     rng = np.random.default_rng(1)
     grad = rng.standard_normal(500).astype(np.float32)
     expected = bf16_decode(bf16_encode(grad))
-    reducer = GradientReducer(SerialComm(), grad, layer_slices([200, 300]), comm_dtype="bfloat16", algorithm=algorithm)
+    transport = make_transport(algorithm, SerialComm(), grad.size, grad.dtype, comm_dtype="bfloat16")
+    reducer = GradientReducer(SerialComm(), grad, layer_slices([200, 300]), transport=transport)
     reducer.finish()
     assert np.array_equal(grad, expected)
     assert reducer.stats["bytes"] == grad.size * 2
@@ -141,8 +143,9 @@ def test_one_rank_rounds_the_same_bits_through_the_ring_as_through_mpi(comm_dtyp
     results = []
     for algorithm in ("mpi", "ring"):
         grad = values.copy()
+        transport = make_transport(algorithm, SerialComm(), grad.size, dtype, comm_dtype=comm_dtype)
         reducer = GradientReducer(SerialComm(), grad, layer_slices([100, 300, 600]), bucket_bytes=256,
-                                  comm_dtype=comm_dtype, algorithm=algorithm)
+                                  transport=transport)
         for layer in (2, 1, 0):
             reducer.layer_ready(layer)
             reducer.progress()
@@ -159,11 +162,11 @@ def test_reducer_rejects_a_layer_reported_twice_and_bad_options():
     with pytest.raises(ValueError, match="twice"):
         reducer.layer_ready(1)
     with pytest.raises(ValueError, match="comm_dtype"):
-        GradientReducer(SerialComm(), grad, layer_slices([5, 5]), comm_dtype="int8")
+        make_transport("mpi", SerialComm(), grad.size, grad.dtype, comm_dtype="int8")
     with pytest.raises(ValueError, match="flat contiguous"):
         GradientReducer(SerialComm(), np.zeros(10, np.float16), layer_slices([5, 5]))
     with pytest.raises(ValueError, match="algorithm must be"):
-        GradientReducer(SerialComm(), grad, layer_slices([5, 5]), algorithm="tree")
+        make_transport("tree", SerialComm(), grad.size, grad.dtype)
 
 
 # ---- bfloat16 encoding ----------------------------------------------------------------------

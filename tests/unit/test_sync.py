@@ -10,11 +10,15 @@ from distbp.testing import faults
 from distbp.train import memory
 from tests.helpers import memcheck
 from distbp.sync import factory as sync
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
+from distbp.errors import NonFiniteError
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
 from distbp.errors import ConfigError
 from distbp.sync.base import GradientSync, layers_with_nonfinite
+from distbp.sync import transports
+from distbp import config as configuration
 
 SMALL = "synthetic:rows=300,features=12,classes=3,test=40"
 
@@ -43,8 +47,8 @@ def config(**overrides) -> Config:
 
 
 def trained(comm, **overrides):
-    r = train.setup(config(**overrides), comm)
-    train.fit(r)
+    r = setup(config(**overrides), comm)
+    loop.fit(r)
     r.watchdog.stop()
     return r
 
@@ -80,7 +84,7 @@ def test_reproducible_buffers_hold_one_micro_block_not_a_rank_share():
 @pytest.mark.parametrize("mode", MODES)
 def test_nan_in_a_rank_gradient_names_layer_0_in_every_mode(mode, monkeypatch):
     monkeypatch.setattr(faults, "PLAN", {"rank": 0, "step": 2, "kind": "nan"})
-    with pytest.raises(train.NonFiniteError, match=r"step 2.*layer 0 dW"):
+    with pytest.raises(NonFiniteError, match=r"step 2.*layer 0 dW"):
         trained(SerialComm(), **MODES[mode])
 
 
@@ -177,6 +181,42 @@ def test_a_strategy_defined_in_a_test_plugs_into_the_factory_and_trains(monkeypa
     assert toy.sync.steps == reference.pos.step
     assert np.abs(toy.model.flat_params - reference.model.flat_params).max() < 1e-12
     assert memory.per_rank(toy.sync)["total"] == memcheck.allocated_bytes(toy, skip=(toy.data, toy.comm))
+
+
+class BlockingTransport(transports.Transport):
+    """A toy transport written inside a test: each bucket summed at once by one blocking allreduce."""
+
+    name, label = "toy", " (toy: one blocking allreduce per bucket)"
+
+    def __init__(self, comm, n, dtype, max_bucket=None, codec=None):
+        super().__init__(comm, n, dtype, max_bucket, codec)
+        self.started = 0
+
+    def start(self, buf):
+        self.comm.allreduce_sum(buf)
+        self.started += 1
+
+
+def plug_in_the_toy_transport(monkeypatch):
+    """Register BlockingTransport as "toy" and let --allreduce name it."""
+    monkeypatch.setitem(transports.TRANSPORTS, "toy", BlockingTransport)
+    monkeypatch.setitem(configuration.CHOICES, "allreduce", (*configuration.CHOICES["allreduce"], "toy"))
+
+
+def test_a_transport_defined_in_a_test_plugs_into_the_registry_and_trains(monkeypatch):
+    reference = trained(SerialComm(), dtype="float64", epochs=2, allreduce="mpi")
+    plug_in_the_toy_transport(monkeypatch)
+    toy = trained(SerialComm(), dtype="float64", epochs=2, allreduce="toy")
+    assert toy.sync.algorithm == "toy" and isinstance(toy.sync.reducer.transport, BlockingTransport)
+    assert toy.sync.reducer.transport.started >= toy.sync.reducer.stats["calls"] > 1  # bucket by bucket
+    # one rank sums nothing: the same bits as MPI's transport
+    assert toy.model.flat_params.tobytes() == reference.model.flat_params.tobytes()
+    assert memory.per_rank(toy.sync)["total"] == memcheck.allocated_bytes(toy, skip=(toy.data, toy.comm))
+
+
+def test_an_unknown_transport_name_is_refused():
+    with pytest.raises(ValueError, match="algorithm must be one of 'mpi', 'ring', 'hier'"):
+        transports.transport_class("tree")
 
 
 def test_configuration_and_its_mode_rules_need_no_communication_module():
