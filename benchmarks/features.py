@@ -45,7 +45,8 @@ def worker(args) -> None:
     import numpy as np
 
     from tests.helpers import memcheck
-    from distbp.train import loop as train
+    from distbp.train import loop
+    from distbp.train.setup import setup
     from distbp.comm.mpi import world
     from distbp.config import Config, validate
     from distbp.data.shard import epoch_permutation, global_batches
@@ -59,7 +60,7 @@ def worker(args) -> None:
         cfg = validate(Config(data=f"synthetic:rows={rows},features=784,classes=10,test=16", layers=LAYERS,
                               batch_size=args.batch, optimizer="adam", lr=1e-4, progress="none", timeout=0,
                               check_every=0, **extra))
-        runs[name] = train.setup(cfg, comm)
+        runs[name] = setup(cfg, comm)
     perm = epoch_permutation(next(iter(runs.values())).data.train.n_rows, 0, 0)
     start, stop = global_batches(len(perm), args.batch)[0]
     times = {name: [] for name in runs}
@@ -67,12 +68,12 @@ def worker(args) -> None:
         for name, run in runs.items():
             r0, r1 = run.sync.my_rows(stop - start)
             for _ in range(args.lead):  # untimed: the variant is timed in its own steady state, not in the wake
-                train.train_step(run, perm[start + r0:start + r1], stop - start)  # of another's thread pools
+                loop.train_step(run, perm[start + r0:start + r1], stop - start)  # of another's thread pools
             comm.barrier()
             t0 = time.perf_counter()
             run.trace.at_step(i)  # as run_epoch does: writes the last step's events (nothing when untraced)
             with run.trace.span("step", step=i):
-                train.train_step(run, perm[start + r0:start + r1], stop - start)
+                loop.train_step(run, perm[start + r0:start + r1], stop - start)
             dt = comm.max_scalar(time.perf_counter() - t0)  # the slowest rank sets the step time
             if i >= 2:  # the first calls compile
                 times[name].append(dt)

@@ -33,7 +33,8 @@ def worker(args) -> None:
     threads.pin_threads_env(threads.default_threads())
     import numpy as np
 
-    from distbp.train import loop as train
+    from distbp.train import loop
+    from distbp.train.setup import setup
     from distbp.comm.mpi import world
     from distbp.config import Config
 
@@ -48,7 +49,7 @@ def worker(args) -> None:
     runs = {}
     for name, options in variants.items():
         cfg = Config(**common, **options)
-        runs[name] = train.setup(cfg, comm)
+        runs[name] = setup(cfg, comm)
     starts = list(range(0, args.rows - args.batch + 1, args.batch))
     perm = np.arange(args.rows, dtype=np.int64)
     times = {name: [] for name in runs}
@@ -60,7 +61,7 @@ def worker(args) -> None:
             start = starts[(run.pos.step + i) % len(starts)]
             r0, r1 = run.sync.my_rows(args.batch)
             t0 = time.perf_counter()
-            train.train_step(run, perm[start + r0:start + r1], args.batch)
+            loop.train_step(run, perm[start + r0:start + r1], args.batch)
             if record:
                 times[name].append(time.perf_counter() - t0)
         run.pos.step += count

@@ -255,7 +255,7 @@ def dry_run(cfg, comm) -> int:
     from distbp.sync.base import ModelShape
     from distbp.sync.factory import make_sync
     from distbp.train import memory
-    from distbp.train.loop import layout_of, resolve_layers
+    from distbp.train.setup import layout_of, resolve_layers
 
     layers = cfg.layers
     if layers is None:  # the default layers follow the data's shape

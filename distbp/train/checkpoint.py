@@ -12,7 +12,7 @@ needs pickle:
 A save writes a temporary file in the same directory, fsyncs it, renames it over
 the final name and fsyncs the directory, so a crash leaves either the old set of
 checkpoints or the new one, never a half-written ckpt-*.npz. Plain file handling;
-no MPI here (only the root calls it).
+no MPI here (only the root calls it). One job per directory is `distbp.train.lock`'s.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ import os
 import re
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from distbp.host.procs import process_alive
 
 FORMAT_VERSION = 1
 _META_KEY = "__distbp_meta__"
@@ -142,13 +139,23 @@ def save_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarr
     Returns the path written. Only checkpoints whose meta has this meta's "run_id" count
     towards `keep` and are pruned: files of another run, or not checkpoints at all, are
     never deleted. Leftover temporary files of earlier, interrupted saves are removed
-    with them: the caller holds the directory's lock (`lock_directory`), so none of them
+    with them: the caller holds the directory's lock (`distbp.train.lock`), so none of them
     can belong to a save in progress.
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"checkpoint step must be a non-negative integer, got {step!r}")
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
+    entries = _entries(arrays, meta)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = _write_atomically(directory, int(step), entries)
+    _prune(directory, keep, meta.get("run_id"))
+    return final
+
+
+def _entries(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+    # the caller's arrays, checked, and our two entries: the meta JSON and the header with the digest
     arrays = _validate_arrays(arrays)
     try:
         meta_json = json.dumps(meta, sort_keys=True)
@@ -158,12 +165,13 @@ def save_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarr
     entries = dict(arrays)
     entries[_META_KEY] = _as_bytes_array(meta_json)
     entries[_HEADER_KEY] = _as_bytes_array(json.dumps(header))
+    return entries
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory, int(step))
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX + f"{int(step):08d}-",
-                                    suffix=_TEMP_SUFFIX)
+
+def _write_atomically(directory: Path, step: int, entries: dict[str, np.ndarray]) -> Path:
+    # a temporary file in the same directory, fsynced, renamed over the final name, then the directory fsynced
+    final = checkpoint_path(directory, step)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX + f"{step:08d}-", suffix=_TEMP_SUFFIX)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -176,7 +184,6 @@ def save_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarr
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
-    _prune(directory, keep, meta.get("run_id"))
     return final
 
 
@@ -227,11 +234,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return entries, meta
 
 
-def _warn_stderr(message: str) -> None:
+def warn_stderr(message: str) -> None:
+    """The default `warn`: a distbp warning line on stderr."""
     print(f"distbp: warning: {message}", file=sys.stderr, flush=True)
 
 
-def latest_checkpoint(directory: str | Path, *, warn: Callable[[str], None] = _warn_stderr,
+def latest_checkpoint(directory: str | Path, *, warn: Callable[[str], None] = warn_stderr,
                       ) -> tuple[Path, dict[str, np.ndarray], dict] | None:
     """(path, arrays, meta) of the newest checkpoint that loads and verifies.
 
@@ -293,72 +301,3 @@ def check_compatible(meta: dict, expected: dict, keys: list[str], *, path: str |
     if problems:
         where = f"{path}: " if path is not None else ""
         raise CheckpointError(where + "incompatible checkpoint: " + "; ".join(problems))
-
-
-# ---------------------------------------------------------------- one job per directory
-
-LOCK_NAME = ".distbp-lock"
-LOCK_STALE_S = 600.0  # a holder on another host that has not refreshed its lock for this long is gone
-
-
-def lock_directory(directory: str | Path, host: str, pid: int, warn: Callable[[str], None] = _warn_stderr) -> Path:
-    """Take DIR/.distbp-lock for this job (host, pid), or raise CheckpointError naming the job holding it.
-
-    A lock is stale, and taken over with a warning, when its holder was on this host and its
-    process is gone, or when it was not refreshed (`refresh_lock`) for LOCK_STALE_S seconds. The
-    same process may take its own lock again (one process running several runs in turn).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
-    record = json.dumps({"host": host, "pid": pid, "time": _now()})
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_lock(path)
-            if holder is not None and not _stale(path, holder, host, pid):
-                raise CheckpointError(
-                    f"{directory} is in use by another job (pid {holder.get('pid')} on {holder.get('host')}); "
-                    f"one job per --checkpoint-dir. If that job is gone, delete {path}") from None
-            if holder is not None and holder.get("pid") != pid:
-                warn(f"taking over {path}: its job (pid {holder.get('pid')} on {holder.get('host')}) is gone")
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(record)
-        return path
-    raise CheckpointError(f"{path}: could not take the lock (another job keeps taking it)")
-
-
-def refresh_lock(path: str | Path) -> None:
-    """Mark the lock as held now (its holder calls this now and then)."""
-    try:
-        os.utime(path)
-    except OSError:
-        pass
-
-
-def unlock_directory(path: str | Path) -> None:
-    Path(path).unlink(missing_ok=True)
-
-
-def _read_lock(path: Path) -> dict | None:
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # half-written or unreadable: treat as stale
-    return holder if isinstance(holder, dict) else None
-
-
-def _stale(path: Path, holder: dict, host: str, pid: int) -> bool:
-    if holder.get("host") == host:
-        return holder.get("pid") == pid or not process_alive(holder.get("pid"))
-    try:
-        return _now() - path.stat().st_mtime > LOCK_STALE_S
-    except OSError:
-        return True
-
-
-def _now() -> float:
-    return time.time()

@@ -19,11 +19,11 @@ from distbp.testing import faults
 from distbp.comm.base import Comm
 from distbp.config import Config
 from distbp.data.datasets import Dataset
-from distbp.train import loop as train
 from distbp.train import runstate
+from distbp.train.loop import Callback, fit
 from distbp.train.run import Run
+from distbp.train.setup import setup
 from distbp.train.warmup import shared_warmup, startup_line
-from distbp.train.loop import Callback
 
 
 def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None = None,
@@ -32,11 +32,11 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
     """Train as `cfg` says; returns the finished run (its model, history and position).
 
     started: time.monotonic() at the launch (start-up is reported from it); dataset, initial: see
-    `distbp.train.setup`; callback, callback_every: see `distbp.train.fit`.
+    `distbp.train.setup.setup`; callback, callback_every: see `distbp.train.loop.fit`.
     """
     run = None
     try:
-        run = train.setup(cfg, comm, dataset=dataset, initial=initial)
+        run = setup(cfg, comm, dataset=dataset, initial=initial)
         compiled = shared_warmup(run)  # [dist] the root compiles the kernels, the others load them
         run.startup_s = time.monotonic() - started
         if comm.is_root:
@@ -44,7 +44,7 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
             print(startup_line(run.startup_s, compiled), flush=True)
             if cfg.init_from and run.pos.step == 0:  # not resumed from a checkpoint, which would win
                 print(f"distbp: starting from the parameters in {cfg.init_from} (--init-from)", flush=True)
-        train.fit(run, callback, callback_every)
+        fit(run, callback, callback_every)
         run.attach_scaling()  # the model predicts on raw rows, and model files keep the scaling
         if cfg.save:
             runstate.save_params(run, cfg.save)

@@ -1,4 +1,5 @@
-"""What a training run holds: its parts (`Run`), where it stands (`Position`), where its time went (`Timers`).
+"""What a training run holds (`Run`); where it stands is `distbp.train.position`, where its time goes
+`distbp.train.instruments`.
 
 Both the training loop (`distbp.train`) and the checkpoint code (`distbp.train.runstate`) import this
 module; neither imports the other.
@@ -13,45 +14,17 @@ import numpy as np
 
 from distbp.comm.base import Comm
 from distbp.config import Config
-from distbp.data.datasets import Dataset, Split
+from distbp.data.batch import BatchBuffers
+from distbp.data.datasets import Dataset
 from distbp.nn.model import MLP
+from distbp.train.instruments import Instruments, Timers
+from distbp.train.position import Position
 from distbp.train.schedule import Schedule
 from distbp.data.shard import LocalRows, SharedRows
 from distbp.train.stopping import EarlyStopping
 from distbp.sync.base import GradientSync
 from distbp.observe.trace import NULL_TRACER, NullTracer, Tracer
 from distbp.train.watchdog import Watchdog
-
-
-@dataclass
-class Position:
-    """Where training stands: the next batch to run is `batch` of `epoch`; `step` updates done so far."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    skipped: int = 0  # updates skipped for NaN/Inf (--skip-nonfinite)
-    # running sums of the current epoch (so a mid-epoch resume reports the same epoch metrics)
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    seen: float = 0.0
-    # early stopping and --save-best (distbp.train.stopping): the best held-out metric so far, the step after which
-    # it was measured, and the evaluations since then (defaults: what checkpoints from before them mean)
-    best: float | None = None
-    best_step: int | None = None
-    since_best: int = 0
-
-
-@dataclass
-class Timers:
-    """Seconds of this epoch on this rank: gathering rows, computing, waiting for other ranks."""
-
-    data_s: float = 0.0
-    compute_s: float = 0.0
-    comm_s: float = 0.0
-
-    def reset(self) -> None:
-        self.data_s = self.compute_s = self.comm_s = 0.0
 
 
 @dataclass
@@ -76,6 +49,10 @@ class Run:
     lock_refreshed: float = field(default_factory=time.monotonic)
     trace: Tracer | NullTracer = NULL_TRACER  # --trace: this rank's timeline
     startup_s: float = 0.0  # seconds from the launch to the first step (set by the CLI)
+    instruments: Instruments = field(init=False, repr=False)  # the watchdog, tracer and timers above, as one
+
+    def __post_init__(self) -> None:
+        self.instruments = Instruments(self.watchdog, self.trace, self.timers)
 
     def attach_scaling(self) -> None:
         """Give the model its training's feature scaling, which it applies when it predicts on raw rows and
@@ -91,8 +68,5 @@ class Run:
         """
         if into is not None:
             return into.gather(self.data.train, rows)
-        t0 = time.perf_counter()
-        with self.trace.span("gather", rows=int(rows.shape[0])):
-            out = self.batch.gather(self.data.train, rows)
-        self.timers.data_s += time.perf_counter() - t0
-        return out
+        with self.instruments.data("gather", rows=int(rows.shape[0])):
+            return self.batch.gather(self.data.train, rows)

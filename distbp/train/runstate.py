@@ -1,9 +1,10 @@
 """Checkpoints of a training run: what goes in, how a run resumes, and the saved model.
 
-The file format (atomic, checksummed) is `distbp.train.checkpoint`; this module decides the
-contents: parameters, what the gradient-sync strategy keeps (optimizer state, gathered from the
-ranks when it is sharded, and the strategy's own meta), the position in the epoch with its
-running sums and the early-stopping state (best, since_best), the metrics so far and the configuration.
+The file format (atomic, checksummed) is `distbp.train.checkpoint`, the directory's lock is
+`distbp.train.lock`; this module decides the contents: parameters, what the gradient-sync strategy
+keeps (optimizer state, gathered from the ranks when it is sharded, and the strategy's own meta), the
+position in the epoch with its running sums and the early-stopping state (best, since_best), the metrics
+so far and the configuration.
 It also writes the model files: --save at the end, --save-best after each improvement.
 """
 
@@ -17,10 +18,12 @@ import time
 import uuid
 
 from distbp.train import checkpoint as ckpt
+from distbp.train.lock import lock_directory, refresh_lock, unlock_directory
 from distbp.comm.base import Comm
 from distbp.config import Config
 from distbp.nn.modelfile import save_model
-from distbp.train.run import Position, Run
+from distbp.train.position import Position
+from distbp.train.run import Run
 
 # a resumed run must be the same run: the model, and what decides its batches and data
 MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype", "config.optimizer",
@@ -38,10 +41,10 @@ def claim_checkpoint_dir(cfg: Config, comm: Comm) -> str | None:
     err, lock, directory = None, None, cfg.checkpoint_dir
     if comm.is_root:
         try:
-            lock = ckpt.lock_directory(directory, socket.gethostname(), os.getpid(), warn=_warn_if(comm.is_root))
+            lock = lock_directory(directory, socket.gethostname(), os.getpid(), warn=_warn_if(comm.is_root))
             theirs = [p for p in ckpt.list_checkpoints(directory) if ckpt.read_meta(p) is not None]
             if theirs and not cfg.resume:
-                ckpt.unlock_directory(lock)
+                unlock_directory(lock)
                 raise ckpt.CheckpointError(
                     f"{directory} holds checkpoints of another run (newest {theirs[-1].name}); pass --resume to "
                     "continue that run, or use another --checkpoint-dir (a run never deletes another's files)")
@@ -61,13 +64,13 @@ def new_run_id(comm: Comm) -> str:
 def keep_claim(run: Run) -> None:
     """Root: refresh the directory's lock now and then, so that it never looks abandoned while we run."""
     if run.lock is not None and time.monotonic() - run.lock_refreshed > LOCK_REFRESH_S:
-        ckpt.refresh_lock(run.lock)
+        refresh_lock(run.lock)
         run.lock_refreshed = time.monotonic()
 
 
 def release_checkpoint_dir(run: Run) -> None:
     if run.lock is not None:
-        ckpt.unlock_directory(run.lock)
+        unlock_directory(run.lock)
         run.lock = None
 
 

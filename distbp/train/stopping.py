@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from distbp.config import Config
-    from distbp.train.run import Position
+from distbp.config import Config
+from distbp.train.position import Position
 
 LOWER_IS_BETTER = {"test_loss": True, "test_accuracy": False}
 

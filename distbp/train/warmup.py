@@ -38,7 +38,7 @@ from distbp.nn import kernels
 from distbp.errors import StallError
 from distbp.nn.model import narrow_layers
 from distbp.nn.optim import make_optimizer
-from distbp.train import loop as train
+from distbp.train.setup import setup
 
 ROWS = 2  # rows of the warm-up pass: enough to call every kernel
 COMPILE_WAIT_S = 600.0  # how long the other ranks wait for rank 0's compilation
@@ -91,12 +91,11 @@ def warm_key(model, optimizer: str, sync) -> str:
     package = Path(__file__).resolve().parents[1]
     sources = sorted((str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns)
                      for f in package.rglob("*.py"))
-    options = {k: (v if isinstance(v, (bool, str)) else v != 0) for k, v in sync.options.optimizer_options.items()}
     backward = backward_kernels(model.sizes, model.activation_names)
+    # the strategy says what of it selects kernels (strategy, optimizer options, clip, codec)
     what = dict(numba=numba.__version__, cpu=llvm.get_host_cpu_name(), sources=sources, dtype=str(model.dtype),
                 activations=sorted(set(model.activation_names)), backward=backward, loss=model.loss.name,
-                optimizer=optimizer, options=sorted(options.items()), strategy=type(sync).__name__,
-                clip=bool(sync.options.clip_grad_norm), comm_dtype=sync.options.comm_dtype)
+                optimizer=optimizer, **sync.kernel_key())
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -185,7 +184,7 @@ def warm_configuration(cfg) -> dict:
     if entry is not None:  # the run's own generated data, drawn now into the data cache (distbp.data.cache)
         data.load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale)
     data_s = time.perf_counter() - t0
-    run = train.setup(stand_in, SerialComm())
+    run = setup(stand_in, SerialComm())
     try:
         t0 = time.perf_counter()
         with CompileCounter() as counter:

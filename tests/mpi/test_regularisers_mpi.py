@@ -10,7 +10,8 @@ Each rank also trains the 1-rank reference itself (SerialComm), so the compariso
 import numpy as np
 import pytest
 
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
 from distbp.comm.serial import SerialComm
 from distbp.comm.mpi import world
 from distbp.config import Config, validate
@@ -34,8 +35,8 @@ REGULARISED = {
 def train_on(comm, **overrides):
     cfg = validate(Config(**{**dict(data=SMALL, layers=LAYERS, dtype="float64", epochs=2, batch_size=20, lr=0.01,
                                     progress="none", timeout=60, check_every=1), **overrides}))
-    r = train.setup(cfg, comm)
-    train.fit(r)
+    r = setup(cfg, comm)
+    loop.fit(r)
     r.watchdog.stop()
     return r
 

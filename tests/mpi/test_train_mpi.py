@@ -11,7 +11,9 @@ import pytest
 from distbp.testing import faults
 from tests.helpers import memcheck
 from distbp.sync import factory as sync
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import layout_of, setup
+from distbp.errors import NonFiniteError
 from distbp.comm.serial import SerialComm
 from distbp.comm.mpi import world
 from distbp.config import Config, validate
@@ -23,8 +25,8 @@ def train_on(comm, **overrides):
     cfg = validate(Config(**{**dict(data=SMALL, layers=[10, 9, 3], dtype="float64", epochs=2, lr=0.01,
                                     optimizer="momentum", progress="none", timeout=60, check_every=1),
                              **overrides}))
-    r = train.setup(cfg, comm)
-    train.fit(r)
+    r = setup(cfg, comm)
+    loop.fit(r)
     r.watchdog.stop()
     return r
 
@@ -68,7 +70,7 @@ def test_overlapped_buckets_and_one_blocking_allreduce_agree(overlap, bucket_mb,
 @pytest.mark.mpi(min_size=2)
 def test_auto_picks_the_same_transport_on_one_node_for_compressed_gradients():
     comm = world()
-    layout = train.layout_of(comm)
+    layout = layout_of(comm)
     assert layout.single_node  # the test jobs share one node
     plain = sync.allreduce_algorithm(validate(Config(data=SMALL)), layout)
     assert plain != "mpi"  # distbp's own transport on one node
@@ -81,7 +83,7 @@ def test_memory_estimate_counts_the_ring_scratch_a_run_allocates():
     bucket = 1000 * 8  # bytes: several buckets for this model
     r = train_on(comm, batch_size=16, epochs=1, allreduce="ring", bucket_mb=bucket / (1 << 20))
     est = memcheck.per_rank_bytes(r.cfg.layers, r.cfg.dtype, 16, comm.size, "momentum", ring_bucket_bytes=bucket)
-    assert est["allreduce_scratch"] == r.sync.reducer.ring.scratch.nbytes > 0
+    assert est["allreduce_scratch"] == r.sync.reducer.transport.ring.scratch.nbytes > 0
 
 
 @pytest.mark.mpi(min_size=2)
@@ -91,7 +93,7 @@ def test_memory_estimate_counts_the_compressed_rings_wire_and_scratch():
     r = train_on(comm, batch_size=16, epochs=1, allreduce="ring", comm_dtype="bfloat16", bucket_mb=bucket / (1 << 20))
     est = memcheck.per_rank_bytes(r.cfg.layers, r.cfg.dtype, 16, comm.size, "momentum", ring_bucket_bytes=bucket,
                                 comm_dtype="bfloat16")
-    ring = r.sync.reducer.ring
+    ring = r.sync.reducer.transport.ring
     # uint16 words: a wire of the largest bucket and a scratch of its ceil(1/p) share; no per-bucket copies
     assert ring.wire.dtype == ring.scratch.dtype == np.uint16
     assert est["allreduce_scratch"] == ring.nbytes == ring.wire.nbytes + ring.scratch.nbytes > 0
@@ -174,7 +176,7 @@ def test_sharded_checkpoints_resume_bit_exact_on_the_same_rank_count_and_correct
 def test_sharded_nonfinite_gradient_names_the_layer_on_every_rank(monkeypatch):
     comm = world()
     monkeypatch.setattr(faults, "PLAN", {"rank": comm.size - 1, "step": 1, "kind": "nan"})
-    with pytest.raises(train.NonFiniteError, match=r"step 1.*layer 0 dW"):
+    with pytest.raises(NonFiniteError, match=r"step 1.*layer 0 dW"):
         train_on(comm, batch_size=16, shard_optimizer=True)
 
 

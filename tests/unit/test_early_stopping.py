@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 import distbp
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
 from distbp.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
 from distbp.errors import ConfigError
 from distbp.errors import DistbpError
-from distbp.train.run import Position
+from distbp.train.position import Position
 from distbp.train.stopping import EarlyStopping
 from jobs import run_job
 
@@ -26,13 +27,13 @@ STEPS_PER_EPOCH = 5  # 230 training rows in global batches of 46
 def make(**overrides):
     cfg = validate(Config(**{**dict(data=DATA, layers=[10, 9, 3], epochs=10, batch_size=46, lr=0.05,
                                     optimizer="adam", progress="none", timeout=60), **overrides}))
-    return train.setup(cfg, SerialComm())
+    return setup(cfg, SerialComm())
 
 
 def trained(**overrides):
     r = make(**overrides)
     try:
-        train.fit(r)
+        loop.fit(r)
     finally:
         r.watchdog.stop()
     return r
@@ -48,7 +49,7 @@ def held_out(monkeypatch, values, metric="test_loss"):
         v = values.get(run.pos.step, 1.0) if isinstance(values, dict) else values[len(seen) - 1]
         return (v, 0.5) if metric == "test_loss" else (1.0, v)
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
     return seen
 
 
@@ -130,14 +131,14 @@ def test_save_best_keeps_the_parameters_of_the_best_evaluation(monkeypatch, tmp_
 
 
 def test_save_best_with_the_real_evaluation_holds_the_lowest_held_out_loss(monkeypatch, tmp_path):
-    real, seen = train.evaluate, []
+    real, seen = loop.evaluate, []
 
     def evaluate(run):
         result = real(run)
         seen.append((result[0], run.model.flat_params.copy()))
         return result
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
     path = tmp_path / "best.npz"
     r = trained(epochs=4, eval_every=2, save_best=str(path), lr=0.2)
     losses = [loss for loss, _ in seen]
@@ -154,7 +155,7 @@ def test_eval_every_evaluates_after_the_right_steps_with_train_evaluates_numbers
     # the same training, evaluated by hand at steps 3, 6, 9 through a callback that stops nothing
     plain = make(epochs=2)
     by_hand = {}
-    train.fit(plain, lambda rec: "step" in rec and by_hand.update({rec["step"]: train.evaluate(plain)}),
+    loop.fit(plain, lambda rec: "step" in rec and by_hand.update({rec["step"]: loop.evaluate(plain)}),
               callback_every=3)
     plain.watchdog.stop()
     r = trained(epochs=2, eval_every=3)

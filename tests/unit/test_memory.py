@@ -5,7 +5,8 @@ import pytest
 from distbp import units
 from distbp.train import memory
 from tests.helpers import memcheck
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
 
@@ -19,8 +20,8 @@ def test_estimate_equals_the_allocated_buffers(optimizer, accumulate, layers):
     cfg = validate(Config(data="synthetic:rows=200,features=12,classes=3,test=20", layers=layers,
                           batch_size=40, optimizer=optimizer, accumulate=accumulate, epochs=1, progress="none",
                           timeout=0))
-    run = train.setup(cfg, SerialComm())
-    train.fit(run)
+    run = setup(cfg, SerialComm())
+    loop.fit(run)
     run.watchdog.stop()
     ws = run.model._ws
     allocated = {

@@ -13,7 +13,8 @@ from distbp import MLP
 from distbp.nn import kernels
 from distbp.nn import optim
 from distbp.sync import factory as sync
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
 from distbp.nn.optim import make_optimizer, segments_of
@@ -262,8 +263,8 @@ def test_the_memory_estimate_counts_what_lars_lamb_and_weight_decay_allocate(fla
     from distbp.train import memory
     from tests.helpers import memcheck
 
-    r = train.setup(run_config(**flags), SerialComm())
-    train.fit(r)
+    r = setup(run_config(**flags), SerialComm())
+    loop.fit(r)
     r.watchdog.stop()
     assert memory.per_rank(r.sync)["total"] == memcheck.allocated_bytes(r, skip=(r.data, r.comm))
 
@@ -280,10 +281,10 @@ def test_the_warm_up_calls_every_update_kernel_a_step_calls(flags, monkeypatch):
             calls[phase[0]].add((_name, tuple(numba.typeof(a) for a in args)))
             return _kernel(*args)
         monkeypatch.setattr(module, name, recorded)
-    r = train.setup(run_config(**flags), SerialComm())
+    r = setup(run_config(**flags), SerialComm())
     warm_kernels(r.model, r.cfg.optimizer, r.sync)
     phase[0] = "training"
-    train.fit(r)
+    loop.fit(r)
     r.watchdog.stop()
     assert calls["training"] and calls["training"] <= calls["warm-up"], calls["training"] - calls["warm-up"]
 
@@ -296,8 +297,8 @@ def test_accumulated_micro_batches_train_what_one_pass_trains(optimizer):
                               dtype="float64", epochs=2, batch_size=40, lr=0.05, optimizer=optimizer,
                               weight_decay=0.01, clip_grad_norm=0.5, warmup_steps=3, lr_schedule="cosine",
                               accumulate=accumulate, progress="none", timeout=0))
-        r = train.setup(cfg, SerialComm())
-        train.fit(r)
+        r = setup(cfg, SerialComm())
+        loop.fit(r)
         r.watchdog.stop()
         return r.model.flat_params
 

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
 from distbp.train.checkpoint import list_checkpoints
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
@@ -57,8 +58,8 @@ def test_warm_up_starts_at_its_fraction_and_reaches_the_rate():
 def run(**overrides):
     cfg = validate(Config(**{**dict(data=SMALL, layers=[10, 9, 3], dtype="float64", epochs=4, batch_size=32,
                                     lr=0.05, optimizer="momentum", progress="none", timeout=60), **overrides}))
-    r = train.setup(cfg, SerialComm())
-    train.fit(r)
+    r = setup(cfg, SerialComm())
+    loop.fit(r)
     r.watchdog.stop()
     return r
 

@@ -7,10 +7,11 @@ import pytest
 
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
-from distbp.errors import ConfigError
+from distbp.errors import ConfigError, NonFiniteError
 from distbp.testing import faults
 from distbp.train import runstate
-from distbp.train import loop as train
+from distbp.train import loop
+from distbp.train.setup import setup
 
 SMALL = "synthetic:rows=240,features=12,classes=3,test=40"
 
@@ -18,8 +19,8 @@ SMALL = "synthetic:rows=240,features=12,classes=3,test=40"
 def run(tmp_path=None, **overrides):
     cfg = validate(Config(**{**dict(data=SMALL, layers=[12, 8, 3], dtype="float64", epochs=2, batch_size=32,
                                     lr=0.01, progress="none", timeout=0), **overrides}))
-    r = train.setup(cfg, SerialComm())
-    train.fit(r)
+    r = setup(cfg, SerialComm())
+    loop.fit(r)
     r.watchdog.stop()
     return r
 
@@ -27,7 +28,7 @@ def run(tmp_path=None, **overrides):
 def test_one_step_is_theta_minus_eta_times_summed_gradient():
     r = run(epochs=1, batch_size=240, lr=0.05)  # one global batch = the whole training set in one step
     cfg = r.cfg
-    fresh = train.setup(cfg, SerialComm())
+    fresh = setup(cfg, SerialComm())
     theta0 = fresh.model.flat_params.copy()
     X = np.empty((fresh.data.train.n_rows, 12))
     y = np.empty(fresh.data.train.n_rows, np.int64)
@@ -95,7 +96,7 @@ def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
 
 def test_nonfinite_gradient_stops_with_step_and_layer(monkeypatch):
     monkeypatch.setattr(faults, "PLAN", {"rank": 0, "step": 2, "kind": "nan"})
-    with pytest.raises(train.NonFiniteError, match=r"step 2.*layer 0 dW"):
+    with pytest.raises(NonFiniteError, match=r"step 2.*layer 0 dW"):
         run(epochs=1)
 
 
@@ -108,7 +109,7 @@ def test_skip_nonfinite_skips_and_counts_the_update(monkeypatch):
 
 
 def test_learning_rate_too_high_is_reported_as_nonfinite_not_silently_trained_on():
-    with pytest.raises(train.NonFiniteError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         run(epochs=2, loss="mse", lr=1e6, activation="linear")
 
 

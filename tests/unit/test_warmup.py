@@ -31,7 +31,8 @@ def test_nothing_compiles_or_loads_after_the_warm_up():
         from numba.core.dispatcher import Dispatcher
         from distbp.comm.serial import SerialComm
         from distbp.config import Config, validate
-        from distbp.train import loop as train
+        from distbp.train import loop
+        from distbp.train.setup import setup
         from distbp.train.warmup import shared_warmup
 
         def overloads():
@@ -43,11 +44,11 @@ def test_nothing_compiles_or_loads_after_the_warm_up():
             cfg = validate(Config(**{{**dict(data="synthetic:rows=200,features=12,classes=3,test=20",
                                              layers=[12, 9, 3], epochs=1, batch_size=40, lr=0.01,
                                              progress="none", timeout=0, bucket_mb=0.001), **mode}}))
-            run = train.setup(cfg, SerialComm())
+            run = setup(cfg, SerialComm())
             before_warm_up = overloads()
             shared_warmup(run)
             before = overloads()
-            train.fit(run)
+            loop.fit(run)
             run.watchdog.stop()
             after = overloads()
             warmed = sum(n - before_warm_up.get(k, (q, 0))[1] for k, (q, n) in before.items())
@@ -151,14 +152,14 @@ def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
 
 def warm_key_of(**options) -> str:
     """The warm key (distbp.train.warmup.warm_key) of a run with these Config fields, on one rank."""
-    from distbp.train import loop as train
+    from distbp.train.setup import setup
     from distbp.comm.serial import SerialComm
     from distbp.config import Config, validate
     from distbp.train.warmup import warm_key
 
     cfg = validate(Config(**{**dict(data="synthetic:rows=60,features=6,classes=3,test=6", layers=[6, 5, 3],
                                     epochs=1, progress="none", timeout=0), **options}))
-    run = train.setup(cfg, SerialComm())
+    run = setup(cfg, SerialComm())
     run.watchdog.stop()
     return warm_key(run.model, cfg.optimizer, run.sync)
 

@@ -1,0 +1,28 @@
+"""Where training stands (`Position`): what a checkpoint keeps so that a resumed run continues exactly.
+
+The loop moves it, the early-stopping rule (`distbp.train.stopping`) keeps its best in it, and the
+checkpoint code (`distbp.train.runstate`) writes and reads it; none of them imports another for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Position:
+    """Where training stands: the next batch to run is `batch` of `epoch`; `step` updates done so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    skipped: int = 0  # updates skipped for NaN/Inf (--skip-nonfinite)
+    # running sums of the current epoch (so a mid-epoch resume reports the same epoch metrics)
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    # early stopping and --save-best (distbp.train.stopping): the best held-out metric so far, the step after which
+    # it was measured, and the evaluations since then (defaults: what checkpoints from before them mean)
+    best: float | None = None
+    best_step: int | None = None
+    since_best: int = 0

@@ -1,0 +1,129 @@
+"""What a training run reports: its records, the root's printed lines and the --metrics file.
+
+Records (the history `fit` returns, the --metrics lines), in order: one per epoch, as always, and one per
+mid-epoch evaluation (--eval-every), told apart by its "eval_step" key. A callback also sees a step record
+every callback_every steps; those are not kept. Only the root prints and writes; the lines' text is what
+scripts and tests parse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TextIO
+
+from distbp.train.run import Run
+
+
+def epoch_record(run: Run, elapsed: float, test: tuple[float, float | None] | None) -> dict:
+    """[dist] The epoch's record (its --metrics line), from the position and timers at its end.
+
+    elapsed: the epoch's seconds; test: the held-out (loss, accuracy), None without held-out rows."""
+    pos, t = run.pos, run.timers
+    # [dist] time split: the slowest rank's view decides the step time, so report the max over ranks
+    times = run.comm.max_scalar(t.comm_s), run.comm.max_scalar(t.compute_s), run.comm.max_scalar(t.data_s)
+    stats = run.sync.stats
+    return {
+        "epoch": pos.epoch + 1,
+        "train_loss": pos.loss_sum / max(pos.seen, 1),
+        "train_accuracy": pos.correct / max(pos.seen, 1) if run.data.n_classes else None,
+        "test_loss": test[0] if test else None,
+        "test_accuracy": test[1] if test else None,
+        "samples_per_s": pos.seen / elapsed if elapsed > 0 else None,
+        "time_s": elapsed,
+        "compute_s": times[1],
+        "comm_s": times[0],
+        "data_s": times[2],
+        "overlapped_comm_s": stats.get("overlap_s"),
+        "grad_norm": stats.get("grad_norm"),  # --clip-grad-norm: the epoch's mean ‖scale·∇L‖ before clipping
+        "clipped_steps": stats.get("clipped_steps"),
+        "steps": pos.step,
+        "lr": run.schedule(max(pos.step - 1, 0)),  # η of the epoch's last update
+        "skipped_nonfinite": pos.skipped,
+        "ranks": run.comm.size,
+        # this launch's start-up (data, model, compiling kernels) in its first epoch's record, not in its time
+        "startup_s": run.startup_s if not run.history else 0.0,
+    }
+
+
+def eval_record(run: Run, test: tuple[float, float | None]) -> dict:
+    """A mid-epoch evaluation's record after pos.step updates (--eval-every): {"epoch", "eval_step" (updates
+    done), "train_loss" and "train_accuracy" (the epoch's running values so far), "test_loss", "test_accuracy"},
+    which the early-stopping rule completes with best_<metric> and stopped_early as in an epoch's record."""
+    pos = run.pos
+    return {"epoch": pos.epoch + 1, "eval_step": pos.step, "train_loss": pos.loss_sum / max(pos.seen, 1),
+            "train_accuracy": pos.correct / max(pos.seen, 1) if run.data.n_classes else None,
+            "test_loss": test[0], "test_accuracy": test[1]}
+
+
+def step_record(run: Run) -> dict:
+    """What a callback sees every callback_every steps: the epoch, the step and the epoch's running values."""
+    pos = run.pos
+    return {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / pos.seen,
+            "train_accuracy": pos.correct / pos.seen if run.data.n_classes else None}
+
+
+def summary_line(r: dict) -> str:
+    """The root's line at an epoch's end, from its record."""
+    acc = lambda v: "  -   " if v is None else f"{100 * v:5.1f}%"
+    return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train {acc(r['train_accuracy'])}  "
+            f"test {acc(r['test_accuracy'])}  {r['samples_per_s']:9.0f} samples/s  "
+            f"compute {r['compute_s']:.2f}s comm {r['comm_s']:.2f}s")
+
+
+def eval_line(r: dict) -> str:
+    """The root's line for a mid-epoch evaluation (--eval-every), beside the epochs' summary lines."""
+    acc = "" if r["test_accuracy"] is None else f"  test {100 * r['test_accuracy']:5.1f}%"
+    return f"epoch {r['epoch']:3d}  step {r['eval_step']:6d}  test loss {r['test_loss']:.4f}{acc}"
+
+
+def announce_start(run: Run, exhausted: bool) -> None:
+    """Root: why a (resumed) run trains nothing, if it does not: it stopped early, or did all its epochs."""
+    if not run.comm.is_root:
+        return
+    if exhausted:
+        print(run.stopping.stopped_line(run.pos), flush=True)
+    elif run.pos.epoch >= run.cfg.epochs:
+        print(f"distbp: the run already finished its {run.pos.epoch} epochs; nothing to train "
+              "(raise --epochs to train more)", flush=True)
+
+
+def announce_stop(run: Run) -> None:
+    """Root: early stopping ends the run here."""
+    if run.comm.is_root:
+        print(run.stopping.stop_line(run.pos), flush=True)
+
+
+def announce_end(run: Run) -> None:
+    """Root: where the best model is (--save-best), and how many updates were skipped (--skip-nonfinite)."""
+    cfg, pos = run.cfg, run.pos
+    if cfg.save_best and pos.best_step is not None and run.comm.is_root:
+        print(f"distbp: the best model ({cfg.early_stop_metric} {pos.best:.6g} at step {pos.best_step}) is in "
+              f"{cfg.save_best}", flush=True)
+    if pos.skipped and run.comm.is_root:
+        print(f"distbp: warning: {pos.skipped} of {pos.step} updates were skipped for NaN/Inf (--skip-nonfinite)",
+              file=sys.stderr, flush=True)
+
+
+def log(run: Run, metrics_file: TextIO | None, record: dict, line: str) -> None:
+    """The record into the history (every rank); the root prints its line and writes it to --metrics."""
+    run.history.append(record)
+    if run.comm.is_root:
+        print(line, flush=True)
+        if metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+
+def open_metrics(run: Run) -> TextIO | None:
+    """Root: the metrics file, rewound to what the run had done (a resumed run rewrites the epochs of its
+    checkpoint, so that epochs after the checkpoint are not listed twice)."""
+    if not (run.cfg.metrics and run.comm.is_root):
+        return None
+    os.makedirs(os.path.dirname(os.path.abspath(run.cfg.metrics)), exist_ok=True)
+    fh = open(run.cfg.metrics, "w")
+    for record in run.history:
+        fh.write(json.dumps(record) + "\n")
+    fh.flush()
+    return fh

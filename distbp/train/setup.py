@@ -1,0 +1,238 @@
+"""Assembling a training run, in one direction: data → agreement → model and strategy → `Run`.
+
+  1. every rank loads its data (`load_data`), resolving the layers against it;
+  2. [dist] the ranks agree: one rank's bad file stops all, and every rank must run the same job on the
+     same data (`agree_on_job`);
+  3. the model and the gradient-sync strategy, built (`build_agreed`) for the rows each rank computes
+     (`plan_rows`), from one starting point;
+  4. the `Run`, with its watchdog, trace, checkpoint lock and run id, resumed from a checkpoint if asked.
+
+Every [dist] line is a collective: each happens on every rank in this order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import uuid
+from typing import Callable
+
+import numpy as np
+
+from distbp.comm.base import Comm
+from distbp.config import Config
+from distbp.data import localdata
+from distbp.data.batch import BatchBuffers
+from distbp.data.datasets import Dataset, load_dataset
+from distbp.data.shard import LocalRows, SharedRows
+from distbp.errors import ConfigError, DistbpError
+from distbp.nn.model import MLP
+from distbp.nn.modelfile import initial_parameters
+from distbp.observe.trace import NULL_TRACER, PHASES, NullTracer, Tracer, align_clocks, parse_steps
+from distbp.sync.base import GradientSync, Layout, ModelShape
+from distbp.sync.factory import make_sync
+from distbp.testing import faults
+from distbp.train.memory import check_fits_machine
+from distbp.train.run import Run
+from distbp.train.runstate import check_outputs, claim_checkpoint_dir, new_run_id, release_checkpoint_dir, resume
+from distbp.train.schedule import Schedule
+from distbp.train.stopping import EarlyStopping
+from distbp.train.watchdog import HEARTBEAT_PREFIX, Watchdog, remove_abandoned_heartbeats
+
+
+def setup(cfg: Config, comm: Comm, dataset: Callable[[], Dataset] | None = None,
+          initial: np.ndarray | None = None) -> Run:
+    """Load data, build the model and the gradient-sync strategy, agree across ranks, resume if asked.
+
+    dataset: makes the rows to train on (the Python API's arrays) instead of loading cfg.data; initial: the
+    flat parameters (n_params,) to start from instead of the seed's initialisation (the root's are used,
+    like the seed's). A checkpoint (--resume) wins over both.
+    The watchdog runs from the first collective on: a rank that stops while the others wait for it at
+    start-up ends the job too (its heartbeats start once their folder is agreed).
+    """
+    watchdog = Watchdog(comm, cfg.timeout)
+    try:
+        return _setup(cfg, comm, watchdog, dataset, initial)
+    except BaseException:
+        watchdog.stop()  # a failed set-up leaves no thread behind (the Python API's caller goes on)
+        raise
+
+
+def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Dataset] | None,
+           initial: np.ndarray | None) -> Run:
+    faults.inject(comm.rank, "start")  # test hook: a rank that fails or stops while loading its data
+    data, err = load_data(cfg, comm.size, dataset, comm.rank)
+    with watchdog.section("start-up", 0):
+        comm.agree_on_failure(err)  # [dist] one rank's bad file stops every rank, reported once
+        check_outputs(cfg, comm)  # [dist] a path we cannot write is found now, not after training
+        data, plan, fingerprint, model, sync = plan_rows(cfg, comm, data, initial)
+        agree_on_job(cfg, comm, model, plan, data, fingerprint)
+        comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
+        sync.build(comm, model)
+        # [dist] one job per checkpoint directory, and a new run never takes another run's
+        lock = claim_checkpoint_dir(cfg, comm) if cfg.checkpoint_dir else None
+        watchdog.attach_heartbeats(heartbeat_dir(cfg, comm))
+        run_id = new_run_id(comm)
+        tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
+    batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
+    run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, Schedule.of(cfg, plan.n_batches),
+              EarlyStopping.of(cfg), run_id=run_id, lock=lock, trace=tracer)
+    model.trace = watchdog.trace = tracer
+    sync.attach_trace(tracer)
+    if faults.PLAN:
+        run.sync = faults.FaultySync(sync, run)  # test hook: the planned fault fires inside the step
+    if cfg.resume:
+        resume_or_release(run)
+    return run
+
+
+def plan_rows(cfg: Config, comm: Comm, data: Dataset, initial: np.ndarray | None,
+              ) -> tuple[Dataset, SharedRows | LocalRows, str, MLP, GradientSync]:
+    """[dist] Which rows each rank computes at each step, and the model and strategy sized for them.
+
+    Returns (the dataset, the plan, the data's fingerprint, the model, the not yet built strategy); with
+    --local-rows the dataset is the ranks' agreed one (one scaling, one set of classes)."""
+    if cfg.local_rows:  # [dist] each rank's own rows: one dataset's scaling and classes, a plan for them
+        data, plan, fingerprint = localdata.agree(data, comm, scale=cfg.scale, batch_size=cfg.batch_size, seed=cfg.seed)
+        cfg.layers = resolve_layers(cfg, data)  # the same on every rank now, and so is any error
+        # the strategy and buffers are sized for the largest piece any rank computes in a step
+        model, sync = build_agreed(dataclasses.replace(cfg, batch_size=plan.max_rows * comm.size), comm,
+                                   layout_of(comm), initial)
+    else:
+        model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
+        plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size)
+        fingerprint = data.fingerprint()
+    return data, plan, fingerprint, model, sync
+
+
+def agree_on_job(cfg: Config, comm: Comm, model: MLP, plan: SharedRows | LocalRows, data: Dataset,
+                 fingerprint: str) -> None:
+    """[dist] Every rank must run the same job on the same data, or the allreduce silently mixes two jobs."""
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
+    shared.update(n_params=model.n_params, train_rows=plan.train_rows, features=data.n_features,
+                  data_fingerprint=fingerprint)
+    comm.check_agree("configuration", shared)
+
+
+def resume_or_release(run: Run) -> None:
+    """[dist] --resume: the run's state from its checkpoint; a refused resume leaves the directory to the next job."""
+    try:
+        with run.watchdog.section("resume", 0):
+            resume(run)
+    except BaseException:
+        release_checkpoint_dir(run)
+        raise
+
+
+def start_trace(cfg: Config, comm: Comm) -> Tracer | NullTracer:
+    """[dist] --trace: this rank's tracer, its clock offset to the root measured now; else the null one."""
+    if not cfg.trace:
+        return NULL_TRACER
+    tracer = Tracer(cfg.trace, comm.rank, parse_steps(cfg.trace_steps))
+    t0 = tracer.now()
+    rtts = align_clocks(tracer, comm)
+    t0 += tracer.offset_us  # the span started on this rank's own clock
+    tracer.complete("clock alignment", t0, tracer.now() - t0, PHASES,
+                    **({"best_rtt_us": [round(r, 1) for r in rtts]} if rtts else {}))
+    return tracer
+
+
+def load_data(cfg: Config, ranks: int, dataset: Callable[[], Dataset] | None = None,
+              rank: int = 0) -> tuple[Dataset | None, Exception | None]:
+    """(the dataset, None) with cfg.layers resolved against it, or (None, the error) for the ranks to agree on.
+
+    dataset: makes the rows instead of cfg.data (in-memory arrays, checked like loaded ones). With
+    cfg.local_rows, {rank} in cfg.data is this rank's number."""
+    try:
+        spec = cfg.data.replace("{rank}", str(rank)) if cfg.local_rows else cfg.data
+        data = (dataset() if dataset is not None
+                else load_dataset(spec, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale))
+        if not cfg.local_rows:  # local rows: resolved once the ranks agree on one dataset (localdata)
+            cfg.layers = resolve_layers(cfg, data)
+            check_data_fits(cfg, data, ranks)
+        check_held_out(cfg, data)
+    except (ValueError, OSError, DistbpError) as e:
+        return None, e
+    except MemoryError:
+        return None, ConfigError(f"not enough memory to load {cfg.data}")
+    return data, None
+
+
+def build_agreed(cfg: Config, comm: Comm, layout: Layout,
+                 initial: np.ndarray | None = None) -> tuple[MLP, GradientSync]:
+    """The model (from `initial` flat parameters if given) and the (not yet built) strategy; what cannot be
+    built, or would not fit in this machine's memory, stops every rank before anything large is allocated.
+
+    cfg.init_from (--init-from): every rank reads that model file, which must be the same network (layer
+    sizes, activations, loss), and its parameters win over `initial` (distbp.fit passes its model's own)."""
+    err, model, sync = None, None, None
+    try:
+        sync = make_sync(cfg, layout, ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy"))
+        check_fits_machine(sync)
+        activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
+        model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
+        if cfg.init_from:
+            initial = initial_parameters(cfg.init_from, model)  # [dist] a bad file stops every rank below
+        if initial is not None:
+            if np.shape(initial) != (model.n_params,):
+                raise ConfigError(f"the initial parameters have shape {np.shape(initial)}, the model "
+                                  f"{'-'.join(map(str, model.sizes))} needs ({model.n_params},)")
+            model.flat_params[...] = initial
+    except (ValueError, DistbpError) as e:
+        err = e
+    comm.agree_on_failure(err)  # [dist]
+    return model, sync
+
+
+def layout_of(comm: Comm) -> Layout:
+    """Collective: this rank's place in the job."""
+    return Layout(comm.rank, comm.size, tuple(comm.node_sizes()))
+
+
+def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:
+    """Where the watchdogs leave heartbeats: beside the checkpoints (shared by every node), else a
+    directory in this machine's temp folder, named by the root (enough when all ranks share a node)."""
+    if cfg.timeout <= 0 or comm.size == 1:
+        return None
+    if cfg.checkpoint_dir:
+        return os.path.join(cfg.checkpoint_dir, ".heartbeat")
+    if comm.is_root:
+        remove_abandoned_heartbeats(tempfile.gettempdir())  # of earlier jobs on this host that ended abnormally
+    name = comm.allgather_object(f"{HEARTBEAT_PREFIX}{uuid.uuid4().hex[:12]}" if comm.is_root else None)[0]
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+def resolve_layers(cfg: Config, data: Dataset) -> list[int]:
+    """The layer sizes: --layers checked against the data's features and targets, else features-256-outputs."""
+    outputs = data.n_targets
+    layers = list(cfg.layers) if cfg.layers else [data.n_features, 256, outputs]
+    if layers[0] != data.n_features:
+        raise ConfigError(f"--layers starts with {layers[0]} inputs but {cfg.data} has {data.n_features} features")
+    if cfg.loss == "cross_entropy":
+        if data.n_classes is None:
+            raise ConfigError(f"{cfg.data} has float targets: use --loss mse")
+        if layers[-1] < data.n_classes:
+            raise ConfigError(f"--layers ends with {layers[-1]} outputs but {cfg.data} has labels up to "
+                              f"{data.n_classes - 1} ({data.n_classes} classes)")
+    elif data.n_classes is None and layers[-1] != data.n_targets:
+        raise ConfigError(f"--layers ends with {layers[-1]} outputs but {cfg.data} has {data.n_targets} targets")
+    elif data.n_classes is not None and layers[-1] != data.n_classes:
+        raise ConfigError(f"--loss mse on class labels needs {data.n_classes} outputs (one-hot), got {layers[-1]}")
+    return layers
+
+
+def check_held_out(cfg: Config, data: Dataset) -> None:
+    """--eval-every, --early-stop-patience and --save-best evaluate on held-out rows: there must be some (the
+    Python API trains without any unless given validation=)."""
+    asked = [f for f, v in (("--eval-every", cfg.eval_every), ("--early-stop-patience", cfg.early_stop_patience),
+                            ("--save-best", cfg.save_best)) if v]
+    if asked and data.test is None:
+        raise ConfigError(f"{', '.join(asked)}: evaluations need held-out rows, and {cfg.data} has none "
+                          "(distbp.fit: give validation=)")
+
+
+def check_data_fits(cfg: Config, data: Dataset, ranks: int) -> None:
+    n = data.train.n_rows
+    if n < ranks:
+        raise ConfigError(f"{cfg.data} has {n} training rows, fewer than the {ranks} ranks: every rank needs data")
