@@ -19,13 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".numba_cache"))
 
-import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
-
 from common import interleaved_medians, machine, print_table, write_json  # noqa: E402
+
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
+from distbp.host.threads import thread_setter  # noqa: E402
 from distbp.nn.model import MLP  # noqa: E402
 from distbp.sync.exact import add_fixed_point  # noqa: E402
-from distbp.host.threads import thread_setter  # noqa: E402
 
 ROWS = 512
 

@@ -44,12 +44,12 @@ def worker(args) -> None:
     """Runs on every rank: build one Run per variant, time train_step round-robin."""
     import numpy as np
 
-    from tests.helpers import memcheck
-    from distbp.train import loop
-    from distbp.train.setup import setup
     from distbp.comm.mpi import world
     from distbp.config import Config, validate
     from distbp.data.shard import epoch_permutation, global_batches
+    from distbp.train import loop
+    from distbp.train.setup import setup
+    from tests.helpers import memcheck
 
     comm = world()
     runs = {}

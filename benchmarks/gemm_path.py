@@ -27,13 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 from benchmarks.common import interleaved_times, machine, openblas_kernels, print_table, write_json  # noqa: E402
 from distbp.host.threads import blas_threads, cores_available, set_threads  # noqa: E402
-
 
 try:
     from blis.py import gemm as blis_gemm

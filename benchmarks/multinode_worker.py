@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 from distbp.comm.mpi import world  # noqa: E402
 from distbp.sync.reducer import GradientReducer  # noqa: E402
 from distbp.sync.transports import make_transport  # noqa: E402

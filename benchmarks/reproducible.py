@@ -33,10 +33,10 @@ def worker(args) -> None:
     threads.pin_threads_env(threads.default_threads())
     import numpy as np
 
-    from distbp.train import loop
-    from distbp.train.setup import setup
     from distbp.comm.mpi import world
     from distbp.config import Config
+    from distbp.train import loop
+    from distbp.train.setup import setup
 
     comm = world()
     n_threads = threads.default_threads()

@@ -26,12 +26,12 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from distbp.comm.serial import SerialComm
 from distbp.comm.mpi import world  # noqa: E402
-from distbp.sync.reducer import GradientReducer, bucket_layout  # noqa: E402
-from distbp.sync.transports import make_transport  # noqa: E402
+from distbp.comm.serial import SerialComm
 from distbp.nn.model import MLP  # noqa: E402
 from distbp.nn.optim import make_optimizer  # noqa: E402
+from distbp.sync.reducer import GradientReducer, bucket_layout  # noqa: E402
+from distbp.sync.transports import make_transport  # noqa: E402
 
 LR = 1e-5  # small: random labels and a summed loss must not saturate the sigmoids during the run
 

@@ -41,11 +41,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
-from benchmarks.common import (bar_chart, interleaved_medians, interleaved_times, machine,  # noqa: E402
-                               openblas_kernels, print_table, write_json)
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
+from benchmarks.common import (  # noqa: E402
+    bar_chart,
+    interleaved_medians,
+    interleaved_times,
+    machine,
+    openblas_kernels,
+    print_table,
+    write_json,
+)
 from distbp import GD, MLP  # noqa: E402
 from distbp.host.threads import cores_available, set_threads  # noqa: E402
 

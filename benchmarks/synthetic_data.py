@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
-from distbp.data import datasets as data
 from distbp.data import cache as datacache  # noqa: E402
+from distbp.data import datasets as data
 
 
 def earlier_draw(rows: int, features: int, classes: int, seed: int = 0) -> np.ndarray:

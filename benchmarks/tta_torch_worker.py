@@ -42,6 +42,7 @@ def make_model(sizes: list[int], activation: str, seed: int):
     """nn.Sequential of Linear + activation layers holding distbp's initial parameters for `seed`."""
     import torch
     import torch.nn as nn
+
     from distbp.nn.model import MLP
 
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[activation]
@@ -149,8 +150,9 @@ def run_rank(rank: int, args, tmpdir: str) -> None:
     import numpy as np
     import torch
     import torch.distributed as dist
-    from distbp.train.schedule import Schedule
+
     from distbp.data.shard import epoch_permutation, global_batches, rank_slice
+    from distbp.train.schedule import Schedule
 
     torch.set_num_threads(args.threads)
     P = args.ranks

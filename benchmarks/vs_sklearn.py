@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 import numpy as np  # noqa: E402
 
+import distbp  # noqa: E402,F401  (first: sets OpenBLAS's and OpenMP's idle waits before numpy loads)
 from benchmarks.common import interleaved_times, machine, print_table, write_json  # noqa: E402
 from distbp.data.datasets import load_dataset  # noqa: E402
 from distbp.host.threads import cores_available  # noqa: E402

@@ -24,11 +24,11 @@ import numpy as np
 
 from distbp.comm.base import Comm
 from distbp.data.datasets import Dataset, Split, load_dataset
-from distbp.errors import ConfigError, DistbpError
 from distbp.data.formats import is_number
+from distbp.data.shard import rank_slice
+from distbp.errors import ConfigError, DistbpError
 from distbp.nn.model import MLP, load_model
 from distbp.nn.modelfile import write_atomically
-from distbp.data.shard import rank_slice
 
 CHUNK_ELEMENTS = 1 << 24  # rows × layer widths per forward pass: bounds the workspace (64 MiB per float32 array)
 OUTPUTS = (".npy", ".npz", ".csv")

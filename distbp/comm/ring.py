@@ -11,8 +11,8 @@ import collections
 
 import numpy as np
 
-from distbp.comm.codecs import Codec
 from distbp.comm.base import Comm
+from distbp.comm.codecs import Codec
 
 
 def ring_allreduce(comm: Comm, max_elems: int, dtype, codec: Codec | None = None) -> "RingAllreduce":

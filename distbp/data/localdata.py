@@ -13,8 +13,8 @@ import hashlib
 
 from distbp.comm.base import Comm
 from distbp.data.datasets import Dataset, scaling_from_parts
-from distbp.errors import ConfigMismatchError
 from distbp.data.shard import LocalRows
+from distbp.errors import ConfigMismatchError
 
 
 def agree(data: Dataset, comm: Comm, *, scale: str, batch_size: int, seed: int) -> tuple[Dataset, LocalRows, str]:

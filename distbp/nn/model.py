@@ -20,8 +20,14 @@ import numpy as np
 
 from distbp.nn import kernels, modelfile
 from distbp.nn.activations import get_activation
-from distbp.nn.layers import (BackwardHooks, bias_gradient, dense_backward, dense_forward, narrow_dense_backward,
-                              weight_gradient)
+from distbp.nn.layers import (
+    BackwardHooks,
+    bias_gradient,
+    dense_backward,
+    dense_forward,
+    narrow_dense_backward,
+    weight_gradient,
+)
 from distbp.nn.losses import get_loss
 from distbp.observe.trace import NULL_TRACER
 

@@ -39,8 +39,8 @@ from typing import Any, BinaryIO, Callable, Protocol, TypeVar
 
 import numpy as np
 
-from distbp.version import __version__
 from distbp.errors import ModelFileError
+from distbp.version import __version__
 
 
 class SavedModel(Protocol):

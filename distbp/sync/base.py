@@ -30,11 +30,11 @@ from typing import Callable
 
 import numpy as np
 
-from distbp.nn import kernels
 from distbp.comm.base import Comm
+from distbp.data.shard import max_shard_rows, rank_slice
+from distbp.nn import kernels
 from distbp.nn.model import MLP, layer_slices_of
 from distbp.nn.optim import OPTIMIZERS, Segments, make_optimizer, segments_of
-from distbp.data.shard import max_shard_rows, rank_slice
 
 # gather(rows, into=None) -> (X, y): the training rows `rows` (int64 indices) as views of this rank's
 # buffers, or of `into` (a distbp.train.run.BatchBuffers of the strategy's own, for threads gathering at once)

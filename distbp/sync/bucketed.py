@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from distbp.sync.reducer import GradientReducer
 from distbp.data.shard import rank_slice
 from distbp.sync.base import Gather, GradientSync
+from distbp.sync.reducer import GradientReducer
 
 
 class BucketedSync(GradientSync):

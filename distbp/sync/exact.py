@@ -22,22 +22,20 @@ continues with the same S and the same bits as one that never stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import time
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-import concurrent.futures
-
-import numba
-
-from distbp.nn import kernels
-from distbp.nn.model import workspace_bytes
 from distbp.data.batch import BatchBuffers
 from distbp.data.shard import rank_slice
-from distbp.sync.base import GradientSync, ReplicatedUpdate
 from distbp.host.threads import thread_setter
+from distbp.nn import kernels
+from distbp.nn.model import workspace_bytes
+from distbp.sync.base import GradientSync, ReplicatedUpdate
 
 HEADROOM_BITS = 8
 INT_BITS = 62  # keep clear of int64's sign bit

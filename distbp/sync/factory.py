@@ -21,28 +21,26 @@ any strategy). A new mode is a new file with a GradientSync subclass and one lin
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from distbp.errors import ConfigError
 from distbp.sync.base import GradientSync, Layout, ModelShape, SyncOptions
-
-if TYPE_CHECKING:
-    from distbp.config import Config
+from distbp.sync.rules import ModeFlags
 
 # name: (the class, or "module:Class" imported when chosen; when it applies). The first that applies wins.
-STRATEGIES: dict[str, tuple[type | str, Callable[[Config], bool]]] = {
+STRATEGIES: dict[str, tuple[type | str, Callable[[ModeFlags], bool]]] = {
     "exact": ("distbp.sync.exact:ExactSync", lambda cfg: cfg.reproducible),
     "sharded": ("distbp.sync.sharded:ShardedSync", lambda cfg: cfg.shard_optimizer),
     "allreduce": ("distbp.sync.allreduce:AllreduceSync", lambda cfg: True),
 }
 
 
-def strategy_name(cfg: Config) -> str:
+def strategy_name(cfg: ModeFlags) -> str:
     """The registry name of the strategy this configuration runs."""
     return next(name for name, (_, applies) in STRATEGIES.items() if applies(cfg))
 
 
-def allreduce_algorithm(cfg: Config, layout: Layout) -> str:
+def allreduce_algorithm(cfg: ModeFlags, layout: Layout) -> str:
     """The name of the gradient allreduce's transport (--allreduce): "hier", "ring" or "mpi", a key of
     `distbp.sync.transports.TRANSPORTS`, which the strategy builds.
 
@@ -65,7 +63,7 @@ def allreduce_algorithm(cfg: Config, layout: Layout) -> str:
     return "hier" if layout.single_node else "mpi"
 
 
-def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
+def sync_options(cfg: ModeFlags, layout: Layout) -> SyncOptions:
     """The strategy's view of the configuration."""
     return SyncOptions(batch_size=cfg.batch_size, accumulate=cfg.accumulate, bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
                        overlap=cfg.overlap, comm_dtype=cfg.comm_dtype,
@@ -75,7 +73,7 @@ def sync_options(cfg: Config, layout: Layout) -> SyncOptions:
                        clip_grad_norm=cfg.clip_grad_norm)
 
 
-def optimizer_options(cfg: Config) -> dict:
+def optimizer_options(cfg: ModeFlags) -> dict:
     """The configured optimizer's keyword arguments beyond η (distbp.nn.optim)."""
     options = {"weight_decay": cfg.weight_decay, "decay_biases": cfg.decay_biases}
     if cfg.optimizer in ("momentum", "lars"):
@@ -85,7 +83,7 @@ def optimizer_options(cfg: Config) -> dict:
     return options
 
 
-def make_sync(cfg: Config, layout: Layout, shape: ModelShape) -> GradientSync:
+def make_sync(cfg: ModeFlags, layout: Layout, shape: ModelShape) -> GradientSync:
     """The strategy for this configuration, sized for this rank and model; nothing allocated until build()."""
     cls, _ = STRATEGIES[strategy_name(cfg)]
     if isinstance(cls, str):

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from distbp.data.shard import rank_slice
 from distbp.nn import kernels
 from distbp.nn.optim import segments_of
-from distbp.sync.reducer import ShardedGradientReducer
-from distbp.data.shard import rank_slice
 from distbp.sync.base import layers_with_nonfinite
 from distbp.sync.bucketed import BucketedSync
+from distbp.sync.reducer import ShardedGradientReducer
 
 
 class ShardedSync(BucketedSync):

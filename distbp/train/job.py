@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from distbp.testing import faults
 from distbp.comm.base import Comm
 from distbp.config import Config
 from distbp.data.datasets import Dataset
+from distbp.testing import faults
 from distbp.train import runstate
 from distbp.train.loop import Callback, fit
 from distbp.train.run import Run

@@ -16,14 +16,14 @@ from distbp.comm.base import Comm
 from distbp.config import Config
 from distbp.data.batch import BatchBuffers
 from distbp.data.datasets import Dataset
+from distbp.data.shard import LocalRows, SharedRows
 from distbp.nn.model import MLP
+from distbp.observe.trace import NULL_TRACER, NullTracer, Tracer
+from distbp.sync.base import GradientSync
 from distbp.train.instruments import Instruments, Timers
 from distbp.train.position import Position
 from distbp.train.schedule import Schedule
-from distbp.data.shard import LocalRows, SharedRows
 from distbp.train.stopping import EarlyStopping
-from distbp.sync.base import GradientSync
-from distbp.observe.trace import NULL_TRACER, NullTracer, Tracer
 from distbp.train.watchdog import Watchdog
 
 

@@ -17,11 +17,11 @@ import tempfile
 import time
 import uuid
 
-from distbp.train import checkpoint as ckpt
-from distbp.train.lock import lock_directory, refresh_lock, unlock_directory
 from distbp.comm.base import Comm
 from distbp.config import Config
 from distbp.nn.modelfile import save_model
+from distbp.train import checkpoint as ckpt
+from distbp.train.lock import lock_directory, refresh_lock, unlock_directory
 from distbp.train.position import Position
 from distbp.train.run import Run
 

@@ -34,8 +34,8 @@ from numba.core import event
 
 from distbp.comm.serial import SerialComm
 from distbp.data import datasets as data
-from distbp.nn import kernels
 from distbp.errors import StallError
+from distbp.nn import kernels
 from distbp.nn.model import narrow_layers
 from distbp.nn.optim import make_optimizer
 from distbp.train.setup import setup

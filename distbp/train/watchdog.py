@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 
-from distbp.comm.checks import rank_list
 from distbp.comm.base import Comm
+from distbp.comm.checks import rank_list
 from distbp.errors import StallError
 from distbp.host.procs import process_alive
 from distbp.observe.trace import NULL_TRACER, PHASES

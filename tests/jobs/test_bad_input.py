@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from jobs import run_job
 
 pytestmark = pytest.mark.timeout(90)

@@ -8,7 +8,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from jobs import run_job
 
 DATA = ["--data", "synthetic:rows=600,features=10,classes=3", "--layers", "10,8,3"]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from jobs import REPO, load_npz, run_job
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,17 +10,17 @@ first, so a restarted job does not fail again. The file's mtime also tells when 
 import json
 import os
 import signal
-import subprocess
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from jobs import assert_no_orphans, load_npz, run_job
 
 from distbp.train.checkpoint import latest_checkpoint
-from jobs import assert_no_orphans, load_npz, run_job
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,6 @@ import textwrap
 import time
 
 import pytest
-
 from jobs import assert_no_orphans, job_env, launcher_command, run_job
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from jobs import REPO, load_npz, run_job
 
 THREAD_VARS = ("DISTBP_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import netns
 import numpy as np
 import pytest
-
-import netns
 from jobs import load_npz
 
 DATA = "synthetic:rows=2000,features=64"

@@ -10,9 +10,9 @@ import math
 import subprocess
 import sys
 
+import netns
 import pytest
 
-import netns
 from tests.jobs.test_multinode import harness_possible  # noqa: F401  (fixture: root, iproute2, hydra or skip)
 
 DELAY_TOLERANCE = 1e-9  # seconds: netem keeps the delay in nanoseconds, tc prints seconds

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from jobs import load_npz
 
 pytestmark = pytest.mark.timeout(300)

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from jobs import run_job
 
 from distbp.nn.model import MLP
-
-from jobs import run_job
 
 pytestmark = pytest.mark.timeout(120)
 

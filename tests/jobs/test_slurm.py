@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from slurm import LocalSlurm, missing_reason
 from jobs import load_npz
+from slurm import LocalSlurm, missing_reason
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jobs import load_npz
 
 import distbp
 from distbp.comm.serial import SerialComm
-from distbp.comm.mpi import world
-from jobs import load_npz
 
 SPEC = dict(epochs=2, batch_size=13, optimizer="momentum", lr=0.005, seed=3, timeout=60)
 

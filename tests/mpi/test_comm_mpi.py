@@ -7,11 +7,11 @@ Run with 2, 3 or 4 ranks:
 import numpy as np
 import pytest
 
-from distbp.comm.codecs import CODECS, bf16_decode, bf16_encode, codec_for
 from distbp.comm.base import PIECE_BYTES
-from distbp.errors import ConfigMismatchError, DistbpError, DivergenceError
+from distbp.comm.codecs import CODECS, bf16_decode, bf16_encode, codec_for
 from distbp.comm.mpi import MPIComm
 from distbp.comm.ring import ring_allreduce
+from distbp.errors import ConfigMismatchError, DistbpError, DivergenceError
 from distbp.sync.reducer import GradientReducer
 from distbp.sync.transports import make_transport
 

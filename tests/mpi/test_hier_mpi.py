@@ -8,8 +8,8 @@ ranks.
 import numpy as np
 import pytest
 
-from distbp.comm.mpi import world
 from distbp.comm.hier import HierarchicalAllreduce
+from distbp.comm.mpi import world
 from tests.unit.test_sync import trained
 
 ALG = "hier"

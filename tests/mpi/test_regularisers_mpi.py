@@ -10,11 +10,11 @@ Each rank also trains the 1-rank reference itself (SerialComm), so the compariso
 import numpy as np
 import pytest
 
+from distbp.comm.mpi import world
+from distbp.comm.serial import SerialComm
+from distbp.config import Config, validate
 from distbp.train import loop
 from distbp.train.setup import setup
-from distbp.comm.serial import SerialComm
-from distbp.comm.mpi import world
-from distbp.config import Config, validate
 
 SMALL = "synthetic:rows=230,features=10,classes=3,test=30"
 LAYERS = [10, 7, 3]  # 101 parameters, a prime: the parts of 2, 3 and 4 ranks cut through layers, W and b

@@ -9,12 +9,11 @@ import re
 import numpy as np
 import pytest
 
+from distbp.comm.mpi import world
+from distbp.comm.serial import SerialComm
 from distbp.train import memory
 from tests.helpers import memcheck
-from distbp.comm.serial import SerialComm
-from distbp.comm.mpi import world
-from tests.unit.test_sync import (MODES, BlockingTransport, config, plug_in_the_toy, plug_in_the_toy_transport,
-                                   trained)
+from tests.unit.test_sync import MODES, BlockingTransport, config, plug_in_the_toy, plug_in_the_toy_transport, trained
 
 
 @pytest.mark.mpi(min_size=2)

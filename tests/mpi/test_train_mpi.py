@@ -8,15 +8,15 @@ Each rank also trains the 1-rank reference itself (SerialComm), so the compariso
 import numpy as np
 import pytest
 
-from distbp.testing import faults
-from tests.helpers import memcheck
+from distbp.comm.mpi import world
+from distbp.comm.serial import SerialComm
+from distbp.config import Config, validate
+from distbp.errors import NonFiniteError
 from distbp.sync import factory as sync
+from distbp.testing import faults
 from distbp.train import loop
 from distbp.train.setup import layout_of, setup
-from distbp.errors import NonFiniteError
-from distbp.comm.serial import SerialComm
-from distbp.comm.mpi import world
-from distbp.config import Config, validate
+from tests.helpers import memcheck
 
 SMALL = "synthetic:rows=230,features=10,classes=3,test=30"
 

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from jobs import load_npz, run_job
 
 import distbp
 from distbp.comm.serial import SerialComm
-from jobs import load_npz, run_job
 
 LAYERS = [12, 10, 3]
 

@@ -7,7 +7,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from distbp.train.checkpoint import CheckpointError, check_compatible, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from distbp.train.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def _arrays(seed=0):

@@ -8,9 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from distbp.errors import ConfigMismatchError, DistbpError, DivergenceError, StallError
-from distbp.comm.serial import SerialComm
 from distbp.comm.codecs import bf16_decode, bf16_encode
+from distbp.comm.serial import SerialComm
+from distbp.errors import ConfigMismatchError, DistbpError, DivergenceError, StallError
 from distbp.sync.reducer import Bucket, GradientReducer, bucket_layout
 from distbp.sync.transports import make_transport
 from distbp.train.watchdog import Watchdog

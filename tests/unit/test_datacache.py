@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distbp.data import datasets as data
 from distbp.data import cache as datacache
+from distbp.data import datasets as data
 from distbp.data.datasets import load_dataset
 
 SPEC = "synthetic:rows=3000,features=24,classes=5"

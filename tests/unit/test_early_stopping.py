@@ -7,18 +7,17 @@ import re
 
 import numpy as np
 import pytest
+from jobs import run_job
 
 import distbp
-from distbp.train import loop
-from distbp.train.setup import setup
-from distbp.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
-from distbp.errors import ConfigError
-from distbp.errors import DistbpError
+from distbp.errors import ConfigError, DistbpError
+from distbp.train import loop
+from distbp.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from distbp.train.position import Position
+from distbp.train.setup import setup
 from distbp.train.stopping import EarlyStopping
-from jobs import run_job
 
 DATA = "synthetic:rows=230,features=10,classes=3,test=30"
 STEPS_PER_EPOCH = 5  # 230 training rows in global batches of 46

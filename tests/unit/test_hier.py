@@ -10,10 +10,10 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from distbp.comm.serial import SerialComm
-from distbp.comm.hier import HierarchicalAllreduce, slice_elements
 from jobs import run_job
+
+from distbp.comm.hier import HierarchicalAllreduce, slice_elements
+from distbp.comm.serial import SerialComm
 
 TRAIN = ["distbp", "train", "--data", "synthetic:rows=2000,features=32,classes=4", "--layers", "32,64,4",
          "--epochs", "3", "--batch-size", "50", "--allreduce", "hier", "--progress", "none", "--timeout", "5"]

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from distbp.host import launcher
-from distbp.host import threads
+from distbp.host import launcher, threads
 from distbp.observe.progress import Progress, wants_bar
 
 MPICH = "MPICH Version:      5.0.2\nMPICH Release date: …"

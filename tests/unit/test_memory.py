@@ -3,12 +3,11 @@
 import pytest
 
 from distbp import units
-from distbp.train import memory
-from tests.helpers import memcheck
-from distbp.train import loop
-from distbp.train.setup import setup
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
+from distbp.train import loop
+from distbp.train.setup import setup
+from tests.helpers import memcheck
 
 
 @pytest.mark.parametrize("optimizer,accumulate,layers", [

@@ -10,8 +10,7 @@ import pytest
 
 import distbp
 from distbp.errors import DistbpError, ModelFileError
-from distbp.nn.model import MLP
-from distbp.nn.model import load_model
+from distbp.nn.model import MLP, load_model
 from distbp.nn.modelfile import FORMAT_VERSION, META_KEY, initial_parameters, save_model
 
 RNG = np.random.default_rng(7)

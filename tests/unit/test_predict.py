@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jobs import REPO, load_npz
 
 import distbp
 from distbp.data.datasets import load_dataset
 from distbp.nn.model import MLP
-
-from jobs import REPO, load_npz
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from distbp import MLP
-from distbp.nn import kernels
-from distbp.nn import optim
-from distbp.sync import factory as sync
-from distbp.train import loop
-from distbp.train.setup import setup
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
+from distbp.nn import kernels, optim
 from distbp.nn.optim import make_optimizer, segments_of
+from distbp.sync import factory as sync
 from distbp.sync.base import Layout, ModelShape
+from distbp.train import loop
+from distbp.train.setup import setup
 from distbp.train.warmup import warm_kernels
 
 SIZES = [5, 4, 3]  # layer 0: W 20 + b 4; layer 1: W 12 + b 3
@@ -275,7 +274,7 @@ def test_the_warm_up_calls_every_update_kernel_a_step_calls(flags, monkeypatch):
     # for): training may only call what the warm-up already called, so nothing compiles during training
     calls, phase = {"warm-up": set(), "training": set()}, ["warm-up"]
     entry_points = [(optim, name) for name, f in vars(optim).items()
-                    if isinstance(f, numba.core.registry.CPUDispatcher) and name != "add_chunks"]  # add_chunks: inner
+                    if isinstance(f, numba.core.registry.CPUDispatcher)]
     for module, name in [*entry_points, (kernels, "sum_of_squares")]:
         def recorded(*args, _kernel=getattr(module, name), _name=name):
             calls[phase[0]].add((_name, tuple(numba.typeof(a) for a in args)))

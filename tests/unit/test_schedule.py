@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from distbp.train import loop
-from distbp.train.setup import setup
-from distbp.train.checkpoint import list_checkpoints
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
 from distbp.errors import ConfigError
+from distbp.train import loop
+from distbp.train.checkpoint import list_checkpoints
 from distbp.train.schedule import Schedule
+from distbp.train.setup import setup
 
 SMALL = "synthetic:rows=230,features=10,classes=3,test=30"
 

@@ -6,19 +6,17 @@ Serial tests here; tests/mpi/test_sync_mpi.py runs the same properties on 2–4 
 import numpy as np
 import pytest
 
-from distbp.testing import faults
-from distbp.train import memory
-from tests.helpers import memcheck
-from distbp.sync import factory as sync
-from distbp.train import loop
-from distbp.train.setup import setup
-from distbp.errors import NonFiniteError
+from distbp import config as configuration
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
-from distbp.errors import ConfigError
-from distbp.sync.base import GradientSync, layers_with_nonfinite
+from distbp.errors import ConfigError, NonFiniteError
+from distbp.sync import factory as sync
 from distbp.sync import transports
-from distbp import config as configuration
+from distbp.sync.base import GradientSync, layers_with_nonfinite
+from distbp.testing import faults
+from distbp.train import loop, memory
+from distbp.train.setup import setup
+from tests.helpers import memcheck
 
 SMALL = "synthetic:rows=300,features=12,classes=3,test=40"
 

@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from jobs import load_npz, run_job
 
 from distbp.observe.trace import NULL_TRACER, Tracer, parse_steps
 from distbp.observe.traceplot import TraceError, bucket_spans, check_events, read_trace, steps_of
-from jobs import load_npz, run_job
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,8 +9,7 @@ from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
 from distbp.errors import ConfigError, NonFiniteError
 from distbp.testing import faults
-from distbp.train import runstate
-from distbp.train import loop
+from distbp.train import loop, runstate
 from distbp.train.setup import setup
 
 SMALL = "synthetic:rows=240,features=12,classes=3,test=40"
@@ -131,8 +130,8 @@ def test_nonsense_configuration_is_a_clear_error(overrides, words):
 
 
 def test_the_ring_takes_compressed_gradients_and_auto_chooses_as_without_compression():
-    from distbp.sync.factory import allreduce_algorithm
     from distbp.sync.base import Layout
+    from distbp.sync.factory import allreduce_algorithm
 
     one_node, two_nodes = Layout(0, 2, node_sizes=(2,)), Layout(0, 2, node_sizes=(1, 1))
     ring = validate(Config(allreduce="ring", comm_dtype="bfloat16"))  # no longer a conflict
@@ -145,8 +144,8 @@ def test_the_ring_takes_compressed_gradients_and_auto_chooses_as_without_compres
 
 def test_auto_takes_the_hierarchical_allreduce_on_one_node_and_hier_refuses_uneven_nodes():
     from distbp.errors import ConfigError
-    from distbp.sync.factory import allreduce_algorithm
     from distbp.sync.base import Layout
+    from distbp.sync.factory import allreduce_algorithm
 
     auto, hier = validate(Config()), validate(Config(allreduce="hier"))
     assert allreduce_algorithm(auto, Layout(0, 3, node_sizes=(3,))) == "hier"

@@ -152,9 +152,9 @@ def test_a_stale_marker_costs_compilation_not_correctness(tmp_path):
 
 def warm_key_of(**options) -> str:
     """The warm key (distbp.train.warmup.warm_key) of a run with these Config fields, on one rank."""
-    from distbp.train.setup import setup
     from distbp.comm.serial import SerialComm
     from distbp.config import Config, validate
+    from distbp.train.setup import setup
     from distbp.train.warmup import warm_key
 
     cfg = validate(Config(**{**dict(data="synthetic:rows=60,features=6,classes=3,test=6", layers=[6, 5, 3],
