@@ -10,12 +10,15 @@ fields of `distbp.Config` (the flags of `distbp train`, with underscores), check
 the model gives the layers, activations, loss, dtype and the starting parameters. Every rank ends with
 the same trained parameters in `model`, and `fit` returns the metrics records (the `--metrics` lines: one
 per epoch, and one per mid-epoch evaluation with `eval_every`).
-Errors are `distbp.DistbpError`s raised on every rank alike (a bad value on one rank stops all of them).
+Errors are `distbp.DistbpError`s raised on every rank alike (a bad value on one rank stops all of them); a bad
+argument is a `distbp.ConfigError`, which is also a ValueError. NumPy's scalars are numbers (np.int64(3) is an
+integer option, np.float32(0.01) a float one); bools are not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import time
 from typing import Callable
@@ -27,7 +30,7 @@ from distbp.comm.mpi import world
 from distbp.config import Config, from_values
 from distbp.data.datasets import from_arrays
 from distbp.errors import ConfigError, DistbpError
-from distbp.host import threads
+from distbp.host import numbacache, threads
 from distbp.nn.model import MLP
 from distbp.train.job import run_job
 
@@ -47,8 +50,9 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     validation: (X_val, y_val) held out and evaluated after every epoch, or a fraction of X's rows to
     hold out (the CLI's --test-fraction); None: no held-out rows (with `data`, the CLI's rules).
     callback(record): called on every rank after each epoch with its metrics, and every callback_every
-    steps with a step record (epoch, step, running train_loss/train_accuracy); a true return stops
-    training. verbose=False: the root prints nothing (warnings still go to stderr).
+    steps with a step record (epoch, step, running train_loss/train_accuracy); it returns True to stop
+    training, else False or None (anything else stops it with a ConfigError naming it).
+    verbose=False: the root prints nothing (warnings still go to stderr).
     comm: the ranks to train over (default: MPI's COMM_WORLD, or one process without mpi4py).
     options: `distbp.Config` fields (epochs, batch_size, optimizer, lr, lr_scale, seed, checkpoint_dir,
     resume, save, metrics, shard_optimizer, accumulate, reproducible, …).
@@ -56,28 +60,82 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     started = time.monotonic()
     if comm is None:
         comm = world()
+    # before any kernel loads from the Numba cache: nothing another user planted there is unpickled
+    numbacache.check_loaded(is_root=comm.rank == 0)
     err, cfg, dataset = None, None, None
     try:
-        cfg, dataset = _prepare(model, X, y, validation, data, callback_every, verbose, options)
+        cfg, dataset = _prepare(model, X, y, validation, data, callback, callback_every, verbose, options)
     except (DistbpError, ValueError, TypeError) as e:
         err = e if isinstance(e, DistbpError) else ConfigError(str(e))
-    comm.agree_on_failure(err)  # [dist] a bad argument on any rank stops every rank, with the same error
+    _agree_on_arguments(comm, err)  # [dist] a bad argument on any rank stops every rank, with the same error
 
+    checked = None if callback is None else CheckedCallback(callback)
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not verbose else contextlib.nullcontext()
     with quiet as sink:
         try:
             run = run_job(cfg, comm, started=started, dataset=dataset, initial=model.flat_params,
-                          callback=callback, callback_every=callback_every)
+                          callback=checked, callback_every=int(callback_every))
         finally:
             if sink is not None:
                 sink.close()
+    if checked is not None:
+        # [dist] a callback that returned something other than a bool stopped the run on every rank (the
+        # loop agrees on stopping); every rank now raises, the same error
+        _agree_on_arguments(comm, checked.error)
     # the trained model, and what it learnt about the data, back into the caller's object
     model.flat_params[...] = run.model.flat_params
     model.feature_offset, model.feature_factor = run.model.feature_offset, run.model.feature_factor
     return run.history
 
 
-def _prepare(model: MLP, X, y, validation, data: str | None, callback_every: int, verbose: bool,
+def _agree_on_arguments(comm: Comm, err: DistbpError | None) -> None:
+    """[dist] Raise err, or another rank's, on every rank: a ConfigError (also a ValueError, as scikit-learn's
+    tools expect of a bad parameter). One process raises err itself, with no "rank 0:" before its message."""
+    if comm.size == 1:
+        if err is not None:
+            raise err
+        return
+    try:
+        comm.agree_on_failure(err)
+    except DistbpError as agreed:
+        raise ConfigError(str(agreed)) from err
+
+
+class CheckedCallback:
+    """The caller's callback, its return value checked: None or a bool (numpy's too); anything else (an array,
+    whose truth is ambiguous) stops the run and is kept in `error`, a ConfigError naming the callback."""
+
+    def __init__(self, callback: Callable[[dict], object]):
+        self.callback, self.error = callback, None
+
+    def __call__(self, record: dict) -> bool:
+        answer = self.callback(record)
+        if answer is None or isinstance(answer, (bool, np.bool_)):
+            return bool(answer)
+        name = getattr(self.callback, "__qualname__", None) or type(self.callback).__name__
+        self.error = ConfigError(f"callback {name} returned {_what(answer)}: it must return a bool (True stops "
+                                 "training) or None")
+        return True  # stop, on every rank (the loop agrees on stopping); fit raises self.error
+
+
+def _check_rows(a, what: str, shape: str) -> None:
+    """ConfigError unless `a` is an array (or a nested sequence) of at least one dimension: a scalar has no rows."""
+    try:
+        ndim = np.ndim(a)
+    except (TypeError, ValueError) as e:  # ragged lists
+        raise ConfigError(f"{what} is not an array: {e}") from None
+    if ndim == 0:
+        raise ConfigError(f"{what} must be an array {shape}, got {_what(a)} ({a!r:.40})")
+
+
+def _what(value) -> str:
+    """A short description of a value: its type, and its shape for an array."""
+    kind, shape = type(value).__name__, getattr(value, "shape", None)
+    article = "an" if kind[0] in "aeiou" or kind == "ndarray" else "a"
+    return f"{article} {kind}" + (f" of shape {shape}" if shape is not None else "")
+
+
+def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_every: int, verbose: bool,
              options: dict) -> tuple[Config, Callable | None]:
     """The run's configuration and, for in-memory rows, a loader of their dataset (called inside set-up,
     where the ranks agree on its errors)."""
@@ -86,12 +144,23 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback_every: int
     given = sorted(k for k in FROM_MODEL + ("data",) if k in options)
     if given:
         raise ConfigError(f"{', '.join(given)}: set by the model (and X, y or data=), not as options")
+    if X is None and y is not None and data is None:
+        raise ConfigError("y needs X: the rows (rows, features) whose labels or targets y holds")
     if (data is None) == (X is None):
         raise ConfigError("give either X and y (arrays) or data= (a data spec), not both")
     if X is not None and y is None:
         raise ConfigError("X needs y: the labels (rows,) or targets (rows, k)")
-    if not (isinstance(callback_every, int) and callback_every >= 0):
+    if X is not None:
+        _check_rows(X, "X", "(rows, features)")
+        _check_rows(y, "y", "of labels (rows,) or targets (rows, k)")
+    if isinstance(validation, (tuple, list)) and len(validation) == 2:
+        _check_rows(validation[0], "validation's X_val", "(rows, features)")
+        _check_rows(validation[1], "validation's y_val", "of labels (rows,) or targets (rows, k)")
+    if not (isinstance(callback_every, numbers.Integral) and not isinstance(callback_every, (bool, np.bool_))
+            and callback_every >= 0):
         raise ConfigError(f"callback_every must be a non-negative integer, got {callback_every!r}")
+    if callback is not None and not callable(callback):
+        raise ConfigError(f"callback must be a function of the metrics record, got {_what(callback)}")
     names = model.activation_names
     values = dict(options)
     values.update(layers=list(model.sizes), loss=model.loss.name, dtype=model.dtype.name,
@@ -99,14 +168,14 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback_every: int
                   data=ARRAYS if data is None else data)
     if not verbose:
         values.setdefault("progress", "none")
-    held_out = isinstance(validation, float)
+    held_out = isinstance(validation, numbers.Real) and not isinstance(validation, (bool, np.bool_))
     if data is not None and validation is not None:
         raise ConfigError("validation= goes with X and y; with data=, the data spec's test split is used "
                           "(or test_fraction=)")
     if held_out:
         values["test_fraction"] = validation
-    values["threads"] = threads.choose_threads(options.get("threads"))[0]
-    cfg = from_values(values, "distbp.fit")
+    cfg = from_values(values, "distbp.fit")  # threads checked as the command line's --threads (at least 1)
+    cfg.threads = threads.choose_threads(cfg.threads)[0]  # None: the default, capped at this rank's cores
     threads.set_threads(cfg.threads)  # numpy is loaded already: the pools are resized now
     if data is not None:
         return cfg, None

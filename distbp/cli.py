@@ -25,7 +25,7 @@ import traceback
 
 from distbp import units
 from distbp.errors import ConfigError, DistbpError
-from distbp.host import threads
+from distbp.host import numbacache, threads
 from distbp.host.interrupts import INTERRUPTED, InterruptWatch
 from distbp.host.launcher import launcher_rank, split_job_error
 
@@ -44,7 +44,8 @@ USAGE = """usage: distbp {train,predict,evaluate,plot,warmup} [options]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, end="")
+        if launcher_rank() == 0:  # under a launcher every rank runs this: the usage is printed once
+            print(USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return plot_main(rest)
     if command == "warmup":
         return warmup_main(rest)
-    print(f"distbp: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
+    if launcher_rank() == 0:
+        print(f"distbp: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
 
 
@@ -91,7 +93,11 @@ def prepare_environment(argv: list[str]) -> tuple[int, str | None]:
     """
     n, note = threads.choose_threads(_early_threads(argv))
     threads.pin_threads_env(n)
-    os.environ.setdefault("NUMBA_CACHE_DIR", threads.default_cache_dir())
+    # numba unpickles what it finds there: a folder or file another user can write is code run as this user,
+    # so it is checked before numba loads, and an unsafe one gives way to a private folder (host/numbacache.py)
+    cache_dir, unsafe, removed = numbacache.choose(threads.default_cache_dir())
+    os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    numbacache.warn(unsafe if launcher_rank() == 0 else None, removed)
     # MPICH's default intra-node allreduce flips between a fast and a 4x slower mode from launch to
     # launch (measured); this algorithm was fast and stable. A user's own setting wins.
     os.environ.setdefault("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "reduce_scatter_allgather")

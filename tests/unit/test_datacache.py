@@ -179,3 +179,152 @@ def test_processes_racing_to_write_one_entry_leave_one_whole_entry(cache, monkey
     assert isinstance(cached.train.X, np.memmap)
     monkeypatch.setenv(datacache.ENV, "off")
     assert_same_bits(cached, load_dataset(SPEC))
+
+
+# ---- another user's entries, damaged entries, killed writers (issue 27) ----
+
+@pytest.fixture
+def reachable(monkeypatch):
+    """A folder the second uid can reach, and a cache that keeps small sets."""
+    from caches import reachable_tmp  # reason: only these cases plant files as another uid
+
+    path = reachable_tmp()
+    path.chmod(0o1777)  # the other uid makes its own folders here
+    monkeypatch.setattr(datacache, "MIN_BYTES", 0)
+    monkeypatch.setattr(datacache, "_WARNED", set())
+    yield path
+    import shutil  # reason: clean-up of what the other uid made (as root)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def flipped_entry(staging: Path) -> Path:
+    """A whole, self-consistent entry for SPEC (digests recomputed) whose training labels are flipped."""
+    import json  # reason: only to forge an entry
+
+    os.environ[datacache.ENV] = str(staging)
+    try:
+        load_dataset(SPEC)
+    finally:
+        del os.environ[datacache.ENV]
+    entry, = entries(staging)
+    y = np.load(entry / "y.npy")
+    np.save(entry / "y.npy", (y.max() - y).astype(y.dtype))
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["sha256"]["y"] = datacache.digest(np.load(entry / "y.npy"))
+    (entry / "meta.json").write_text(json.dumps(meta))
+    for p in [staging, entry, *entry.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return entry
+
+
+def fresh_labels() -> np.ndarray:
+    return load_dataset(SPEC).train.y.copy()  # drawn: the callers turn the cache off first
+
+
+def test_an_entry_planted_in_a_world_writable_cache_is_never_loaded(reachable, monkeypatch, capsys):
+    from caches import as_other, open_folder  # reason: only these cases plant files as another uid
+
+    monkeypatch.setenv(datacache.ENV, "off")
+    truth = fresh_labels()
+    forged = flipped_entry(reachable / "staging")
+    root = open_folder(reachable / "shared")
+    as_other("cp", "-r", str(forged), str(root / forged.name))
+    monkeypatch.setenv(datacache.ENV, str(root))
+    for _ in range(2):
+        dataset = load_dataset(SPEC)
+        assert not dataset.from_cache and np.array_equal(dataset.train.y, truth)
+    err = capsys.readouterr().err
+    assert err.count("distbp: warning:") == 1 and str(root) in err and "chmod go-w" in err, err
+    assert (root / forged.name).is_dir()  # another user's: left where it is, only not read
+
+
+def test_an_entry_of_another_user_or_a_symlink_to_one_is_not_trusted(reachable, monkeypatch):
+    from caches import as_other  # reason: only these cases plant files as another uid
+
+    monkeypatch.setenv(datacache.ENV, "off")
+    truth = fresh_labels()
+    forged = flipped_entry(reachable / "staging")
+    theirs = reachable / "theirs"
+    as_other("cp", "-r", str(forged), str(theirs))  # the other user's folder, with the forged entry's files
+    root = reachable / "mine"
+    root.mkdir(mode=0o700)
+    (root / forged.name).symlink_to(theirs)
+    monkeypatch.setenv(datacache.ENV, str(root))
+    dataset = load_dataset(SPEC)
+    assert not dataset.from_cache and np.array_equal(dataset.train.y, truth)
+    assert sorted(p.name for p in theirs.iterdir()) == sorted(p.name for p in forged.iterdir())  # untouched
+    assert (root / forged.name).is_symlink()  # the link is not replaced either: the set is drawn each time
+    (root / forged.name).unlink()
+    root.chmod(0o777)  # once open: the other user plants the entry itself, then the folder is closed again
+    as_other("cp", "-r", str(forged), str(root / forged.name))
+    root.chmod(0o700)
+    dataset = load_dataset(SPEC)
+    assert not dataset.from_cache and np.array_equal(dataset.train.y, truth)
+
+
+def test_an_array_changed_in_place_fails_its_digest_and_is_drawn_again(cache):
+    first = load_dataset(SPEC)
+    entry, = entries(cache)
+    X = np.load(entry / "X.npy", mmap_mode="r+")
+    X[5, 3] += 1.0  # same shape, same dtype, same size: only the digest tells
+    X.flush()
+    del X
+    again = load_dataset(SPEC)
+    assert not again.from_cache
+    assert all(np.array_equal(a, b) for a, b in zip(gathered(first), gathered(again)))
+    third = load_dataset(SPEC)  # written anew, whole: trusted again
+    assert third.from_cache and all(np.array_equal(a, b) for a, b in zip(gathered(first), gathered(third)))
+
+
+def test_an_entry_without_digests_is_drawn_again(cache):
+    import json  # reason: only to write an entry of an older distbp
+
+    load_dataset(SPEC)
+    entry, = entries(cache)
+    meta = json.loads((entry / "meta.json").read_text())
+    del meta["sha256"]
+    (entry / "meta.json").write_text(json.dumps(meta))
+    assert not load_dataset(SPEC).from_cache
+    assert load_dataset(SPEC).from_cache
+
+
+WRITER = """
+import os, sys, time
+import numpy as np
+from distbp.data import cache as datacache
+from distbp.data.datasets import load_dataset
+datacache.MIN_BYTES = 0
+saving = np.save
+def slow_save(*args, **kwargs):  # the writer is killed while it writes
+    saving(*args, **kwargs)
+    print("writing", flush=True)
+    time.sleep(60)
+np.save = slow_save
+load_dataset(sys.argv[1])
+"""
+
+
+def test_a_killed_writer_leaves_nothing_that_outlives_the_next_job(cache):
+    cache.mkdir(mode=0o700)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, SPEC], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, datacache.ENV: str(cache)})
+    assert writer.stdout.readline().strip() == "writing"
+    writer.kill()
+    writer.wait()
+    leftovers = sorted(p.name for p in cache.iterdir())
+    assert any(".tmp-" in name for name in leftovers) and any(name.endswith(".lock") for name in leftovers)
+    assert not load_dataset(SPEC).from_cache  # at once, no 10-minute wait: the lock's pid is gone
+    entry, = entries(cache)
+    assert sorted(p.name for p in cache.iterdir()) == [entry.name]  # its lock and temporary folder removed
+    assert load_dataset(SPEC).from_cache
+
+
+def test_the_lock_of_a_live_writer_on_this_host_is_left_alone(cache):
+    import socket  # reason: only to write a live writer's lock
+
+    cache.mkdir(mode=0o700)
+    entry = data.cache_entry(SPEC)
+    lock = entry.with_name(entry.name + ".lock")
+    lock.write_text(f"{os.getppid()} {socket.gethostname()}\n")  # pytest's parent: alive
+    assert not load_dataset(SPEC).from_cache
+    assert entries(cache) == [] and lock.exists()
