@@ -13,6 +13,12 @@ A save writes a temporary file in the same directory, fsyncs it, renames it over
 the final name and fsyncs the directory, so a crash leaves either the old set of
 checkpoints or the new one, never a half-written ckpt-*.npz. Plain file handling;
 no MPI here (only the root calls it). One job per directory is `distbp.train.lock`'s.
+
+A checkpoint is trusted only when it is a regular file owned by this user: files named like
+checkpoints that are symbolic links, not regular files, or another user's are never read, pruned or
+counted (`list_checkpoints` names them to its `warn`), and files are opened with O_NOFOLLOW. The
+digest detects damage, not forgery (it has no key): the folder's owner and mode
+(`distbp.host.files`, checked when a run claims the folder) are what keep others out.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import zipfile
@@ -47,11 +54,13 @@ def checkpoint_path(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"ckpt-{step:08d}.npz"
 
 
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Checkpoint files in `directory`, oldest (smallest step) first; [] if it does not exist.
+def list_checkpoints(directory: str | Path, *, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Checkpoint files in `directory` that this user may trust, oldest (smallest step) first; [] if it does
+    not exist.
 
     Ordered by the parsed step, not the name, so steps past 99,999,999 still sort.
-    Temporary files of unfinished saves are not listed.
+    Temporary files of unfinished saves are not listed, nor are names of checkpoints that are symbolic
+    links, not regular files, or owned by another user: `warn`, when given, is told of each of those.
     """
     directory = Path(directory)
     if not directory.exists():
@@ -61,16 +70,56 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     found = []
     for entry in directory.iterdir():
         match = _NAME_RE.match(entry.name)
-        if match and entry.is_file():
+        if not match:
+            continue
+        why = untrusted(entry)
+        if why is None:
             found.append((int(match.group(1)), entry))
+        elif warn is not None and why != "gone":
+            warn(f"ignoring {entry}: {why}; distbp trusts only checkpoints you wrote")
     return [path for _, path in sorted(found)]
 
 
+def untrusted(path: str | Path, st: os.stat_result | None = None) -> str | None:
+    """None when `path` itself (lstat, or `st` of an opened file) is a regular file owned by this user; else why
+    not ("gone" when there is no such file)."""
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "gone"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"it belongs to another user (uid {st.st_uid})"
+    return None
+
+
+def _open_trusted(path: Path):
+    """A binary file object of `path`, opened without following a symlink (O_NOFOLLOW) nor blocking on a fifo,
+    after checking the opened file itself is a regular file of this user; CheckpointError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except OSError as exc:  # ELOOP: a symlink
+        why = "it is a symbolic link" if os.path.islink(path) else exc.strerror
+        raise CheckpointError(f"{path}: not opened ({why}); distbp trusts only checkpoints you wrote") from None
+    why = untrusted(path, os.fstat(fd))
+    if why is not None:
+        os.close(fd)
+        raise CheckpointError(f"{path}: not read ({why}); distbp trusts only checkpoints you wrote")
+    return os.fdopen(fd, "rb")
+
+
 def _leftover_temp_files(directory: Path) -> list[Path]:
+    # only this user's own regular files: another's (in a group-shared folder) is never deleted
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir()
-                  if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(_TEMP_SUFFIX))
+                  if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(_TEMP_SUFFIX) and untrusted(p) is None)
 
 
 def _as_bytes_array(text: str) -> np.ndarray:
@@ -198,7 +247,7 @@ def read_meta(path: str | Path) -> dict | None:
     """The meta dict of a checkpoint file, read without loading its arrays or checking its checksum
     (for deciding whose file it is); None when it is not a readable distbp checkpoint."""
     try:
-        with zipfile.ZipFile(path) as zf, zf.open(_META_KEY + ".npy") as member:
+        with _open_trusted(Path(path)) as f, zipfile.ZipFile(f) as zf, zf.open(_META_KEY + ".npy") as member:
             meta = json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes().decode("utf-8"))
     except Exception:  # noqa: BLE001 — zip, npy, JSON and OS errors all mean "not a checkpoint"
         return None
@@ -209,14 +258,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, meta) from one checkpoint file, after verifying its checksum.
 
     Raises CheckpointError naming the file for a missing, truncated, corrupt or
-    foreign file. Never unpickles.
+    foreign file, and for a symlink or another user's file (never opened through a link). Never unpickles.
     """
     path = Path(path)
+    f = _open_trusted(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with f, np.load(f, allow_pickle=False) as npz:
             entries = {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as exc:  # zipfile, numpy.format and OS errors all mean "unreadable"
         raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
     if _HEADER_KEY not in entries or _META_KEY not in entries:
@@ -244,15 +292,15 @@ def latest_checkpoint(directory: str | Path, *, warn: Callable[[str], None] = wa
     """(path, arrays, meta) of the newest checkpoint that loads and verifies.
 
     A corrupt, truncated or partial checkpoint is skipped with a warning naming the
-    file and the reason, and the previous one is tried; leftover temporary files are
-    reported and ignored. Returns None when the directory is missing or holds no
-    checkpoint. Raises CheckpointError when checkpoints exist but none is usable:
-    silently starting over would discard the run's history.
+    file and the reason, and the previous one is tried; leftover temporary files, and
+    files named like checkpoints that are not this user's regular files, are reported and ignored.
+    Returns None when the directory is missing or holds no checkpoint. Raises CheckpointError when
+    checkpoints exist but none is usable: silently starting over would discard the run's history.
     """
     directory = Path(directory)
     for tmp in _leftover_temp_files(directory):
         warn(f"ignoring {tmp}: temporary file of a save that did not finish")
-    candidates = list_checkpoints(directory)
+    candidates = list_checkpoints(directory, warn=warn)
     reasons = []
     for path in reversed(candidates):
         try:

@@ -10,6 +10,7 @@ It also writes the model files: --save at the end, --save-best after each improv
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -19,6 +20,7 @@ import uuid
 
 from distbp.comm.base import Comm
 from distbp.config import Config
+from distbp.host.files import UnsafeFolder, make_private_dir
 from distbp.nn.modelfile import save_model
 from distbp.train import checkpoint as ckpt
 from distbp.train.lock import lock_directory, refresh_lock, unlock_directory
@@ -37,10 +39,14 @@ LOCK_REFRESH_S = 10.0
 
 def claim_checkpoint_dir(cfg: Config, comm: Comm) -> str | None:
     """Collective: the root locks cfg.checkpoint_dir for this job (returns the lock's path there, None
-    elsewhere), and a fresh run (no --resume) is refused on a directory holding another run's checkpoints."""
+    elsewhere), and a fresh run (no --resume) is refused on a directory holding another run's checkpoints.
+
+    The folder holds the run's state, which --resume trusts: one that another user could write into (or a
+    symlink) is refused, naming the fix (`distbp.host.files`; DISTBP_SHARED_DIRS=1 for a group's folder)."""
     err, lock, directory = None, None, cfg.checkpoint_dir
     if comm.is_root:
         try:
+            make_private_dir(directory, "--checkpoint-dir")  # made 0700 when missing
             lock = lock_directory(directory, socket.gethostname(), os.getpid(), warn=_warn_if(comm.is_root))
             theirs = [p for p in ckpt.list_checkpoints(directory) if ckpt.read_meta(p) is not None]
             if theirs and not cfg.resume:
@@ -50,6 +56,8 @@ def claim_checkpoint_dir(cfg: Config, comm: Comm) -> str | None:
                     "continue that run, or use another --checkpoint-dir (a run never deletes another's files)")
         except ckpt.CheckpointError as e:
             err = e
+        except UnsafeFolder as e:
+            err = ckpt.CheckpointError(str(e))
         except OSError as e:
             err = ckpt.CheckpointError(f"--checkpoint-dir {directory}: cannot hold checkpoints there ({_why(e)})")
     comm.agree_on_failure(err)
@@ -74,6 +82,16 @@ def release_checkpoint_dir(run: Run) -> None:
         run.lock = None
 
 
+def write_failure(e: OSError, directory: str, step: int) -> str:
+    """What to say when checkpoint `step` could not be written into `directory`."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "no space left" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{full} in {directory} while writing checkpoint step {step}; the earlier checkpoints there are "
+                "intact: free some space (or use another --checkpoint-dir), then --resume")
+    return (f"cannot write checkpoint step {step} in {directory} ({_why(e) or e}); the earlier checkpoints there "
+            "are intact")
+
+
 def _why(e: OSError) -> str:
     return "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
 
@@ -83,16 +101,23 @@ def _warn_if(is_root: bool):
 
 
 def save(run: Run) -> None:
-    """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure."""
+    """Root writes a checkpoint (atomic, checksummed); the others wait so nobody races ahead of a failure.
+
+    A checkpoint that cannot be written (a full disk, a quota) ends every rank together with one error naming
+    the folder and the step; the earlier checkpoints stay as they were and no temporary file is left."""
     state, sync_meta = run.sync.checkpoint_state()  # [dist] collective when the state is sharded
+    err = None
     if run.comm.is_root:
         arrays = {"params": run.model.flat_params}
         arrays.update({"opt_" + k: v for k, v in state.items()})
         meta = {"run_id": run.run_id, "position": vars(run.pos).copy(), "optimizer_steps": run.sync.optimizer_steps,
                 "sync": sync_meta, "config": run.cfg.to_dict(), "ranks": run.comm.size, "history": run.history}
-        ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
+        try:
+            ckpt.save_checkpoint(run.cfg.checkpoint_dir, run.pos.step, arrays, meta, keep=run.cfg.keep_checkpoints)
+        except OSError as e:
+            err = ckpt.CheckpointError(write_failure(e, run.cfg.checkpoint_dir, run.pos.step))
     with run.watchdog.section("checkpoint", run.pos.step):
-        run.comm.barrier()
+        run.comm.agree_on_failure(err)  # [dist] the root's failure, agreed: every rank ends with it
 
 
 def resume(run: Run) -> None:

@@ -3,6 +3,13 @@
 MPI has no timeout: a rank that stops (a deadlock, SIGSTOP, a hung file system) leaves its peers
 waiting in the next collective forever, in every MPI tried here. Only an application-level watchdog
 catches that; this one uses nothing but the `Comm` interface.
+
+In one process there is no peer to wait for: `distbp.train.setup` starts no watchdog thread there, so a
+slow step is never an error and a library call never ends its caller's interpreter.
+
+Heartbeat folders are never used through a symlink: a rank opens its folder once (O_NOFOLLOW, checked to
+be its own) and writes, reads and removes heartbeats by name relative to that open folder; the clean-up of
+abandoned folders skips any folder, or entry, that is not a real one of this user's.
 """
 
 from __future__ import annotations
@@ -10,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
+import stat
 import threading
 import time
 
 from distbp.comm.base import Comm
 from distbp.comm.checks import rank_list
 from distbp.errors import StallError
+from distbp.host.files import UnsafeFolder, make_private_dir
 from distbp.host.procs import process_alive
 from distbp.observe.trace import NULL_TRACER, PHASES
 
@@ -27,8 +37,10 @@ class Watchdog:
     """A daemon thread that ends the whole job when a collective phase lasts longer than timeout seconds.
 
     A rank that stops (deadlock, SIGSTOP, a hung file system) leaves its peers waiting forever in
-    the next collective; MPI itself never notices. Wrap each collective phase in
-    `with watchdog.section("gradient allreduce", step):`. timeout <= 0 disables the watchdog.
+    the next collective; MPI itself never notices. It is for jobs of several ranks: when it fires it ends the
+    process (`comm.hard_exit`), so a one-process run starts none (timeout 0, see `distbp.train.setup`).
+    Wrap each collective phase in `with watchdog.section("gradient allreduce", step):`. timeout <= 0
+    disables the watchdog.
 
     With `heartbeat_dir` (a directory every rank can see), each rank's watchdog also writes a small
     heartbeat file about once a second: rank, host, phase, step. When a rank gives up it reads the
@@ -41,6 +53,7 @@ class Watchdog:
     def __init__(self, comm: Comm, timeout: float, heartbeat_dir: str | None = None):
         self.comm, self.timeout = comm, float(timeout)
         self.heartbeat_dir = None
+        self._dir_fd: int | None = None  # the heartbeat folder, opened once: every file is reached through it
         self._host = socket.gethostname()
         self._lock = threading.Lock()
         self._current: tuple[str, int, float] | None = None
@@ -55,11 +68,26 @@ class Watchdog:
             self._thread.start()
 
     def attach_heartbeats(self, heartbeat_dir: str | None) -> None:
-        """Start leaving heartbeats in heartbeat_dir (a watchdog made before its folder was agreed has none)."""
-        if heartbeat_dir and self.timeout > 0:
-            os.makedirs(heartbeat_dir, exist_ok=True)
-            self.heartbeat_dir = heartbeat_dir
-            self._beat(None, self._last)  # at once: a rank may stall before the thread's next beat
+        """Start leaving heartbeats in heartbeat_dir (a watchdog made before its folder was agreed has none).
+
+        The folder is made (0700) if missing and must be a real folder of this user's (`distbp.host.files`);
+        one that is not (the caller checked it first: `distbp.train.setup.heartbeat_dir`) leaves this rank
+        without heartbeats, said once: they only help to name a stalled rank."""
+        if not heartbeat_dir or self.timeout <= 0:
+            return
+        try:
+            make_private_dir(heartbeat_dir, "the heartbeat folder")
+            fd = os.open(heartbeat_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (OSError, UnsafeFolder) as e:
+            self.comm.say(f"warning: no heartbeats: {e}")
+            return
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            os.close(fd)  # swapped after the check: not ours
+            self.comm.say(f"warning: no heartbeats: {heartbeat_dir} is not a private folder of yours")
+            return
+        self.heartbeat_dir, self._dir_fd = heartbeat_dir, fd
+        self._beat(None, self._last)  # at once: a rank may stall before the thread's next beat
 
     @contextlib.contextmanager
     def section(self, what: str, step: int, at_least: float = 0.0):
@@ -104,20 +132,26 @@ class Watchdog:
                 self.comm.say(str(stall))
                 self.comm.hard_exit(STALL_EXIT_CODE)
 
-    def _heartbeat_path(self, rank: int) -> str:
-        return os.path.join(self.heartbeat_dir, f"rank-{rank}.json")
+    @staticmethod
+    def _heartbeat_name(rank: int) -> str:
+        return f"rank-{rank}.json"
 
     def _beat(self, current, last) -> None:
         what, step = (current[0], current[1]) if current else last
         beat = {"rank": self.comm.rank, "host": self._host, "pid": os.getpid(), "time": time.time(),
                 "phase": what, "step": step, "waiting": current is not None}
-        path = self._heartbeat_path(self.comm.rank)
+        name = self._heartbeat_name(self.comm.rank)
+        fd = self._dir_fd
         try:
-            with open(path + ".tmp", "w") as fh:
+            out = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600, dir_fd=fd)
+            with os.fdopen(out, "w") as fh:
                 json.dump(beat, fh)
-            os.replace(path + ".tmp", path)
-        except OSError:
-            pass  # a heartbeat is a diagnosis aid; never fail training over it
+            os.replace(name + ".tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
+        except (OSError, TypeError, ValueError):
+            # a heartbeat is a diagnosis aid; never fail training over it (nor leave its half-written file)
+            with contextlib.suppress(OSError, TypeError):
+                os.unlink(name + ".tmp", dir_fd=fd)
 
     def _diagnose(self) -> str:
         """Who is at fault, from the other ranks' heartbeats (or the generic cause without them)."""
@@ -129,9 +163,8 @@ class Watchdog:
             if r == self.comm.rank:
                 continue
             try:
-                with open(self._heartbeat_path(r)) as fh:
-                    beat = json.load(fh)
-            except (OSError, ValueError):
+                beat = _read_beat(self._dir_fd, self._heartbeat_name(r))
+            except (OSError, ValueError, TypeError):
                 missing.append(r)
                 continue
             age = now - beat["time"]
@@ -153,38 +186,61 @@ class Watchdog:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.heartbeat_dir:
+        if self._dir_fd is not None:
             with contextlib.suppress(OSError):
-                os.remove(self._heartbeat_path(self.comm.rank))
-                os.rmdir(self.heartbeat_dir)  # the last rank to stop finds it empty
+                os.unlink(self._heartbeat_name(self.comm.rank), dir_fd=self._dir_fd)
+            os.close(self._dir_fd)
+            self._dir_fd = None
+            with contextlib.suppress(OSError):
+                os.rmdir(self.heartbeat_dir)  # the last rank to stop finds it empty (a symlink there: ENOTDIR)
 
 
 HEARTBEAT_PREFIX = "distbp-heartbeat-"
+_BEAT_NAME = re.compile(r"^rank-\d+\.json(\.tmp)?$")  # what a watchdog leaves in its folder, and nothing else
+_ABANDONED_EMPTY_S = 3600.0  # a folder with no heartbeat yet is a job starting, unless it is this old
 
 
 def remove_abandoned_heartbeats(parent: str) -> None:
     """Remove heartbeat folders in `parent` left by jobs that ended abnormally: every rank that beat there
-    was on this host and its process is gone (folders with another host's beats are left alone)."""
+    was on this host and its process is gone (folders with another host's beats are left alone).
+
+    Only real folders of this user's that hold nothing but heartbeats are touched: symlinks, other users'
+    folders, and folders with anything else in them are left alone, and nothing is followed through a link
+    (the folder is opened with O_NOFOLLOW, its entries read and removed relative to it)."""
     host = socket.gethostname()
     try:
         names = [n for n in os.listdir(parent) if n.startswith(HEARTBEAT_PREFIX)]
     except OSError:
         return
     for name in names:
-        folder = os.path.join(parent, name)
-        try:
-            beats = [_read_json(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".json")]
-            if not beats and time.time() - os.path.getmtime(folder) < 3600:
-                continue  # a job that is starting: its first beat is on its way
-        except (OSError, ValueError):
-            continue  # gone meanwhile, or being written
+        with contextlib.suppress(OSError, ValueError, TypeError):  # gone meanwhile, being written, or not ours
+            _remove_if_abandoned(os.path.join(parent, name), host)
+
+
+def _remove_if_abandoned(folder: str, host: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a symlink: ELOOP/ENOTDIR
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return  # another user's: never ours to judge or delete
+        entries = os.listdir(fd)
+        if not all(_BEAT_NAME.match(e) for e in entries):
+            return  # something that is not a heartbeat: not a folder a watchdog left
+        beats = [_read_beat(fd, e) for e in entries if e.endswith(".json")]
+        if not beats and time.time() - st.st_mtime < _ABANDONED_EMPTY_S:
+            return  # a job that is starting: its first beat is on its way
         if all(isinstance(b, dict) and b.get("host") == host and not process_alive(b.get("pid")) for b in beats):
-            with contextlib.suppress(OSError):
-                for f in os.listdir(folder):
-                    os.remove(os.path.join(folder, f))
-                os.rmdir(folder)
+            for e in entries:
+                os.unlink(e, dir_fd=fd)  # the entry itself, a link included, never what it points at
+            os.rmdir(folder)
+    finally:
+        os.close(fd)
 
 
-def _read_json(path: str) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
+def _read_beat(dir_fd: int, name: str) -> dict:
+    """One heartbeat, read by name in the open folder `dir_fd`, never through a symlink, only a regular file."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError(f"{name} is not a regular file")
+        return json.loads(fh.read(65536))

@@ -8,7 +8,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from checkpoints import plant_file, small_tmpfs
 from jobs import run_job
+
+from distbp.train.checkpoint import load_checkpoint
 
 DATA = ["--data", "synthetic:rows=600,features=10,classes=3", "--layers", "10,8,3"]
 
@@ -116,3 +119,65 @@ def test_a_checkpoint_dir_that_cannot_be_a_directory_is_one_clear_error(tmp_path
     done = run_job(2, train(ck, "--epochs", "1"), timeout=60)
     assert done.returncode == 2, done.output
     assert str(blocker) in one_error(done), done.output
+
+
+# ---- a folder another user could write into; checkpoints that are not yours; a full disk -------------------
+
+def test_a_world_writable_checkpoint_dir_is_refused_naming_it_and_the_fix(tmp_path):
+    ck = tmp_path / "ck"
+    assert run_job(2, train(ck, "--epochs", "2")).returncode == 0
+    ck.chmod(0o777)
+    # another user plants a valid checkpoint (the digest has no key) under a newer step: --resume picked it
+    plant_file(ck, "ckpt-00099999.npz", (ck / "ckpt-00000011.npz").read_bytes())
+    done = run_job(2, train(ck, "--epochs", "3", "--resume"), timeout=60)
+    assert done.returncode == 2, done.output
+    error = one_error(done)
+    assert f"--checkpoint-dir {ck} is not safe to use: every user may write into it" in error, done.output
+    assert "chmod go-w" in error and "resumed from" not in done.stdout, done.output
+    ck.chmod(0o700)  # the fix: now the planted file is ignored, named, and the run resumes from its own
+    fixed = run_job(2, train(ck, "--epochs", "3", "--resume"), timeout=60)
+    assert fixed.returncode == 0, fixed.output
+    assert f"resumed from {ck / 'ckpt-00000022.npz'}" in fixed.stdout, fixed.output
+    assert f"ignoring {ck / 'ckpt-00099999.npz'}: it belongs to another user" in fixed.stderr, fixed.output
+
+
+def test_a_symlink_as_checkpoint_dir_is_refused(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "ck").symlink_to(real)
+    done = run_job(2, train(tmp_path / "ck", "--epochs", "1"), timeout=60)
+    assert done.returncode == 2, done.output
+    assert "is not safe to use: it is a symbolic link" in one_error(done), done.output
+    assert list(real.iterdir()) == []
+
+
+def test_in_a_group_shared_checkpoint_dir_another_members_file_is_ignored_with_a_warning(tmp_path):
+    ck = tmp_path / "ck"
+    assert run_job(2, train(ck, "--epochs", "2")).returncode == 0
+    ck.chmod(0o770)  # group-writable, the group one of ours (root's 0): allowed with DISTBP_SHARED_DIRS=1
+    plant_file(ck, "ckpt-00099999.npz", (ck / "ckpt-00000011.npz").read_bytes(), gid=os.getegid())
+    refused = run_job(2, train(ck, "--epochs", "3", "--resume"), timeout=60)
+    assert refused.returncode == 2 and "DISTBP_SHARED_DIRS=1" in one_error(refused), refused.output
+    done = run_job(2, train(ck, "--epochs", "3", "--resume"), timeout=60, env={"DISTBP_SHARED_DIRS": "1"})
+    assert done.returncode == 0, done.output
+    assert f"resumed from {ck / 'ckpt-00000022.npz'}" in done.stdout, done.output
+    assert "ckpt-00099999.npz: it belongs to another user" in done.stderr, done.output
+    assert (ck / "ckpt-00099999.npz").exists()  # never pruned: not ours
+
+
+def test_a_full_disk_while_checkpointing_is_one_clear_error_and_the_earlier_checkpoint_stays(tmp_path):
+    # a checkpoint of 10-3000-3 is 171 kB: the first fits in 256 kB, the second does not
+    with small_tmpfs(256 * 1024) as disk:
+        ck = os.path.join(disk, "ck")
+        done = run_job(2, ["distbp", "train", "--data", "synthetic:rows=600,features=10,classes=3", "--layers",
+                           "10,3000,3", "--batch-size", "50", "--lr", "0.01", "--progress", "none",
+                           "--checkpoint-dir", ck, "--epochs", "3", "--timeout", "30"], timeout=90)
+        assert done.returncode == 2, done.output
+        error = one_error(done)
+        assert f"no space left in {ck} while writing checkpoint step 22" in error, done.output
+        assert "MPI_Abort" not in done.output and "BAD TERMINATION" not in done.output, done.output
+        names = sorted(os.listdir(ck))
+        assert [n for n in names if n.startswith("ckpt-")] == ["ckpt-00000011.npz"], names
+        assert not [n for n in names if n.endswith(".tmp")], names  # no temporary file left
+        _, meta = load_checkpoint(os.path.join(ck, "ckpt-00000011.npz"))  # intact: its digest verifies
+        assert meta["position"]["step"] == 11

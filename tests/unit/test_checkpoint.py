@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from checkpoints import need_another_user, plant_file
 
 from distbp.train.checkpoint import (
     CheckpointError,
@@ -275,3 +276,55 @@ def test_check_compatible_lists_every_difference_and_missing_keys():
 
 def test_tuple_in_current_config_equals_list_in_checkpoint():
     check_compatible({"layers": [784, 10]}, {"layers": (784, 10)}, ["layers"])
+
+
+# ---- whose files are trusted: regular files of this user only, never through a symlink --------------------
+
+def test_a_checkpoint_planted_by_another_user_is_ignored_with_a_warning_and_never_deleted(tmp_path):
+    need_another_user()
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    ours = save_checkpoint(ck, 1, _arrays(1), _meta(1))
+    ck.chmod(0o777)  # the hole the other user comes through; what distbp checks at claim time is runstate's
+    # a valid checkpoint (digest and all, the digest has no key) under a newer step: --resume would pick it
+    plant_file(ck, "ckpt-00099999.npz", ours.read_bytes())
+    ck.chmod(0o700)
+    planted = ck / "ckpt-00099999.npz"
+    assert planted.stat().st_uid != os.geteuid()
+    warnings = Warnings()
+    path, _, meta = latest_checkpoint(ck, warn=warnings)
+    assert path == ours and meta["step"] == 1
+    assert [w for w in warnings if str(planted) in w and "belongs to another user" in w], warnings
+    assert list_checkpoints(ck) == [ours]
+    with pytest.raises(CheckpointError, match="another user"):
+        load_checkpoint(planted)
+    save_checkpoint(ck, 2, _arrays(2), _meta(2), keep=1)  # pruning keeps 1: never another user's file
+    assert planted.exists() and not ours.exists()
+
+
+def test_a_symlink_named_like_a_checkpoint_is_never_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    target = save_checkpoint(elsewhere, 5, _arrays(5), _meta(5))  # a valid checkpoint, ours, behind the link
+    ck = tmp_path / "ck"
+    ours = save_checkpoint(ck, 1, _arrays(1), _meta(1))
+    link = ck / "ckpt-00000099.npz"
+    link.symlink_to(target)
+    warnings = Warnings()
+    path, _, _ = latest_checkpoint(ck, warn=warnings)
+    assert path == ours
+    assert [w for w in warnings if str(link) in w and "symbolic link" in w], warnings
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        load_checkpoint(link)
+    save_checkpoint(ck, 2, _arrays(2), _meta(2), keep=1)
+    assert link.is_symlink() and target.exists()  # neither the link nor what it points at is pruned
+
+
+def test_a_fifo_named_like_a_checkpoint_is_ignored_without_blocking(tmp_path):
+    ours = save_checkpoint(tmp_path, 1, _arrays(1), _meta(1))
+    fifo = tmp_path / "ckpt-00000050.npz"
+    os.mkfifo(fifo)
+    warnings = Warnings()
+    path, _, _ = latest_checkpoint(tmp_path, warn=warnings)
+    assert path == ours and [w for w in warnings if "not a regular file" in w], warnings
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(fifo)  # O_NONBLOCK: opening a fifo with no writer does not hang
