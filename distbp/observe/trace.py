@@ -26,6 +26,7 @@ any event, so the untraced step pays one attribute read per hook.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -66,6 +67,9 @@ class NullTracer:
         pass
 
     def close_part(self) -> None:
+        pass
+
+    def discard(self) -> None:
         pass
 
     def finish(self, comm) -> None:
@@ -154,6 +158,14 @@ class Tracer:
         self._part.write("".join(json.dumps(e) + ",\n" for e in self.events[self._written:]))
         self._part.flush()
         self._written = len(self.events)
+
+    def discard(self) -> None:
+        """Close and remove this rank's part file: the run never started (its set-up was refused)."""
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.part_path)
 
     def close_part(self) -> None:
         """Make this rank's part file a complete JSON array (after a failure it is the trace)."""

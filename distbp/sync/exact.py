@@ -166,6 +166,12 @@ class ExactSync(ReplicatedUpdate, GradientSync):
         self._stats["steps"] += 1
         return loss, correct
 
+    def close(self) -> None:
+        """The lanes' threads end with the job (a library caller that fits again gets new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def _one_thread(self, gather, rows, scale) -> tuple[float, float, float]:
         # a block's gradient must be the same bits wherever it runs, whatever the rank's thread count:
         # every block runs on one thread (Numba and BLAS); the rank's threads run different blocks

@@ -65,6 +65,8 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
             run.trace.close_part()  # each rank's --trace file, up to the failure
             runstate.release_checkpoint_dir(run)  # the job is over: the next one may have the directory
             run.watchdog.stop()  # the caller decides how the job ends (a library caller goes on)
+            if comm.size == 1:  # a library caller goes on: the strategy's communicators, window and threads too
+                run.sync.close()  # (under MPI close is collective, and the failed job ends anyway)
         raise
 
 

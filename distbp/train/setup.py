@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-import uuid
 from typing import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ from distbp.data.batch import BatchBuffers
 from distbp.data.datasets import Dataset, load_dataset
 from distbp.data.shard import LocalRows, SharedRows
 from distbp.errors import ConfigError, DistbpError
+from distbp.host.files import UnsafeFolder, make_private_dir
 from distbp.nn.model import MLP
 from distbp.nn.modelfile import initial_parameters
 from distbp.observe.trace import NULL_TRACER, PHASES, NullTracer, Tracer, align_clocks, parse_steps
@@ -49,18 +49,29 @@ def setup(cfg: Config, comm: Comm, dataset: Callable[[], Dataset] | None = None,
     flat parameters (n_params,) to start from instead of the seed's initialisation (the root's are used,
     like the seed's). A checkpoint (--resume) wins over both.
     The watchdog runs from the first collective on: a rank that stops while the others wait for it at
-    start-up ends the job too (its heartbeats start once their folder is agreed).
+    start-up ends the job too (its heartbeats start once their folder is agreed). In one process there is no
+    peer to wait for, and a watchdog would end the caller's interpreter: none runs there.
     """
-    watchdog = Watchdog(comm, cfg.timeout)
+    watchdog = Watchdog(comm, cfg.timeout if comm.size > 1 else 0.0)
+    made: list[Callable[[], None]] = []  # how to give back what the set-up made so far, in order
     try:
-        return _setup(cfg, comm, watchdog, dataset, initial)
+        return _setup(cfg, comm, watchdog, dataset, initial, made)
     except BaseException:
         watchdog.stop()  # a failed set-up leaves no thread behind (the Python API's caller goes on)
+        if comm.size == 1:  # a library caller goes on: nothing of the refused run may stay behind
+            give_back(made)
         raise
 
 
+def give_back(made: list[Callable[[], None]]) -> None:
+    """Undo what a refused set-up made (the strategy's communicators and shared window, the trace's part
+    file), last first. In one process only: under MPI, `close` is collective and the failed job ends anyway."""
+    for undo in reversed(made):
+        undo()
+
+
 def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Dataset] | None,
-           initial: np.ndarray | None) -> Run:
+           initial: np.ndarray | None, made: list[Callable[[], None]]) -> Run:
     faults.inject(comm.rank, "start")  # test hook: a rank that fails or stops while loading its data
     data, err = load_data(cfg, comm.size, dataset, comm.rank)
     with watchdog.section("start-up", 0):
@@ -70,11 +81,13 @@ def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Da
         agree_on_job(cfg, comm, model, plan, data, fingerprint)
         comm.bcast(model.flat_params)  # [dist] identical starting point even if initialisation ever differs
         sync.build(comm, model)
+        made.append(sync.close)
         # [dist] one job per checkpoint directory, and a new run never takes another run's
         lock = claim_checkpoint_dir(cfg, comm) if cfg.checkpoint_dir else None
         watchdog.attach_heartbeats(heartbeat_dir(cfg, comm))
         run_id = new_run_id(comm)
         tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
+        made.append(tracer.discard)
     batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
     run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, Schedule.of(cfg, plan.n_batches),
               EarlyStopping.of(cfg), run_id=run_id, lock=lock, trace=tracer)
@@ -191,16 +204,33 @@ def layout_of(comm: Comm) -> Layout:
 
 
 def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:
-    """Where the watchdogs leave heartbeats: beside the checkpoints (shared by every node), else a
-    directory in this machine's temp folder, named by the root (enough when all ranks share a node)."""
+    """Collective: where the watchdogs leave heartbeats: beside the checkpoints (shared by every node), else a
+    folder in this machine's temp folder that the root makes with a name nobody can predict (mkdtemp, 0700) and
+    shares (enough when all ranks share a node). Every rank checks it is a real folder of its own (made, 0700,
+    where missing) before use: one that is not (a symlink, another user's) stops every rank, named."""
     if cfg.timeout <= 0 or comm.size == 1:
         return None
     if cfg.checkpoint_dir:
-        return os.path.join(cfg.checkpoint_dir, ".heartbeat")
-    if comm.is_root:
-        remove_abandoned_heartbeats(tempfile.gettempdir())  # of earlier jobs on this host that ended abnormally
-    name = comm.allgather_object(f"{HEARTBEAT_PREFIX}{uuid.uuid4().hex[:12]}" if comm.is_root else None)[0]
-    return os.path.join(tempfile.gettempdir(), name)
+        path = os.path.join(cfg.checkpoint_dir, ".heartbeat")
+    else:
+        made, err = None, None
+        if comm.is_root:
+            remove_abandoned_heartbeats(tempfile.gettempdir())  # of earlier jobs on this host that ended abnormally
+            try:
+                made = tempfile.mkdtemp(prefix=HEARTBEAT_PREFIX)
+            except OSError as e:
+                err = DistbpError(f"cannot make a heartbeat folder in {tempfile.gettempdir()} ({e.strerror})")
+        comm.agree_on_failure(err)  # [dist]
+        path = os.path.join(tempfile.gettempdir(), os.path.basename(comm.allgather_object(made)[0]))  # [dist]
+    err = None
+    try:
+        make_private_dir(path, "the heartbeat folder")
+    except UnsafeFolder as e:
+        err = e
+    except OSError as e:
+        err = DistbpError(f"the heartbeat folder {path}: cannot be made ({e.strerror})")
+    comm.agree_on_failure(err)  # [dist] one rank's unsafe folder stops every rank, named
+    return path
 
 
 def resolve_layers(cfg: Config, data: Dataset) -> list[int]:
