@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -207,21 +208,46 @@ def _check_activations(cfg: Config) -> None:
 
 
 def check_types(values: dict, source: str) -> None:
-    """Raise ConfigError for a value whose type does not fit its field (TOML can hold anything)."""
+    """Raise ConfigError for a value whose type does not fit its field (TOML can hold anything).
+
+    Any integral number is an int, any real number a float; bool is neither: True is no batch size. (The
+    Python API passes its values through `plain_values` first, so NumPy's scalars are numbers here too.)"""
     kinds = {f.name: str(f.type) for f in fields(Config)}
     for name, value in values.items():
         kind = kinds[name]
         optional = "None" in kind
         if value is None and optional:
             continue
-        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        ok = {"int": _is_int,
+              "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
               "str": lambda v: isinstance(v, str),
               "bool": lambda v: isinstance(v, bool),
-              "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                 for x in v)}[kind.split(" |")[0]](value)
+              "list[int]": lambda v: isinstance(v, list) and all(map(_is_int, v))}[kind.split(" |")[0]](value)
         if not ok:
             raise ConfigError(f"{source}: {name} = {value!r} is not {_kind_words(kind)}")
+
+
+def plain_values(values: dict) -> dict:
+    """values with NumPy's scalars (np.int64(3), np.float32(0.01), np.bool_, np.str_) as the Python values they
+    hold, and sequences (tuples, 1-D arrays) as lists of them: the grids of scikit-learn's tools are built with
+    np.arange and np.logspace, and the configuration is compared across ranks and stored as JSON."""
+    return {name: _plain(value) for name, value in values.items()}
+
+
+def _plain(value):
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # a NumPy scalar or array; numpy not imported
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)  # int subclasses (IntEnum) too
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int)):
+        return float(value)
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _kind_words(kind: str) -> str:
@@ -278,9 +304,7 @@ def from_values(values: dict, source: str) -> Config:
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; the options are the fields of "
                           "distbp.Config (the flags of distbp train with underscores)")
-    values = dict(values)
-    if isinstance(values.get("layers"), tuple):
-        values["layers"] = list(values["layers"])
+    values = plain_values(values)
     check_types(values, source)
     return validate(Config(**values))
 

@@ -10,8 +10,11 @@ class DistbpError(Exception):
     """A clear, user-facing error of distbp (bad input, failure on a rank, ranks that disagree)."""
 
 
-class ConfigError(DistbpError):
-    """A flag or configuration value that cannot work, named with the reason."""
+class ConfigError(DistbpError, ValueError):
+    """A flag or configuration value that cannot work, named with the reason.
+
+    Also a ValueError: an invalid parameter is one in Python's convention, and scikit-learn's tools (the
+    estimators of `distbp.sklearn`, GridSearchCV's error_score) expect one."""
 
 
 class ConfigMismatchError(DistbpError):

@@ -115,6 +115,20 @@ def check_output_path(path: str) -> str:
     return suffix
 
 
+def check_not_an_input(output_path: str, inputs: dict[str, str]) -> None:
+    """ValueError when --output is one of the inputs (inputs: flag → path): the same path once links are
+    followed, or the same file (device and inode: a hard link, a bind mount). Written over, the input's rows
+    (or the model) would be lost, and the next run would read the outputs as data."""
+    out = os.path.realpath(output_path)
+    for flag, path in inputs.items():
+        same = out == os.path.realpath(path)
+        if not same and os.path.exists(output_path) and os.path.exists(path):
+            same = os.path.samefile(output_path, path)
+        if same:
+            raise ValueError(f"--output {output_path} is the {flag} file {path}: writing it would destroy "
+                             "its contents; give another file name")
+
+
 def write_outputs(path: str, values: np.ndarray, member: str) -> None:
     """Write values (n, outputs) or labels (n,) to path, atomically: .npy, .npz (as `member`) or .csv (floats with
     every digit their dtype needs to read back the same bits; labels as they are)."""
@@ -153,6 +167,7 @@ def to_labels(model: MLP, outputs: np.ndarray) -> np.ndarray:
 def predict_file(model_path: str, data_path: str, output_path: str, labels: bool = False) -> str:
     """Read the model and the rows, write the outputs (or labels); returns what was written, for the log line."""
     check_output_path(output_path)  # before the work: a bad name fails at once
+    check_not_an_input(output_path, {"--data": data_path, "--model": model_path})
     model = load_model(model_path)
     X = read_features(data_path)
     if X.shape[1] != model.sizes[0]:

@@ -44,8 +44,10 @@ Differences from scikit-learn's estimators:
   fitted on a column (scikit-learn flattens any single output). Its validation score with early stopping
   is the variance-weighted R² over the outputs (scikit-learn: the mean of the per-output R²; the same
   for one output).
-- invalid parameters raise ValueError (as scikit-learn's do), when `fit` is called; failures while
-  training (NaN in the loss, a rank that stalls) raise `distbp.DistbpError`.
+- invalid parameters raise ValueError (as scikit-learn's do), when `fit` is called (those that distbp.fit
+  finds are `distbp.ConfigError`s, also ValueErrors); failures while training (NaN in the loss, a rank that
+  stalls) raise `distbp.DistbpError`. NumPy's numbers (np.int64, np.float32: grids built with np.arange or
+  np.logspace) are accepted wherever an int or a float is.
 - X is used as given: no feature scaling is learnt (put a `StandardScaler` in front, as for scikit-learn).
 """
 
@@ -161,8 +163,8 @@ class _DistbpMLP(BaseEstimator):
         history = distbp_fit(
             self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
             callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
-            epochs=epochs, batch_size=self._batch_rows(X_train.shape[0]), lr=self.learning_rate_init,
-            lr_scale="mean",  # scikit-learn's mean loss: the step is η·∇L/B
+            epochs=int(epochs), batch_size=self._batch_rows(X_train.shape[0]),
+            lr=float(self.learning_rate_init), lr_scale="mean",  # scikit-learn's mean loss: the step is η·∇L/B
             seed=seed, scale="none", **self._optimizer())
         if not incremental and len(history) == epochs and not self._stopped and comm.is_root:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
@@ -222,7 +224,7 @@ class _DistbpMLP(BaseEstimator):
         """(X_train, targets_train, (X_val, targets_val)): validation_fraction of the rows, stratified for
         classifiers, drawn with the estimator's seed (the same rows on every rank)."""
         stratify = targets if self.LOSS == "cross_entropy" else None
-        X_train, X_val, t_train, t_val = train_test_split(X, targets, test_size=self.validation_fraction,
+        X_train, X_val, t_train, t_val = train_test_split(X, targets, test_size=float(self.validation_fraction),
                                                           random_state=self._seed, stratify=stratify)
         if X_val.shape[0] < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
@@ -278,7 +280,7 @@ class _DistbpMLP(BaseEstimator):
             raise ValueError(f"{name}: shuffle=False is not supported: distbp shuffles the rows every epoch")
         if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
             raise ValueError(f"{name}: batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
-        _in_range("learning_rate_init", self.learning_rate_init, 0, np.inf, low_open=True)
+        _in_range("learning_rate_init", self.learning_rate_init, 0, np.inf, low_open=True, high_open=True)
         _in_range("momentum", self.momentum, 0, 1, high_open=True)
         _in_range("tol", self.tol, 0, np.inf)
         _in_range("validation_fraction", self.validation_fraction, 0, 1, low_open=True, high_open=True)
@@ -461,7 +463,8 @@ def _derived_seed(seed: int, epochs_done: int) -> int:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    """An integer, NumPy's too (np.int64 from np.arange grids); bool (numpy's too) is not one."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _one_of(param: str, value, allowed: tuple) -> None:
@@ -470,7 +473,7 @@ def _one_of(param: str, value, allowed: tuple) -> None:
 
 
 def _in_range(param: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and (
         (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"

@@ -15,9 +15,14 @@ The file is an ordinary .npz (numpy's zip of .npy members; nothing is pickled):
     feature_factor
     classes                (outputs,) numbers or strings, when outputs 0…K−1 stand for other labels
 
-A reader checks the format name and version first, then that every array the metadata lists is there
-with the shape and dtype its sizes give; each problem is one ModelFileError naming the file and the cause.
-Each zip member carries a CRC-32, so corrupted bytes are found when the member is read.
+A reader trusts nothing the file claims before it has checked it, and builds nothing before that: the
+metadata is at most 1 MiB (MAX_META_BYTES); its format name and version, sizes and dtype come first; then
+every array the model needs is there, with the shape and dtype its sizes give in its .npy header (read
+without its data), and a zip entry as long as the header says; then the memory loading takes (parameters,
+the initial draw's float64 chunk or the largest member being read) must fit this machine's available
+memory for each rank on the node. Only then is the model built and filled, and every weight must be finite
+(NaN or Inf names the layer). Each problem is one ModelFileError naming the file and the cause. Each zip
+member carries a CRC-32, so corrupted bytes are found when the member is read.
 
 Files that `--save` wrote before model files existed (W0, b0, … and nothing else) are refused, with a
 message saying so: they do not record the activations, loss or scaling that made them, and a guess would
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 import zipfile
@@ -38,8 +44,12 @@ import zlib
 from typing import Any, BinaryIO, Callable, Protocol, TypeVar
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from distbp.errors import ModelFileError
+from distbp.host import meminfo
+from distbp.host.threads import local_rank_count
+from distbp.nn import kernels
 from distbp.version import __version__
 
 
@@ -153,17 +163,25 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
 def read_model(path: str | os.PathLike, build: Callable[..., M]) -> M:
     """The model saved in the model file `path`: build(sizes, activation=…, loss=…, dtype=…) makes it (the
     `MLP` class), then its parameters (the same bits), feature scaling and classes are filled in.
+
+    Nothing is built or read whole before the file's claims are checked: the metadata's size (at most
+    MAX_META_BYTES), every member's .npy header (shape, dtype, size) against the sizes the metadata gives, and
+    the memory that loading takes against what this machine's ranks have available. Every weight is finite.
     Raises ModelFileError naming the file and what is wrong with it."""
     name = os.fspath(path)
     _check_looks_like_npz(name)
     try:
-        archive = np.load(name, allow_pickle=False)
-    except Exception as e:  # zipfile, zlib and numpy's own errors all mean the same here
+        archive = zipfile.ZipFile(name)
+    except Exception as e:  # zipfile's, zlib's and the OS's errors all mean the same here
         raise ModelFileError(f"{name}: cannot read it, the .npz is truncated or corrupt ({e})") from None
     with archive:
-        meta = _read_meta(archive, name)
+        members = {info.filename[:-len(".npy")]: info for info in archive.infolist()
+                   if info.filename.endswith(".npy")}
+        meta = _read_meta(archive, members, name)
+        headers = _check_headers(archive, members, meta, name)
+        _check_memory(meta, headers, name)
         model = _build(build, meta, name)
-        _fill(model, archive, meta, name)
+        _fill(model, archive, members, meta, name)
     return model
 
 
@@ -205,29 +223,34 @@ def _check_looks_like_npz(name: str) -> None:
         raise ModelFileError(f"{name} is not a model file: it does not start like an .npz (zip) archive")
 
 
-def _member(archive, key: str, name: str) -> np.ndarray:
-    """archive[key], every way of failing to read it (bad CRC, cut short, bad header) one clear error."""
-    try:
-        return archive[key]
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
-        raise ModelFileError(f"{name}: member {key} cannot be read, the file is corrupt ({e})") from None
+MAX_META_BYTES = 1 << 20  # the metadata of a model is a few hundred bytes; past 1 MiB it describes no model
+META_KEYS = (("sizes", list), ("activations", list), ("loss", str), ("dtype", str), ("arrays", list))
+DTYPES = ("float32", "float64")  # what distbp.nn.model.MLP computes in
+# what building and filling a model allocates besides its parameters: the initial draw of W in float64, a chunk
+# of at most INIT_DRAW_BYTES at a time (distbp.nn.model.INIT_CHUNK elements; a test holds the two together),
+# then each member as it is read, before it is copied in
+INIT_DRAW_BYTES = 8 << 20
 
 
-def _read_meta(archive, name: str) -> dict:
-    files = archive.files
-    if META_KEY not in files:
-        if "W0" in files:
+def _read_meta(archive: zipfile.ZipFile, members: dict, name: str) -> dict:
+    """The checked metadata: format and version, its keys' types, sizes and dtype a model can have."""
+    if META_KEY not in members:
+        if "W0" in members:
             raise ModelFileError(
                 f"{name} holds parameters (W0, b0, …) but no {META_KEY} metadata: it predates distbp's model files "
                 "(an older distbp train --save) and does not record its activations, loss or feature scaling. "
                 "Train again with --save, or build the MLP it came from, copy W0, b0, … into model.params and "
                 "call model.save(path)")
         raise ModelFileError(f"{name} is an .npz but not a distbp model file: it has no {META_KEY} member "
-                             f"(its members: {', '.join(files) or 'none'})")
-    raw = _member(archive, META_KEY, name)
+                             f"(its members: {', '.join(members) or 'none'})")
+    shape, dtype = _header(archive, members[META_KEY], META_KEY, name)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ModelFileError(f"{name}: its {META_KEY} metadata is not JSON text ({dtype} {shape}, not uint8 bytes)")
+    if shape[0] > MAX_META_BYTES:
+        raise ModelFileError(f"{name}: its {META_KEY} metadata claims {shape[0]:,} bytes, more than the "
+                             f"{MAX_META_BYTES:,} any model's description takes: not a model file distbp wrote")
+    raw = _array(archive, members[META_KEY], META_KEY, name)
     try:
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise ValueError(f"{raw.dtype} {raw.shape}, not uint8 bytes")
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{name}: its {META_KEY} metadata is not JSON text ({e})") from None
@@ -238,10 +261,111 @@ def _read_meta(archive, name: str) -> dict:
         raise ModelFileError(f"{name} is a model file of format version {version} (written by distbp "
                              f"{meta.get('distbp_version', '?')}); this distbp ({__version__}) reads format "
                              f"version {FORMAT_VERSION}")
-    for key, kind in (("sizes", list), ("activations", list), ("loss", str), ("dtype", str), ("arrays", list)):
+    for key, kind in META_KEYS:
         if not isinstance(meta.get(key), kind):
-            raise ModelFileError(f"{name}: its metadata has no valid {key!r} (got {meta.get(key)!r})")
+            raise ModelFileError(f"{name}: its metadata has no valid {key!r} (got {meta.get(key)!r:.200})")
+    sizes = meta["sizes"]
+    if len(sizes) < 2 or not all(type(s) is int and s > 0 for s in sizes):
+        raise ModelFileError(f"{name}: its metadata describes no model this distbp can build: the sizes must be "
+                             f"at least two positive integers, got {sizes!r:.200}")
+    if meta["dtype"] not in DTYPES:
+        raise ModelFileError(f"{name}: its metadata describes no model this distbp can build: dtype must be "
+                             f"float32 or float64, got {meta['dtype']!r:.100}")
+    if not all(isinstance(key, str) for key in meta["arrays"]):
+        raise ModelFileError(f"{name}: its metadata's 'arrays' must be member names, got {meta['arrays']!r:.200}")
     return meta
+
+
+def _expected(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The members a model of `meta` reads, each with the shape its sizes give and the dtype kinds it may have
+    (the parameters: exactly the metadata's dtype, given as its name)."""
+    sizes = meta["sizes"]
+    expected = {}
+    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        expected[f"W{l}"] = ((fan_in, fan_out), meta["dtype"])
+        expected[f"b{l}"] = ((fan_out,), meta["dtype"])
+    if "feature_offset" in meta["arrays"] or "feature_factor" in meta["arrays"]:
+        expected["feature_offset"] = expected["feature_factor"] = ((sizes[0],), "f")
+    if "classes" in meta["arrays"]:
+        expected["classes"] = ((sizes[-1],), CLASS_KINDS)
+    return expected
+
+
+def _check_headers(archive: zipfile.ZipFile, members: dict, meta: dict, name: str) -> dict[str, int]:
+    """Every member the model reads is there, with the shape and dtype its .npy header gives checked against the
+    metadata's sizes and dtype (only the headers are read). Returns each member's bytes."""
+    expected = _expected(meta)
+    missing = [key for key in dict.fromkeys([*expected, *meta["arrays"]]) if key not in members]
+    if missing:
+        raise ModelFileError(f"{name}: member(s) {', '.join(missing)} missing; the file is incomplete")
+    sizes = meta["sizes"]
+    nbytes = {}
+    for key, (want, kinds) in expected.items():
+        shape, dtype = _header(archive, members[key], key, name)
+        layer = f"layer {key[1:]}: " if key[0] in "Wb" and key[1:].isdigit() else ""
+        if shape != want:
+            raise ModelFileError(f"{name}: {layer}{key} is {_dims(shape)}, but the file's sizes "
+                                 f"{_arch(sizes)} need {_dims(want)}")
+        if kinds in DTYPES and dtype != np.dtype(kinds):
+            raise ModelFileError(f"{name}: {key} is {dtype}, the file's metadata says {kinds}")
+        if kinds not in DTYPES and dtype.kind not in kinds:
+            raise ModelFileError(f"{name}: {key} is {dtype} {shape}, the model needs ({want[0]},) values")
+        nbytes[key] = math.prod(shape) * dtype.itemsize
+    return nbytes
+
+
+def _check_memory(meta: dict, nbytes: dict[str, int], name: str) -> None:
+    """ModelFileError when loading the model would not fit in what this machine has available, for each rank
+    of this node (every rank of `evaluate` and of `train --init-from` reads its own copy)."""
+    need, ranks, have = loading_bytes(meta, nbytes), local_rank_count(), meminfo.available_memory()
+    if need * ranks > have:
+        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
+        raise ModelFileError(f"{name}: loading its {_arch(meta['sizes'])} {meta['dtype']} model would need "
+                             f"{need / 2**20:,.0f} MiB{each}, more than the {have / 2**20:,.0f} MiB this machine "
+                             "has available")
+
+
+def loading_bytes(meta: dict, nbytes: dict[str, int]) -> int:
+    """The peak bytes of reading a model of `meta` whose members hold nbytes (key → bytes): its parameters, the
+    initial draw's float64 chunk (or the largest member as it is read, whichever is larger), the scaling and
+    classes it keeps, and the metadata."""
+    sizes, item = meta["sizes"], np.dtype(meta["dtype"]).itemsize
+    weights = [fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+    params = (sum(weights) + sum(sizes[1:])) * item
+    kept = sum(n for key, n in nbytes.items() if key[0] not in "Wb")  # scaling and classes
+    draw = min(8 * max(weights), INIT_DRAW_BYTES)
+    return params + kept + max(draw, max(nbytes.values())) + MAX_META_BYTES
+
+
+def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from the member's .npy header, its data unread; ModelFileError for a bad header, a dtype
+    of Python objects, or a zip entry whose size is not the header's plus the data it claims (a lie in one)."""
+    try:
+        with archive.open(info) as fh:
+            version = npformat.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy format version {version}")
+            read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            shape, _, dtype = read(fh)  # Fortran order or not, the same bytes
+            offset = fh.tell()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, NotImplementedError) as e:
+        raise ModelFileError(f"{name}: member {key} cannot be read, the file is corrupt ({e})") from None
+    if dtype.hasobject:
+        raise ModelFileError(f"{name}: member {key} holds Python objects ({dtype}), which a model file never does")
+    data = math.prod(shape) * dtype.itemsize
+    if info.file_size != offset + data:
+        raise ModelFileError(f"{name}: member {key} is corrupt: its header claims {_dims(shape)} {dtype} "
+                             f"({data:,} bytes), its zip entry holds {max(0, info.file_size - offset):,}")
+    return shape, dtype
+
+
+def _array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> np.ndarray:
+    """The member's array (its header checked by _header first); a bad CRC, a cut, a bad header: ModelFileError."""
+    try:
+        with archive.open(info) as fh:
+            return npformat.read_array(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
+        raise ModelFileError(f"{name}: member {key} cannot be read, the file is corrupt ({e})") from None
 
 
 def _build(build: Callable[..., M], meta: dict, name: str) -> M:
@@ -251,34 +375,27 @@ def _build(build: Callable[..., M], meta: dict, name: str) -> M:
         raise ModelFileError(f"{name}: its metadata describes no model this distbp can build: {e}") from None
 
 
-def _fill(model: SavedModel, archive, meta: dict, name: str) -> None:
-    """Copy the file's arrays into `model`, each checked against the shape and dtype the sizes give."""
-    layers = [key for l in range(model.n_layers) for key in (f"W{l}", f"b{l}")]
-    missing = [key for key in dict.fromkeys(layers + meta["arrays"]) if key not in archive.files]
-    if missing:
-        raise ModelFileError(f"{name}: member(s) {', '.join(missing)} missing; the file is incomplete")
+def _fill(model: SavedModel, archive: zipfile.ZipFile, members: dict, meta: dict, name: str) -> None:
+    """Copy the file's arrays into `model` (their headers checked against its sizes already); every weight
+    must be finite: NaN or Inf would make NaN predictions, a NaN loss, or a training that blames --lr."""
     for l, (W, b) in enumerate(model.params):
-        for key, view in ((f"W{l}", W), (f"b{l}", b)):
-            a = _member(archive, key, name)
-            if a.shape != view.shape:
-                raise ModelFileError(f"{name}: layer {l}: {key} is {_dims(a.shape)}, but the file's sizes "
-                                     f"{_arch(model.sizes)} need {_dims(view.shape)}")
-            if a.dtype != model.dtype:
-                raise ModelFileError(f"{name}: {key} is {a.dtype}, the file's metadata says {model.dtype}")
-            view[...] = a
+        W[...] = _array(archive, members[f"W{l}"], f"W{l}", name)
+        b[...] = _array(archive, members[f"b{l}"], f"b{l}", name)
+    if not kernels.all_finite(model.flat_params):  # one pass over every parameter; the culprit is looked for after
+        l, key = next((l, key) for l, (W, b) in enumerate(model.params)
+                      for key, a in ((f"W{l}", W), (f"b{l}", b)) if not np.isfinite(a).all())
+        raise ModelFileError(f"{name}: layer {l}: {key} holds NaN or Inf; the model cannot be used (train it "
+                             "again, or from an earlier checkpoint)")
     if "feature_offset" in meta["arrays"] or "feature_factor" in meta["arrays"]:
-        model.feature_offset = _vector(archive, "feature_offset", model.sizes[0], "f", name)
-        model.feature_factor = _vector(archive, "feature_factor", model.sizes[0], "f", name)
+        model.feature_offset = _vector(archive, members, "feature_offset", name)
+        model.feature_factor = _vector(archive, members, "feature_factor", name)
     if "classes" in meta["arrays"]:
-        model.classes = _vector(archive, "classes", model.sizes[-1], CLASS_KINDS, name)
+        model.classes = _vector(archive, members, "classes", name)
 
 
-def _vector(archive, key: str, length: int, kinds: str, name: str) -> np.ndarray:
-    if key not in archive.files:
-        raise ModelFileError(f"{name}: member {key} missing; the file is incomplete")
-    a = _member(archive, key, name)
-    if a.shape != (length,) or a.dtype.kind not in kinds:
-        raise ModelFileError(f"{name}: {key} is {a.dtype} {a.shape}, the model needs ({length},) values")
+def _vector(archive: zipfile.ZipFile, members: dict, key: str, name: str) -> np.ndarray:
+    """The member `key` (its header checked already): numbers must be finite."""
+    a = _array(archive, members[key], key, name)
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ModelFileError(f"{name}: {key} holds NaN or Inf")
     return a

@@ -187,3 +187,92 @@ def test_a_rank_without_its_part_stops_the_job_naming_the_file(tmp_path):
                        "--layers", "12,10,3", "--epochs", "1", "--progress", "none"])
     assert done.returncode == 2, done.output
     assert "rank 1" in done.stderr and "part1.npz" in done.stderr
+
+
+# ---- Python inputs: NumPy numbers, ValueErrors, the arguments' own errors ---------------------------------
+
+def test_numpy_scalars_are_numbers_and_train_like_python_ones():
+    X, y = blobs(120)
+    plain = distbp.fit(model_for(), X, y, verbose=False, validation=0.25, **OPTIONS)
+    numpy_options = dict(epochs=np.int64(2), batch_size=np.int32(16), optimizer=np.str_("adam"), lr=np.float64(0.01),
+                         lr_scale="mean", seed=np.uint8(4), threads=np.int64(1))
+    model = model_for()
+    numpy = distbp.fit(model, X, y, verbose=False, validation=np.float32(0.25), callback_every=np.int64(3),
+                       callback=lambda r: np.bool_(False), **numpy_options)
+    assert [r["train_loss"] for r in numpy] == [r["train_loss"] for r in plain]
+
+
+def test_numpy_values_become_python_values_in_the_configuration():
+    from distbp.config import from_values
+
+    cfg = from_values({"epochs": np.int64(3), "lr": np.float32(0.01), "layers": np.array([4, 8, 2]),
+                       "lr_schedule": "step", "lr_milestones": (np.int16(1), np.int16(2)),
+                       "overlap": np.False_, "activation": np.str_("relu")}, "test")
+    assert (type(cfg.epochs), type(cfg.lr), type(cfg.overlap), type(cfg.activation)) == (int, float, bool, str)
+    assert cfg.lr == float(np.float32(0.01))
+    assert cfg.layers == [4, 8, 2] and all(type(s) is int for s in cfg.layers + cfg.lr_milestones)
+    json.dumps(cfg.to_dict())  # stored in checkpoints and compared across ranks as JSON
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(epochs=True), "epochs = True is not an integer"),
+    (dict(epochs=np.True_), "epochs = True is not an integer"),
+    (dict(batch_size=np.float64(16.0)), "batch_size = 16.0 is not an integer"),
+    (dict(lr=np.bool_(True)), "lr = True is not a number"),
+    (dict(overlap=1), "overlap = 1 is not true or false"),
+])
+def test_bools_and_numbers_stay_apart(options, words):
+    X, y = blobs(50)
+    with pytest.raises(distbp.ConfigError) as info:
+        distbp.fit(model_for(), X, y, verbose=False, **{**OPTIONS, **options})
+    assert words in str(info.value)
+
+
+def test_a_bad_option_is_a_value_error_too():
+    X, y = blobs(50)
+    assert issubclass(distbp.ConfigError, ValueError) and issubclass(distbp.ConfigError, distbp.DistbpError)
+    with pytest.raises(ValueError, match="--lr must be a finite number"):
+        distbp.fit(model_for(), X, y, verbose=False, **{**OPTIONS, "lr": float("inf")})
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda m, X, y: distbp.fit(m, X, 5), "y must be an array of labels (rows,) or targets (rows, k), got an int"),
+    (lambda m, X, y: distbp.fit(m, 3.0, y), "X must be an array (rows, features), got a float"),
+    (lambda m, X, y: distbp.fit(m, X, y, validation=(X, 7)), "validation's y_val must be an array"),
+    (lambda m, X, y: distbp.fit(m, [[1.0, 2.0], [3.0]], y), "X is not an array"),
+    (lambda m, X, y: distbp.fit(m, None, y), "y needs X"),
+    (lambda m, X, y: distbp.fit(m, X, y, threads=0), "--threads must be at least 1, got 0"),
+    (lambda m, X, y: distbp.fit(m, X, y, threads=-2), "--threads must be at least 1, got -2"),
+    (lambda m, X, y: distbp.fit(m, X, y, callback="stop"), "callback must be a function"),
+    (lambda m, X, y: distbp.fit(m, X, y, callback_every=True), "callback_every must be a non-negative integer"),
+], ids=["y scalar", "X scalar", "y_val scalar", "ragged X", "y without X", "threads 0", "threads -2",
+        "callback not callable", "callback_every bool"])
+def test_bad_python_inputs_are_one_config_error_naming_the_argument(call, words):
+    X, y = blobs(50)
+    with pytest.raises(distbp.ConfigError) as info:
+        call(model_for(), X, y)
+    assert words in str(info.value)
+    assert "rank 0" not in str(info.value)  # one process: the error itself
+
+
+def named_callback(record):
+    return np.array([record["epoch"], 1])  # an array: its truth is ambiguous
+
+
+@pytest.mark.parametrize("every", [0, 2])
+def test_a_callback_returning_an_array_stops_with_an_error_naming_it(every):
+    X, y = blobs(100)
+    model = model_for()
+    before = model.flat_params.copy()
+    with pytest.raises(distbp.ConfigError) as info:
+        distbp.fit(model, X, y, verbose=False, callback=named_callback, callback_every=every, **OPTIONS)
+    assert ("callback named_callback returned an ndarray of shape (2,): it must return a bool (True stops "
+            "training) or None") in str(info.value)
+    assert np.array_equal(model.flat_params, before)  # the failed fit leaves the caller's model as it was
+
+
+def test_a_callback_returning_numpys_bool_stops_training():
+    X, y = blobs(100)
+    history = distbp.fit(model_for(), X, y, verbose=False, callback=lambda r: np.bool_(r["epoch"] == 1),
+                         **{**OPTIONS, "epochs": 3})
+    assert [r["epoch"] for r in history] == [1]

@@ -215,3 +215,57 @@ def test_a_checkpoint_found_by_resume_wins_over_init_from(trained, tmp_path):
                 "ck", "--resume", "--init-from", str(trained / "m.npz")], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stdout and "--init-from" not in done.stdout, done.stdout
+
+
+# ---- files never lost or wrongly trusted ------------------------------------------------------------
+
+def plant_output(d: Path, how: str) -> tuple[list[str], Path]:
+    """The predict arguments whose --output is an input, and the input that must survive."""
+    np.savetxt(d / "X4.csv", np.ones((3, 4)), delimiter=",")
+    if how == "symlink":
+        os.symlink(d / "X4.npy", d / "link.npy")
+    if how == "hard link":
+        os.link(d / "X4.npy", d / "hard.npy")
+    data, output = {"same name": ("X4.npy", "X4.npy"), "csv": ("X4.csv", "X4.csv"),
+                    "other spelling": ("X4.npy", f"../{d.name}/./X4.npy"), "symlink": ("X4.npy", "link.npy"),
+                    "hard link": ("X4.npy", "hard.npy"), "the model": ("X4.npy", "m.npz")}[how]
+    kept = d / ("m.npz" if how == "the model" else data)
+    return ["--model", "m.npz", "--data", data, "--output", output], kept
+
+
+@pytest.mark.parametrize("how", ["same name", "csv", "other spelling", "symlink", "hard link", "the model"])
+def test_predict_never_writes_over_its_inputs(small_model, how):
+    args, kept = plant_output(small_model, how)
+    before = kept.read_bytes()
+    done = cli(["predict", *args], small_model)
+    flag = "--model" if how == "the model" else "--data"
+    assert_one_error_line(done, f"is the {flag} file", "writing it would destroy its contents")
+    assert kept.read_bytes() == before
+    assert not any(p.name.endswith(".tmp") for p in small_model.iterdir())
+
+
+NONFINITE = "m.npz: layer 1: W1 holds NaN or Inf"
+
+
+@pytest.fixture(scope="module")
+def nan_model(trained):
+    """trained's model with one NaN weight in layer 1, as nan.npz beside it."""
+    from inputs import with_nonfinite
+
+    (trained / "nan.npz").write_bytes((trained / "m.npz").read_bytes())
+    with_nonfinite(trained / "nan.npz", "W1", np.nan, index=5)
+    return trained
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "--model", "nan.npz", "--data", "X.npy", "--output", "nan_P.npy"],
+    ["evaluate", "--model", "nan.npz", "--data", "data.npz"],
+    ["train", "--data", "data.npz", *LAYERS, *QUICK, "--epochs", "1", "--init-from", "nan.npz"],
+], ids=["predict", "evaluate", "init-from"])
+def test_nan_weights_are_one_error_naming_the_layer(nan_model, command):
+    if command[0] == "predict":
+        with np.load(nan_model / "data.npz") as f:
+            np.save(nan_model / "X.npy", f["X_test"])
+    done = cli(command, nan_model)
+    assert_one_error_line(done, "nan." + NONFINITE[2:])
+    assert not (nan_model / "nan_P.npy").exists()

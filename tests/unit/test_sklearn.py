@@ -294,3 +294,45 @@ def test_without_scikit_learn_the_import_error_says_how_to_install_it(monkeypatc
     monkeypatch.setitem(sys.modules, "sklearn.base", None)  # None in sys.modules: the import fails
     with pytest.raises(ImportError, match=r"pip install distbp\[sklearn\]"):
         importlib.import_module("distbp.sklearn")
+
+
+# ---- NumPy numbers and invalid parameters ------------------------------------------------------------------
+
+NUMPY_PARAMS = dict(hidden_layer_sizes=np.array([8]), learning_rate_init=np.float32(0.05), max_iter=np.int64(3),
+                    batch_size=np.int32(40), random_state=np.int64(0), tol=np.float32(1e-4),
+                    momentum=np.float64(0.5), n_iter_no_change=np.int16(5), validation_fraction=np.float32(0.2))
+
+
+@quiet
+@pytest.mark.parametrize("solver, early_stopping", [("adam", False), ("sgd", True)])
+def test_numpy_numbers_are_accepted_wherever_python_ones_are(solver, early_stopping):
+    X, y = classification(n=200)
+    fitted = MLPClassifier(**NUMPY_PARAMS, solver=solver, early_stopping=np.bool_(early_stopping)).fit(X, y)
+    python = {k: (v.tolist() if isinstance(v, np.ndarray) else v.item()) for k, v in NUMPY_PARAMS.items()}
+    same = MLPClassifier(**python, solver=solver, early_stopping=early_stopping).fit(X, y)
+    assert fitted.n_iter_ == same.n_iter_ == 3
+    assert fitted.loss_curve_ == same.loss_curve_
+
+
+@quiet
+def test_grid_search_over_numpy_ranges_fits_every_candidate():
+    X, y = classification(n=150)
+    grid = {"max_iter": np.arange(2, 4), "learning_rate_init": np.logspace(-2, -1, 2)}
+    search = GridSearchCV(small(MLPClassifier), grid, cv=2, error_score="raise").fit(X, y)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert search.best_estimator_.n_iter_ in (2, 3)
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(learning_rate_init=np.inf), "learning_rate_init must be a number in \\(0, inf\\)"),
+    (dict(learning_rate_init=np.nan), "learning_rate_init must be a number"),
+    (dict(learning_rate_init=np.float32(-0.1)), "learning_rate_init must be a number"),
+    (dict(max_iter=True), "max_iter must be a positive integer"),
+    (dict(max_iter=np.True_), "max_iter must be a positive integer"),
+    (dict(max_iter=np.float64(3.0)), "max_iter must be a positive integer"),
+    (dict(hidden_layer_sizes=np.array([4, 0])), "hidden_layer_sizes must be"),
+])
+def test_invalid_parameters_are_value_errors_numpy_or_not(params, message):
+    X, y = classification(n=30)
+    with pytest.raises(ValueError, match=message):
+        MLPClassifier(**params).fit(X, y)
