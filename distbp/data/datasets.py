@@ -452,7 +452,21 @@ def scaling_part(X: np.ndarray, index: np.ndarray | None, scale: str) -> dict:
 
 
 def scaling_from_parts(parts: list[dict], scale: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(offset, factor, description) for the union of the row sets of `parts` (`scaling_part`), in order."""
+    """(offset, factor, description) for the union of the row sets of `parts` (`scaling_part`), in order.
+
+    Raises ValueError when a feature's statistics are not finite (values near float64's limit): the data
+    cannot be scaled, which training would otherwise report as a diverging learning rate."""
+    offset, factor, how = _scaling(parts, scale)
+    bad = np.flatnonzero(~(np.isfinite(offset) & np.isfinite(factor) & (factor != 0)))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:5].tolist())) + (", …" if bad.size > 5 else "")
+        raise ValueError(f"feature(s) {shown}: the training rows' values are too large to scale "
+                         f"({how.split(' (')[0]}: offset {offset[bad[0]]:g}, factor {factor[bad[0]]:g}); rescale "
+                         "the data (e.g. divide it by a power of ten) or pass --scale none")
+    return offset, factor, how
+
+
+def _scaling(parts: list[dict], scale: str) -> tuple[np.ndarray, np.ndarray, str]:
     d = parts[0]["features"]
     if scale == "none":
         return np.zeros(d), np.ones(d), "none"

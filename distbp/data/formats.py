@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from distbp.host.meminfo import available_memory
 from distbp.host.threads import local_rank_count
 
 
@@ -41,7 +43,7 @@ def _npz_member_bytes(archive, key: str) -> int:
         version = np.lib.format.read_magic(member)
         shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
                            else np.lib.format.read_array_header_2_0(member))
-    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize  # Python integers: a huge header cannot wrap around
 
 
 def _npy(path: Path) -> np.ndarray:
@@ -85,10 +87,11 @@ def _idx(path: Path) -> np.ndarray:
         with stream:
             head = stream.read(1024)
             dims, dtype, header = _idx_header(path, head)
-            expected = header + int(np.prod(dims)) * dtype.itemsize
+            expected = header + math.prod(dims) * dtype.itemsize  # Python integers: no 64-bit wrap-around
             if path.suffix == ".gz":
-                # the header says how much there is: refuse what cannot fit, and never read past it
-                _check_fits_memory(path, expected)
+                # the header says how much there is: refuse what cannot fit on this node, each rank
+                # decompressing its own copy, and never read past it
+                _check_idx_fits(path, expected)
                 raw = head + stream.read(max(0, expected - len(head)) + 1)
                 size = len(raw)
             else:
@@ -105,8 +108,8 @@ def _idx(path: Path) -> np.ndarray:
     if raw is not None:
         data = np.frombuffer(raw, dtype=dtype, offset=header)
     else:
-        data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(int(np.prod(dims)),))
-    return data.reshape(dims[0], int(np.prod(dims[1:]))) if len(dims) > 1 else data
+        data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(math.prod(dims),))
+    return data.reshape(dims[0], math.prod(dims[1:])) if len(dims) > 1 else data
 
 
 def _idx_header(path: Path, head: bytes) -> tuple[list[int], np.dtype, int]:
@@ -120,23 +123,16 @@ def _idx_header(path: Path, head: bytes) -> tuple[list[int], np.dtype, int]:
     return [int(d) for d in np.frombuffer(head[4:header], dtype=">u4")], dtype, header
 
 
-def _check_fits_memory(path: Path, nbytes: int) -> None:
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > have:
-        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data, more than this machine's "
-                         f"{have / 2**30:.1f} GiB of memory")
-
-
-def available_memory() -> int:
-    """Bytes this machine can still give (MemAvailable; the physical memory where /proc has none)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def _check_idx_fits(path: Path, nbytes: int) -> None:
+    """Refuse a gzipped IDX whose header claims more than this node's ranks, each decompressing its own copy,
+    can hold. The message names only what every rank sees alike (the claim, the ranks, the machine's total),
+    so that the ranks agree on one error."""
+    ranks = local_rank_count()
+    if nbytes * ranks > available_memory():
+        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data{each}, more than this "
+                         f"machine's {total / 2**30:.1f} GiB of memory has available")
 
 
 def check_fits_memory(path: Path, nbytes: int, what: str) -> None:
@@ -182,37 +178,50 @@ def read_csv(path: Path) -> dict:
     size = max(1, path.stat().st_size)
     consumed = [0]
 
-    def counted(stream):
-        for text in stream:
-            consumed[0] += len(text)  # characters: bytes, for the digits, signs and commas of a numeric CSV
-            yield text
-
-    with open(path, newline="") as stream:
-        reader = csv.reader(counted(stream))
-        header = next(reader, None)
-        if not header:
-            raise ValueError(f"{path}: empty dataset (no header row)")
-        label = header.index("label") if "label" in header else len(header) - 1
-        blocks, block, rows = [], [], 0
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
+    def text_lines(stream):
+        # decoded line by line, so that bytes that are no text are reported with their line
+        for number, raw in enumerate(stream, start=1):
+            consumed[0] += len(raw)
             try:
-                block.append([float(cell) for cell in row])
-            except ValueError:
-                column = next(i for i, cell in enumerate(row) if not is_number(cell))
-                raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
-                                 f"non-numeric cell {row[column]!r}") from None
-            if len(block) == CSV_CHUNK_ROWS:
-                blocks.append(np.array(block))
-                rows += len(block)
-                block = []
-                projected = int(rows * size / max(1, consumed[0]))
-                # still to come: the blocks not read yet, and the final table that concatenates them all
-                check_fits_memory(path, (2 * projected - rows) * len(header) * 8,
-                                  f"its about {projected:,} rows (projected from the first {rows:,})")
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}: line {number}: not a CSV table of UTF-8 text (byte {raw[error.start]:#04x} "
+                                 f"at column {error.start + 1})") from None
+
+    with open(path, "rb") as stream:
+        reader = csv.reader(text_lines(stream))
+        try:
+            return _read_csv_rows(path, reader, size, consumed)
+        except csv.Error as error:  # a field past csv's limit, a broken quote
+            raise ValueError(f"{path}: line {reader.line_num}: not a CSV table ({error})") from None
+
+
+def _read_csv_rows(path: Path, reader, size: int, consumed: list[int]) -> dict:
+    """read_csv's table from `reader`, a block of CSV_CHUNK_ROWS rows at a time (see read_csv)."""
+    header = next(reader, None)
+    if not header:
+        raise ValueError(f"{path}: empty dataset (no header row)")
+    label = header.index("label") if "label" in header else len(header) - 1
+    blocks, block, rows = [], [], 0
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
+        try:
+            block.append([float(cell) for cell in row])
+        except ValueError:
+            column = next(i for i, cell in enumerate(row) if not is_number(cell))
+            raise ValueError(f"{path}: line {line}, column {header[column]!r}: "
+                             f"non-numeric cell {row[column]!r}") from None
+        if len(block) == CSV_CHUNK_ROWS:
+            blocks.append(np.array(block))
+            rows += len(block)
+            block = []
+            projected = int(rows * size / max(1, consumed[0]))
+            # still to come: the blocks not read yet, and the final table that concatenates them all
+            check_fits_memory(path, (2 * projected - rows) * len(header) * 8,
+                              f"its about {projected:,} rows (projected from the first {rows:,})")
     if block:
         blocks.append(np.array(block))
     if not blocks:

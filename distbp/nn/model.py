@@ -32,6 +32,7 @@ from distbp.nn.losses import get_loss
 from distbp.observe.trace import NULL_TRACER
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+INIT_CHUNK = 1 << 20  # elements of W drawn at once by the initialisation (8 MiB of float64)
 
 
 class Workspace:
@@ -151,15 +152,20 @@ class MLP:
         return out
 
     def _init_params(self, seed: int) -> None:
-        # drawn in float64 then cast, so float32 and float64 models start from the same point
+        # drawn in float64 then cast, so float32 and float64 models start from the same point; a few rows of W
+        # at a time (the generator draws in order, so the values are those of one whole draw), so that the
+        # float64 temporary stays small beside a large float32 W
         rng = np.random.default_rng(seed)
         inits = [a.init for a in self.activations] + ["xavier"]
         for (W, b), init, (fi, fo) in zip(self.params, inits, zip(self.sizes[:-1], self.sizes[1:])):
-            if init == "he":
-                W[...] = rng.standard_normal((fi, fo)) * np.sqrt(2.0 / fi)
-            else:
-                limit = np.sqrt(6.0 / (fi + fo))
-                W[...] = rng.uniform(-limit, limit, (fi, fo))
+            step = max(1, INIT_CHUNK // fo)
+            for r0 in range(0, fi, step):
+                rows = (min(fi, r0 + step) - r0, fo)
+                if init == "he":
+                    W[r0:r0 + step] = rng.standard_normal(rows) * np.sqrt(2.0 / fi)
+                else:
+                    limit = np.sqrt(6.0 / (fi + fo))
+                    W[r0:r0 + step] = rng.uniform(-limit, limit, rows)
             b[...] = 0
 
     def memory_bytes(self, rows: int) -> dict[str, int]:

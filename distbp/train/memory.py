@@ -9,12 +9,12 @@ what training allocates (tests/unit/test_memory.py checks every mode against the
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 
 from distbp.errors import ConfigError
+from distbp.host.meminfo import available_memory
 from distbp.nn.model import workspace_bytes
 from distbp.units import human
 
@@ -40,14 +40,19 @@ def per_rank(sync) -> dict[str, int]:
 
 
 def check_fits_machine(sync) -> None:
-    """Raise ConfigError when one rank of `sync` would need more memory than this whole machine has."""
+    """Raise ConfigError, before anything large is allocated, when the ranks sharing a node would together
+    need more memory than the node has available now (MemAvailable: the data is loaded already).
+
+    Ranks per node: the largest node of `sync`'s layout (every rank on it allocates what `per_rank` says)."""
     need = per_rank(sync)
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need["total"] > have:
+    ranks = max(sync.layout.node_sizes)
+    have = available_memory()
+    if need["total"] * ranks > have:
         biggest = max((k for k in need if k != "total"), key=need.get)
+        each = f" each, {human(need['total'] * ranks)} for the {ranks} ranks on a node," if ranks > 1 else ""
         raise ConfigError(f"one rank would need {human(need['total'])} ({human(need[biggest])} of it "
-                          f"{biggest.replace('_', ' ')}) but this machine has {human(have)} of memory; see "
-                          "--dry-run, and check --layers, --batch-size and the labels")
+                          f"{biggest.replace('_', ' ')}){each} but this machine has {human(have)} of memory "
+                          "available; see --dry-run, and check --layers, --batch-size and the labels")
 
 
 def largest_batch(budget: int, plan_for: Callable[[int], object], ranks: int) -> int:
