@@ -31,6 +31,7 @@ from distbp.config import Config, from_values
 from distbp.data.datasets import from_arrays
 from distbp.errors import ConfigError, DistbpError
 from distbp.host import numbacache, threads
+from distbp.nn import kernels
 from distbp.nn.model import MLP
 from distbp.train.job import run_job
 
@@ -58,6 +59,7 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     resume, save, metrics, shard_optimizer, accumulate, reproducible, …).
     """
     started = time.monotonic()
+    kernels.refuse_after_fork("distbp.fit")  # before MPI or a kernel is touched in a forked worker
     if comm is None:
         comm = world()
     # before any kernel loads from the Numba cache: nothing another user planted there is unpickled

@@ -20,9 +20,13 @@ and `activation_backward_for(name)` return kernels specialised on it (see
 
 # numba's workers (and OpenBLAS's) spin only briefly before they sleep: distbp/__init__.py sets that up
 # before anything loads numpy (distbp.host.threads.set_pool_waits)
+import os
+import sys
+
 import numpy as np
 from numba import njit, prange
 
+from distbp.errors import DistbpError
 from distbp.nn.activations import derivative, kernel_key, value
 
 # rows per parallel task in kernels that also sum over rows. each task streams whole
@@ -245,3 +249,32 @@ def count_correct_onehot(out, targets):
         if _argmax_row(out, i) == _argmax_row(targets, i):
             c += 1
     return c
+
+
+# ---- a process forked from one whose kernels ran --------------------------------------------------
+# GNU OpenMP (Numba's "omp" threading layer here) cannot run in a child forked from a process that used it:
+# Numba's first parallel launch there prints "Terminating: fork() called from a process already using GNU
+# OpenMP" and kills the child, and a pool that waits for the child's result (joblib's multiprocessing
+# backend) waits forever. A fork is a fact of the whole process, so it is kept at module level.
+_FORKED_FROM_OPENMP = False
+
+
+def _mark_fork_from_openmp() -> None:
+    """In the child after fork(): note whether the parent had already started Numba's OpenMP layer."""
+    global _FORKED_FROM_OPENMP
+    numba = sys.modules.get("numba")
+    try:
+        _FORKED_FROM_OPENMP = numba is not None and numba.threading_layer() == "omp"
+    except ValueError:  # no parallel kernel has run in the parent yet: the child may start the layer itself
+        _FORKED_FROM_OPENMP = False
+
+
+os.register_at_fork(after_in_child=_mark_fork_from_openmp)
+
+
+def refuse_after_fork(what: str) -> None:
+    """Raise one DistbpError, before any kernel runs, in a process forked after the parent ran distbp's kernels."""
+    if _FORKED_FROM_OPENMP:
+        raise DistbpError(f"{what} cannot run in a process forked (without exec) from one that already ran distbp's "
+                          "parallel kernels: GNU OpenMP would kill it. Start workers by spawning them (joblib's "
+                          "default loky backend, or multiprocessing.get_context('spawn')), or use n_jobs=1")

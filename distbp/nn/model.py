@@ -302,6 +302,7 @@ class MLP:
 
         X (n, inputs) is raw data: the feature scaling training used (if any) is applied first.
         """
+        kernels.refuse_after_fork("MLP.predict")
         self.check_batch(X)
         X = self.scale_features(X)
         n = X.shape[0]
