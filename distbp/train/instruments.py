@@ -53,30 +53,40 @@ class Instruments:
         """The tracer's slice around the block (--trace), untimed."""
         return self.trace.span(name, **args)
 
-    @contextlib.contextmanager
-    def compute(self, span: str | None = None, **args):
+    def compute(self, span: str | None = None, **args) -> "_Timed":
         """The block's seconds as compute, less the data gathered inside it (`data`), which count as data."""
-        t = self.timers
-        data_before, t0 = t.data_s, time.perf_counter()
-        with self._maybe_span(span, args):
-            yield
-        t.compute_s += (time.perf_counter() - t0) - (t.data_s - data_before)
+        return _Timed(self.timers, "compute_s", self._maybe_span(span, args), less_data=True)
 
-    @contextlib.contextmanager
-    def comm(self, span: str, **args):
+    def comm(self, span: str, **args) -> "_Timed":
         """The block's seconds as communication (waiting for the other ranks)."""
-        t0 = time.perf_counter()
-        with self.trace.span(span, **args):
-            yield
-        self.timers.comm_s += time.perf_counter() - t0
+        return _Timed(self.timers, "comm_s", self.trace.span(span, **args))
 
-    @contextlib.contextmanager
-    def data(self, span: str, **args):
+    def data(self, span: str, **args) -> "_Timed":
         """The block's seconds as data (gathering rows into the run's buffers)."""
-        t0 = time.perf_counter()
-        with self.trace.span(span, **args):
-            yield
-        self.timers.data_s += time.perf_counter() - t0
+        return _Timed(self.timers, "data_s", self.trace.span(span, **args))
 
     def _maybe_span(self, span: str | None, args: dict):
         return contextlib.nullcontext() if span is None else self.trace.span(span, **args)
+
+
+class _Timed:
+    """A block whose seconds go to one of the timers, inside a trace span. A class rather than a generator-based
+    context manager: a step enters several (about 1.7 µs each here, against 2.4-2.9 µs as generators)."""
+
+    __slots__ = ("timers", "name", "span", "less_data", "t0", "data0")
+
+    def __init__(self, timers: Timers, name: str, span, less_data: bool = False):
+        self.timers, self.name, self.span, self.less_data = timers, name, span, less_data
+
+    def __enter__(self) -> None:
+        self.data0, self.t0 = self.timers.data_s, time.perf_counter()
+        self.span.__enter__()
+
+    def __exit__(self, kind, value, tb) -> bool:
+        self.span.__exit__(kind, value, tb)
+        if kind is None:  # a block that raises adds no time
+            seconds = time.perf_counter() - self.t0
+            if self.less_data:
+                seconds -= self.timers.data_s - self.data0
+            setattr(self.timers, self.name, getattr(self.timers, self.name) + seconds)
+        return False
