@@ -4,7 +4,8 @@ The figures come from the very objects a run builds: the gradient-sync strategy 
 it computes at once and what it allocates (`GradientSync.memory`), the model module says what its
 workspace holds for those rows (`model.workspace_bytes`). So `distbp train --dry-run` says before a
 run what each rank will hold, and which per-rank batch fits a memory budget, without drifting from
-what training allocates (tests/unit/test_memory.py checks every mode against the arrays of a real run).
+what training allocates (tests/unit/test_memory.py checks every mode against the arrays of a real run,
+tests/unit/test_dry_run_peak.py the total against the peak memory a real `distbp train` adds).
 """
 
 from __future__ import annotations

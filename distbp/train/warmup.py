@@ -36,7 +36,7 @@ from distbp.comm.serial import SerialComm
 from distbp.data import datasets as data
 from distbp.errors import StallError
 from distbp.nn import kernels
-from distbp.nn.model import narrow_layers
+from distbp.nn.model import MLP, narrow_layers
 from distbp.nn.optim import make_optimizer
 from distbp.train.setup import setup
 
@@ -69,8 +69,18 @@ class CompileCounter(event.Listener):
         event.unregister("numba:compile", self)
 
 
+def stand_in_sizes(sizes) -> list[int]:
+    """Layer sizes of a tiny model whose step calls the very kernels a model of `sizes` calls: the kernels depend
+    on the dtype, the activations, the loss and which layers are narrow (kernels.NARROW_WIDTH), not on sizes."""
+    return [min(sizes[0], 2)] + [s if s <= kernels.NARROW_WIDTH else kernels.NARROW_WIDTH + 1 for s in sizes[1:]]
+
+
 def warm_kernels(model, optimizer: str, sync) -> None:
-    """Call every kernel of a step and an evaluation once on ROWS zero rows; changes no parameter or state."""
+    """Call every kernel of a step and an evaluation once on ROWS zero rows; changes no parameter or state.
+
+    The passes run on a tiny stand-in of `model` (`stand_in_sizes`), so the warm-up allocates kilobytes, not
+    a second gradient of the model's size that --dry-run would have to count."""
+    model = MLP(stand_in_sizes(model.sizes), model.activation_names, model.loss.name, str(model.dtype))
     X = np.zeros((ROWS, model.sizes[0]), model.dtype)
     y = (np.zeros(ROWS, np.int64) if model.loss.labels else np.zeros((ROWS, model.sizes[-1]), model.dtype))
     grad = np.zeros(model.n_params, model.dtype)
