@@ -1,4 +1,5 @@
-"""Generated datasets kept on disk: drawn once per machine, then memory-mapped by every rank of every job.
+"""Generated datasets, and gzipped IDX files unpacked, kept on disk: made once per machine, then memory-mapped
+by every rank of every job.
 
 Every rank of a job draws the built-in synthetic data itself: 60000 x 784 float32 rows (188 MB) by default,
 about 2 s per rank before its first step. With this cache the first job that draws a large set writes it
@@ -16,6 +17,10 @@ folder): an unsafe one is skipped, with one warning. Every entry and file is ope
 meta.json records a SHA-256 of every array at write time, checked before the entry is trusted: an entry that
 fails is removed and drawn again. (SHA-256 runs at about 1.8 GB/s with the CPU's SHA extensions: 0.1 s for the
 default 188 MB set, which takes 1.6 s to draw; blake2b took twice as long here.)
+
+A gzipped IDX file (`formats._idx`) is unpacked by `shared`: the first process to ask writes the entry,
+a chunk at a time, while the others of the machine (the ranks of a node) wait for its lock to go, then all
+map the one copy; its key is the file's identity (`file_entry`).
 
 A writer holds `<entry>.lock`, which says its pid and host, and writes in `<entry>.tmp-<pid>@<host>-…`: a
 writer killed on this host is recognised at once by the next job (its pid is gone), which removes its lock and
@@ -44,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -65,6 +71,8 @@ TMP_NAME = re.compile(r"(?P<entry>[a-z]+-[0-9a-f]{16})\.tmp-(?P<pid>\d+)@(?P<hos
 MAX_BYTES = 2 << 30
 # what entry_for names an entry: only such folders are ever evicted (DISTBP_DATA_CACHE may hold other things)
 ENTRY_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}")
+# how long a process waits for another process of this machine that is writing the entry it needs (`shared`)
+WAIT_S = 600.0
 
 
 def cache_root() -> Path | None:
@@ -91,6 +99,28 @@ def entry_for(name: str, options: dict, seed: int, test_fraction: float, nbytes:
     described = json.dumps({"name": name, "options": options, "seed": seed, "test_fraction": test_fraction,
                             "numpy": np.__version__, "datasets.py": source}, sort_keys=True)
     return root / f"{name}-{hashlib.sha256(described.encode()).hexdigest()[:16]}"
+
+
+def file_entry(name: str, path: Path, nbytes: int) -> Path | None:
+    """The entry folder for what is unpacked from file `path` (nbytes of it, e.g. a gzipped IDX's
+    contents), keyed by the file's identity (its real path, device, inode, size and modification time, so a
+    changed file makes another entry), or None when it is too small to keep or the cache is off."""
+    st = path.stat()
+    identity = {"path": str(path.resolve()), "dev": st.st_dev, "inode": st.st_ino, "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns}
+    entry = entry_for(name, identity, 0, 0.0, nbytes)
+    return entry if entry is not None and _has_room(entry.parent, nbytes) else None
+
+
+def _has_room(root: Path, nbytes: int) -> bool:
+    """Whether the file system of `root` (or of its nearest existing parent) has nbytes free, and a margin."""
+    folder = root
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free >= nbytes + (64 << 20)
+    except OSError:
+        return False
 
 
 def load(entry: Path) -> dict[str, np.ndarray] | None:
@@ -144,19 +174,71 @@ def store(entry: Path, arrays: dict[str, np.ndarray]) -> bool:
         return False
     if not _root_trusted(root) or os.path.lexists(entry):
         return False
-    lock = entry.with_name(entry.name + ".lock")
+    lock = _lock_of(entry)
     if not _take_lock(lock) and not (_clear_if_stale(lock) and _take_lock(lock)):
         return False
-    tmp = None
+    try:
+        return _write(entry, lambda folder: _save(folder, arrays))
+    finally:
+        _release(lock)
+
+
+def shared(entry: Path, write: Callable[[Path], dict]) -> dict[str, np.ndarray] | None:
+    """The arrays of `entry` (as `load` gives them), made once per machine however many processes ask at once.
+
+    Loaded when the entry is there. Else this process takes the entry's lock and calls write(folder), which
+    writes .npy files into `folder` and returns their {"shapes", "dtypes", "sha256"} by name (as meta.json
+    records them); or, while another live process holds the lock, it waits for that writer (polling, up to
+    WAIT_S) and loads what it wrote. None when the cache cannot be used (off, unsafe, full, or a writer that
+    did not finish in time): the caller then makes the arrays itself. A ValueError of `write` (bad data)
+    propagates, after the lock and the temporary folder are removed.
+    """
+    arrays = load(entry)
+    if arrays is not None:
+        return arrays
+    root = entry.parent
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not _root_trusted(root):
+        return None
+    lock, deadline = _lock_of(entry), time.monotonic() + WAIT_S
+    while not (_take_lock(lock) or _clear_if_stale(lock) and _take_lock(lock)):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)  # another process (a rank beside us) writes the entry
+        if not os.path.lexists(lock):
+            arrays = load(entry)
+            if arrays is not None:
+                return arrays  # else its writer failed: take the lock and write it ourselves
+    try:
+        if load(entry) is None and not _write(entry, write):
+            return None
+    finally:
+        _release(lock)
+    return load(entry)
+
+
+def _lock_of(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".lock")
+
+
+def _release(lock: Path) -> None:
+    try:
+        os.unlink(lock)
+    except OSError:
+        pass
+
+
+def _write(entry: Path, write: Callable[[Path], dict]) -> bool:
+    """Under the entry's lock: write(folder) into a temporary folder, add meta.json, rename it into place
+    (atomic: readers see the whole entry or none); True if written. An OSError (full disk) is False."""
+    root, tmp = entry.parent, None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f"{entry.name}.tmp-{os.getpid()}@{socket.gethostname()}-", dir=root))
-        meta = {"shapes": {}, "dtypes": {}, "sha256": {}}
-        for key, a in arrays.items():
-            a = np.ascontiguousarray(a)
-            np.save(tmp / f"{key}.npy", a, allow_pickle=False)
-            meta["shapes"][key], meta["dtypes"][key], meta["sha256"][key] = list(a.shape), a.dtype.str, digest(a)
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.rename(tmp, entry)  # atomic: readers see the whole entry or none
+        (tmp / "meta.json").write_text(json.dumps(write(tmp)))
+        os.rename(tmp, entry)
         tmp = None
         _evict(root, keep=entry)
         return True
@@ -165,10 +247,15 @@ def store(entry: Path, arrays: dict[str, np.ndarray]) -> bool:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            os.unlink(lock)
-        except OSError:
-            pass
+
+
+def _save(folder: Path, arrays: dict[str, np.ndarray]) -> dict:
+    meta = {"shapes": {}, "dtypes": {}, "sha256": {}}
+    for key, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        np.save(folder / f"{key}.npy", a, allow_pickle=False)
+        meta["shapes"][key], meta["dtypes"][key], meta["sha256"][key] = list(a.shape), a.dtype.str, digest(a)
+    return meta
 
 
 def _root_trusted(root: Path) -> bool:

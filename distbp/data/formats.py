@@ -6,8 +6,10 @@ no more than the file's own header says it holds.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distbp.data import cache as datacache
 from distbp.host.meminfo import available_memory
 from distbp.host.threads import local_rank_count
 
@@ -79,37 +82,91 @@ def _idx_file(directory: Path, stem: str) -> Path | None:
 def _idx(path: Path) -> np.ndarray:
     """Parse an IDX file: 2 zero bytes, dtype code, ndim, ndim big-endian uint32 dims, then the data.
 
-    Returns (n, prod(other dims)) for ndim > 1, else (n,); a memmap unless the file is gzipped.
+    Returns (n, prod(other dims)) for ndim > 1, else (n,): a memmap of the file, or for a gzipped file of the
+    data cache's unpacked copy (`_unpacked_idx`), or else the data decompressed into memory.
     """
-    raw = None
-    stream = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    gzipped = path.suffix == ".gz"
     try:
-        with stream:
-            head = stream.read(1024)
-            dims, dtype, header = _idx_header(path, head)
-            expected = header + math.prod(dims) * dtype.itemsize  # Python integers: no 64-bit wrap-around
-            if path.suffix == ".gz":
-                # the header says how much there is: refuse what cannot fit on this node, each rank
-                # decompressing its own copy, and never read past it
-                _check_idx_fits(path, expected)
-                raw = head + stream.read(max(0, expected - len(head)) + 1)
-                size = len(raw)
-            else:
-                size = path.stat().st_size
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as stream:
+            dims, dtype, header = _idx_header(path, stream.read(1024))
     except (OSError, EOFError, zlib.error) as error:  # bad gzip header, truncated or corrupt stream
-        if path.suffix != ".gz":
-            raise ValueError(f"{path}: cannot read: {error}") from error
-        raise ValueError(f"{path}: corrupt gzip: {error}") from error
-    if size != expected:
-        has = f"{size} or more" if raw is not None and size > expected else size  # gzip: not read any further
-        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {has}")
+        raise _unreadable(path, error) from error
+    count = math.prod(dims)  # Python integers: no 64-bit wrap-around
+    expected = header + count * dtype.itemsize
+    shape = (dims[0], math.prod(dims[1:])) if len(dims) > 1 else (dims[0],)
+    if not gzipped:
+        size = path.stat().st_size
+        if size != expected:
+            raise ValueError(f"{path}: IDX dims {tuple(dims)} need {expected} bytes, the file has {size}")
+        _check_not_empty(path, dims)
+        return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=shape)
+    _check_not_empty(path, dims)  # an empty set is refused before anything is unpacked
+    entry = datacache.file_entry("idx", path, expected - header)
+    unpacked = (datacache.shared(entry, lambda folder: _unpack_idx(path, dims, dtype, header, shape, folder))
+                if entry is not None else None)
+    if unpacked is not None:
+        return unpacked["X"]
+    # no data cache (off, unsafe, full): each rank decompresses its own copy; refuse what cannot fit on this
+    # node, from the header, and never read past what the header says
+    _check_idx_fits(path, expected)
+    chunks = []
+    with _gzip_errors(path), gzip.open(path, "rb") as stream:
+        for chunk in _idx_payload(path, stream, dims, header, expected - header):
+            chunks.append(chunk)
+    return np.frombuffer(b"".join(chunks), dtype=dtype).reshape(shape)
+
+
+def _unpack_idx(path: Path, dims: list[int], dtype: np.dtype, header: int, shape: tuple, folder: Path) -> dict:
+    """Decompress a gzipped IDX's data into folder/X.npy, a chunk at a time (never the whole in memory);
+    return its meta.json record for the data cache (`datacache.shared`)."""
+    digest = hashlib.sha256()
+    with open(folder / "X.npy", "wb") as out, _gzip_errors(path), gzip.open(path, "rb") as stream:
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        for chunk in _idx_payload(path, stream, dims, header, math.prod(dims) * dtype.itemsize):
+            out.write(chunk)
+            digest.update(chunk)
+    return {"shapes": {"X": list(shape)}, "dtypes": {"X": dtype.str}, "sha256": {"X": digest.hexdigest()}}
+
+
+UNPACK_CHUNK = 1 << 20  # bytes decompressed at a time
+
+
+def _idx_payload(path: Path, stream, dims: list[int], header: int, nbytes: int):
+    """The nbytes of data after an IDX header from a decompressing stream, in chunks; a ValueError naming the
+    file and the true sizes when the stream holds fewer, or more (it is never read past one byte more)."""
+    stream.read(header)
+    left = nbytes
+    while left:
+        chunk = stream.read(min(left, UNPACK_CHUNK))
+        if not chunk:
+            raise ValueError(f"{path}: IDX dims {tuple(dims)} need {header + nbytes} bytes, the file has "
+                             f"{header + nbytes - left}")
+        left -= len(chunk)
+        yield chunk
+    if stream.read(1):
+        raise ValueError(f"{path}: IDX dims {tuple(dims)} need {header + nbytes} bytes, the file has "
+                         f"{header + nbytes + 1} or more")
+
+
+@contextlib.contextmanager
+def _gzip_errors(path: Path):
+    """A truncated or corrupt gzip stream as one ValueError naming the file."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    if path.suffix != ".gz":
+        return ValueError(f"{path}: cannot read: {error}")
+    return ValueError(f"{path}: corrupt gzip: {error}")
+
+
+def _check_not_empty(path: Path, dims: list[int]) -> None:
     if 0 in dims:
         raise ValueError(f"{path}: empty dataset (IDX dims {tuple(dims)})")
-    if raw is not None:
-        data = np.frombuffer(raw, dtype=dtype, offset=header)
-    else:
-        data = np.memmap(path, dtype=dtype, mode="r", offset=header, shape=(math.prod(dims),))
-    return data.reshape(dims[0], math.prod(dims[1:])) if len(dims) > 1 else data
 
 
 def _idx_header(path: Path, head: bytes) -> tuple[list[int], np.dtype, int]:
