@@ -40,6 +40,10 @@ def why_unsafe(path: str | os.PathLike, *, shared_ok: bool | None = None) -> str
     """None when `path` is a real folder (not a symlink) owned by this user, or root, and not writable by others
     (nor by its group, unless group sharing is allowed and the group is one of this user's); else the reason."""
     p = os.fspath(path)
+    shared = group_sharing_allowed() if shared_ok is None else shared_ok
+    ancestor = _unsafe_ancestor(p, shared)
+    if ancestor is not None:
+        return ancestor
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -52,11 +56,39 @@ def why_unsafe(path: str | os.PathLike, *, shared_ok: bool | None = None) -> str
         return f"it belongs to another user (uid {st.st_uid})"
     if st.st_mode & stat.S_IWOTH:
         return "every user may write into it"
-    if st.st_mode & stat.S_IWGRP:
-        shared = group_sharing_allowed() if shared_ok is None else shared_ok
-        if not (shared and st.st_gid in set(os.getgroups()) | {os.getegid()}):
-            return f"its group may write into it (allow that with {SHARED_ENV}=1 for a group you trust)"
+    if st.st_mode & stat.S_IWGRP and not (shared and _my_group(st.st_gid)):
+        return f"its group may write into it (allow that with {SHARED_ENV}=1 for a group you trust)"
     return None
+
+
+def _my_group(gid: int) -> bool:
+    return gid in set(os.getgroups()) | {os.getegid()}
+
+
+def _unsafe_ancestor(path: str, shared: bool) -> str | None:
+    """The reason another user could swap `path` for a folder of theirs through one of the folders above it
+    (the real ones, symlinks resolved), or None. Whoever may write into a folder may rename its entries,
+    unless the folder is sticky (like /tmp); so every folder above must be this user's or root's (any owner
+    with group sharing allowed) and writable by nobody else, or sticky."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    while True:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            st = None  # not there (made later, by us) or not ours to look into
+        if st is not None and not st.st_mode & stat.S_ISVTX:
+            if st.st_uid not in (me(), 0) and not shared:
+                return (f"the folder above it, {folder}, belongs to another user (uid {st.st_uid}), who could "
+                        "replace it")
+            if st.st_mode & stat.S_IWOTH:
+                return f"every user may write into the folder above it, {folder}, and so replace it"
+            if st.st_mode & stat.S_IWGRP and not (shared and _my_group(st.st_gid)):
+                return (f"the group of the folder above it, {folder}, may write into it and so replace it "
+                        f"(allow that with {SHARED_ENV}=1 for a group you trust)")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def check_private_dir(path: str | os.PathLike, what: str) -> None:
