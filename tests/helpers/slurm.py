@@ -8,8 +8,7 @@ waits until the node is idle. `env()` is the environment for srun/sbatch/squeue 
         subprocess.run(["srun", "--mpi=pmi2", "-n", "2", ...], env=slurm.env())
 
 The daemons come from Debian's packages (slurm-wlm, munge, and libpmix-dev for `srun --mpi=pmix`);
-`missing_reason()` installs them with apt-get when they are missing and this process is root, and
-otherwise says why it cannot.
+launch/system-packages installs them (launch/test runs it); `missing_reason()` says what is missing.
 The configuration is what a small site ships: MpiDefault=none, ProctrackType=proctrack/linuxproc,
 TaskPlugin=task/affinity, one partition holding this machine's cores.
 """
@@ -30,22 +29,14 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
 def missing_reason() -> str | None:
-    """Why a local SLURM cannot run here (None when it can), after installing it if that is possible."""
+    """Why a local SLURM cannot run here (None when it can). launch/test installs it beforehand
+    (launch/system-packages, as root with apt-get); the tests never run apt themselves."""
     have_daemons = all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS) and shutil.which("srun")
-    if have_daemons and not _missing_packages():
+    missing = _missing_packages()
+    if have_daemons and not missing:
         return None
-    if os.geteuid() != 0:
-        return "SLURM is not installed and installing it needs root (apt-get install slurm-wlm munge)"
-    if not shutil.which("apt-get"):
-        return "SLURM is not installed and this machine has no apt-get to install Debian's slurm-wlm"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                ["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if cmd[1] == "install" and done.returncode == 0:
-            return None
-    return f"apt-get install {' '.join(PACKAGES)} failed: {done.stderr.strip()[-300:]}"
+    return (f"SLURM is not installed (missing: {' '.join(missing) or 'the daemons or srun'}); "
+            "launch/system-packages installs it as root with apt-get")
 
 
 def _missing_packages() -> list[str]:

@@ -73,7 +73,11 @@ def test_every_rank_sees_the_job_size_and_one_thread(tmp_path, n):
 def test_default_threads_split_the_cores_between_ranks(tmp_path):
     script = write_script(tmp_path, "report.py", REPORT)
     cores = len(os.sched_getaffinity(0))
-    done = run_job(2, ["python", script, str(tmp_path)], threads=None, timeout=60)
+    # the suite pins 1 thread in its own environment; a launcher that left the variables alone would pass them
+    # on, so the job starts from another value that the launcher must replace
+    inherited = {var: "7" for var in ("DISTBP_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                                      "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = run_job(2, ["python", script, str(tmp_path)], threads=None, timeout=60, env=inherited)
     assert done.returncode == 0, done.output
     for r in reports(tmp_path):
         assert r["env"]["DISTBP_THREADS"] == r["env"]["NUMBA_NUM_THREADS"] == str(max(1, cores // 2))

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -218,10 +219,18 @@ def test_fp16_relative_error_is_at_most_two_to_the_minus_eleven_in_range():
 # ---- watchdog -------------------------------------------------------------------------------
 
 def test_disabled_watchdog_starts_no_thread():
+    def watchdogs() -> int:
+        return sum(t.name == "distbp-watchdog" for t in threading.enumerate())
+
+    before = watchdogs()
+    enabled = Watchdog(SerialComm(), timeout=30)  # the control: an enabled one does start its thread
+    assert watchdogs() == before + 1
+    enabled.stop()
     dog = Watchdog(SerialComm(), timeout=0)
     with dog.section("allreduce", 1):
-        pass
+        assert watchdogs() == before
     dog.stop()
+    assert watchdogs() == before
 
 
 def test_watchdog_stays_quiet_when_sections_finish_in_time():

@@ -1,9 +1,17 @@
 """Global batches and rank slices: every row once per epoch, every batch split exactly across ranks."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from distbp.data.shard import epoch_permutation, global_batches, max_shard_rows, rank_slice
+from distbp.data.shard import (
+    epoch_permutation,
+    global_batches,
+    max_shard_rows,
+    rank_slice,
+)
 
 
 def test_permutation_is_a_permutation_of_all_rows():
@@ -12,8 +20,12 @@ def test_permutation_is_a_permutation_of_all_rows():
     assert np.array_equal(np.sort(perm), np.arange(1000))
 
 
-def test_permutation_is_the_same_across_calls():
-    assert np.array_equal(epoch_permutation(500, 7, 2), epoch_permutation(500, 7, 2))
+def test_permutation_is_the_same_in_another_process():
+    # what every rank and a resumed run rely on: the permutation is a function of (rows, seed, epoch) alone,
+    # not of the process that draws it (tests/unit/test_golden.py pins its values across machines)
+    code = "import sys; from distbp.data.shard import epoch_permutation; sys.stdout.write(epoch_permutation(500, 7, 2).tobytes().hex())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert bytes.fromhex(other.stdout) == epoch_permutation(500, 7, 2).tobytes()
 
 
 def test_permutation_differs_per_epoch_and_per_seed():
@@ -22,8 +34,13 @@ def test_permutation_differs_per_epoch_and_per_seed():
 
 
 def test_resumed_run_gets_the_epoch_permutation_back_without_earlier_epochs():
+    # a run that starts at epoch 3 (a resume) draws nothing for epochs 0-2; its permutation must still be the
+    # one an uninterrupted run drew after them, in a process that drew no other
+    code = "import sys; from distbp.data.shard import epoch_permutation; sys.stdout.write(epoch_permutation(300, 5, 3).tobytes().hex())"
     history = [epoch_permutation(300, 5, e) for e in range(4)]
-    assert np.array_equal(epoch_permutation(300, 5, 3), history[3])
+    resumed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert bytes.fromhex(resumed.stdout) == history[3].tobytes()
+    assert not np.array_equal(history[3], history[2])
 
 
 def test_global_batches_cover_all_rows_in_order():
