@@ -3,9 +3,10 @@
 DISTBP_INJECT_FAULT=rank:step:kind makes `rank` fail at `step` with kind
 raise (an exception), kill (SIGKILL to itself), stall (SIGSTOP to itself), nan
 (a NaN in its first input row, so its local gradient carries NaN into the sum over ranks, in
-every mode) or desync (its step counter jumps ahead, as if it had skipped a batch). DISTBP_INJECT_FAULT_ONCE=PATH fires
-it only if PATH does not exist yet, and creates it first, so a job restarted by
-the launcher (same environment) does not fail again.
+every mode), desync (its step counter jumps ahead, as if it had skipped a batch) or hold (it waits, at most
+HOLD_S, until the file PATH.release exists: a test then knows the job is at that step, and acts before it
+goes on). DISTBP_INJECT_FAULT_ONCE=PATH fires it only if PATH does not exist yet, and creates it first, so a
+job restarted by the launcher (same environment) does not fail again (hold needs it).
 
 The training loop knows nothing of this: `setup` wraps the gradient-sync strategy in `FaultySync`
 when a fault is planned, and the wrapper fires it as the planned step's local gradient starts.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -27,6 +29,8 @@ def parse(spec: str) -> dict:
     rank, step, kind = spec.split(":")
     return {"rank": int(rank), "step": step if step in ("start", "end") else int(step), "kind": kind}
 
+
+HOLD_S = 120.0  # the longest a "hold" waits for its release file
 
 # read once from the environment; tests replace it with monkeypatch
 PLAN = parse(os.environ.get("DISTBP_INJECT_FAULT", ""))
@@ -55,6 +59,10 @@ def inject(rank: int, step: int | str) -> str | None:
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "stall":
         os.kill(os.getpid(), signal.SIGSTOP)
+    if kind == "hold":
+        release, deadline = f"{once}.release", time.monotonic() + HOLD_S
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.005)
     return None
 
 

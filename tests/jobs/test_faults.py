@@ -265,13 +265,22 @@ def test_ctrl_c_reaches_a_root_blocked_in_a_collective(tmp_path):
     python = sys.executable
     cmd = [str(Path(python).parent / "mpiexec"), "-n", "2", python, "-m", "mpi4py", "-m", "distbp", "train",
            "--data", "synthetic:rows=4000,features=16,classes=4", "--epochs", "1000", "--progress", "none",
-           "--timeout", "120", "--save", str(tmp_path / "p.npz")]
+           "--timeout", "120", "--save", str(tmp_path / "p.npz"), "--checkpoint-dir", str(tmp_path / "ck")]
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTBP_THREADS="1",
                DISTBP_INJECT_FAULT="1:3:stall", DISTBP_INJECT_FAULT_ONCE=str(marker))
-    # a second after the stall the root is inside the allreduce; without the helper thread the job would
-    # run until the watchdog's 120 s, past interrupt_when's 60 s wait
-    done, seconds = interrupt_when(cmd, env, lambda: marker.exists() and time.time() - marker.stat().st_mtime > 1.0,
-                                   "the stall", wait=60)
+    heartbeat = tmp_path / "ck" / ".heartbeat" / "rank-0.json"  # the root's watchdog's, about once a second
+
+    def root_blocked() -> bool:
+        # the root's heartbeat, written after rank 1 stopped, says it waits inside a collective: one that
+        # cannot complete. Without the helper thread the job would then run until the watchdog's 120 s, past
+        # interrupt_when's 60 s wait
+        try:
+            beat = json.loads(heartbeat.read_text())
+        except (OSError, ValueError):
+            return False
+        return marker.exists() and beat["waiting"] and beat["time"] > marker.stat().st_mtime + 0.1
+
+    done, seconds = interrupt_when(cmd, env, root_blocked, "the root blocked in a collective", wait=60)
     err = done.stderr
     assert done.returncode != 0
     assert seconds < 30, err  # the 2 s grace, then the job's end; not the 120 s watchdog

@@ -34,6 +34,7 @@ TOLERANCE = 1e-10  # max abs difference from the 1-rank parameters (float64, oth
 FAULT_TRAIN = ["--data", "synthetic:rows=8000,features=64", "--layers", "64,256,256,10", "--batch-size", "32",
                "--epochs", "4", "--dtype", "float64", "--progress", "none"]
 WATCHDOG_S = 5
+STEPS_PER_EPOCH = 225  # FAULT_TRAIN: 8000 rows less the 10 % held out, in global batches of 32
 FAULT_DEADLINE_S = WATCHDOG_S + 20  # from the link going down to the job's exit, on a loaded 2-core machine
 
 
@@ -169,18 +170,24 @@ def test_lost_link_ends_job_quickly_and_resume_matches_uninterrupted_run(make_cl
     cluster = make_cluster(2)
     train = ["distbp", "train", *FAULT_TRAIN, "--timeout", str(WATCHDOG_S), "--allreduce", allreduce]
 
-    ckpt = tmp_path / "ckpt"
-    job = cluster.start([*train, "--checkpoint-dir", str(ckpt), "--save", str(tmp_path / "cut.npz")])
+    ckpt, held = tmp_path / "ckpt", tmp_path / "held"
+    # rank 0 holds at the first step after the first epoch's checkpoint until the link is down: the cut always
+    # finds the job running, however fast the machine (rank 1 waits in that step's allreduce meanwhile, for
+    # milliseconds, well within the watchdog's timeout)
+    hold = {"DISTBP_INJECT_FAULT": f"0:{STEPS_PER_EPOCH + 1}:hold", "DISTBP_INJECT_FAULT_ONCE": str(held)}
+    job = cluster.start([*train, "--checkpoint-dir", str(ckpt), "--save", str(tmp_path / "cut.npz")], env=hold)
     deadline = time.monotonic() + 120
-    while not checkpoints(ckpt) and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while not held.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held.exists(), f"the job never reached step {STEPS_PER_EPOCH + 1}\n{cluster.wait(job, timeout=30).output}"
     cluster.link_down(1)
     cut_at = time.monotonic()
+    Path(f"{held}.release").touch()
     cut = cluster.wait(job, timeout=FAULT_DEADLINE_S + 60)
     ended_after = cut.seconds - (cut_at - job.started)
     assert checkpoints(ckpt), f"no checkpoint appeared before the link went down\n{cut.output}"
     assert cut.returncode is not None, f"the job hung after the link went down\n{cut.output}"
-    assert cut.returncode != 0, f"the job finished before the link went down; make it longer\n{cut.output}"
+    assert cut.returncode != 0, f"the job finished though the link went down\n{cut.output}"
     assert ended_after < FAULT_DEADLINE_S, f"the job took {ended_after:.1f} s to end after the cut\n{cut.output}"
     assert f"no progress for {WATCHDOG_S} s in" in cut.stderr, cut.output
     # the heartbeats beside the checkpoints show every rank alive: distbp blames the network
