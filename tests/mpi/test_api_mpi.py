@@ -106,7 +106,10 @@ def test_ranks_with_their_own_rows_resume_bit_exactly(shared_tmp):
     first = distbp.MLP([9, 7, 3], seed=3)
     distbp.fit(first, X, y, checkpoint_dir=str(tmp / "ck"), callback=lambda r: r["epoch"] == 1, **options)
     resumed = distbp.MLP([9, 7, 3], seed=3)
-    history = distbp.fit(resumed, X, y, checkpoint_dir=str(tmp / "ck"), resume=True, **options)
+    trained = []  # the epochs the resumed call trains: their records, through the callback
+    history = distbp.fit(resumed, X, y, checkpoint_dir=str(tmp / "ck"), resume=True,
+                         callback=lambda r: trained.append(r["epoch"]), **options)
+    assert trained == [2, 3]  # it went on after epoch 1, the checkpoint's, not from the start
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert resumed.flat_params.tobytes() == whole.flat_params.tobytes()
 

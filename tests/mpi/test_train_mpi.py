@@ -21,14 +21,28 @@ from tests.helpers import memcheck
 SMALL = "synthetic:rows=230,features=10,classes=3,test=30"
 
 
-def train_on(comm, **overrides):
+def set_up_on(comm, **overrides):
+    """A run ready to train, resumed from its checkpoint when asked: `pos` is where it will start."""
     cfg = validate(Config(**{**dict(data=SMALL, layers=[10, 9, 3], dtype="float64", epochs=2, lr=0.01,
                                     optimizer="momentum", progress="none", timeout=60, check_every=1),
                              **overrides}))
-    r = setup(cfg, comm)
+    return setup(cfg, comm)
+
+
+def train(r):
+    """Train a set-up run to its end."""
     loop.fit(r)
     r.watchdog.stop()
     return r
+
+
+def train_on(comm, **overrides):
+    return train(set_up_on(comm, **overrides))
+
+
+def position(r) -> tuple[int, int, int]:
+    """(epoch, batch, step): where a run stands (a set-up one: where it will start)."""
+    return r.pos.epoch, r.pos.batch, r.pos.step
 
 
 @pytest.mark.mpi(min_size=2)
@@ -108,8 +122,11 @@ def test_resume_on_a_different_rank_count_continues_correctly(tmp_path_factory):
     if comm.rank == 0:
         train_on(SerialComm(), batch_size=16, epochs=1, checkpoint_dir=d)
     comm.barrier()
-    resumed = train_on(comm, batch_size=16, epochs=2, checkpoint_dir=d, resume=True)
+    resumed = set_up_on(comm, batch_size=16, epochs=2, checkpoint_dir=d, resume=True)
+    started = position(resumed)
+    train(resumed)
     straight = train_on(SerialComm(), batch_size=16, epochs=2)
+    assert started == (1, 0, straight.history[0]["steps"])  # it went on after epoch 1, the checkpoint's
     assert resumed.pos.step == straight.pos.step
     assert np.abs(resumed.model.flat_params - straight.model.flat_params).max() < 1e-10
 
@@ -157,19 +174,27 @@ def test_sharded_checkpoints_resume_bit_exact_on_the_same_rank_count_and_correct
     opts = dict(batch_size=16, optimizer="adam", shard_optimizer=True)
     full = train_on(comm, epochs=2, **opts)
     train_on(comm, epochs=1, checkpoint_dir=d, **opts)  # checkpoint after epoch 1
+    after_epoch_1 = (1, 0, full.history[0]["steps"])  # where a resumed run goes on
     if comm.rank == 0:
         # the checkpoint holds the whole optimizer state: one unsharded rank continues it (before p ranks
         # resume and overwrite the directory's latest checkpoint with epoch 2)
         import shutil
         # (not the watchdogs' heartbeats, which other ranks may still be writing)
         shutil.copytree(d, d + "-one", ignore=shutil.ignore_patterns(".heartbeat"))
-        one = train_on(SerialComm(), epochs=2, checkpoint_dir=d + "-one", resume=True, batch_size=16,
-                       optimizer="adam")
+        one = set_up_on(SerialComm(), epochs=2, checkpoint_dir=d + "-one", resume=True, batch_size=16,
+                        optimizer="adam")
+        one_started = position(one)
+        train(one)
+    comm.barrier()
+    resumed = set_up_on(comm, epochs=2, checkpoint_dir=d, resume=True, **opts)
+    started = position(resumed)
+    train(resumed)
+    assert started == after_epoch_1
+    assert resumed.model.flat_params.tobytes() == full.model.flat_params.tobytes()
+    if comm.rank == 0:  # checked after the ranks' last collective, so that a failure here leaves none waiting
+        assert one_started == after_epoch_1
         assert one.pos.step == full.pos.step
         assert np.abs(one.model.flat_params - full.model.flat_params).max() < 1e-10
-    comm.barrier()
-    resumed = train_on(comm, epochs=2, checkpoint_dir=d, resume=True, **opts)
-    assert resumed.model.flat_params.tobytes() == full.model.flat_params.tobytes()
 
 
 @pytest.mark.mpi(min_size=2)

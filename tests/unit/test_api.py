@@ -104,8 +104,11 @@ def test_a_step_callback_stops_mid_epoch_and_resume_continues_it_exactly(tmp_pat
     distbp.fit(first, X, y, verbose=False, checkpoint_dir=str(tmp_path / "ck"), callback_every=5,
                callback=lambda r: r.get("step") == 15, **{**OPTIONS, "epochs": 3})
     resumed = model_for()
+    ran = []  # what the resumed call trains: each step's record, and each epoch's (which has no "step")
     history = distbp.fit(resumed, X, y, verbose=False, checkpoint_dir=str(tmp_path / "ck"), resume=True,
-                         **{**OPTIONS, "epochs": 3})
+                         callback=lambda r: ran.append(r.get("step")), callback_every=1, **{**OPTIONS, "epochs": 3})
+    # it went on after step 15 (10 steps an epoch): steps 16-19, epoch 2's end, steps 21-29, epoch 3's end
+    assert ran == [16, 17, 18, 19, None, *range(21, 30), None]
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert resumed.flat_params.tobytes() == whole.flat_params.tobytes()
 

@@ -182,7 +182,7 @@ def test_resume_in_the_middle_keeps_the_count_and_stops_where_an_uninterrupted_r
     # by step: the best at step 4, then no better value; with patience 5 the 5th evaluation after it
     # (steps 5, 6, 8, 10, 12) stops the run inside the third epoch
     curve = {2: 1.0, 4: 0.7, 5: 0.8, 6: 0.75, 8: 0.9, 10: 0.72, 12: 0.8}
-    held_out(monkeypatch, curve)
+    evaluations = held_out(monkeypatch, curve)
     options = dict(early_stop_patience=5, eval_every=2, save_best=str(tmp_path / "best.npz"))
     full = trained(**options)
     assert (full.pos.step, full.pos.epoch) == (12, 2)
@@ -191,7 +191,10 @@ def test_resume_in_the_middle_keeps_the_count_and_stops_where_an_uninterrupted_r
     for p in list_checkpoints(d):  # the run died after step 9, three evaluations without improvement
         if int(p.stem.split("-")[1]) > 9:
             p.unlink()
+    before = len(evaluations)
     resumed = trained(**options, checkpoint_dir=str(d), resume=True)
+    # it went on after step 9 with the count of 3: it evaluated after steps 10 and 12 only, and stopped at the 5th
+    assert [step for step, _ in evaluations[before:]] == [10, 12]
     assert resumed.pos == full.pos
     np.testing.assert_array_equal(resumed.model.flat_params, full.model.flat_params)
     assert [rec.get("eval_step") for rec in resumed.history] == [rec.get("eval_step") for rec in full.history]

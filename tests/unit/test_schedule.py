@@ -55,13 +55,22 @@ def test_warm_up_starts_at_its_fraction_and_reaches_the_rate():
     assert [s(k) for k in range(6)] == pytest.approx([0.05, 0.0875, 0.125, 0.1625, 0.2, 0.2])
 
 
-def run(**overrides):
+def set_up(**overrides):
+    """A run ready to train, resumed from its checkpoint when asked: `pos` is where it will start."""
     cfg = validate(Config(**{**dict(data=SMALL, layers=[10, 9, 3], dtype="float64", epochs=4, batch_size=32,
                                     lr=0.05, optimizer="momentum", progress="none", timeout=60), **overrides}))
-    r = setup(cfg, SerialComm())
+    return setup(cfg, SerialComm())
+
+
+def train(r):
+    """Train a set-up run to its end."""
     loop.fit(r)
     r.watchdog.stop()
     return r
+
+
+def run(**overrides):
+    return train(set_up(**overrides))
 
 
 def test_the_optimizer_steps_with_the_schedules_rate():
@@ -85,7 +94,11 @@ def test_resume_in_the_middle_of_a_schedule_is_bit_exact(tmp_path, where, option
     for path in list_checkpoints(d):
         if int(path.stem.split("-")[1]) > 10:
             path.unlink()
-    resumed = run(checkpoint_dir=str(d), resume=True, **options)
+    resumed = set_up(checkpoint_dir=str(d), resume=True, **options)
+    started = (resumed.pos.epoch, resumed.pos.batch, resumed.pos.step)
+    train(resumed)
+    # it went on after step 10, the checkpoint's: the 3rd batch of epoch 2 (8 batches an epoch), not step 0
+    assert started == (1, 2, 10), where
     assert resumed.model.flat_params.tobytes() == whole.model.flat_params.tobytes(), where
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in whole.history]
 

@@ -44,11 +44,20 @@ def config(**overrides) -> Config:
                                      progress="none", timeout=0, bucket_mb=0.001), **overrides}))
 
 
-def trained(comm, **overrides):
-    r = setup(config(**overrides), comm)
+def set_up(comm, **overrides):
+    """A run ready to train, resumed from its checkpoint when asked: `pos` is where it will start."""
+    return setup(config(**overrides), comm)
+
+
+def train(r):
+    """Train a set-up run to its end."""
     loop.fit(r)
     r.watchdog.stop()
     return r
+
+
+def trained(comm, **overrides):
+    return train(set_up(comm, **overrides))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -91,8 +100,11 @@ def test_a_resumed_run_continues_with_the_same_bits(mode, tmp_path):
     # float64: the exact sum's fixed-point scale (from the step before) shows in the low bits
     full = trained(SerialComm(), epochs=2, dtype="float64", **MODES[mode])
     trained(SerialComm(), epochs=1, dtype="float64", checkpoint_dir=str(tmp_path), **MODES[mode])
-    resumed = trained(SerialComm(), epochs=2, dtype="float64", checkpoint_dir=str(tmp_path), resume=True,
-                      **MODES[mode])
+    resumed = set_up(SerialComm(), epochs=2, dtype="float64", checkpoint_dir=str(tmp_path), resume=True,
+                     **MODES[mode])
+    started = (resumed.pos.epoch, resumed.pos.batch, resumed.pos.step)
+    train(resumed)
+    assert started == (1, 0, full.history[0]["steps"])  # it went on after epoch 1, the checkpoint's, not from 0
     assert resumed.model.flat_params.tobytes() == full.model.flat_params.tobytes()
 
 

@@ -15,13 +15,22 @@ from distbp.train.setup import setup
 SMALL = "synthetic:rows=240,features=12,classes=3,test=40"
 
 
-def run(tmp_path=None, **overrides):
+def set_up(**overrides):
+    """A run ready to train, resumed from its checkpoint when asked: `pos` is where it will start."""
     cfg = validate(Config(**{**dict(data=SMALL, layers=[12, 8, 3], dtype="float64", epochs=2, batch_size=32,
                                     lr=0.01, progress="none", timeout=0), **overrides}))
-    r = setup(cfg, SerialComm())
+    return setup(cfg, SerialComm())
+
+
+def train(r):
+    """Train a set-up run to its end."""
     loop.fit(r)
     r.watchdog.stop()
     return r
+
+
+def run(tmp_path=None, **overrides):
+    return train(set_up(**overrides))
 
 
 def test_one_step_is_theta_minus_eta_times_summed_gradient():
@@ -80,7 +89,11 @@ def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path):
     for p in list_checkpoints(d):
         if int(p.stem.split("-")[1]) > 10:
             p.unlink()
-    resumed = run(epochs=3, optimizer="adam", checkpoint_dir=str(d), resume=True)
+    resumed = set_up(epochs=3, optimizer="adam", checkpoint_dir=str(d), resume=True)
+    started = (resumed.pos.epoch, resumed.pos.batch, resumed.pos.step)
+    train(resumed)
+    # it went on after step 10, the checkpoint's: the 3rd batch of epoch 2 (8 batches an epoch), not step 0
+    assert started == (1, 2, 10)
     assert resumed.pos.step == full.pos.step
     np.testing.assert_array_equal(resumed.model.flat_params, full.model.flat_params)
     np.testing.assert_array_equal(resumed.sync.optimizer.m, full.sync.optimizer.m)
