@@ -212,7 +212,7 @@ def test_bad_input_is_one_clear_error(tmp_path, build, flags, ranks, words):
     data = build(tmp_path)
     done = run_job(ranks, [*TRAIN, "--data", data, *flags], timeout=60)
     assert_one_clear_error(done, words)
-    assert done.seconds < 45, done.output  # a start-up failure, not a watchdog timeout
+    assert "no progress" not in done.output, done.output  # a start-up failure, not the watchdog's
 
 
 def config_file(d: Path, text: str) -> str:
@@ -236,7 +236,7 @@ CONFIG_CASES = [
 def test_a_bad_config_file_is_one_clear_error(tmp_path, build, words):
     done = run_job(2, [*TRAIN, "--data", good_npz(tmp_path), "--config", build(tmp_path)], timeout=60)
     assert_one_clear_error(done, words)
-    assert done.returncode == 2 and done.seconds < 45, done.output
+    assert done.returncode == 2 and "no progress" not in done.output, done.output  # a start-up check's error
 
 
 @pytest.mark.parametrize("flag", ["--save", "--metrics"])

@@ -224,7 +224,7 @@ def test_host_without_data_directory_fails_fast_naming_rank_and_file(make_cluste
     result = cluster.run(["distbp", "train", "--data", str(data), "--epochs", "1", "--progress", "none"],
                          hide={2: str(data_dir)}, timeout=90)
     assert result.returncode not in (0, None), result.output
-    assert result.seconds < 60, f"took {result.seconds:.1f} s to fail\n{result.output}"
+    assert "no progress" not in result.output, result.output  # the loader's error, not the watchdog's
     # one report, from the root, naming only the rank without the file (MPI's abort lines may name others)
     reports = [line for line in result.stderr.splitlines() if line.startswith("distbp:")]
     assert reports == [f"distbp: error: rank 2: FileNotFoundError: dataset not found: {data}"], result.output
