@@ -1,0 +1,1 @@
+"""Golden values recorded from distbp (record.py, values.json) and the cases that compute them (cases.py)."""
