@@ -65,6 +65,7 @@ class Config:
     shard_optimizer: bool = opt(False, "optimizer state split over ranks (reduce-scatter, update a part, allgather)")
     epochs: int = opt(10, "passes over the training rows")
     seed: int = opt(0, "weights, data permutation and synthetic data")
+    shuffle: bool = opt(True, "a new seeded order of the training rows every epoch; --no-shuffle: stored order")
     # performance
     threads: int | None = opt(None, "Numba and BLAS threads per rank; default cores / ranks on the node")
     bucket_mb: float = opt(4.0, "gradient allreduce bucket size (MiB)")

@@ -17,11 +17,13 @@ from distbp.data.shard import LocalRows
 from distbp.errors import ConfigMismatchError
 
 
-def agree(data: Dataset, comm: Comm, *, scale: str, batch_size: int, seed: int) -> tuple[Dataset, LocalRows, str]:
+def agree(data: Dataset, comm: Comm, *, scale: str, batch_size: int, seed: int,
+          shuffle: bool = True) -> tuple[Dataset, LocalRows, str]:
     """[dist] This rank's dataset with the scaling and class count of all ranks' rows, the batch plan, and
     one fingerprint of all ranks' rows (what the ranks compare instead of their own).
 
-    scale: the feature scaling rule (--scale); batch_size, seed: the global batch and the shuffle's seed.
+    scale: the feature scaling rule (--scale); batch_size, seed, shuffle: the global batch, the shuffle's seed,
+    and whether to shuffle (False: each rank's rows in stored order).
 
     Raises (on every rank alike) when the ranks' rows cannot be one dataset: other feature counts, class
     labels on some ranks and float targets on others (or other target widths), a held-out split on some
@@ -39,7 +41,8 @@ def agree(data: Dataset, comm: Comm, *, scale: str, batch_size: int, seed: int) 
     _check_alike(every, "test", "held-out split", lambda v: "held-out rows" if v is not None else "none")
     offset, factor, scaling = scaling_from_parts([e["part"] for e in every], scale)
     classes = max(e["classes"] for e in every) if mine["labels"] else None
-    plan = LocalRows([e["train"] for e in every], [e["test"] or 0 for e in every], comm.rank, batch_size, seed)
+    plan = LocalRows([e["train"] for e in every], [e["test"] or 0 for e in every], comm.rank, batch_size, seed,
+                     shuffle)
     together = hashlib.sha256("".join(e["fingerprint"] for e in every).encode()).hexdigest()[:16]
     return data.rescaled(offset, factor, scaling, classes), plan, together
 

@@ -72,10 +72,13 @@ def max_shard_rows(batch_size: int, size: int) -> int:
 
 class SharedRows:
     """Every rank holds every row: the same permutation and global batches on every rank, and this rank
-    computes its strategy's share of each (`my_rows`, e.g. rank_slice). p ranks see what one rank sees."""
+    computes its strategy's share of each (`my_rows`, e.g. rank_slice). p ranks see what one rank sees.
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, my_rows, rank: int = 0, size: int = 1):
-        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+    shuffle=False takes the rows in stored order every epoch (one global order, whatever the layout)."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, my_rows, rank: int = 0, size: int = 1,
+                 shuffle: bool = True):
+        self.n_rows, self.batch_size, self.seed, self.shuffle = n_rows, batch_size, seed, shuffle
         self.my_rows, self.rank, self.size = my_rows, rank, size
         self.bounds = global_batches(n_rows, batch_size)
 
@@ -90,7 +93,8 @@ class SharedRows:
 
     def epoch(self, epoch: int) -> list[tuple[np.ndarray, int]]:
         """(this rank's rows (int64 indices into its training split), the global batch's rows) per step."""
-        perm = epoch_permutation(self.n_rows, self.seed, epoch)
+        perm = (epoch_permutation(self.n_rows, self.seed, epoch) if self.shuffle
+                else np.arange(self.n_rows, dtype=np.int64))
         out = []
         for start, stop in self.bounds:
             r0, r1 = self.my_rows(stop - start)
@@ -111,9 +115,11 @@ class LocalRows:
     the batching of one rank holding all rows, so it does not match a 1-rank run.
     """
 
-    def __init__(self, counts: list[int], test_counts: list[int], rank: int, batch_size: int, seed: int):
+    def __init__(self, counts: list[int], test_counts: list[int], rank: int, batch_size: int, seed: int,
+                 shuffle: bool = True):
         _check_positive("batch_size", batch_size)
         self.counts, self.test_counts, self.rank, self.seed = list(counts), list(test_counts), rank, seed
+        self.shuffle = shuffle  # False: each rank takes its own rows in stored order
         self.n_batches = -(-sum(self.counts) // batch_size)
 
     @property
@@ -132,7 +138,8 @@ class LocalRows:
 
     def epoch(self, epoch: int) -> list[tuple[np.ndarray, int]]:
         n = self.counts[self.rank]
-        perm = np.random.default_rng([self.seed, epoch, 1 + self.rank]).permutation(n).astype(np.int64)
+        perm = (np.random.default_rng([self.seed, epoch, 1 + self.rank]).permutation(n).astype(np.int64)
+                if self.shuffle else np.arange(n, dtype=np.int64))
         sizes = np.array([[b - a for a, b in self.pieces(c)] for c in self.counts]).sum(axis=0)
         return [(perm[a:b], int(rows)) for (a, b), rows in zip(self.pieces(n), sizes)]
 

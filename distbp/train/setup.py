@@ -107,14 +107,16 @@ def plan_rows(cfg: Config, comm: Comm, data: Dataset, initial: np.ndarray | None
     Returns (the dataset, the plan, the data's fingerprint, the model, the not yet built strategy); with
     --local-rows the dataset is the ranks' agreed one (one scaling, one set of classes)."""
     if cfg.local_rows:  # [dist] each rank's own rows: one dataset's scaling and classes, a plan for them
-        data, plan, fingerprint = localdata.agree(data, comm, scale=cfg.scale, batch_size=cfg.batch_size, seed=cfg.seed)
+        data, plan, fingerprint = localdata.agree(data, comm, scale=cfg.scale, batch_size=cfg.batch_size,
+                                                  seed=cfg.seed, shuffle=cfg.shuffle)
         cfg.layers = resolve_layers(cfg, data)  # the same on every rank now, and so is any error
         # the strategy and buffers are sized for the largest piece any rank computes in a step
         model, sync = build_agreed(dataclasses.replace(cfg, batch_size=plan.max_rows * comm.size), comm,
                                    layout_of(comm), initial)
     else:
         model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
-        plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size)
+        plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size,
+                          shuffle=cfg.shuffle)
         fingerprint = data.fingerprint()
     return data, plan, fingerprint, model, sync
 
