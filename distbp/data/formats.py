@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from distbp.data import cache as datacache
-from distbp.host.meminfo import available_memory
-from distbp.host.threads import local_rank_count
+from distbp.host import meminfo
 
 
 def read_npz(path: Path) -> dict:
@@ -184,11 +183,10 @@ def _check_idx_fits(path: Path, nbytes: int) -> None:
     """Refuse a gzipped IDX whose header claims more than this node's ranks, each decompressing its own copy,
     can hold. The message names only what every rank sees alike (the claim, the ranks, the machine's total),
     so that the ranks agree on one error."""
-    ranks = local_rank_count()
-    if nbytes * ranks > available_memory():
-        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
+    short = meminfo.node_shortfall(nbytes)
+    if short is not None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data{each}, more than this "
+        raise ValueError(f"{path}: its header claims {nbytes / 2**30:.1f} GiB of data{short.each}, more than this "
                          f"machine's {total / 2**30:.1f} GiB of memory has available")
 
 
@@ -197,12 +195,10 @@ def check_fits_memory(path: Path, nbytes: int, what: str) -> None:
 
     Every rank holds the whole dataset, so the ranks sharing this node need nbytes each.
     """
-    ranks = local_rank_count()
-    have = available_memory()
-    if nbytes * ranks > have:
-        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
-        raise ValueError(f"{path}: {what} need {nbytes / 2**20:,.0f} MiB{each}, more than the "
-                         f"{have / 2**20:,.0f} MiB this machine has available")
+    short = meminfo.node_shortfall(nbytes)
+    if short is not None:
+        raise ValueError(f"{path}: {what} need {nbytes / 2**20:,.0f} MiB{short.each}, more than the "
+                         f"{short.available / 2**20:,.0f} MiB this machine has available")
 
 
 def read_idx_directory(path: Path) -> tuple[dict, dict]:

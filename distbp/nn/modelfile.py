@@ -48,7 +48,6 @@ from numpy.lib import format as npformat
 
 from distbp.errors import ModelFileError
 from distbp.host import meminfo
-from distbp.host.threads import local_rank_count
 from distbp.nn import kernels
 from distbp.version import __version__
 
@@ -317,12 +316,12 @@ def _check_headers(archive: zipfile.ZipFile, members: dict, meta: dict, name: st
 def _check_memory(meta: dict, nbytes: dict[str, int], name: str) -> None:
     """ModelFileError when loading the model would not fit in what this machine has available, for each rank
     of this node (every rank of `evaluate` and of `train --init-from` reads its own copy)."""
-    need, ranks, have = loading_bytes(meta, nbytes), local_rank_count(), meminfo.available_memory()
-    if need * ranks > have:
-        each = f" for each of the {ranks} ranks on this node" if ranks > 1 else ""
+    need = loading_bytes(meta, nbytes)
+    short = meminfo.node_shortfall(need)
+    if short is not None:
         raise ModelFileError(f"{name}: loading its {_arch(meta['sizes'])} {meta['dtype']} model would need "
-                             f"{need / 2**20:,.0f} MiB{each}, more than the {have / 2**20:,.0f} MiB this machine "
-                             "has available")
+                             f"{need / 2**20:,.0f} MiB{short.each}, more than the {short.available / 2**20:,.0f} "
+                             "MiB this machine has available")
 
 
 def loading_bytes(meta: dict, nbytes: dict[str, int]) -> int:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from distbp.errors import ConfigError
-from distbp.host.meminfo import available_memory
+from distbp.host.meminfo import node_shortfall
 from distbp.nn.model import workspace_bytes
 from distbp.units import human
 
@@ -47,13 +47,13 @@ def check_fits_machine(sync) -> None:
     Ranks per node: the largest node of `sync`'s layout (every rank on it allocates what `per_rank` says)."""
     need = per_rank(sync)
     ranks = max(sync.layout.node_sizes)
-    have = available_memory()
-    if need["total"] * ranks > have:
+    short = node_shortfall(need["total"], ranks)
+    if short is not None:
         biggest = max((k for k in need if k != "total"), key=need.get)
         each = f" each, {human(need['total'] * ranks)} for the {ranks} ranks on a node," if ranks > 1 else ""
         raise ConfigError(f"one rank would need {human(need['total'])} ({human(need[biggest])} of it "
-                          f"{biggest.replace('_', ' ')}){each} but this machine has {human(have)} of memory "
-                          "available; see --dry-run, and check --layers, --batch-size and the labels")
+                          f"{biggest.replace('_', ' ')}){each} but this machine has {human(short.available)} of "
+                          "memory available; see --dry-run, and check --layers, --batch-size and the labels")
 
 
 def largest_batch(budget: int, plan_for: Callable[[int], object], ranks: int) -> int:

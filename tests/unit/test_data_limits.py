@@ -11,6 +11,7 @@ from distbp.config import Config, validate
 from distbp.data import formats
 from distbp.data.datasets import from_arrays, load_dataset
 from distbp.errors import ConfigError
+from distbp.host import meminfo
 from distbp.nn import model as model_module
 from distbp.nn.model import MLP
 from distbp.sync.base import Layout, ModelShape
@@ -54,7 +55,7 @@ def test_a_gzipped_idx_counts_every_rank_of_the_node_before_decompressing(tmp_pa
         out.write(idx_header(dims) + b"\0" * (1000 * 28 * 28))
     with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as out:
         out.write(idx_header([1000]) + b"\0" * 1000)
-    monkeypatch.setattr(formats, "available_memory", lambda: 1_000_000)  # one copy fits, two do not
+    monkeypatch.setattr(meminfo, "available_memory", lambda: 1_000_000)  # one copy fits, two do not
     assert load_dataset(str(tmp_path)).n_features == 784
     monkeypatch.setenv("MPI_LOCALNRANKS", "2")
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: .* for each of the 2 ranks on this node"):
@@ -79,7 +80,7 @@ def planned(layers: list[int], ranks_per_node: int):
 
 def test_a_model_that_fits_one_rank_but_not_the_nodes_ranks_is_refused(monkeypatch):
     one = memory.per_rank(planned([100, 1000, 10], 1))["total"]
-    monkeypatch.setattr(memory, "available_memory", lambda: int(1.5 * one))
+    monkeypatch.setattr(meminfo, "available_memory", lambda: int(1.5 * one))
     memory.check_fits_machine(planned([100, 1000, 10], 1))  # one rank fits
     with pytest.raises(ConfigError, match=r"for the 2 ranks on a node"):
         memory.check_fits_machine(planned([100, 1000, 10], 2))

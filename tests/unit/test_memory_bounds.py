@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from distbp.data import formats
+from distbp.host import meminfo
 
 ROWS, FEATURES = 60_000, 20
 
@@ -48,7 +49,7 @@ def test_reading_a_csv_peaks_near_the_size_of_its_arrays(big_csv):
 
 
 def test_a_csv_that_cannot_fit_is_refused_after_its_first_block(big_csv, monkeypatch):
-    monkeypatch.setattr(formats, "available_memory", lambda: 4 << 20)  # 4 MiB free
+    monkeypatch.setattr(meminfo, "available_memory", lambda: 4 << 20)  # 4 MiB free
     monkeypatch.setattr(formats, "CSV_CHUNK_ROWS", 1000)
     seen = []
     real_check = formats.check_fits_memory
@@ -64,17 +65,17 @@ def test_a_csv_that_cannot_fit_is_refused_after_its_first_block(big_csv, monkeyp
 def test_an_npz_that_cannot_fit_is_refused_from_its_headers(tmp_path, monkeypatch):
     path = tmp_path / "d.npz"
     np.savez_compressed(path, X=np.zeros((50_000, 40), np.float32), y=np.zeros(50_000, np.int64))
-    monkeypatch.setattr(formats, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(meminfo, "available_memory", lambda: 1 << 20)
     with pytest.raises(ValueError, match=r"d.npz: its arrays need 8 MiB, more than the 1 MiB"):
         formats.read_npz(path)
-    monkeypatch.setattr(formats, "available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(meminfo, "available_memory", lambda: 1 << 30)
     assert formats.read_npz(path)["X"].shape == (50_000, 40)
 
 
 def test_every_rank_on_the_node_counts(tmp_path, monkeypatch):
     path = tmp_path / "d.npz"
     np.savez(path, X=np.zeros((1000, 1000), np.float64), y=np.zeros(1000, np.int64))  # 8 MB
-    monkeypatch.setattr(formats, "available_memory", lambda: 20 << 20)
+    monkeypatch.setattr(meminfo, "available_memory", lambda: 20 << 20)
     monkeypatch.setenv("MPI_LOCALNRANKS", "1")
     formats.read_npz(path)
     monkeypatch.setenv("MPI_LOCALNRANKS", "4")  # four copies of 8 MB do not fit in 20 MiB
