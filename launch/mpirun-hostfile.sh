@@ -12,7 +12,9 @@ set -euo pipefail
 HOSTFILE="${HOSTFILE:-hosts}"                  # one line per node, e.g. "node01 slots=2" (Open MPI) or "node01:2" (MPICH)
 NODES="${NODES:-2}"
 RANKS_PER_NODE="${RANKS_PER_NODE:-2}"          # usually one per socket or per NUMA domain
-CORES_PER_NODE="${CORES_PER_NODE:-$(nproc)}"   # assumes every node looks like this one
+# assumes every node looks like this one; without the env -u, nproc would answer OMP_NUM_THREADS where a
+# login shell sets it (OMP_NUM_THREADS=1 made every rank 1 thread), not the cores
+CORES_PER_NODE="${CORES_PER_NODE:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ranks=$((NODES * RANKS_PER_NODE))
