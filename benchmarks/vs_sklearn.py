@@ -60,12 +60,12 @@ def make(library: str, solver: str, batch: int, dtype: str, epochs: int, seed: i
     """An unfitted classifier of `library` with the benchmark's shared hyperparameters."""
     shared = dict(hidden_layer_sizes=HIDDEN, activation="relu", solver=solver, batch_size=batch,
                   learning_rate_init=LR[solver], momentum=MOMENTUM, max_iter=epochs, n_iter_no_change=epochs,
-                  tol=1e-4, shuffle=True, random_state=seed)
+                  tol=1e-4, shuffle=True, random_state=seed, alpha=0.0)
     if library == "distbp":
         from distbp.sklearn import MLPClassifier
         return MLPClassifier(**shared, dtype=dtype)
     from sklearn.neural_network import MLPClassifier  # computes in the dtype of the rows it is given
-    return MLPClassifier(**shared, alpha=0.0, learning_rate="constant", nesterovs_momentum=False)
+    return MLPClassifier(**shared, learning_rate="constant", nesterovs_momentum=False)
 
 
 def cases(args) -> list[dict]:

@@ -57,7 +57,10 @@ class Config:
     warmup_epochs: int = opt(0, "the same in epochs (give warmup_steps or warmup_epochs, not both)")
     warmup_start: float = opt(0.0, "the warm-up's first η, as a fraction of the schedule's")
     weight_decay: float = opt(0.0, "λ: decoupled for adam/lamb (AdamW), λ·θ added to ∇L for gd, momentum and lars")
-    decay_biases: bool = opt(False, "apply --weight-decay to biases too (default: weights only)")
+    l2: float = opt(0.0, "α: the penalty (α/2)·‖W‖² on each global batch's summed loss, so the update takes "
+                         "s·(∇L + α·W) (coupled: through momentum and adam's moments; scikit-learn's alpha); gd, "
+                         "momentum, adam; the reported loss is the data's alone")
+    decay_biases: bool = opt(False, "apply --weight-decay and --l2 to biases too (default: weights only)")
     clip_grad_norm: float = opt(0.0, "scale ∇L (after the allreduce) to this global L2 norm when it is larger (0: off)")
     trust: float = opt(0.001, "lars: the trust coefficient of the layer-wise rate")
     batch_size: int = opt(128, "global mini-batch, split over the ranks")
@@ -143,7 +146,7 @@ def validate(cfg: Config) -> Config:
         except ValueError as e:
             raise ConfigError(f"--memory-budget: {e}") from None
     for name in ("check_every", "checkpoint_steps", "timeout", "seed", "warmup_steps", "warmup_epochs", "lr_final",
-                 "weight_decay", "clip_grad_norm", "trust", "eval_every", "early_stop_patience"):
+                 "weight_decay", "l2", "clip_grad_norm", "trust", "eval_every", "early_stop_patience"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
     if cfg.threads is not None and cfg.threads < 1:
@@ -173,9 +176,11 @@ def validate(cfg: Config) -> Config:
 
 def _check_schedule(cfg: Config) -> None:
     """The learning-rate schedule's and the regularisers' values (their rules, in one place)."""
-    for name in ("lr_decay", "lr_final", "warmup_start", "weight_decay", "clip_grad_norm", "trust"):
+    for name in ("lr_decay", "lr_final", "warmup_start", "weight_decay", "l2", "clip_grad_norm", "trust"):
         if not math.isfinite(getattr(cfg, name)):
             raise ConfigError(f"--{_flag(name)} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.l2 and cfg.optimizer in ("lars", "lamb"):
+        raise ConfigError(f"--l2 goes with gd, momentum and adam; {cfg.optimizer} takes --weight-decay")
     if cfg.warmup_steps and cfg.warmup_epochs:
         raise ConfigError("give --warmup-steps or --warmup-epochs, not both")
     if not 0 <= cfg.warmup_start <= 1:

@@ -9,10 +9,24 @@
 
 Needs scikit-learn: `pip install distbp[sklearn]`. The estimators follow
 `sklearn.neural_network.MLPClassifier` / `MLPRegressor`: the same parameter names where the meaning is
-the same, the mean loss over a batch, stopping when the loss (or the validation score, with
-`early_stopping`) has not improved by `tol` for `n_iter_no_change` epochs, and the fitted attributes
-`loss_curve_`, `n_iter_`, `classes_`, `coefs_`, `intercepts_`, … They work with `clone`, `Pipeline`,
-`GridSearchCV` and pickle, and pass scikit-learn's estimator checks (see tests/unit/test_sklearn.py).
+the same, the mean loss over a batch with the L2 penalty `alpha`, stopping when the loss (or the validation
+score, with `early_stopping`, which then restores the best epoch's parameters) has not improved by `tol`
+for `n_iter_no_change` epochs, and the fitted attributes `loss_curve_`, `n_iter_`, `classes_`, `coefs_`,
+`intercepts_`, … They work with `clone`, `Pipeline`, `GridSearchCV` and pickle, and pass scikit-learn's
+estimator checks (see tests/unit/test_sklearn.py).
+
+The update is scikit-learn's. scikit-learn's gradient for a batch of B rows is (Σ_rows ∇l + α·W)/B (the
+mean loss plus (α/2)·‖W‖²/B; biases are not penalised); distbp's loss is the sum over rows, and the
+estimators train with lr_scale="mean" (s = 1/B, B the rows of each batch, the last one's too) and
+l2=alpha, under which distbp's optimizers take g = s·(∇L + α·W): the same gradient, coupled to the
+optimizer as scikit-learn's is (it enters sgd's velocity and Adam's moments). Plain sgd (momentum=0) and
+heavy-ball momentum match scikit-learn's parameters to float64 rounding (tests/unit/test_sklearn_params.py).
+
+Threads: `threads` per process (default: distbp's, the cores / the ranks on the node), never more than
+the smallest of OMP_NUM_THREADS, NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS where one is set.
+joblib's loky workers have them set to cores // n_jobs, so `GridSearchCV(..., n_jobs=k)` runs k fits side
+by side without oversubscribing the cores; a worker of a process pool with none set (joblib's
+multiprocessing backend) takes 1 thread by default.
 
 Under MPI every rank calls `fit` with the same X and y (the same script on the same data); each rank
 computes its share of every global batch, the gradients are summed over ranks, and every rank ends with
@@ -22,20 +36,21 @@ make the same fit calls in the same order. `fit(X, y, comm=…)` trains over oth
 `model_.classes` set for classifiers, so that distbp's model files keep the labels).
 
 Differences from scikit-learn's estimators:
-- no L2 penalty, so no `alpha` parameter (scikit-learn's default is alpha=1e-4; give it alpha=0 for the
-  same loss). `alpha` is left out rather than accepted as 0 only, because scikit-learn's tools set it on
-  any estimator that has it (its estimator checks set alpha=0.01).
-- other parameters are absent where distbp has no counterpart: no "lbfgs" solver; no learning-rate
+- parameters are absent where distbp has no counterpart: no "lbfgs" solver; no learning-rate
   schedules (`learning_rate`, `power_t`: the rate is `learning_rate_init` throughout); no
   `nesterovs_momentum` (sgd momentum is heavy-ball, scikit-learn's nesterovs_momentum=False); no
   `beta_1`, `beta_2`, `epsilon` (Adam's are fixed at scikit-learn's defaults 0.9, 0.999, 1e-8; distbp
-  adds ε to the bias-corrected √v̂, scikit-learn before the correction); no `max_fun`. `shuffle` must be
-  True: distbp shuffles every epoch, with permutations seeded by `random_state`.
+  adds ε to the bias-corrected √v̂, scikit-learn before the correction); no `max_fun`; no `sample_weight`.
+- `shuffle=True` draws distbp's permutations (seeded by `random_state`), not scikit-learn's; with
+  shuffle=False both take the rows in their stored order every epoch.
+- `loss_`, `loss_curve_` and `best_loss_` are the data's mean loss without the penalty's (α/2)·‖W‖²/B
+  (scikit-learn adds it to every batch's loss), so the stopping rule on the training loss sees the data's
+  loss alone; the update does include the penalty.
 - `partial_fit`, and `fit` with warm_start, start with a fresh optimizer state (Adam's moments, the
   momentum's velocity); scikit-learn keeps that state between calls. `partial_fit` is one epoch over the
   rows given.
-- with `early_stopping`, the parameters are those of the last epoch trained, not of the epoch with the
-  best validation score (scikit-learn restores the best).
+- with `early_stopping`, the best epoch's parameters are kept by distbp.fit's save_best in a model file in
+  a private temporary folder of the root's, removed after fit (scikit-learn keeps a copy in memory).
 - binary classification has 2 softmax outputs (scikit-learn: 1 logistic output), so `coefs_[-1]` has 2
   columns and `out_activation_` is "softmax" for any number of classes; multilabel targets are refused.
 - computation in float32 by default (`dtype="float64"` for scikit-learn's precision); predictions are
@@ -53,7 +68,12 @@ Differences from scikit-learn's estimators:
 
 from __future__ import annotations
 
+import multiprocessing
 import numbers
+import os
+import shutil
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -78,13 +98,18 @@ except ImportError:  # scikit-learn 1.2-1.5: the same check is a method of BaseE
 from distbp.api import fit as distbp_fit
 from distbp.comm.base import Comm
 from distbp.comm.mpi import world
+from distbp.host.threads import default_threads
 from distbp.nn.model import MLP
+from distbp.nn.modelfile import initial_parameters
 
 ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}  # sklearn → distbp
 SOLVERS = ("sgd", "adam")
 DTYPES = ("float32", "float64")
 X_DTYPES = (np.float64, np.float32)  # X is kept in either; other dtypes become float64
 PREDICT_ROWS = 4096  # rows per forward pass in predict, so the model's workspace stays small for any X
+# the thread variables a parent sets for its workers (joblib's loky backend: cores // n_jobs); the smallest caps
+# the threads of a fit (joblib also sets BLIS_, VECLIB_ and NUMEXPR_, which no pool of distbp's reads)
+THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class _DistbpMLP(BaseEstimator):
@@ -97,14 +122,15 @@ class _DistbpMLP(BaseEstimator):
     LOSS: str
     OUT_ACTIVATION: str
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32"):
+                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None):
         # stored unchanged (scikit-learn's clone and get_params rely on it); checked in fit
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
+        self.alpha = alpha
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.max_iter = max_iter
@@ -118,6 +144,7 @@ class _DistbpMLP(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
+        self.threads = threads
 
     # ---- the public methods (the subclasses add predict, predict_proba, partial_fit) ----------------
 
@@ -154,22 +181,55 @@ class _DistbpMLP(BaseEstimator):
         if not continuing:
             self._start(X.shape[1], comm)
         X_train, t_train, validation = X, targets, None
-        if self.early_stopping and not incremental:
+        keeps_best = self.early_stopping and not incremental
+        if keeps_best:
             X_train, t_train, validation = self._hold_out(X, targets)
         self._n_train = X_train.shape[0]
         seed = self._seed if self.n_iter_ == 0 else _derived_seed(self._seed, self.n_iter_)
         epochs = 1 if incremental else self.max_iter
         self._stopped = False
-        history = distbp_fit(
-            self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
-            callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
-            epochs=int(epochs), batch_size=self._batch_rows(X_train.shape[0]),
-            lr=float(self.learning_rate_init), lr_scale="mean",  # scikit-learn's mean loss: the step is η·∇L/B
-            seed=seed, scale="none", **self._optimizer())
+        folder = _shared_temp_folder(comm) if keeps_best else None
+        best_before = self.best_validation_score_  # warm_start: the best of the fits before
+        try:
+            # early stopping: distbp keeps the model of the best held-out score so far in a model file, which
+            # scikit-learn keeps in memory (_best_coefs) and restores at the end
+            best = {} if folder is None else {"save_best": os.path.join(folder, "best.npz"),
+                                              "early_stop_metric": self.BEST_METRIC}
+            history = distbp_fit(
+                self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
+                callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
+                epochs=int(epochs), batch_size=self._batch_rows(X_train.shape[0], comm.is_root),
+                # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B
+                lr=float(self.learning_rate_init), lr_scale="mean", l2=float(self.alpha),
+                seed=seed, shuffle=bool(self.shuffle), scale="none", threads=self._threads(),
+                **best, **self._optimizer())
+            if folder is not None:
+                self._restore_best(best["save_best"], comm, improved=self.best_validation_score_ > best_before)
+        finally:
+            if folder is not None and comm.is_root:
+                shutil.rmtree(folder, ignore_errors=True)
         if not incremental and len(history) == epochs and not self._stopped and comm.is_root:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning)
+            _warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
+                  "hasn't converged yet.", ConvergenceWarning)
         return self
+
+    def _restore_best(self, path: str, comm: Comm, improved: bool) -> None:
+        """[dist] The parameters of the epoch with the best validation score: this fit's, from the root's model
+        file, if it improved on the fits before (warm_start), else the copy kept from those (scikit-learn's)."""
+        if not improved:
+            if getattr(self, "_best_params", None) is not None:
+                self.model_.flat_params[...] = self._best_params
+            return
+        found = np.zeros(1, np.int64)
+        if comm.is_root and os.path.exists(path):  # written at the first epoch unless its score was NaN
+            self.model_.flat_params[...] = initial_parameters(path, self.model_)
+            found[0] = 1
+        if comm.size > 1:
+            comm.bcast(found)
+            if found[0]:
+                comm.bcast(self.model_.flat_params)
+        if found[0]:
+            self._best_params = self.model_.flat_params.copy()
 
     def _start(self, n_features: int, comm: Comm) -> None:
         """New parameters for n_features inputs, and the bookkeeping of a fresh fit (scikit-learn's)."""
@@ -184,6 +244,7 @@ class _DistbpMLP(BaseEstimator):
         self.loss_curve_: list[float] = []
         self.loss_ = None
         self._no_improvement_count = 0
+        self._best_params = None  # with early_stopping: the best epoch's, for a warm-started fit that does worse
         if self.early_stopping:
             self.validation_scores_: list[float] | None = []
             self.best_validation_score_: float | None = -np.inf
@@ -246,13 +307,26 @@ class _DistbpMLP(BaseEstimator):
             return {"optimizer": "momentum", "momentum": float(self.momentum)}
         return {"optimizer": "gd"}
 
-    def _batch_rows(self, n_samples: int) -> int:
+    def _batch_rows(self, n_samples: int, is_root: bool) -> int:
         """The global batch: "auto" is min(200, n_samples); larger than n_samples is clipped (with a warning)."""
         if self.batch_size == "auto":
             return min(200, n_samples)
-        if self.batch_size > n_samples:
-            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped")
+        if self.batch_size > n_samples and is_root:
+            _warn("Got `batch_size` larger than sample size. It is going to be clipped")
         return min(int(self.batch_size), n_samples)
+
+    def _threads(self) -> int:
+        """Threads per process for this fit: `threads`, or distbp's default (the cores / the ranks on the node),
+        capped by the smallest thread variable set in the environment. joblib's loky workers (GridSearchCV and
+        cross_val_score with n_jobs) have them set to cores // n_jobs, so parallel fits do not oversubscribe
+        the cores. A pool's worker with none set (joblib's multiprocessing backend: how many siblings it has
+        is unknown) takes 1 thread unless `threads` says otherwise."""
+        limit = _thread_limit()
+        if self.threads is not None:
+            return int(self.threads) if limit is None else min(int(self.threads), limit)
+        if limit is None and multiprocessing.current_process().daemon:
+            limit = 1
+        return default_threads() if limit is None else min(default_threads(), limit)
 
     # ---- prediction -----------------------------------------------------------------------------------
 
@@ -276,8 +350,11 @@ class _DistbpMLP(BaseEstimator):
             raise ValueError(f"{name}: solver='lbfgs' is not available in distbp; use 'sgd' or 'adam'")
         _one_of("solver", self.solver, SOLVERS)
         _one_of("dtype", self.dtype, DTYPES)
-        if not self.shuffle:
-            raise ValueError(f"{name}: shuffle=False is not supported: distbp shuffles the rows every epoch")
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValueError(f"{name}: shuffle must be True or False, got {self.shuffle!r}")
+        if not (self.threads is None or (_is_int(self.threads) and self.threads >= 1)):
+            raise ValueError(f"{name}: threads must be None or a positive integer, got {self.threads!r}")
+        _in_range("alpha", self.alpha, 0, np.inf, high_open=True)
         if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
             raise ValueError(f"{name}: batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
         _in_range("learning_rate_init", self.learning_rate_init, 0, np.inf, low_open=True, high_open=True)
@@ -297,14 +374,20 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
     hidden_layer_sizes: units of each hidden layer, e.g. (100,) or (256, 128); an int is one layer.
     activation: of the hidden layers, "identity", "logistic", "tanh" or "relu".
     solver: "sgd" (momentum > 0: heavy-ball momentum) or "adam".
+    alpha: α ≥ 0 of the L2 penalty (α/2)·‖W‖² on every batch's summed loss (weights, not biases): the
+    step takes η·(∇L + α·W)/B, scikit-learn's (distbp.fit's l2=alpha with lr_scale="mean").
     batch_size: rows per global batch (split over MPI ranks), "auto" = min(200, n_samples).
-    learning_rate_init: η, constant. max_iter: epochs at most. shuffle: only True.
+    learning_rate_init: η, constant. max_iter: epochs at most. shuffle: a new order of the rows every
+    epoch (False: their stored order).
     random_state: int, RandomState or None: the initial weights, the epochs' permutations and the
     early-stopping split. tol, n_iter_no_change: stop after more than n_iter_no_change epochs without
     an improvement of tol. verbose: distbp's per-epoch lines. warm_start: fit continues from the
     fitted parameters. momentum: μ for sgd. early_stopping, validation_fraction: hold out this
-    fraction (stratified) and watch its accuracy instead of the training loss.
+    fraction (stratified) and watch its accuracy instead of the training loss; fit ends with the
+    parameters of the epoch of the best accuracy (best_validation_score_).
     dtype: "float32" or "float64", what the network computes in.
+    threads: threads per process, None for distbp's default; either way at most what OMP_NUM_THREADS,
+    NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS allow (joblib's workers: cores // n_jobs).
 
     Fitted attributes: classes_ (n_classes,), n_features_in_, n_outputs_ (= n_classes, also for two
     classes), n_layers_, out_activation_ ("softmax"), model_ (the distbp.MLP), coefs_, intercepts_,
@@ -314,6 +397,7 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
 
     LOSS = "cross_entropy"
     OUT_ACTIVATION = "softmax"
+    BEST_METRIC = "test_accuracy"  # distbp's held-out metric whose best epoch early stopping restores
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None, *,
                     comm: Comm | None = None) -> "MLPClassifier":
@@ -371,7 +455,8 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
 class MLPRegressor(RegressorMixin, _DistbpMLP):
     """A multilayer perceptron regressor: linear outputs, the mean squared-error loss ½‖ŷ − y‖².
 
-    Parameters as for `MLPClassifier` (early_stopping watches R² on the held-out rows).
+    Parameters as for `MLPClassifier` (early_stopping watches R² on the held-out rows and restores the
+    parameters of the epoch with the best R²).
     Fitted attributes: n_features_in_, n_outputs_, n_layers_, out_activation_ ("identity"), model_,
     coefs_, intercepts_, n_iter_, t_, loss_ and loss_curve_ (half the mean squared error per output,
     as scikit-learn's), best_loss_, validation_scores_, best_validation_score_.
@@ -379,6 +464,9 @@ class MLPRegressor(RegressorMixin, _DistbpMLP):
 
     LOSS = "mse"
     OUT_ACTIVATION = "identity"
+    # R² falls as the held-out loss rises (for targets that vary; constant ones score 1 or 0, scikit-learn's
+    # convention, and the epoch of the lowest loss is restored)
+    BEST_METRIC = "test_loss"
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike, *, comm: Comm | None = None) -> "MLPRegressor":
         """One epoch over (X, y) from the current parameters (new ones on the first call). Returns self."""
@@ -454,6 +542,33 @@ def _agreed_seed(random_state, comm: Comm) -> int:
         comm.bcast(buf)
         seed = int(buf[0])
     return seed
+
+
+def _shared_temp_folder(comm: Comm) -> str:
+    """[dist] A new private folder (0700) that the root makes; every rank gets its name (distbp.fit's options
+    must agree across ranks), only the root writes and reads there."""
+    folder = tempfile.mkdtemp(prefix="distbp-sklearn-") if comm.is_root else None
+    return comm.allgather_object(folder)[0] if comm.size > 1 else folder
+
+
+def _thread_limit() -> int | None:
+    """The smallest positive count among THREAD_LIMIT_VARS (OMP_NUM_THREADS="4,2": its first level), None if
+    none is set."""
+    counts = []
+    for var in THREAD_LIMIT_VARS:
+        first = os.environ.get(var, "").split(",")[0].strip()
+        if first.isdigit() and int(first) > 0:
+            counts.append(int(first))
+    return min(counts, default=None)
+
+
+def _warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn, attributed to the first caller outside this module (the caller's `fit`, or scikit-learn's
+    tool that called it), as scikit-learn's own warnings are."""
+    frame, level = sys._getframe(1), 2  # level 2: _warn's caller
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _derived_seed(seed: int, epochs_done: int) -> int:

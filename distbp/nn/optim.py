@@ -18,6 +18,10 @@ Weight decay is L2 (λθ added to the gradient) for gd, momentum and lars, decou
 (Loshchilov & Hutter); it applies to the weights W only, and to the biases b too with decay_biases.
 With λ = 0, gd, momentum and adam run exactly the kernels (and bits) they always did.
 
+The L2 penalty α (`l2`, scikit-learn's alpha) is coupled for gd, momentum and adam: (α/2)·‖W‖² belongs to
+the summed loss of the batch, so g = s·(∇L + αθ) on the decayed pieces, through momentum and Adam's moments
+(gd and momentum take it as λ = s·α in the kernels above; adam_l2_update adds it to g). lars and lamb refuse it.
+
 Layers: lars (You et al. 2017) and lamb (You et al. 2019) take one trust ratio per layer, over its W and
 b together; the ratio is 1 when either norm is 0 (as TensorFlow's LARS and the LAMB reference code do),
 so a layer at θ_l = 0 takes the plain step at η instead of none. An optimizer sees the flat range it
@@ -110,6 +114,23 @@ def adamw_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lr_
             m[i] = mi
             v[i] = vi
             p = params[i]
+            params[i] = p - lr_t * mi / (np.sqrt(vi) + eps_t) - decay * p
+
+
+@njit(parallel=True, cache=True)
+def adam_l2_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lam, lr_lam):
+    """adamw_update with g = scale·∇L + lam·θ (the coupled L2 penalty, lam = scale·α) on decayed pieces."""
+    one, zero = type(beta1)(1), type(beta1)(0)
+    for k in range(segs.shape[0]):
+        lam_k = lam if segs[k, 3] else zero
+        decay = lr_lam if segs[k, 3] else zero
+        for i in prange(segs[k, 0], segs[k, 1]):
+            p = params[i]
+            g = scale * grad[i] + lam_k * p
+            mi = beta1 * m[i] + (one - beta1) * g
+            vi = beta2 * v[i] + (one - beta2) * g * g
+            m[i] = mi
+            v[i] = vi
             params[i] = p - lr_t * mi / (np.sqrt(vi) + eps_t) - decay * p
 
 
@@ -273,12 +294,16 @@ class GD:
     state_copies = 0  # state arrays of n_params elements each (for memory estimates)
 
     def __init__(self, n_params: int, dtype, lr: float, weight_decay: float = 0.0, decay_biases: bool = False,
-                 segments: Segments | None = None, sum_over_ranks: Callable[[np.ndarray], None] | None = None):
+                 segments: Segments | None = None, sum_over_ranks: Callable[[np.ndarray], None] | None = None,
+                 l2: float = 0.0):
         """segments: what each element of the range is (default: one layer's weights); sum_over_ranks(a):
-        sums the float64 array a over the ranks sharing this update in place (default: one rank holds it all)."""
+        sums the float64 array a over the ranks sharing this update in place (default: one rank holds it all);
+        l2: α of the coupled L2 penalty (see the module's docstring)."""
         _check_lr(lr)
-        if not (np.isfinite(weight_decay) and weight_decay >= 0):
-            raise ValueError(f"weight decay must be a number >= 0, got {weight_decay}")
+        for what, value in (("weight decay", weight_decay), ("the l2 penalty", l2)):
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{what} must be a number >= 0, got {value}")
+        self.l2 = l2
         self.segments = segments if segments is not None else Segments.whole(n_params)
         if self.segments.size != n_params:
             raise ValueError(f"segments cover {self.segments.size} parameters, not {n_params}")
@@ -290,11 +315,16 @@ class GD:
 
     def step(self, params: np.ndarray, grad: np.ndarray, scale: float = 1.0) -> None:
         t = self.dtype.type
-        if self.weight_decay:
-            gd_l2_update(params, grad, t(self.lr), t(scale), self.table(), t(self.weight_decay))
+        lam = self.coupled_decay(scale)
+        if lam:
+            gd_l2_update(params, grad, t(self.lr), t(scale), self.table(), t(lam))
         else:
             gd_update(params, grad, t(self.lr * scale))
         self.step_count += 1
+
+    def coupled_decay(self, scale: float) -> float:
+        """λ added to the gradient as λ·θ: the weight decay, plus s·α of the L2 penalty (part of the summed loss)."""
+        return self.weight_decay + self.l2 * scale if self.l2 else self.weight_decay
 
     def table(self) -> np.ndarray:
         return self.segments.table(self.decay_biases)
@@ -338,9 +368,9 @@ class Momentum(GD):
 
     def step(self, params, grad, scale=1.0):
         t = self.dtype.type
-        if self.weight_decay:
-            momentum_l2_update(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu), self.table(),
-                               t(self.weight_decay))
+        lam = self.coupled_decay(scale)
+        if lam:
+            momentum_l2_update(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu), self.table(), t(lam))
         else:
             momentum_update(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu))
         self.step_count += 1
@@ -375,7 +405,10 @@ class Adam(GD):
         lr_t = self.lr * np.sqrt(c2) / c1
         eps_t = self.eps * np.sqrt(c2)
         t = self.dtype.type
-        if self.weight_decay:
+        if self.l2:
+            adam_l2_update(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1), t(self.beta2), t(eps_t),
+                           self.table(), t(self.l2 * scale), t(self.lr * self.weight_decay))
+        elif self.weight_decay:
             adamw_update(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1), t(self.beta2), t(eps_t),
                          self.table(), t(self.lr * self.weight_decay))
         else:
@@ -393,6 +426,7 @@ class LARS(Momentum):
 
     def __init__(self, n_params: int, dtype, lr: float, momentum: float = 0.9, trust: float = 0.001, **common):
         super().__init__(n_params, dtype, lr, momentum, **common)
+        _refuse_l2(self)
         if not (np.isfinite(trust) and trust >= 0):
             raise ValueError(f"the lars trust coefficient must be a number >= 0, got {trust}")
         self.trust = trust
@@ -415,6 +449,7 @@ class LAMB(Adam):
     def __init__(self, n_params: int, dtype, lr: float, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-6, **common):
         super().__init__(n_params, dtype, lr, beta1, beta2, eps, **common)
+        _refuse_l2(self)
 
     def step(self, params, grad, scale=1.0):
         self.step_count += 1
@@ -439,6 +474,12 @@ def make_optimizer(name: str, n_params: int, dtype, lr: float, **options) -> GD:
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}") from None
     return cls(n_params, dtype, lr, **options)
+
+
+def _refuse_l2(opt: GD) -> None:
+    """lars and lamb take their decay inside the layer-wise rates (weight_decay), not an l2 penalty."""
+    if opt.l2:
+        raise ValueError(f"{opt.name} takes weight_decay, not the l2 penalty (gd, momentum and adam do)")
 
 
 def _check_lr(lr: float) -> None:

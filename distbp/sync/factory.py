@@ -76,6 +76,8 @@ def sync_options(cfg: ModeFlags, layout: Layout) -> SyncOptions:
 def optimizer_options(cfg: ModeFlags) -> dict:
     """The configured optimizer's keyword arguments beyond η (distbp.nn.optim)."""
     options = {"weight_decay": cfg.weight_decay, "decay_biases": cfg.decay_biases}
+    if cfg.l2:  # only when on: the kernel keys of every other run stay as they were
+        options["l2"] = cfg.l2
     if cfg.optimizer in ("momentum", "lars"):
         options["momentum"] = cfg.momentum
     if cfg.optimizer == "lars":

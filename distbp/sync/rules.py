@@ -32,6 +32,7 @@ class ModeFlags(Protocol):
     momentum: float
     trust: float
     weight_decay: float
+    l2: float
     decay_biases: bool
     clip_grad_norm: float
 

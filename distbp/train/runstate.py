@@ -32,7 +32,7 @@ MUST_MATCH = ["config.layers", "config.activation", "config.loss", "config.dtype
               "config.batch_size", "config.data", "config.seed", "config.scale", "config.test_fraction", "config.local_rows"]
 # allowed to change on resume, but they change the trajectory: named in a warning
 WARN_IF_CHANGED = ["lr", "lr_scale", "momentum", "lr_schedule", "lr_milestones", "lr_decay", "lr_final",
-                   "warmup_steps", "warmup_epochs", "warmup_start", "weight_decay", "decay_biases",
+                   "warmup_steps", "warmup_epochs", "warmup_start", "weight_decay", "l2", "decay_biases",
                    "clip_grad_norm", "trust", "eval_every", "early_stop_patience", "early_stop_metric"]
 LOCK_REFRESH_S = 10.0
 

@@ -40,6 +40,9 @@ CASES = {  # batch 13 does not divide among 2, 3 or 4 ranks evenly; early stoppi
     "classifier adam early stopping": (MLPClassifier, dict(solver="adam", learning_rate_init=0.01,
                                                            early_stopping=True, n_iter_no_change=2)),
     "regressor adam": (MLPRegressor, dict(solver="adam", learning_rate_init=0.01)),
+    "classifier sgd alpha stored order": (MLPClassifier, dict(solver="sgd", momentum=0.5, learning_rate_init=0.05,
+                                                              alpha=0.05, shuffle=False)),
+    "regressor adam alpha": (MLPRegressor, dict(solver="adam", learning_rate_init=0.01, alpha=0.5)),
 }
 
 
@@ -59,6 +62,26 @@ def test_every_rank_ends_with_the_one_process_fit(case):
     np.testing.assert_allclose(ranks.loss_curve_, one.loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(ranks.predict(X), one.predict(X), rtol=0, atol=1e-9) if cls is MLPRegressor \
         else np.testing.assert_array_equal(ranks.predict(X), one.predict(X))
+
+
+@quiet
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_early_stopping_restores_the_one_process_best_epoch_on_every_rank(cls):
+    # noisy rows and a large rate: the held-out score peaks before the last epoch, whose parameters are dropped;
+    # the root keeps the best in its model file and every rank takes them from it
+    X, y = data(regression=cls is MLPRegressor)
+    y = np.random.default_rng(1).permutation(y)  # labels unrelated to X: the held-out score cannot keep rising
+    make = lambda: cls(hidden_layer_sizes=(9,), solver="sgd", momentum=0.9, learning_rate_init=0.1, batch_size=13,
+                       early_stopping=True, validation_fraction=0.3, n_iter_no_change=3, max_iter=30,
+                       random_state=3, dtype="float64")
+    ranks = make().fit(X, y)
+    one = make().fit(X, y, comm=SerialComm())
+    assert int(np.argmax(ranks.validation_scores_)) + 1 < ranks.n_iter_  # the best epoch was not the last
+    assert all_ranks_hold(ranks.model_.flat_params)
+    np.testing.assert_allclose(ranks.model_.flat_params, one.model_.flat_params, rtol=0, atol=1e-10)
+    assert ranks.n_iter_ == one.n_iter_
+    assert ranks.best_validation_score_ == pytest.approx(one.best_validation_score_, rel=1e-9)
 
 
 @quiet

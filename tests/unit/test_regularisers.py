@@ -12,6 +12,7 @@ import pytest
 from distbp import MLP
 from distbp.comm.serial import SerialComm
 from distbp.config import Config, validate
+from distbp.errors import ConfigError
 from distbp.nn import kernels, optim
 from distbp.nn.optim import make_optimizer, segments_of
 from distbp.sync import factory as sync
@@ -106,22 +107,25 @@ def flat_of(model, tensors):
     return np.concatenate([tensors[l, kind].reshape(-1) for l in range(model.n_layers) for kind in ("W", "b")])
 
 
-def run_beside_the_rule(name, weight_decay, decay_biases, steps=5, zero_layer=None):
-    """(the optimizer's θ, the rule's θ) after `steps` steps on random gradients with a changing η."""
+def run_beside_the_rule(name, weight_decay, decay_biases, steps=5, zero_layer=None, l2=0.0):
+    """(the optimizer's θ, the rule's θ) after `steps` steps on random gradients with a changing η.
+
+    l2: α of the L2 penalty, which the rule adds to ∇L as α·θ (the penalty's gradient, before the scale s)."""
     model = MLP(SIZES, dtype="float64", seed=1)
     flat = model.flat_params.copy()
     if zero_layer is not None:
         flat[model.layer_slices[zero_layer]] = 0.0
     theta = by_tensor(model, flat)
     opt = make_optimizer(name, model.n_params, "float64", lr=0.1, weight_decay=weight_decay,
-                         decay_biases=decay_biases, segments=segments_of(SIZES), **OPTIONS[name])
+                         decay_biases=decay_biases, segments=segments_of(SIZES), l2=l2, **OPTIONS[name])
     lam = {k: decay_of(k, weight_decay, decay_biases) for k in theta}
     rng, state, scale = np.random.default_rng(2), {}, 0.25
     for t in range(1, steps + 1):
         grad = rng.normal(size=model.n_params)
         opt.lr = 0.1 * (1 + 0.5 * t)  # a schedule's η: read at every step
         opt.step(flat, grad, scale)
-        RULES[name](theta, by_tensor(model, grad), state, t, opt.lr, scale, lam, **rule_options(name))
+        penalised = {k: g + decay_of(k, l2, decay_biases) * theta[k] for k, g in by_tensor(model, grad).items()}
+        RULES[name](theta, penalised, state, t, opt.lr, scale, lam, **rule_options(name))
     return flat, flat_of(model, theta)
 
 
@@ -133,6 +137,26 @@ CASES = [(0.0, False), (0.05, False), (0.05, True)]  # (λ, decay_biases)
 def test_weight_decay_is_l2_for_gd_and_momentum_and_decoupled_for_adam(name, weight_decay, decay_biases):
     ours, rule = run_beside_the_rule(name, weight_decay, decay_biases)
     assert np.abs(ours - rule).max() < TOL
+
+
+@pytest.mark.parametrize("weight_decay,decay_biases", CASES)
+@pytest.mark.parametrize("name", ["gd", "momentum", "adam"])
+def test_the_l2_penalty_enters_the_gradient_before_the_scale_for_gd_momentum_and_adam(name, weight_decay,
+                                                                                       decay_biases):
+    # g = s·(∇L + α·θ): the penalty is part of the summed loss, coupled (through the velocity and Adam's moments),
+    # beside the weight decay λ (coupled for gd and momentum, decoupled for adam)
+    ours, rule = run_beside_the_rule(name, weight_decay, decay_biases, l2=0.3)
+    assert np.abs(ours - rule).max() < TOL
+    without, _ = run_beside_the_rule(name, weight_decay, decay_biases)
+    assert np.abs(ours - without).max() > 1e3 * TOL
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_lars_and_lamb_refuse_the_l2_penalty(name):
+    with pytest.raises(ValueError, match=f"{name} takes weight_decay, not the l2 penalty"):
+        make_optimizer(name, 10, "float64", lr=0.1, l2=0.01)
+    with pytest.raises(ConfigError, match="--l2 goes with gd, momentum and adam"):
+        validate(Config(optimizer=name, l2=0.01))
 
 
 @pytest.mark.parametrize("weight_decay,decay_biases", CASES)
@@ -249,6 +273,9 @@ RUNS = {
                                clip_grad_norm=1.0),
     "gd weight decay accumulate 2": dict(optimizer="gd", weight_decay=0.01, accumulate=2),
     "momentum weight decay": dict(optimizer="momentum", weight_decay=0.01, dtype="float64"),
+    "adam l2 and weight decay": dict(optimizer="adam", l2=0.01, weight_decay=0.01),
+    "gd l2 sharded, biases too": dict(optimizer="gd", l2=0.01, shard_optimizer=True, decay_biases=True,
+                                      dtype="float64"),
 }
 
 

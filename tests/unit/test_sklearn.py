@@ -36,15 +36,32 @@ FLOAT32_SUBSET = ("float32 predictions of a subset of rows differ from those of 
 # dtype → {check: why it cannot pass}; every other check must pass. Non-strict: the float32 classifier's
 # probabilities pass the subset check on this machine's OpenBLAS (reported as XPASS), the regressor's do not
 EXPECTED_FAILURES = {"float32": {"check_methods_subset_invariance": FLOAT32_SUBSET}}
+# scikit-learn yields these only for a fit that takes sample_weight, which ours does not yet (so today none runs):
+# listed so that they show as expected failures, not errors, once fit takes the parameter and until they pass
+SAMPLE_WEIGHT_CHECKS = ("check_sample_weights_pandas_series", "check_sample_weights_not_an_array",
+                        "check_sample_weights_list", "check_all_zero_sample_weights_error",
+                        "check_sample_weights_shape", "check_sample_weights_not_overwritten",
+                        "check_sample_weight_equivalence_on_dense_data",
+                        "check_sample_weight_equivalence_on_sparse_data")
+SAMPLE_WEIGHT_FAILURES = dict.fromkeys(SAMPLE_WEIGHT_CHECKS, "sample_weight: issue 29, not yet")
 
 
 def expected_failures(estimator) -> dict[str, str]:
-    return EXPECTED_FAILURES.get(estimator.dtype, {})
+    return {**SAMPLE_WEIGHT_FAILURES, **EXPECTED_FAILURES.get(estimator.dtype, {})}
+
+
+def as_scikit_learn_tests(cls, dtype="float32"):
+    """The instance scikit-learn's own tests check its MLPs with (sklearn/utils/_test_common/instance_generator.py:
+    max_iter=100, every other parameter its default: 100 hidden units, adam, alpha=1e-4, batch "auto")."""
+    return cls(max_iter=100, dtype=dtype)
 
 
 @quiet
 @parametrize_with_checks([small(MLPClassifier), small(MLPRegressor), small(MLPClassifier, "float64"),
-                          small(MLPRegressor, "float64")], expected_failed_checks=expected_failures)
+                          small(MLPRegressor, "float64"),
+                          *(as_scikit_learn_tests(cls, dtype) for cls in (MLPClassifier, MLPRegressor)
+                            for dtype in ("float32", "float64"))],
+                         expected_failed_checks=expected_failures)
 def test_passes_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -259,7 +276,9 @@ def test_reaching_max_iter_warns_of_no_convergence():
 
 @pytest.mark.parametrize("params,message", [
     (dict(solver="lbfgs"), "lbfgs.*not available"),
-    (dict(shuffle=False), "shuffle=False is not supported"),
+    (dict(shuffle="no"), "shuffle must be True or False"),
+    (dict(alpha=-1e-4), "alpha must be a number in \\[0, inf\\)"),
+    (dict(threads=0), "threads must be None or a positive integer"),
     (dict(activation="softplus"), "activation must be one of"),
     (dict(batch_size=0), "batch_size must be 'auto' or a positive integer"),
     (dict(momentum=1.0), "momentum must be a number in \\[0, 1\\)"),
@@ -272,9 +291,10 @@ def test_unusable_parameters_raise_value_errors_naming_them(params, message):
         MLPClassifier(**params).fit(X, y)
 
 
-def test_scikit_learn_parameters_distbp_lacks_are_not_accepted():
-    with pytest.raises(TypeError, match="alpha"):
-        MLPClassifier(alpha=1e-4)
+@pytest.mark.parametrize("param", ["nesterovs_momentum", "beta_1", "learning_rate", "max_fun"])
+def test_scikit_learn_parameters_distbp_lacks_are_not_accepted(param):
+    with pytest.raises(TypeError, match=param):
+        MLPClassifier(**{param: 0.5})
 
 
 @quiet
