@@ -28,7 +28,7 @@ import numpy as np
 from distbp.comm.base import Comm
 from distbp.comm.mpi import world
 from distbp.config import Config, from_values
-from distbp.data.datasets import from_arrays
+from distbp.data.datasets import check_weights, from_arrays
 from distbp.errors import ConfigError, DistbpError
 from distbp.host import numbacache, threads
 from distbp.nn import kernels
@@ -42,7 +42,8 @@ ARRAYS = "arrays"  # cfg.data of in-memory rows
 def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
         validation: tuple[np.ndarray, np.ndarray] | float | None = None, data: str | None = None,
         callback: Callable[[dict], object] | None = None, callback_every: int = 0, verbose: bool = True,
-        comm: Comm | None = None, **options) -> list[dict]:
+        comm: Comm | None = None, sample_weight: np.ndarray | None = None,
+        class_weight: str | dict | None = None, **options) -> list[dict]:
     """Train `model` in place, data-parallel over the MPI ranks; returns the metrics records (--metrics).
 
     X (rows, features), y (rows,) integer labels 0…K−1 or (rows, targets) float targets: rows every
@@ -50,6 +51,12 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     `distbp train --data` (a built-in name or a path) instead of X and y.
     validation: (X_val, y_val) held out and evaluated after every epoch, or a fraction of X's rows to
     hold out (the CLI's --test-fraction); None: no held-out rows (with `data`, the CLI's rules).
+    (X_val, y_val, w_val) gives the held-out rows weights too.
+    sample_weight (rows,): wₙ in the summed loss L = Σₙ wₙ lⁿ (finite, >= 0; 0 leaves a row out), riding
+    with its row through every split and layout; with lr_scale="mean" the step divides by the batch's Σ wₙ.
+    class_weight: "balanced" (wₙ = rows / (classes · rows of n's class), scikit-learn's rule, over all of y)
+    or {label: weight} (1 for the labels not named), multiplied into sample_weight; integer labels only.
+    The records' losses and accuracies are then weighted means ("weighted": True).
     callback(record): called on every rank after each epoch with its metrics, and every callback_every
     steps with a step record (epoch, step, running train_loss/train_accuracy); it returns True to stop
     training, else False or None (anything else stops it with a ConfigError naming it).
@@ -66,7 +73,8 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     numbacache.check_loaded(is_root=comm.rank == 0)
     err, cfg, dataset = None, None, None
     try:
-        cfg, dataset = _prepare(model, X, y, validation, data, callback, callback_every, verbose, options)
+        cfg, dataset = _prepare(model, X, y, validation, data, callback, callback_every, verbose, options,
+                                sample_weight, class_weight)
     except (DistbpError, ValueError, TypeError) as e:
         err = e if isinstance(e, DistbpError) else ConfigError(str(e))
     _agree_on_arguments(comm, err)  # [dist] a bad argument on any rank stops every rank, with the same error
@@ -138,7 +146,7 @@ def _what(value) -> str:
 
 
 def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_every: int, verbose: bool,
-             options: dict) -> tuple[Config, Callable | None]:
+             options: dict, sample_weight=None, class_weight=None) -> tuple[Config, Callable | None]:
     """The run's configuration and, for in-memory rows, a loader of their dataset (called inside set-up,
     where the ranks agree on its errors)."""
     if not isinstance(model, MLP):
@@ -155,7 +163,10 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_
     if X is not None:
         _check_rows(X, "X", "(rows, features)")
         _check_rows(y, "y", "of labels (rows,) or targets (rows, k)")
-    if isinstance(validation, (tuple, list)) and len(validation) == 2:
+    if (sample_weight is not None or class_weight is not None) and X is None:
+        raise ConfigError("sample_weight and class_weight go with X and y; a data spec brings its own weights "
+                          "(a w member of an .npz, w.npy in a folder, --weights COLUMN of a CSV)")
+    if isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
         _check_rows(validation[0], "validation's X_val", "(rows, features)")
         _check_rows(validation[1], "validation's y_val", "of labels (rows,) or targets (rows, k)")
     if not (isinstance(callback_every, numbers.Integral) and not isinstance(callback_every, (bool, np.bool_))
@@ -182,5 +193,44 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_
     if data is not None:
         return cfg, None
     pair = None if held_out else validation
+    weights = row_weights(y, sample_weight, class_weight)
+    if weights is not None:  # checked here, where a bad weight is a bad argument (a ValueError, as scikit-learn's)
+        try:
+            weights = check_weights(np.asarray(weights), len(X), "sample_weight")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return cfg, lambda: from_arrays(X, y, pair, name=ARRAYS, seed=cfg.seed,
-                                    test_fraction=cfg.test_fraction if held_out else 0.0, scale=cfg.scale)
+                                    test_fraction=cfg.test_fraction if held_out else 0.0, scale=cfg.scale,
+                                    sample_weight=weights)
+
+
+def row_weights(y, sample_weight=None, class_weight: str | dict | None = None) -> np.ndarray | None:
+    """Each row's weight: sample_weight (rows,) times its class's weight (class_weight "balanced" or
+    {label: weight}); None when neither is given. Raises ConfigError for what cannot be weights."""
+    if class_weight is None:
+        if sample_weight is None:
+            return None
+        _check_rows(sample_weight, "sample_weight", "of one weight per row (rows,)")
+        return np.asarray(sample_weight)
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ConfigError(f"class_weight needs integer class labels y (rows,), got {labels.dtype} {labels.shape}")
+    classes, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if isinstance(class_weight, str) and class_weight == "balanced":
+        per_class = len(labels) / (len(classes) * counts.astype(np.float64))
+    elif isinstance(class_weight, dict):
+        unknown = sorted(set(class_weight) - set(classes.tolist()), key=str)
+        if unknown:
+            raise ConfigError(f"class_weight names label(s) {unknown} that y does not hold "
+                              f"(its labels: {classes.tolist()})")
+        per_class = np.array([float(class_weight.get(c, 1.0)) for c in classes.tolist()])
+    else:
+        raise ConfigError(f'class_weight must be "balanced" or a dict {{label: weight}}, got {class_weight!r}')
+    weights = per_class[index]
+    if sample_weight is not None:
+        _check_rows(sample_weight, "sample_weight", "of one weight per row (rows,)")
+        given = np.asarray(sample_weight, np.float64)
+        if given.shape != weights.shape:
+            raise ConfigError(f"sample_weight must hold one weight per row ({len(weights)},), got {given.shape}")
+        weights = weights * given
+    return weights

@@ -37,9 +37,11 @@ class Config:
     loss: str = opt("cross_entropy", "cross_entropy (integer labels) or mse (one-hot or float targets)")
     dtype: str = opt("float32", "float32 or float64")
     scale: str = opt("auto", "feature scaling: auto, standardize, minmax, none")
-    test_fraction: float = opt(0.1, "held out when the data has no test split")
+    test_fraction: float = opt(0.1, "held out when the data has no test split (0: none)")
     init_from: str | None = opt(None, "start from the parameters of this model file (--save, model.save; its layers, "
                                       "activations and loss must match); a checkpoint found by --resume wins over it")
+    weights: str | None = opt(None, "the CSV column holding each row's weight wₙ in L = Σ wₙ lⁿ (an .npz's member w "
+                                    "and a folder's w.npy need no flag)")
     local_rows: bool = opt(False, "each rank loads only its own rows: {rank} in --data names its part (e.g. "
                                   "part{rank}.npz); a global batch is the ranks' pieces (docs/api.md)")
     # optimisation
@@ -151,8 +153,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
-    if not 0 < cfg.test_fraction < 1:
-        raise ConfigError(f"--test-fraction must be between 0 and 1, got {cfg.test_fraction}")
+    if not 0 <= cfg.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be at least 0 (0: no held-out rows) and below 1, got "
+                          f"{cfg.test_fraction}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.layers is not None and (len(cfg.layers) < 2 or any(s <= 0 for s in cfg.layers)):

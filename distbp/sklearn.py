@@ -40,7 +40,7 @@ Differences from scikit-learn's estimators:
   schedules (`learning_rate`, `power_t`: the rate is `learning_rate_init` throughout); no
   `nesterovs_momentum` (sgd momentum is heavy-ball, scikit-learn's nesterovs_momentum=False); no
   `beta_1`, `beta_2`, `epsilon` (Adam's are fixed at scikit-learn's defaults 0.9, 0.999, 1e-8; distbp
-  adds ε to the bias-corrected √v̂, scikit-learn before the correction); no `max_fun`; no `sample_weight`.
+  adds ε to the bias-corrected √v̂, scikit-learn before the correction); no `max_fun`.
 - `shuffle=True` draws distbp's permutations (seeded by `random_state`), not scikit-learn's; with
   shuffle=False both take the rows in their stored order every epoch.
 - `loss_`, `loss_curve_` and `best_loss_` are the data's mean loss without the penalty's (α/2)·‖W‖²/B
@@ -84,8 +84,9 @@ try:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.utils import check_random_state
+    from sklearn.utils.class_weight import compute_sample_weight
     from sklearn.utils.multiclass import check_classification_targets, unique_labels
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError as e:  # an optional dependency: say how to get it
     raise ImportError(f"distbp.sklearn needs scikit-learn ({e}): pip install distbp[sklearn]") from e
 
@@ -148,14 +149,16 @@ class _DistbpMLP(BaseEstimator):
 
     # ---- the public methods (the subclasses add predict, predict_proba, partial_fit) ----------------
 
-    def fit(self, X: ArrayLike, y: ArrayLike, *, comm: Comm | None = None) -> "_DistbpMLP":
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            comm: Comm | None = None) -> "_DistbpMLP":
         """Train for up to max_iter epochs from new parameters (from the fitted ones with warm_start).
 
         X (n_samples, n_features) numeric; y (n_samples,) labels or targets, or (n_samples, n_outputs)
-        targets (regressor). comm: the ranks to train over (default: all MPI ranks, or this process).
-        Returns self.
+        targets (regressor). sample_weight (n_samples,): each row's weight in the loss, Σₙ wₙ lⁿ / Σₙ wₙ per
+        batch (scikit-learn's weighted mean); >= 0, not all 0. comm: the ranks to train over (default: all
+        MPI ranks, or this process). Returns self.
         """
-        return self._fit(X, y, comm, incremental=False)
+        return self._fit(X, y, comm, incremental=False, sample_weight=sample_weight)
 
     @property
     def coefs_(self) -> list[np.ndarray]:
@@ -171,19 +174,20 @@ class _DistbpMLP(BaseEstimator):
 
     # ---- training -------------------------------------------------------------------------------------
 
-    def _fit(self, X, y, comm: Comm | None, incremental: bool, classes=None):
+    def _fit(self, X, y, comm: Comm | None, incremental: bool, classes=None, sample_weight=None):
         """fit (incremental=False) and partial_fit (True: one epoch, no stopping rule)."""
         self._check_params()
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
         X, y = validate_data(self, X, y, reset=not continuing, dtype=X_DTYPES, **self._target_checks())
+        weights = self._row_weights(sample_weight, X, y)
         targets = self._targets(y, continuing, classes)
         comm = world() if comm is None else comm
         if not continuing:
             self._start(X.shape[1], comm)
-        X_train, t_train, validation = X, targets, None
+        X_train, t_train, w_train, validation = X, targets, weights, None
         keeps_best = self.early_stopping and not incremental
         if keeps_best:
-            X_train, t_train, validation = self._hold_out(X, targets)
+            X_train, t_train, w_train, validation = self._hold_out(X, targets, weights)
         self._n_train = X_train.shape[0]
         seed = self._seed if self.n_iter_ == 0 else _derived_seed(self._seed, self.n_iter_)
         epochs = 1 if incremental else self.max_iter
@@ -197,6 +201,7 @@ class _DistbpMLP(BaseEstimator):
                                               "early_stop_metric": self.BEST_METRIC}
             history = distbp_fit(
                 self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
+                sample_weight=w_train,
                 callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
                 epochs=int(epochs), batch_size=self._batch_rows(X_train.shape[0], comm.is_root),
                 # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B
@@ -281,17 +286,35 @@ class _DistbpMLP(BaseEstimator):
                   "consecutive epochs. Stopping.")
         return self._stopped
 
-    def _hold_out(self, X: np.ndarray, targets: np.ndarray):
-        """(X_train, targets_train, (X_val, targets_val)): validation_fraction of the rows, stratified for
-        classifiers, drawn with the estimator's seed (the same rows on every rank)."""
+    def _hold_out(self, X: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
+        """(X_train, targets_train, weights_train, (X_val, targets_val[, weights_val])): validation_fraction of
+        the rows (with their weights), stratified for classifiers, drawn with the estimator's seed (the same
+        rows on every rank)."""
         stratify = targets if self.LOSS == "cross_entropy" else None
-        X_train, X_val, t_train, t_val = train_test_split(X, targets, test_size=float(self.validation_fraction),
-                                                          random_state=self._seed, stratify=stratify)
+        arrays = (X, targets) if weights is None else (X, targets, weights)
+        parts = train_test_split(*arrays, test_size=float(self.validation_fraction), random_state=self._seed,
+                                 stratify=stratify)
+        X_train, X_val, t_train, t_val = parts[:4]
+        w_train, w_val = (None, None) if weights is None else parts[4:]
         if X_val.shape[0] < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                              "of your dataset.")
         self._remember_validation(t_val)
-        return X_train, t_train, (X_val, t_val)
+        return X_train, t_train, w_train, (X_val, t_val) if w_val is None else (X_val, t_val, w_val)
+
+    def _row_weights(self, sample_weight, X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """Each row's weight: sample_weight (checked as scikit-learn checks it: (n_samples,), finite, >= 0, not
+        all 0) times the classifier's class_weight; None when neither is given."""
+        weights = None
+        if sample_weight is not None:
+            weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+            if not weights.any():
+                raise ValueError("Sample weights must contain at least one non-zero number.")
+        class_weight = getattr(self, "class_weight", None)
+        if class_weight is not None:
+            per_class = compute_sample_weight(class_weight, y)
+            weights = per_class if weights is None else weights * per_class
+        return weights
 
     def _remember_validation(self, t_val: np.ndarray) -> None:
         """Hook: what the validation score needs to know about the held-out targets."""
@@ -388,6 +411,8 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
     dtype: "float32" or "float64", what the network computes in.
     threads: threads per process, None for distbp's default; either way at most what OMP_NUM_THREADS,
     NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS allow (joblib's workers: cores // n_jobs).
+    class_weight: None, "balanced" (each class weighs n_samples / (n_classes · its rows), over the y of each
+    fit) or {label: weight}; multiplied into fit's sample_weight (distbp's; scikit-learn's MLP has none).
 
     Fitted attributes: classes_ (n_classes,), n_features_in_, n_outputs_ (= n_classes, also for two
     classes), n_layers_, out_activation_ ("softmax"), model_ (the distbp.MLP), coefs_, intercepts_,
@@ -399,16 +424,34 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
     OUT_ACTIVATION = "softmax"
     BEST_METRIC = "test_accuracy"  # distbp's held-out metric whose best epoch early stopping restores
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None, *,
-                    comm: Comm | None = None) -> "MLPClassifier":
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
+                 tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None, class_weight=None):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate_init=learning_rate_init, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
+                         momentum=momentum, early_stopping=early_stopping, validation_fraction=validation_fraction,
+                         n_iter_no_change=n_iter_no_change, dtype=dtype, threads=threads)
+        self.class_weight = class_weight
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        cw = self.class_weight
+        if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
+            raise ValueError(f'{type(self).__name__}: class_weight must be None, "balanced" or a dict '
+                             f"{{label: weight}}, got {cw!r}")
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None,
+                    sample_weight: ArrayLike | None = None, *, comm: Comm | None = None) -> "MLPClassifier":
         """One epoch over (X, y) from the current parameters (new ones on the first call).
 
         classes: every label y may ever hold, required on the first call (as in scikit-learn).
-        Returns self.
+        sample_weight (n_samples,): as in fit. Returns self.
         """
         if not hasattr(self, "model_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, comm, incremental=True, classes=classes)
+        return self._fit(X, y, comm, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """The most probable class of each row (n_samples,), as labels of classes_."""
@@ -468,9 +511,11 @@ class MLPRegressor(RegressorMixin, _DistbpMLP):
     # convention, and the epoch of the lowest loss is restored)
     BEST_METRIC = "test_loss"
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike, *, comm: Comm | None = None) -> "MLPRegressor":
-        """One epoch over (X, y) from the current parameters (new ones on the first call). Returns self."""
-        return self._fit(X, y, comm, incremental=True)
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None, *,
+                    comm: Comm | None = None) -> "MLPRegressor":
+        """One epoch over (X, y) from the current parameters (new ones on the first call); sample_weight as in
+        fit. Returns self."""
+        return self._fit(X, y, comm, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predictions (n_samples,) for a model fitted on 1-D y, else (n_samples, n_outputs); float64."""

@@ -41,6 +41,7 @@ class Split:
     offset: np.ndarray  # (n_features,) float64, subtracted from each row in gather
     factor: np.ndarray  # (n_features,) float64, multiplied into each row after the offset
     n_classes: int | None  # number of classes for integer labels, None for float targets
+    w: np.ndarray | None = None  # (n_rows,) float64 per-row weights of L = Σₙ wₙ lⁿ, finite and >= 0; None: all 1
     _cast: dict = field(default_factory=dict, init=False, repr=False)  # offset/factor cast per output dtype
 
     @property
@@ -51,11 +52,12 @@ class Split:
         """All labels (n_rows,) int64, or targets (n_rows, n_targets); do not modify."""
         return self.y
 
-    def gather(self, rows: np.ndarray, X_out: np.ndarray, y_out: np.ndarray) -> None:
+    def gather(self, rows: np.ndarray, X_out: np.ndarray, y_out: np.ndarray, w_out: np.ndarray | None = None) -> None:
         """Write scaled features of `rows` (int64, any order) into X_out (len(rows), n_features).
 
         y_out is int64 (len(rows),) for class labels, or float (len(rows), n_targets):
-        one-hot rows for integer labels, a copy for float targets.
+        one-hot rows for integer labels, a copy for float targets. w_out (len(rows),): the rows' weights
+        (this split must have them), cast to w_out's dtype.
         """
         n = len(rows)
         if X_out.shape != (n, self.X.shape[1]):
@@ -64,6 +66,8 @@ class Split:
             raise IndexError(f"rows must lie in [0, {self.n_rows}), got {rows.min()}..{rows.max()}")
         self._gather_features(rows, X_out)
         self._gather_labels(rows, y_out)
+        if w_out is not None:
+            w_out[...] = self.w[rows]
 
     def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> None:
         source_rows = rows if self.index is None else np.take(self.index, rows)
@@ -121,7 +125,7 @@ class Dataset:
         """This dataset with another scaling and class count (agreed over the ranks that each hold their own
         rows, see distbp.data.localdata); the rows themselves are shared, not copied."""
         def split(s: Split | None) -> Split | None:
-            return None if s is None else Split(s.X, s.y, s.index, offset, factor, n_classes)
+            return None if s is None else Split(s.X, s.y, s.index, offset, factor, n_classes, s.w)
         return dataclasses.replace(self, train=split(self.train), test=split(self.test), n_classes=n_classes,
                                    n_targets=n_classes if n_classes else self.n_targets, scaling=scaling)
 
@@ -150,13 +154,22 @@ class Dataset:
             X = np.empty((len(rows), self.n_features), np.float64)
             y = (np.empty(len(rows), np.int64) if split.y.ndim == 1 else np.empty((len(rows), self.n_targets)))
             split.gather(rows, X, y)
-            for a in (np.array([split.n_rows]), split.offset, split.factor, X, y):
+            weights = () if split.w is None else (split.w,)
+            for a in (np.array([split.n_rows]), split.offset, split.factor, X, y, *weights):
                 h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
 
-def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto") -> Dataset:
-    """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md)."""
+def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto",
+                 weights: str | None = None) -> Dataset:
+    """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md).
+
+    weights: the CSV column holding each row's weight (an .npz's member w and a folder's w.npy are read
+    without it)."""
+    name, _, _ = spec.partition(":")
+    if weights is not None and (name in BUILTINS or Path(spec).suffix != ".csv"):
+        raise ValueError(f"--weights names a column of a CSV, and {spec} is no CSV: an .npz holds its rows' "
+                         "weights as a member w, a folder as w.npy")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if not 0 <= test_fraction < 1:
@@ -190,7 +203,7 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
     if not (path.is_file() or path.is_dir()):  # a FIFO, a device, a socket: reading would block or never end
         raise ValueError(f"{path}: not a regular file or a directory")
     try:
-        arrays, files = _read(path)
+        arrays, files = _read(path, weights)
         return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files)
     except MemoryError:
         raise ValueError(f"{path}: not enough memory to load it; a folder of .npy files is memory-mapped, so "
@@ -212,12 +225,14 @@ def cache_entry(spec: str, seed: int = 0, test_fraction: float = 0.1) -> Path | 
     return datacache.entry_for("synthetic", keys, seed, test_fraction, features_bytes)
 
 
-def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None = None, *,
-                name: str = "arrays", seed: int = 0, test_fraction: float = 0.0, scale: str = "auto") -> Dataset:
+def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple | None = None, *,
+                name: str = "arrays", seed: int = 0, test_fraction: float = 0.0, scale: str = "auto",
+                sample_weight: np.ndarray | None = None) -> Dataset:
     """A dataset of in-memory arrays, checked, split and scaled exactly like a file's (`_build`).
 
     X (rows, features) numeric; y (rows,) integer class labels 0…K−1 or (rows, targets) float targets;
-    validation: (X_test, y_test) as the held-out split, else test_fraction of X's rows (0: none).
+    validation: (X_test, y_test) or (X_test, y_test, w_test) as the held-out split, else test_fraction of
+    X's rows (0: none). sample_weight (rows,): each row's weight wₙ in L = Σₙ wₙ lⁿ (finite, >= 0).
     The arrays are used in place when they need no conversion (never modified).
     """
     if scale not in SCALES:
@@ -225,11 +240,16 @@ def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple[np.ndarray, np.n
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     arrays = {"X": _as_array(X, "X"), "y": _as_array(y, "y")}
+    if sample_weight is not None:
+        arrays["w"] = _as_array(sample_weight, "sample_weight")
     if validation is not None:
-        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
-            raise ValueError("validation must be a pair (X_val, y_val)")
+        if not (isinstance(validation, (tuple, list)) and len(validation) in (2, 3)):
+            raise ValueError("validation must be a pair (X_val, y_val) or a triple (X_val, y_val, w_val)")
         arrays["X_test"], arrays["y_test"] = _as_array(validation[0], "X_val"), _as_array(validation[1], "y_val")
-    return _build(name, name, arrays, seed, test_fraction, scale)
+        if len(validation) == 3 and validation[2] is not None:
+            arrays["w_test"] = _as_array(validation[2], "w_val")
+    return _build(name, name, arrays, seed, test_fraction, scale,
+                  names={"w": "sample_weight", "w_test": "the validation weights"})
 
 
 def _as_array(a, what: str) -> np.ndarray:
@@ -239,7 +259,7 @@ def _as_array(a, what: str) -> np.ndarray:
         raise ValueError(f"{what} is not an array: {e}") from None
 
 
-def _read(path: Path) -> tuple[dict, dict | None]:
+def _read(path: Path, weights: str | None = None) -> tuple[dict, dict | None]:
     """The raw arrays of a file or folder, and for a folder the file each array came from (errors name it)."""
     if path.is_dir():
         return (formats.read_npy_directory(path) if (path / "X.npy").exists()
@@ -247,7 +267,7 @@ def _read(path: Path) -> tuple[dict, dict | None]:
     if path.suffix == ".npz":
         return formats.read_npz(path), None
     if path.suffix == ".csv":
-        return formats.read_csv(path), None
+        return formats.read_csv(path, weights), None
     raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
 
 
@@ -342,12 +362,17 @@ def _digits() -> dict:
 
 
 def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float, scale: str,
-           n_classes: int | None = None, files: dict | None = None, known_parts: dict | None = None) -> Dataset:
-    """Validate X, y (and X_test, y_test), hold out a test split if none is given, compute the scaling.
+           n_classes: int | None = None, files: dict | None = None, known_parts: dict | None = None,
+           names: dict | None = None) -> Dataset:
+    """Validate X, y, w (and X_test, y_test, w_test), hold out a test split if none is given, compute the
+    scaling. w: per-row weights (optional; the held-out rows keep theirs).
 
-    known_parts: `scaling_part` of the training rows by scale, already known (the data cache keeps them)."""
-    names = {key: f"{key} ({files[key] if files else source})" for key in arrays}
+    known_parts: `scaling_part` of the training rows by scale, already known (the data cache keeps them).
+    names: what to call an array in errors, where not "<key> (<file>)"."""
+    names = {key: f"{key} ({files[key] if files else source})" for key in arrays} | (names or {})
     X, y = _check_arrays(arrays["X"], arrays["y"], names["X"], names["y"])
+    w = check_weights(arrays["w"], len(X), names["w"]) if "w" in arrays else None
+    w_test = None
     if "X_test" in arrays:
         X_test, y_test = _check_arrays(arrays["X_test"], arrays["y_test"], names["X_test"], names["y_test"])
         if X_test.shape[1] != X.shape[1]:
@@ -355,10 +380,14 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
         if (y_test.ndim == 1) != (y.ndim == 1) or y_test.shape[1:] != y.shape[1:]:
             raise ValueError(f"{source}: y_test ({y_test.dtype} {y_test.shape}) does not match y ({y.dtype} {y.shape})")
         train_index, test_index = None, None
+        if "w_test" in arrays:
+            w_test = check_weights(arrays["w_test"], len(X_test), names["w_test"])
     elif test_fraction > 0:
         train_index, test_index = _held_out(len(X), seed, test_fraction, source)
         X_test, y_test = X, y[test_index]
         y = y[train_index]
+        if w is not None:
+            w, w_test = w[train_index], w[test_index]
     else:
         X_test = y_test = train_index = test_index = None
     if not isinstance(X, np.memmap) and train_index is not None:
@@ -379,8 +408,8 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
         n_classes = None
     part = (known_parts or {}).get(scale) or scaling_part(X, train_index, scale)
     offset, factor, scaling = scaling_from_parts([part], scale)
-    train = Split(X, y, train_index, offset, factor, n_classes)
-    test = None if X_test is None else Split(X_test, y_test, test_index, offset, factor, n_classes)
+    train = Split(X, y, train_index, offset, factor, n_classes, w)
+    test = None if X_test is None else Split(X_test, y_test, test_index, offset, factor, n_classes, w_test)
     n_targets = n_classes if classification else y.shape[1]
     return Dataset(name, train, test, X.shape[1], n_classes, n_targets, scaling)
 
@@ -414,6 +443,21 @@ def _check_arrays(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> tup
         raise ValueError(f"{y_name}: non-integer labels (dtype {y.dtype}); store class labels as integers, "
                          f"or regression targets as a 2-D float array (rows, targets)")
     raise ValueError(f"{y_name} must be integer labels (rows,) or float targets (rows, k), got {y.dtype} {y.shape}")
+
+
+def check_weights(w: np.ndarray, rows: int, what: str) -> np.ndarray:
+    """Per-row weights as float64 (rows,): finite and >= 0 (a zero weight leaves its row out of L and ∇L)."""
+    if w.ndim != 1 or len(w) != rows:
+        raise ValueError(f"{what} must hold one weight per row ({rows},), got shape {w.shape}")
+    if w.dtype.kind not in "iuf" or w.dtype.kind == "b":
+        raise ValueError(f"{what} must be numbers, got dtype {w.dtype}")
+    w = np.array(w, np.float64)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what}: weights must be finite and >= 0; row {first} has {w[first]} "
+                         f"({int(bad.sum())} such row(s))")
+    return w
 
 
 def _check_finite(A: np.ndarray, what: str) -> None:

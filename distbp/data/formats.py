@@ -27,7 +27,7 @@ def read_npz(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as archive:
             if "X" not in archive.files or "y" not in archive.files:
                 raise ValueError(f"needs arrays 'X' and 'y', found {archive.files}")
-            keys = [key for key in ("X", "y", "X_test", "y_test") if key in archive.files]
+            keys = [key for key in ("X", "y", "w", "X_test", "y_test", "w_test") if key in archive.files]
             # the members' headers say how big they are: refuse what cannot fit before decompressing any
             check_fits_memory(path, sum(_npz_member_bytes(archive, key) for key in keys), "its arrays")
             return {key: archive[key] for key in keys}
@@ -63,6 +63,7 @@ def read_npy_directory(path: Path) -> tuple[dict, dict]:
     if (path / "X_test.npy").exists() != (path / "y_test.npy").exists():
         raise FileNotFoundError(f"{path}: X_test.npy and y_test.npy must both be present or both absent")
     keys = ("X", "y", "X_test", "y_test") if (path / "X_test.npy").exists() else ("X", "y")
+    keys += tuple(key for key in ("w", "w_test") if (path / f"{key}.npy").exists())  # the rows' weights
     return {key: _npy(path / f"{key}.npy") for key in keys}, {key: path / f"{key}.npy" for key in keys}
 
 
@@ -219,8 +220,9 @@ def read_idx_directory(path: Path) -> tuple[dict, dict]:
 CSV_CHUNK_ROWS = 4096  # rows parsed into Python floats at a time, then packed into a float64 block
 
 
-def read_csv(path: Path) -> dict:
-    """Header row, then numeric rows; the label column is 'label' if present, else the last one.
+def read_csv(path: Path, weights: str | None = None) -> dict:
+    """Header row, then numeric rows; the label column is 'label' if present, else the last one; the column
+    named `weights` (if given) holds each row's weight, returned as "w" and not a feature.
 
     Bounded: rows are parsed a block at a time into float64 arrays, so the reader holds the table's
     8 bytes per cell plus one block of Python floats. After each block it projects the table's rows
@@ -244,17 +246,25 @@ def read_csv(path: Path) -> dict:
     with open(path, "rb") as stream:
         reader = csv.reader(text_lines(stream))
         try:
-            return _read_csv_rows(path, reader, size, consumed)
+            return _read_csv_rows(path, reader, size, consumed, weights)
         except csv.Error as error:  # a field past csv's limit, a broken quote
             raise ValueError(f"{path}: line {reader.line_num}: not a CSV table ({error})") from None
 
 
-def _read_csv_rows(path: Path, reader, size: int, consumed: list[int]) -> dict:
+def _read_csv_rows(path: Path, reader, size: int, consumed: list[int], weights: str | None = None) -> dict:
     """read_csv's table from `reader`, a block of CSV_CHUNK_ROWS rows at a time (see read_csv)."""
     header = next(reader, None)
     if not header:
         raise ValueError(f"{path}: empty dataset (no header row)")
     label = header.index("label") if "label" in header else len(header) - 1
+    weight = None
+    if weights is not None:
+        if weights not in header:
+            raise ValueError(f"{path}: no column {weights!r} for the weights; its columns are {', '.join(header)}")
+        weight = header.index(weights)
+        if weight == label:
+            raise ValueError(f"{path}: column {weights!r} is the label column; the weights need a column of "
+                             "their own")
     blocks, block, rows = [], [], 0
     for line, row in enumerate(reader, start=2):
         if not row:
@@ -285,7 +295,9 @@ def _read_csv_rows(path: Path, reader, size: int, consumed: list[int]) -> dict:
     if not (np.isfinite(y) & (y == np.round(y))).all():
         bad = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
         raise ValueError(f"{path}: non-integer label {float(y[bad])!r} on line {bad + 2}")
-    return {"X": np.delete(table, label, axis=1), "y": y.astype(np.int64)}
+    if weight is None:
+        return {"X": np.delete(table, label, axis=1), "y": y.astype(np.int64)}
+    return {"X": np.delete(table, [label, weight], axis=1), "y": y.astype(np.int64), "w": table[:, weight].copy()}
 
 
 def is_number(cell: str) -> bool:

@@ -10,6 +10,8 @@ exact"). A batch plan says which rows a rank computes at each step: `SharedRows`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -105,6 +107,13 @@ class SharedRows:
         """(start, stop) of the held-out rows this rank scores, and the rows scored over all ranks."""
         return (*rank_slice(n_rows, self.rank, self.size), n_rows)
 
+    def batch_weights(self, epoch: int, w: np.ndarray) -> list[float]:
+        """Σ wₙ of each global batch of `epoch` (w: the training rows' weights), correctly rounded (math.fsum):
+        the same bits on every rank and layout, as the divisor of --lr-scale mean."""
+        perm = (epoch_permutation(self.n_rows, self.seed, epoch) if self.shuffle
+                else np.arange(self.n_rows, dtype=np.int64))
+        return [math.fsum(w[perm[start:stop]]) for start, stop in self.bounds]
+
 
 class LocalRows:
     """Each rank holds its own rows (counts[r] on rank r, N in all), as with data too big for one node.
@@ -145,3 +154,7 @@ class LocalRows:
 
     def eval_share(self, n_rows: int) -> tuple[int, int, int]:
         return 0, n_rows, sum(self.test_counts)
+
+    def batch_weights(self, epoch: int, w: np.ndarray) -> None:
+        """None: a global batch's rows are spread over the ranks, which sum their weights in the step."""
+        return None

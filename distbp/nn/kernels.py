@@ -251,6 +251,37 @@ def count_correct_onehot(out, targets):
     return c
 
 
+@njit(cache=True, nogil=True)
+def weight_rows(delta, row_loss, w):
+    """The weighted sum L = Σₙ wₙ lⁿ: δₙ ← wₙ·δₙ and lₙ ← wₙ·lₙ, in place. delta (n, k), row_loss (n,) and
+    w (n,) in the model's dtype. Every layer below gets its δ from this one, so ∂L/∂θ is weighted too."""
+    for i in range(delta.shape[0]):
+        wi = w[i]
+        for j in range(delta.shape[1]):
+            delta[i, j] *= wi
+        row_loss[i] *= wi
+
+
+@njit(cache=True, nogil=True)
+def weighted_correct(out, labels, w):
+    """Σ wₙ over the rows whose largest output is the label (count_correct, weighted); as float64."""
+    c = 0.0
+    for i in range(out.shape[0]):
+        if _argmax_row(out, i) == labels[i]:
+            c += w[i]
+    return c
+
+
+@njit(cache=True, nogil=True)
+def weighted_correct_onehot(out, targets, w):
+    """weighted_correct for one-hot (or float) targets (n, k)."""
+    c = 0.0
+    for i in range(out.shape[0]):
+        if _argmax_row(out, i) == _argmax_row(targets, i):
+            c += w[i]
+    return c
+
+
 # ---- a process forked from one whose kernels ran --------------------------------------------------
 # GNU OpenMP (Numba's "omp" threading layer here) cannot run in a child forked from a process that used it:
 # Numba's first parallel launch there prints "Terminating: fork() called from a process already using GNU

@@ -232,8 +232,10 @@ class MLP:
 
     def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
                            hooks: BackwardHooks | None = None, progress_chunks: int = 1,
-                           validate: bool = True, workspace: Workspace | None = None) -> float:
-        """The hot path: write ∂L/∂θ for the batch into `grad` (flat, n_params) and return L = Σₙ lⁿ.
+                           validate: bool = True, workspace: Workspace | None = None,
+                           w: np.ndarray | None = None) -> float:
+        """The hot path: write ∂L/∂θ for the batch into `grad` (flat, n_params) and return L = Σₙ lⁿ
+        (L = Σₙ wₙ lⁿ with per-row weights w (n,) in the model's dtype).
 
         X (n, inputs) in the model's dtype; y (n,) int labels or (n, outputs) targets.
         An empty batch (a rank's empty shard) gives L = 0 and zero gradients.
@@ -265,6 +267,8 @@ class MLP:
         delta = ws.delta[L][:n]
         row_loss = ws.row_loss[:n]
         self.loss.loss_delta(ws.z[L][:n], y, ws.a[L][:n], delta, row_loss)
+        if w is not None:  # ∂(wₙ lⁿ)/∂z = wₙ·∂lⁿ/∂z: the weights enter once, at the output
+            kernels.weight_rows(delta, row_loss, w)
         loss = kernels.ordered_sum(row_loss)
 
         for l in range(L, -1, -1):
@@ -329,17 +333,22 @@ class MLP:
         out *= self.feature_factor.astype(self.dtype)
         return out
 
-    def count_correct(self, y: np.ndarray, workspace: Workspace | None = None) -> float:
+    def count_correct(self, y: np.ndarray, workspace: Workspace | None = None, w: np.ndarray | None = None) -> float:
         """Correct predictions of the last forward pass over y's rows: labels (n,), or one-hot targets (n, outputs)
-        compared by argmax. workspace: the one that pass used, if not the model's own."""
+        compared by argmax; with weights w (n,), the sum of the correct rows' weights. workspace: the one that
+        pass used, if not the model's own."""
         if y.shape[0] == 0:
             return 0.0
         out = (self._ws if workspace is None else workspace).a[-1][:y.shape[0]]
+        if w is not None:
+            return float(kernels.weighted_correct(out, y, w) if y.ndim == 1
+                         else kernels.weighted_correct_onehot(out, y, w))
         return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
-    def loss_into(self, X: np.ndarray, y: np.ndarray, workspace: Workspace | None = None) -> float:
-        """L = Σₙ lⁿ over the rows of X without gradients (evaluation); count_correct reads its outputs
-        (from `workspace`, if given, instead of the model's own)."""
+    def loss_into(self, X: np.ndarray, y: np.ndarray, workspace: Workspace | None = None,
+                  w: np.ndarray | None = None) -> float:
+        """L = Σₙ lⁿ (Σₙ wₙ lⁿ with weights w) over the rows of X without gradients (evaluation); count_correct
+        reads its outputs (from `workspace`, if given, instead of the model's own)."""
         n = X.shape[0]
         if n == 0:
             return 0.0
@@ -347,6 +356,8 @@ class MLP:
         self._forward(X, ws, n)
         z = ws.z[-1][:n]
         self.loss.loss_delta(z, y, ws.a[-1][:n], z, ws.row_loss[:n])
+        if w is not None:
+            kernels.weight_rows(z, ws.row_loss[:n], w)
         return kernels.ordered_sum(ws.row_loss[:n])
 
 

@@ -36,9 +36,9 @@ from distbp.nn import kernels
 from distbp.nn.model import MLP, layer_slices_of
 from distbp.nn.optim import OPTIMIZERS, Segments, make_optimizer, segments_of
 
-# gather(rows, into=None) -> (X, y): the training rows `rows` (int64 indices) as views of this rank's
+# gather(rows, into=None) -> (X, y, w): the training rows `rows` (int64 indices) as views of this rank's
 # buffers, or of `into` (a distbp.train.run.BatchBuffers of the strategy's own, for threads gathering at once)
-Gather = Callable[..., tuple[np.ndarray, np.ndarray]]
+Gather = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray | None]]  # (X, y, w): w None without weights
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,15 @@ class BucketedSync(GradientSync):
         loss = correct = 0.0
         for i in range(K):
             a, b = rank_slice(k, i, K)
-            X, y = gather(rows[a:b])
+            X, y, w = gather(rows[a:b])
             last = i == K - 1
             # micro-batch 0 starts acc; later ones go into grad (then added to acc, or, for the last, acc
             # is added into grad layer by layer so that finished buckets can leave during the backward pass)
             target = self.grad if (last or i > 0) else self.acc
             hooks = (AddAccumulated(self.acc, self.grad, model.layer_slices, self.reducer) if K > 1
                      else self.reducer) if last else None
-            loss += model.loss_and_grad_into(X, y, target, hooks=hooks, progress_chunks=4, validate=False)
-            correct += model.count_correct(y) if b > a else 0.0
+            loss += model.loss_and_grad_into(X, y, target, hooks=hooks, progress_chunks=4, validate=False, w=w)
+            correct += model.count_correct(y, w=w) if b > a else 0.0
             if 0 < i < K - 1:
                 self.acc += self.grad
         return loss, correct

@@ -197,9 +197,9 @@ class ExactSync(ReplicatedUpdate, GradientSync):
             ws, buffers, block_grad, acc = self._lanes[k]
             acc[...] = 0
             for b in range(k, n_blocks, self.lanes):
-                X, y = gather(rows[b * mb:(b + 1) * mb], into=buffers)
-                losses[b] = self.model.loss_and_grad_into(X, y, block_grad, validate=False, workspace=ws)
-                corrects[b] = self.model.count_correct(y, workspace=ws)
+                X, y, w = gather(rows[b * mb:(b + 1) * mb], into=buffers)
+                losses[b] = self.model.loss_and_grad_into(X, y, block_grad, validate=False, workspace=ws, w=w)
+                corrects[b] = self.model.count_correct(y, workspace=ws, w=w)
                 maxima[b] = add_fixed_point(acc, block_grad, scale)
 
         others = [self._pool.submit(lane, k) for k in range(1, self.lanes)]

@@ -94,9 +94,9 @@ def _nan_in_first_row(gather):
     pending = [True]
 
     def poisoned(rows, **kw):
-        X, y = gather(rows, **kw)
+        X, y, w = gather(rows, **kw)
         if pending[0] and X.shape[0]:
             X[0, 0] = np.nan
             pending[0] = False
-        return X, y
+        return X, y, w
     return poisoned

@@ -20,6 +20,7 @@ order: one per epoch, as always, and one per mid-epoch evaluation, told apart by
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Callable, TextIO
@@ -38,11 +39,14 @@ Callback = Callable[[dict], object]
 
 # ---- one step ---------------------------------------------------------------------------------
 
-def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, float]:
+def train_step(run: Run, rows: np.ndarray, batch_rows: int,
+               batch_weight: float | None = None) -> tuple[float, float, float]:
     """One global batch, steps 2–4 of the module docstring on this rank's rows (step 1).
 
     rows: this rank's rows of the batch (indices into the training split); batch_rows: B, the global
-    batch's rows. Returns (Σ loss, correct) over all ranks.
+    batch's rows. With per-row weights, batch_weight is the global batch's Σ wₙ when every rank knows it
+    (`plan.batch_weights`), else None: the ranks add their rows' weights in the step's scalar sum.
+    Returns (Σ loss, correct, Σ wₙ) over all ranks (Σ wₙ = B without weights).
     """
     sync, inst = run.sync, run.instruments
     # pos.step is read at each use: a test's desync fault moves it inside the local gradient
@@ -52,13 +56,17 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int) -> tuple[float, floa
         with inst.comm("finish"):
             sync.finish()  # [dist] 3: ∇L (or this rank's part of it), identical on every rank
         with inst.comm("scalar allreduce"):
-            totals = agreed_totals(run, loss, correct, sync.all_finite())  # [dist] 3: the verdict
+            w = run.data.train.w
+            mine = 0.0 if w is None or batch_weight is not None else math.fsum(w[rows])
+            totals = agreed_totals(run, loss, correct, sync.all_finite(), mine)  # [dist] 3: the verdict
+    weight = (float(batch_rows) if run.data.train.w is None else
+              batch_weight if batch_weight is not None else float(totals[5]))
     with inst.compute():  # the update counts as compute
-        update(run, totals, batch_rows)  # 4
-    return float(totals[0]), float(totals[1])
+        update(run, totals, weight)  # 4
+    return float(totals[0]), float(totals[1]), weight
 
 
-def update(run: Run, totals: np.ndarray, batch_rows: int) -> None:
+def update(run: Run, totals: np.ndarray, batch_rows: float) -> None:
     """Step 4: θ ← θ − η·s·∇L on every rank if the ranks agreed that loss and ∇L are finite (`totals` from
     `agreed_totals`), else the non-finite policy."""
     sync = run.sync
@@ -71,11 +79,12 @@ def update(run: Run, totals: np.ndarray, batch_rows: int) -> None:
         handle_nonfinite(run, totals[0], sync.nonfinite_layers())
 
 
-def agreed_totals(run: Run, loss: float, correct: float, finite: bool) -> np.ndarray:
-    """[dist] Σ over ranks of (loss, correct, ranks with NaN/Inf in ∇L, step, step²); raises if the ranks
-    are not all at the same step (p·Σs² − (Σs)² is 0 exactly then, and every rank sees the same value)."""
+def agreed_totals(run: Run, loss: float, correct: float, finite: bool, weight: float = 0.0) -> np.ndarray:
+    """[dist] Σ over ranks of (loss, correct, ranks with NaN/Inf in ∇L, step, step², weight); raises if the
+    ranks are not all at the same step (p·Σs² − (Σs)² is 0 exactly then, and every rank sees the same value).
+    weight: this rank's rows' Σ wₙ where the ranks must add them (local rows with weights), else 0."""
     step = float(run.pos.step)
-    totals = run.comm.sum_scalars([loss, correct, 0.0 if finite else 1.0, step, step * step])
+    totals = run.comm.sum_scalars([loss, correct, 0.0 if finite else 1.0, step, step * step, weight])
     p = run.comm.size
     if p * totals[4] - totals[3] ** 2 != 0:
         raise DistbpError(f"ranks are out of step: this batch is step {run.pos.step} on rank {run.comm.rank}, "
@@ -84,8 +93,9 @@ def agreed_totals(run: Run, loss: float, correct: float, finite: bool) -> np.nda
     return totals
 
 
-def lr_scale(cfg: Config, batch_rows: int) -> float:
-    """s in θ ← θ − η·s·∇L: 1 for the summed loss (the seed's), 1/B for the mean over the global batch."""
+def lr_scale(cfg: Config, batch_rows: float) -> float:
+    """s in θ ← θ − η·s·∇L: 1 for the summed loss (the seed's), 1/B for the mean over the global batch (1/Σ wₙ,
+    the weighted mean, with per-row weights: scikit-learn's rule)."""
     return 1.0 if cfg.lr_scale == "sum" else 1.0 / batch_rows
 
 
@@ -150,7 +160,7 @@ def end_epoch(run: Run, elapsed: float, callback: Callback | None, metrics_file:
     stop = asks_to_stop(run, callback, record) or early
     pos.epoch += 1
     pos.batch = 0
-    pos.loss_sum = pos.correct = pos.seen = 0.0
+    pos.loss_sum = pos.correct = pos.seen = pos.weight = 0.0
     if cfg.checkpoint_dir and (pos.epoch % cfg.checkpoint_every == 0 or pos.epoch == cfg.epochs or stop):
         with run.instruments.span("checkpoint", step=pos.step):
             save(run)
@@ -188,18 +198,22 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
     Returns False if the callback or early stopping stopped it before its end (see `fit`)."""
     cfg, pos, inst = run.cfg, run.pos, run.instruments
     batches = run.plan.epoch(pos.epoch)  # (this rank's rows, the global batch's rows) per step
+    w = run.data.train.w
+    weights = None if w is None else run.plan.batch_weights(pos.epoch, w)  # None: summed in each step
     bar = Progress(len(batches), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.progress, run.comm.is_root)
     while pos.batch < len(batches):
         rows, batch_rows = batches[pos.batch]
         inst.trace.at_step(pos.step)  # --trace: write the last step's events; the --trace-steps window
         with inst.span("step", step=pos.step, epoch=pos.epoch):
-            loss, correct = train_step(run, rows, batch_rows)
+            loss, correct, weight = train_step(run, rows, batch_rows,
+                                               None if weights is None else weights[pos.batch])
         pos.loss_sum += loss
         pos.correct += correct
         pos.seen += batch_rows
+        pos.weight += weight
         pos.batch += 1
         pos.step += 1
-        bar.update(pos.batch, pos.loss_sum / pos.seen)
+        bar.update(pos.batch, pos.loss_sum / report.counted(run, pos))
         if cfg.check_every and pos.step % cfg.check_every == 0:
             with inst.section("parameter check", pos.step):
                 run.comm.check_identical(run.model.flat_params, pos.step)  # [dist] ranks still agree?
@@ -238,11 +252,15 @@ def evaluate(run: Run) -> tuple[float, float | None]:
     split, model, comm = run.data.test, run.model, run.comm
     r0, r1, n = run.plan.eval_share(split.n_rows)
     chunk = run.sync.rows_at_once  # the rows the buffers and the model's workspace hold
-    loss_sum = correct = 0.0
+    loss_sum = correct = weight = 0.0
     with run.instruments.section("evaluation", run.pos.step):
         for s in range(r0, r1, chunk):
-            X, y = run.batch.gather(split, np.arange(s, min(s + chunk, r1), dtype=np.int64))
-            loss_sum += model.loss_into(X, y)
-            correct += model.count_correct(y)
-        totals = comm.sum_scalars([loss_sum, correct])
+            rows = np.arange(s, min(s + chunk, r1), dtype=np.int64)
+            X, y, w = run.batch.gather(split, rows)
+            loss_sum += model.loss_into(X, y, w=w)
+            correct += model.count_correct(y, w=w)
+            weight += 0.0 if w is None else math.fsum(split.w[rows])
+        totals = comm.sum_scalars([loss_sum, correct, weight])
+    if split.w is not None:  # the weighted means: Σ wₙ lⁿ / Σ wₙ (0/0 when every weight is 0: no rows count)
+        n = totals[2] if totals[2] > 0 else float("nan")
     return totals[0] / n, (totals[1] / n if run.data.n_classes else None)

@@ -21,6 +21,7 @@ class Position:
     loss_sum: float = 0.0
     correct: float = 0.0
     seen: float = 0.0
+    weight: float = 0.0  # Σ wₙ of the rows seen, with per-row weights (the epoch metrics' denominator then)
     # early stopping and --save-best (distbp.train.stopping): the best held-out metric so far, the step after which
     # it was measured, and the evaluations since then (defaults: what checkpoints from before them mean)
     best: float | None = None

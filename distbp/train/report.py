@@ -16,6 +16,14 @@ from typing import TextIO
 from distbp.train.run import Run
 
 
+def counted(run: Run, pos) -> float:
+    """What the epoch's running loss and accuracy are divided by: the rows seen, or with per-row weights their
+    Σ wₙ (the weighted means; NaN while every weight seen was 0)."""
+    if run.data.train.w is None:
+        return max(pos.seen, 1)
+    return pos.weight if pos.weight > 0 else float("nan")
+
+
 def epoch_record(run: Run, elapsed: float, test: tuple[float, float | None] | None) -> dict:
     """[dist] The epoch's record (its --metrics line), from the position and timers at its end.
 
@@ -26,8 +34,9 @@ def epoch_record(run: Run, elapsed: float, test: tuple[float, float | None] | No
     stats = run.sync.stats
     return {
         "epoch": pos.epoch + 1,
-        "train_loss": pos.loss_sum / max(pos.seen, 1),
-        "train_accuracy": pos.correct / max(pos.seen, 1) if run.data.n_classes else None,
+        "train_loss": pos.loss_sum / counted(run, pos),
+        "train_accuracy": pos.correct / counted(run, pos) if run.data.n_classes else None,
+        "weighted": run.data.train.w is not None,  # the losses and accuracies are weighted means
         "test_loss": test[0] if test else None,
         "test_accuracy": test[1] if test else None,
         "samples_per_s": pos.seen / elapsed if elapsed > 0 else None,
@@ -52,16 +61,16 @@ def eval_record(run: Run, test: tuple[float, float | None]) -> dict:
     done), "train_loss" and "train_accuracy" (the epoch's running values so far), "test_loss", "test_accuracy"},
     which the early-stopping rule completes with best_<metric> and stopped_early as in an epoch's record."""
     pos = run.pos
-    return {"epoch": pos.epoch + 1, "eval_step": pos.step, "train_loss": pos.loss_sum / max(pos.seen, 1),
-            "train_accuracy": pos.correct / max(pos.seen, 1) if run.data.n_classes else None,
-            "test_loss": test[0], "test_accuracy": test[1]}
+    return {"epoch": pos.epoch + 1, "eval_step": pos.step, "train_loss": pos.loss_sum / counted(run, pos),
+            "train_accuracy": pos.correct / counted(run, pos) if run.data.n_classes else None,
+            "weighted": run.data.train.w is not None, "test_loss": test[0], "test_accuracy": test[1]}
 
 
 def step_record(run: Run) -> dict:
     """What a callback sees every callback_every steps: the epoch, the step and the epoch's running values."""
     pos = run.pos
-    return {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / pos.seen,
-            "train_accuracy": pos.correct / pos.seen if run.data.n_classes else None}
+    return {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / counted(run, pos),
+            "train_accuracy": pos.correct / counted(run, pos) if run.data.n_classes else None}
 
 
 def summary_line(r: dict) -> str:
@@ -69,7 +78,7 @@ def summary_line(r: dict) -> str:
     acc = lambda v: "  -   " if v is None else f"{100 * v:5.1f}%"
     return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train {acc(r['train_accuracy'])}  "
             f"test {acc(r['test_accuracy'])}  {r['samples_per_s']:9.0f} samples/s  "
-            f"compute {r['compute_s']:.2f}s comm {r['comm_s']:.2f}s")
+            f"compute {r['compute_s']:.2f}s comm {r['comm_s']:.2f}s" + ("  (weighted)" if r.get("weighted") else ""))
 
 
 def eval_line(r: dict) -> str:

@@ -60,7 +60,8 @@ class Run:
         if self.data.scaling != "none":
             self.model.feature_offset, self.model.feature_factor = self.data.train.offset, self.data.train.factor
 
-    def gather_train(self, rows: np.ndarray, into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def gather_train(self, rows: np.ndarray,
+                     into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Training rows into the run's buffers, or a strategy's own (`into`), as views (what strategies call).
 
         Timed as data in the run's buffers only: buffers of a strategy's own are filled by its other

@@ -88,7 +88,9 @@ def _setup(cfg: Config, comm: Comm, watchdog: Watchdog, dataset: Callable[[], Da
         run_id = new_run_id(comm)
         tracer = start_trace(cfg, comm)  # [dist] clocks aligned to the root's
         made.append(tracer.discard)
-    batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels)
+    weighted = any(s is not None and s.w is not None for s in (data.train, data.test))
+    batch = BatchBuffers(sync.rows_at_once, data.n_features, model.sizes[-1], model.dtype, model.loss.labels,
+                         weighted)
     run = Run(cfg, comm, data, model, sync, batch, watchdog, plan, Schedule.of(cfg, plan.n_batches),
               EarlyStopping.of(cfg), run_id=run_id, lock=lock, trace=tracer)
     model.trace = watchdog.trace = tracer
@@ -162,7 +164,8 @@ def load_data(cfg: Config, ranks: int, dataset: Callable[[], Dataset] | None = N
     try:
         spec = cfg.data.replace("{rank}", str(rank)) if cfg.local_rows else cfg.data
         data = (dataset() if dataset is not None
-                else load_dataset(spec, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale))
+                else load_dataset(spec, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale,
+                                 weights=cfg.weights))
         if not cfg.local_rows:  # local rows: resolved once the ranks agree on one dataset (localdata)
             cfg.layers = resolve_layers(cfg, data)
             check_data_fits(cfg, data, ranks)

@@ -148,9 +148,9 @@ class WholeGradientSync(GradientSync):
         self.steps = 0
 
     def local_gradient(self, gather, rows, batch_rows):
-        X, y = gather(rows)
-        loss = self.model.loss_and_grad_into(X, y, self.grad, validate=False)
-        return loss, self.model.count_correct(y)
+        X, y, w = gather(rows)  # w: the rows' weights, None without
+        loss = self.model.loss_and_grad_into(X, y, self.grad, validate=False, w=w)
+        return loss, self.model.count_correct(y, w=w)
 
     def finish(self):
         self.comm.allreduce_sum(self.grad)

@@ -16,10 +16,10 @@ SLOW_STEP = textwrap.dedent("""
     from distbp.comm.serial import SerialComm
 
     class SlowStep(SerialComm):
-        # the 3rd step's sum of (loss, correct, ...) takes 2.5 s: inside the "gradient allreduce" section
+        # the 3rd step's sum of its scalars takes 2.5 s: inside the "gradient allreduce" section
         steps = 0
         def allreduce_sum(self, buf, *args, **kwargs):
-            if buf.size == 5:
+            if buf.size == 6:  # the step's scalars: loss, correct, non-finite, step, step², weight
                 SlowStep.steps += 1
                 if SlowStep.steps == 3:
                     time.sleep(2.5)
