@@ -174,3 +174,20 @@ def test_a_weights_column_that_is_missing_or_the_label_or_not_a_csv_is_refused(t
     np.savez(tmp_path / "d.npz", X=X, y=y)
     with pytest.raises(distbp.DistbpError, match="an .npz holds its rows' weights as a member w"):
         distbp.fit(model(), data=str(tmp_path / "d.npz"), weights="wt", **SPEC)
+
+
+def test_a_weighted_run_resumes_mid_epoch_bit_exactly(tmp_path):
+    X, y = rows(40)
+    w = np.random.default_rng(12).uniform(0, 2, 40)
+    options = dict(FULL, shuffle=True, epochs=3, batch_size=6, optimizer="adam", lr=0.01, lr_scale="mean")
+    whole = model()
+    want = distbp.fit(whole, X, y, sample_weight=w, **options)
+    first = model()
+    distbp.fit(first, X, y, sample_weight=w, checkpoint_dir=str(tmp_path), callback_every=1,
+               callback=lambda r: r.get("step") == 10, **options)
+    resumed, ran = model(), []
+    got = distbp.fit(resumed, X, y, sample_weight=w, checkpoint_dir=str(tmp_path), resume=True, callback_every=1,
+                     callback=lambda r: ran.append(r.get("step")), **options)
+    assert ran[0] == 11  # it went on after step 10 (7 steps an epoch), not from the start
+    assert resumed.flat_params.tobytes() == whole.flat_params.tobytes()
+    assert [r["train_loss"] for r in got] == [r["train_loss"] for r in want]  # the epoch's Σ wₙ came back too
