@@ -43,7 +43,7 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
         validation: tuple[np.ndarray, np.ndarray] | float | None = None, data: str | None = None,
         callback: Callable[[dict], object] | None = None, callback_every: int = 0, verbose: bool = True,
         comm: Comm | None = None, sample_weight: np.ndarray | None = None,
-        class_weight: str | dict | None = None, **options) -> list[dict]:
+        class_weight: str | dict | None = None, optimizer_state: dict | None = None, **options) -> list[dict]:
     """Train `model` in place, data-parallel over the MPI ranks; returns the metrics records (--metrics).
 
     X (rows, features), y (rows,) integer labels 0…K−1 or (rows, targets) float targets: rows every
@@ -57,6 +57,9 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     class_weight: "balanced" (wₙ = rows / (classes · rows of n's class), scikit-learn's rule, over all of y)
     or {label: weight} (1 for the labels not named), multiplied into sample_weight; integer labels only.
     The records' losses and accuracies are then weighted means ("weighted": True).
+    optimizer_state: a dict; the optimizer continues from the state it holds (if any: momentum's velocity, Adam's
+    moments and step count, as a next call of one long run would), and fit writes the final state into it, so
+    that calls over successive chunks of data train as one run (streaming, the estimators' partial_fit).
     callback(record): called on every rank after each epoch with its metrics, and every callback_every
     steps with a step record (epoch, step, running train_loss/train_accuracy); it returns True to stop
     training, else False or None (anything else stops it with a ConfigError naming it).
@@ -73,6 +76,8 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     numbacache.check_loaded(is_root=comm.rank == 0)
     err, cfg, dataset = None, None, None
     try:
+        if optimizer_state is not None and not isinstance(optimizer_state, dict):
+            raise ConfigError(f"optimizer_state must be a dict (empty at first), got {_what(optimizer_state)}")
         cfg, dataset = _prepare(model, X, y, validation, data, callback, callback_every, verbose, options,
                                 sample_weight, class_weight)
     except (DistbpError, ValueError, TypeError) as e:
@@ -84,7 +89,7 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     with quiet as sink:
         try:
             run = run_job(cfg, comm, started=started, dataset=dataset, initial=model.flat_params,
-                          callback=checked, callback_every=int(callback_every))
+                          callback=checked, callback_every=int(callback_every), optimizer_state=optimizer_state)
         finally:
             if sink is not None:
                 sink.close()

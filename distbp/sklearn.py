@@ -191,6 +191,10 @@ class _DistbpMLP(BaseEstimator):
         self._n_train = X_train.shape[0]
         seed = self._seed if self.n_iter_ == 0 else _derived_seed(self._seed, self.n_iter_)
         epochs = 1 if incremental else self.max_iter
+        if not incremental or not hasattr(self, "_optimizer_state"):
+            # scikit-learn's rule: fit (warm_start too) starts a new optimizer; partial_fit goes on with the one
+            # the previous call left (momentum's velocity, Adam's moments and step count)
+            self._optimizer_state = {}
         self._stopped = False
         folder = _shared_temp_folder(comm) if keeps_best else None
         best_before = self.best_validation_score_  # warm_start: the best of the fits before
@@ -201,7 +205,7 @@ class _DistbpMLP(BaseEstimator):
                                               "early_stop_metric": self.BEST_METRIC}
             history = distbp_fit(
                 self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
-                sample_weight=w_train,
+                sample_weight=w_train, optimizer_state=self._optimizer_state,
                 callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
                 epochs=int(epochs), batch_size=self._batch_rows(X_train.shape[0], comm.is_root),
                 # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B

@@ -28,11 +28,13 @@ from distbp.train.warmup import shared_warmup, startup_line
 
 def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None = None,
             dataset: Callable[[], Dataset] | None = None, initial: np.ndarray | None = None,
-            callback: Callback | None = None, callback_every: int = 0) -> Run:
+            callback: Callback | None = None, callback_every: int = 0, optimizer_state: dict | None = None) -> Run:
     """Train as `cfg` says; returns the finished run (its model, history and position).
 
     started: time.monotonic() at the launch (start-up is reported from it); dataset, initial: see
-    `distbp.train.setup.setup`; callback, callback_every: see `distbp.train.loop.fit`.
+    `distbp.train.setup.setup`; callback, callback_every: see `distbp.train.loop.fit`. optimizer_state: a dict
+    to continue the optimizer from (when it holds a state; a checkpoint resumed wins) and to hand the final
+    state back in (`runstate.optimizer_state`).
     """
     run = None
     try:
@@ -44,7 +46,11 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
             print(startup_line(run.startup_s, compiled), flush=True)
             if cfg.init_from and run.pos.step == 0:  # not resumed from a checkpoint, which would win
                 print(f"distbp: starting from the parameters in {cfg.init_from} (--init-from)", flush=True)
+        if optimizer_state and not cfg.resume:
+            runstate.load_optimizer_state(run, optimizer_state)
         fit(run, callback, callback_every)
+        if optimizer_state is not None:
+            optimizer_state.update(runstate.optimizer_state(run))  # [dist] gathered when sharded
         run.attach_scaling()  # the model predicts on raw rows, and model files keep the scaling
         if cfg.save:
             runstate.save_params(run, cfg.save)

@@ -18,8 +18,11 @@ import tempfile
 import time
 import uuid
 
+import numpy as np
+
 from distbp.comm.base import Comm
 from distbp.config import Config
+from distbp.errors import ConfigError
 from distbp.host.files import UnsafeFolder, make_private_dir
 from distbp.nn.modelfile import save_model
 from distbp.train import checkpoint as ckpt
@@ -118,6 +121,28 @@ def save(run: Run) -> None:
             err = ckpt.CheckpointError(write_failure(e, run.cfg.checkpoint_dir, run.pos.step))
     with run.watchdog.section("checkpoint", run.pos.step):
         run.comm.agree_on_failure(err)  # [dist] the root's failure, agreed: every rank ends with it
+
+
+def optimizer_state(run: Run) -> dict:
+    """[dist] The optimizer's state after training, whole on every rank (what `distbp.fit(optimizer_state=)` hands
+    back): {"optimizer", "n_params", "steps", "arrays", "meta"}. A sharded state is gathered on the root and sent
+    to every rank as one object (fine for the models a caller keeps state of between calls)."""
+    arrays, meta = run.sync.checkpoint_state()  # [dist] collective when the state is sharded
+    # [dist] whether the state is sharded, decided by every rank alike (the root holds it whole either way)
+    if run.comm.size > 1 and run.comm.max_scalar(float(any(v is None for v in arrays.values()))) > 0:
+        arrays = run.comm.allgather_object(arrays if run.comm.is_root else None)[0]
+    return {"optimizer": run.cfg.optimizer, "n_params": run.model.n_params, "steps": run.sync.optimizer_steps,
+            "arrays": {k: np.array(v) for k, v in arrays.items()}, "meta": meta}
+
+
+def load_optimizer_state(run: Run, state: dict) -> None:
+    """Continue from an optimizer state `optimizer_state` made (momentum's velocity, Adam's moments and step
+    count, the exact mode's scale); a ConfigError when it is another optimizer's or another model's."""
+    if state.get("optimizer") != run.cfg.optimizer or state.get("n_params") != run.model.n_params:
+        raise ConfigError(f"optimizer_state holds the state of {state.get('optimizer')!r} for "
+                          f"{state.get('n_params')} parameters; this run trains {run.model.n_params} parameters "
+                          f"with {run.cfg.optimizer!r}")
+    run.sync.load_checkpoint_state(state["arrays"], state["meta"], state["steps"])
 
 
 def resume(run: Run) -> None:
