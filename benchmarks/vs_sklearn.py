@@ -17,6 +17,12 @@ rows, so it has a float32 case as well. The cases run round-robin (`--repeats` r
 other processes falls on all of them alike; the table shows the median fit. Before timing, every case
 fits once untimed on a few hundred rows (distbp compiles its kernels on the first call).
 
+Two more cases, each both libraries side by side, float64, Adam:
+- streaming (`--stream-chunk`): partial_fit over the training rows in chunks, one call a chunk (the optimizer kept
+  between calls by both); the table gives the time per call and the held-out accuracy after one pass;
+- weighted: fit with class-imbalanced training rows (classes 5-9 cut to a fifth) and sample_weight from
+  scikit-learn's "balanced" rule; the table gives the fit time and the held-out balanced accuracy.
+
 speed-up vs sklearn float64: scikit-learn's float64 fit time of the same solver and batch / this fit's;
 vs same dtype: against scikit-learn's fit in this case's dtype. Targets (issue 15): ≥ 1.5 at equal dtype,
 ≥ 3 for distbp float32 against scikit-learn float64, at equal held-out accuracy.
@@ -86,6 +92,7 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="128,512", help="batch sizes, comma separated")
     p.add_argument("--repeats", type=int, default=1, help="round-robin rounds of timed fits (median reported)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stream-chunk", type=int, default=64, help="rows per partial_fit call in the streaming case")
     p.add_argument("--out", "--json", dest="out", default="results/vs_sklearn.json")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -142,12 +149,69 @@ def main(argv=None) -> None:
           f"{'met' if min(equal) >= 1.5 else 'not met'}); distbp float32 vs sklearn float64: {min(f32):.2f}x to "
           f"{max(f32):.2f}x (target >= 3x: {'met' if min(f32) >= 3 else 'not met'}); largest held-out accuracy "
           f"gap {100 * gap:.2f} points")
+    extra = {"streaming": streaming(d, args), "weighted": weighted(d, args)}
     import sklearn
-    write_json(args.out, {"benchmark": "vs_sklearn", "layers": [784, *HIDDEN, 10], "rows": args.rows,
+    write_json(args.out, {**extra, "benchmark": "vs_sklearn", "layers": [784, *HIDDEN, 10], "rows": args.rows,
                           "test_rows": args.test, "epochs": args.epochs, "repeats": args.repeats,
                           "learning_rates": LR, "momentum": MOMENTUM,
                           "data": "distbp synthetic, standardized with the training mean/std",
                           "scikit_learn": sklearn.__version__, "machine": machine(), "results": results})
+
+
+def streaming(d: dict, args) -> list[dict]:
+    """partial_fit over the training rows in chunks of --stream-chunk: seconds per call and held-out accuracy."""
+    chunk, rows = args.stream_chunk, min(args.rows, 50 * args.stream_chunk)
+    classes = np.unique(d["y"])
+
+    def one_pass(library: str):
+        est = make(library, "adam", chunk, "float64", 1, args.seed)
+        for start in range(0, rows, chunk):
+            est.partial_fit(d["X64"][start:start + chunk], d["y"][start:start + chunk], classes=classes)
+        return est
+
+    fitted = {}
+    cases_ = {lib: (lambda lib=lib: fitted.__setitem__(lib, one_pass(lib))) for lib in ("sklearn", "distbp")}
+    times = interleaved_times(cases_, args.repeats, warmup=1)
+    calls = -(-rows // chunk)
+    out = [{"library": lib, "calls": calls, "chunk": chunk, "ms_per_call": 1e3 * statistics.median(times[lib]) / calls,
+            "test_accuracy": float(fitted[lib].score(d["X_test64"], d["y_test"]))} for lib in ("sklearn", "distbp")]
+    base = out[0]["ms_per_call"]
+    print_table([{"library": r["library"], "ms per call": r["ms_per_call"], "vs sklearn": base / r["ms_per_call"],
+                  "accuracy": f"{100 * r['test_accuracy']:.2f}%"} for r in out],
+                ["library", "ms per call", "vs sklearn", "accuracy"],
+                title=f"partial_fit streaming: {calls} calls of {chunk} rows, adam, float64, median of {args.repeats}")
+    return out
+
+
+def weighted(d: dict, args) -> list[dict]:
+    """fit on class-imbalanced rows with "balanced" sample weights: seconds and held-out balanced accuracy."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    rng = np.random.default_rng(args.seed)
+    keep = (d["y"] < 5) | (rng.random(len(d["y"])) < 0.2)
+    X, y = d["X64"][keep], d["y"][keep]
+    w = compute_sample_weight("balanced", y)
+    fitted = {}
+
+    def fit(library: str, weights):
+        return make(library, "adam", 128, "float64", args.epochs, args.seed).fit(X, y, sample_weight=weights)
+
+    cases_ = {f"{lib} {kind}": (lambda lib=lib, kind=kind: fitted.__setitem__(
+        f"{lib} {kind}", fit(lib, w if kind == "weighted" else None)))
+        for lib in ("sklearn", "distbp") for kind in ("weighted", "unweighted")}
+    times = interleaved_times(cases_, args.repeats, warmup=1)
+    out = [{"case": c, "fit_s": statistics.median(times[c]),
+            "balanced_accuracy": float(balanced_accuracy_score(d["y_test"], fitted[c].predict(d["X_test64"])))}
+           for c in cases_]
+    base = {r["case"]: r["fit_s"] for r in out}
+    print_table([{"case": r["case"], "fit s": r["fit_s"],
+                  "vs sklearn": base[r["case"].replace("distbp", "sklearn")] / r["fit_s"],
+                  "balanced accuracy": f"{100 * r['balanced_accuracy']:.2f}%"} for r in out],
+                ["case", "fit s", "vs sklearn", "balanced accuracy"],
+                title=f"weighted fit: {int(keep.sum())} rows (classes 5-9 cut to a fifth), adam, batch 128, "
+                      f"float64, {args.epochs} epochs, median of {args.repeats}")
+    return out
 
 
 if __name__ == "__main__":
