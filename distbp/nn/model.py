@@ -96,7 +96,8 @@ class MLP:
         (sigmoid, tanh, relu, linear). The output layer is softmax for
         `cross_entropy` and linear for `mse`.
     dtype: "float32" (default) or "float64". seed: weight initialisation
-        (Glorot uniform for sigmoid/tanh/linear, He normal for relu; biases 0).
+        (Glorot uniform for sigmoid/tanh/linear, He normal for relu; biases 0). init=False skips the draw
+        (parameters 0), for parameters set right after.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class MLP:
         loss: str = "cross_entropy",
         dtype: str = "float32",
         seed: int = 0,
+        init: bool = True,
     ):
         self.sizes = _check_sizes(sizes)
         n_hidden = len(self.sizes) - 2
@@ -127,7 +129,8 @@ class MLP:
         self.n_params = self.layer_slices[-1].stop
         self.flat_params = np.zeros(self.n_params, self.dtype)
         self.params = self.views(self.flat_params)
-        self._init_params(seed)
+        if init:  # init=False: parameters left 0, for a caller that sets them at once (a file's, a fit's)
+            self._init_params(seed)
         self._ws: Workspace | None = None
         # what training learnt about its data, applied by predict and kept in model files: the feature
         # scaling x ← (x − offset)·factor (None: the rows are used as given), and the class labels that

@@ -132,7 +132,7 @@ def optimizer_state(run: Run) -> dict:
     if run.comm.size > 1 and run.comm.max_scalar(float(any(v is None for v in arrays.values()))) > 0:
         arrays = run.comm.allgather_object(arrays if run.comm.is_root else None)[0]
     return {"optimizer": run.cfg.optimizer, "n_params": run.model.n_params, "steps": run.sync.optimizer_steps,
-            "arrays": {k: np.array(v) for k, v in arrays.items()}, "meta": meta}
+            "arrays": {k: np.asarray(v) for k, v in arrays.items()}, "meta": meta}  # the ended run's own arrays
 
 
 def load_optimizer_state(run: Run, state: dict) -> None:

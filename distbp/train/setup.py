@@ -189,7 +189,9 @@ def build_agreed(cfg: Config, comm: Comm, layout: Layout,
         sync = make_sync(cfg, layout, ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy"))
         check_fits_machine(sync)
         activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
-        model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed)
+        # no draw when the parameters come from the caller or a file (a draw of a large model takes seconds)
+        model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed,
+                    init=initial is None and not cfg.init_from)
         if cfg.init_from:
             initial = initial_parameters(cfg.init_from, model)  # [dist] a bad file stops every rank below
         if initial is not None:
