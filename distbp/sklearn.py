@@ -36,8 +36,7 @@ make the same fit calls in the same order. `fit(X, y, comm=…)` trains over oth
 `model_.classes` set for classifiers, so that distbp's model files keep the labels).
 
 Differences from scikit-learn's estimators:
-- parameters are absent where distbp has no counterpart: no "lbfgs" solver; no learning-rate
-  schedules (`learning_rate`, `power_t`: the rate is `learning_rate_init` throughout); no
+- parameters are absent where distbp has no counterpart: no "lbfgs" solver; no
   `nesterovs_momentum` (sgd momentum is heavy-ball, scikit-learn's nesterovs_momentum=False); no
   `beta_1`, `beta_2`, `epsilon` (Adam's are fixed at scikit-learn's defaults 0.9, 0.999, 1e-8; distbp
   adds ε to the bias-corrected √v̂, scikit-learn before the correction); no `max_fun`.
@@ -126,7 +125,8 @@ class _DistbpMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None):
+                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None,
+                 learning_rate="constant", power_t=0.5):
         # stored unchanged (scikit-learn's clone and get_params rely on it); checked in fit
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -146,6 +146,8 @@ class _DistbpMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.threads = threads
+        self.learning_rate = learning_rate
+        self.power_t = power_t
 
     # ---- the public methods (the subclasses add predict, predict_proba, partial_fit) ----------------
 
@@ -195,7 +197,11 @@ class _DistbpMLP(BaseEstimator):
             # scikit-learn's rule: fit (warm_start too) starts a new optimizer; partial_fit goes on with the one
             # the previous call left (momentum's velocity, Adam's moments and step count)
             self._optimizer_state = {}
+        if not incremental or not hasattr(self, "_lr"):
+            self._lr = float(self.learning_rate_init)  # the sgd optimizer's rate, which its schedule changes
         self._stopped = False
+        if self.solver == "sgd" and self.learning_rate != "constant":
+            return self._fit_by_epoch(X_train, t_train, w_train, validation, comm, incremental, epochs)
         folder = _shared_temp_folder(comm) if keeps_best else None
         best_before = self.best_validation_score_  # warm_start: the best of the fits before
         try:
@@ -221,6 +227,56 @@ class _DistbpMLP(BaseEstimator):
             _warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                   "hasn't converged yet.", ConvergenceWarning)
         return self
+
+    def _fit_by_epoch(self, X, targets, weights, validation, comm: Comm, incremental: bool, epochs: int):
+        """sgd with learning_rate "invscaling" or "adaptive": one distbp.fit call per epoch, the optimizer carried
+        between them (optimizer_state), and scikit-learn's rate rule between epochs:
+        invscaling: η = learning_rate_init / (t_ + 1)^power_t after each epoch (t_: rows trained on so far);
+        adaptive: η /= 5 each time n_iter_no_change epochs pass without an improvement of tol, stopping once η
+        is 1e-6 or less. scikit-learn's velocity carries η (v ← μv − η·g), distbp's does not (v ← μv + g,
+        θ ← θ − η·v): when η changes, v is rescaled by η_old/η_new, which keeps scikit-learn's update.
+        With early_stopping, the epoch of the best validation score is kept in memory and restored."""
+        best_before = self.best_validation_score_
+        ran = 0
+        for _ in range(epochs):
+            seed = self._seed if self.n_iter_ == 0 else _derived_seed(self._seed, self.n_iter_)
+            best_so_far = self.best_validation_score_
+            distbp_fit(self.model_, X, targets, validation=validation, verbose=bool(self.verbose), comm=comm,
+                       sample_weight=weights, optimizer_state=self._optimizer_state,
+                       callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
+                       epochs=1, batch_size=self._batch_rows(X.shape[0], comm.is_root), lr=self._lr,
+                       lr_scale="mean", l2=float(self.alpha), seed=seed, shuffle=bool(self.shuffle), scale="none",
+                       threads=self._threads(), **self._optimizer())
+            ran += 1
+            if validation is not None and self.validation_scores_[-1] > best_so_far:
+                self._best_params = self.model_.flat_params.copy()  # this epoch is the best so far
+            lr = self._lr
+            if self.learning_rate == "invscaling":
+                lr = float(self.learning_rate_init) / (self.t_ + 1) ** float(self.power_t)
+            if self._no_improvement_count > self.n_iter_no_change:
+                if self.learning_rate != "adaptive" or lr <= 1e-6:
+                    self._stopped = True
+                    break
+                lr /= 5.0
+                self._no_improvement_count = 0
+                self._stopped = False
+            self._set_rate(lr)
+            if incremental:
+                break
+        if validation is not None and getattr(self, "_best_params", None) is not None \
+                and self.best_validation_score_ >= (best_before if best_before is not None else -np.inf):
+            self.model_.flat_params[...] = self._best_params
+        if not incremental and ran == epochs and not self._stopped and comm.is_root:
+            _warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
+                  "hasn't converged yet.", ConvergenceWarning)
+        return self
+
+    def _set_rate(self, lr: float) -> None:
+        """The next epochs' η; the momentum velocity rescaled so that scikit-learn's update stays (see above)."""
+        velocity = self._optimizer_state.get("arrays", {}).get("velocity")
+        if velocity is not None and lr != self._lr:
+            velocity *= self._lr / lr
+        self._lr = lr
 
     def _restore_best(self, path: str, comm: Comm, improved: bool) -> None:
         """[dist] The parameters of the epoch with the best validation score: this fit's, from the root's model
@@ -382,6 +438,8 @@ class _DistbpMLP(BaseEstimator):
         if not (self.threads is None or (_is_int(self.threads) and self.threads >= 1)):
             raise ValueError(f"{name}: threads must be None or a positive integer, got {self.threads!r}")
         _in_range("alpha", self.alpha, 0, np.inf, high_open=True)
+        _one_of("learning_rate", self.learning_rate, ("constant", "invscaling", "adaptive"))
+        _in_range("power_t", self.power_t, -np.inf, np.inf, low_open=True, high_open=True)
         if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
             raise ValueError(f"{name}: batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
         _in_range("learning_rate_init", self.learning_rate_init, 0, np.inf, low_open=True, high_open=True)
@@ -431,12 +489,14 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None, class_weight=None):
+                 validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None,
+                 learning_rate="constant", power_t=0.5, class_weight=None):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate_init=learning_rate_init, max_iter=max_iter, shuffle=shuffle,
                          random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
                          momentum=momentum, early_stopping=early_stopping, validation_fraction=validation_fraction,
-                         n_iter_no_change=n_iter_no_change, dtype=dtype, threads=threads)
+                         n_iter_no_change=n_iter_no_change, dtype=dtype, threads=threads,
+                         learning_rate=learning_rate, power_t=power_t)
         self.class_weight = class_weight
 
     def _check_params(self) -> None:

@@ -285,7 +285,7 @@ def test_unusable_parameters_raise_value_errors_naming_them(params, message):
         MLPClassifier(**params).fit(X, y)
 
 
-@pytest.mark.parametrize("param", ["nesterovs_momentum", "beta_1", "learning_rate", "max_fun"])
+@pytest.mark.parametrize("param", ["nesterovs_momentum", "beta_1", "max_fun"])
 def test_scikit_learn_parameters_distbp_lacks_are_not_accepted(param):
     with pytest.raises(TypeError, match=param):
         MLPClassifier(**{param: 0.5})
