@@ -14,6 +14,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 
@@ -315,7 +316,20 @@ def from_values(values: dict, source: str) -> Config:
                           "distbp.Config (the flags of distbp train with underscores)")
     values = plain_values(values)
     check_types(values, source)
-    return validate(Config(**values))
+    try:
+        return validate(Config(**values))
+    except ConfigError as e:  # the Python caller wrote keywords, not flags: name those
+        raise ConfigError(keyword_names(str(e))) from None
+
+
+def keyword_names(message: str) -> str:
+    """A message with every flag of a Config field (--test-fraction) written as its keyword (test_fraction)."""
+    known = {f.name for f in fields(Config)}
+
+    def keyword(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return name if name in known else m.group(0)
+    return re.sub(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", keyword, message)
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few hundred bytes; anything past 1 MiB is not one
@@ -339,6 +353,13 @@ def load_toml(path: str) -> dict:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    if "train" in doc:
+        if not isinstance(doc["train"], dict):
+            raise ConfigError(f"config file {path}: train must be a table ([train]), got {doc['train']!r}")
+        beside = sorted(k for k in doc if k != "train")
+        if beside:  # never read silently: the top level counts only where there is no [train] table
+            raise ConfigError(f"config file {path}: key(s) {', '.join(beside)} at the top level beside a [train] "
+                              "table; put them under [train] (or drop the [train] line)")
     table = doc.get("train", doc)
     known = {f.name: f for f in fields(Config)}
     out = {}

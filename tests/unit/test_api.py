@@ -138,13 +138,13 @@ def test_a_data_spec_trains_like_the_command_line():
 @pytest.mark.parametrize("call, words", [
     (lambda m, X, y: distbp.fit(m, X, y, epoch=3), "unknown option(s) epoch"),
     (lambda m, X, y: distbp.fit(m, X, y, layers=[12, 3]), "set by the model"),
-    (lambda m, X, y: distbp.fit(m, X, y, epochs=0), "--epochs must be positive"),
+    (lambda m, X, y: distbp.fit(m, X, y, epochs=0), "epochs must be positive"),
     (lambda m, X, y: distbp.fit(m, X, y, lr="fast"), "is not a number"),
     (lambda m, X, y: distbp.fit(m, X), "X needs y"),
     (lambda m, X, y: distbp.fit(m, X, y, data="digits"), "not both"),
     (lambda m, X, y: distbp.fit(m, X[:, :5], y), "starts with 12 inputs"),
     (lambda m, X, y: distbp.fit(m, X, y[:-1]), "rows"),
-    (lambda m, X, y: distbp.fit(m, X, y, local_rows=True, reproducible=True), "conflicts with --reproducible"),
+    (lambda m, X, y: distbp.fit(m, X, y, local_rows=True, reproducible=True), "local_rows conflicts with reproducible"),
     (lambda m, X, y: distbp.fit("model", X, y), "distbp.MLP"),
 ])
 def test_bad_arguments_are_one_clear_error(call, words):
@@ -234,7 +234,7 @@ def test_bools_and_numbers_stay_apart(options, words):
 def test_a_bad_option_is_a_value_error_too():
     X, y = blobs(50)
     assert issubclass(distbp.ConfigError, ValueError) and issubclass(distbp.ConfigError, distbp.DistbpError)
-    with pytest.raises(ValueError, match="--lr must be a finite number"):
+    with pytest.raises(ValueError, match="lr must be a finite number"):
         distbp.fit(model_for(), X, y, verbose=False, **{**OPTIONS, "lr": float("inf")})
 
 
@@ -244,8 +244,8 @@ def test_a_bad_option_is_a_value_error_too():
     (lambda m, X, y: distbp.fit(m, X, y, validation=(X, 7)), "validation's y_val must be an array"),
     (lambda m, X, y: distbp.fit(m, [[1.0, 2.0], [3.0]], y), "X is not an array"),
     (lambda m, X, y: distbp.fit(m, None, y), "y needs X"),
-    (lambda m, X, y: distbp.fit(m, X, y, threads=0), "--threads must be at least 1, got 0"),
-    (lambda m, X, y: distbp.fit(m, X, y, threads=-2), "--threads must be at least 1, got -2"),
+    (lambda m, X, y: distbp.fit(m, X, y, threads=0), "threads must be at least 1, got 0"),
+    (lambda m, X, y: distbp.fit(m, X, y, threads=-2), "threads must be at least 1, got -2"),
     (lambda m, X, y: distbp.fit(m, X, y, callback="stop"), "callback must be a function"),
     (lambda m, X, y: distbp.fit(m, X, y, callback_every=True), "callback_every must be a non-negative integer"),
 ], ids=["y scalar", "X scalar", "y_val scalar", "ragged X", "y without X", "threads 0", "threads -2",
