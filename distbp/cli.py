@@ -261,7 +261,7 @@ def dry_run(cfg, comm) -> int:
     from distbp.sync.base import ModelShape
     from distbp.sync.factory import make_sync
     from distbp.train import memory
-    from distbp.train.setup import layout_of, resolve_layers
+    from distbp.train.setup import dropout_probabilities, layout_of, resolve_layers
 
     layers = cfg.layers
     if layers is None:  # the default layers follow the data's shape
@@ -269,7 +269,9 @@ def dry_run(cfg, comm) -> int:
 
         layers = resolve_layers(cfg, load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction))
     layout = layout_of(comm)  # collective: every rank runs the dry run
-    shape = ModelShape(tuple(layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy")
+    cfg.layers = list(layers)
+    dropped = frozenset(l for l, p in enumerate(dropout_probabilities(cfg) or ()) if p > 0)
+    shape = ModelShape(tuple(layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy", dropped)
     budget = units.parse_bytes(cfg.memory_budget) if cfg.memory_budget else None
 
     def plan_for(batch_size: int):

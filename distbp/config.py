@@ -71,6 +71,8 @@ class Config:
     shard_optimizer: bool = opt(False, "optimizer state split over ranks (reduce-scatter, update a part, allgather)")
     epochs: int = opt(10, "passes over the training rows")
     seed: int = opt(0, "weights, data permutation and synthetic data")
+    dropout: list[float] | None = opt(None, "drop probability of the hidden layers' units in training: one value, or "
+                                            "one per hidden layer (masks: a function of seed, step, row, layer, unit)")
     shuffle: bool = opt(True, "a new seeded order of the training rows every epoch; --no-shuffle: stored order")
     # performance
     threads: int | None = opt(None, "Numba and BLAS threads per rank; default cores / ranks on the node")
@@ -129,6 +131,10 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{_flag(name)} must be one of {', '.join(str(a) for a in allowed)}; "
                               f"got {getattr(cfg, name)!r}")
+    if cfg.dropout is not None:
+        if not cfg.dropout or not all(isinstance(p, numbers.Real) and 0 <= p < 1 for p in cfg.dropout):
+            raise ConfigError(f"--dropout must be probabilities in [0, 1), one or one per hidden layer, got "
+                              f"{cfg.dropout}")
     positive = {"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "bucket_mb": cfg.bucket_mb,
                 "keep_checkpoints": cfg.keep_checkpoints, "micro_batch": cfg.micro_batch,
                 "checkpoint_every": cfg.checkpoint_every, "accumulate": cfg.accumulate}
@@ -232,7 +238,9 @@ def check_types(values: dict, source: str) -> None:
               "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
               "str": lambda v: isinstance(v, str),
               "bool": lambda v: isinstance(v, bool),
-              "list[int]": lambda v: isinstance(v, list) and all(map(_is_int, v))}[kind.split(" |")[0]](value)
+              "list[int]": lambda v: isinstance(v, list) and all(map(_is_int, v)),
+              "list[float]": lambda v: (isinstance(v, list) and all(isinstance(x, numbers.Real) and not isinstance(x, bool)
+                                                                 for x in v))}[kind.split(" |")[0]](value)
         if not ok:
             raise ConfigError(f"{source}: {name} = {value!r} is not {_kind_words(kind)}")
 
@@ -262,12 +270,19 @@ def _is_int(value) -> bool:
 
 def _kind_words(kind: str) -> str:
     words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-             "list[int]": "a list of integers"}[kind.split(" |")[0]]
+             "list[int]": "a list of integers", "list[float]": "a list of numbers"}[kind.split(" |")[0]]
     return words + (" (or absent)" if "None" in kind else "")
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.2,0.1, got {text!r}") from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -288,6 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.name in ("layers", "lr_milestones"):
             parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…", help=help)
+        elif f.name == "dropout":
+            parser.add_argument(flag, dest=f.name, type=_float_list, default=None, metavar="P,P,…", help=help)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
             if f.name in ("threads",):
@@ -367,6 +384,11 @@ def load_toml(path: str) -> dict:
         name = key.replace("-", "_")
         if name not in known:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
+        if name == "dropout" and isinstance(value, str):
+            try:
+                value = _float_list(value)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"config file {path}: dropout: {e}") from None
         if name in ("layers", "lr_milestones") and isinstance(value, str):
             try:
                 value = _int_list(value)

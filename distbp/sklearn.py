@@ -126,7 +126,7 @@ class _DistbpMLP(BaseEstimator):
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None,
-                 learning_rate="constant", power_t=0.5):
+                 learning_rate="constant", power_t=0.5, dropout=None):
         # stored unchanged (scikit-learn's clone and get_params rely on it); checked in fit
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -148,6 +148,7 @@ class _DistbpMLP(BaseEstimator):
         self.threads = threads
         self.learning_rate = learning_rate
         self.power_t = power_t
+        self.dropout = dropout
 
     # ---- the public methods (the subclasses add predict, predict_proba, partial_fit) ----------------
 
@@ -217,7 +218,7 @@ class _DistbpMLP(BaseEstimator):
                 # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B
                 lr=float(self.learning_rate_init), lr_scale="mean", l2=float(self.alpha),
                 seed=seed, shuffle=bool(self.shuffle), scale="none", threads=self._threads(),
-                **best, **self._optimizer())
+                dropout=self._dropout(), **best, **self._optimizer())
             if folder is not None:
                 self._restore_best(best["save_best"], comm, improved=self.best_validation_score_ > best_before)
         finally:
@@ -246,7 +247,7 @@ class _DistbpMLP(BaseEstimator):
                        callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
                        epochs=1, batch_size=self._batch_rows(X.shape[0], comm.is_root), lr=self._lr,
                        lr_scale="mean", l2=float(self.alpha), seed=seed, shuffle=bool(self.shuffle), scale="none",
-                       threads=self._threads(), **self._optimizer())
+                       threads=self._threads(), dropout=self._dropout(), **self._optimizer())
             ran += 1
             if validation is not None and self.validation_scores_[-1] > best_so_far:
                 self._best_params = self.model_.flat_params.copy()  # this epoch is the best so far
@@ -270,6 +271,12 @@ class _DistbpMLP(BaseEstimator):
             _warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                   "hasn't converged yet.", ConvergenceWarning)
         return self
+
+    def _dropout(self) -> list[float] | None:
+        """distbp's dropout option: one probability for every hidden layer, or one each (None: no dropout)."""
+        if self.dropout is None:
+            return None
+        return [float(p) for p in np.atleast_1d(self.dropout)]
 
     def _set_rate(self, lr: float) -> None:
         """The next epochs' η; the momentum velocity rescaled so that scikit-learn's update stays (see above)."""
@@ -439,6 +446,12 @@ class _DistbpMLP(BaseEstimator):
             raise ValueError(f"{name}: threads must be None or a positive integer, got {self.threads!r}")
         _in_range("alpha", self.alpha, 0, np.inf, high_open=True)
         _one_of("learning_rate", self.learning_rate, ("constant", "invscaling", "adaptive"))
+        if self.dropout is not None:
+            ps = np.atleast_1d(np.asarray(self.dropout, dtype=object))
+            if ps.ndim != 1 or not all(isinstance(p, numbers.Real) and not isinstance(p, bool) and 0 <= p < 1
+                                       for p in ps):
+                raise ValueError(f"{name}: dropout must be None, a probability in [0, 1) or one per hidden layer, "
+                                 f"got {self.dropout!r}")
         _in_range("power_t", self.power_t, -np.inf, np.inf, low_open=True, high_open=True)
         if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
             raise ValueError(f"{name}: batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
@@ -490,13 +503,13 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, dtype="float32", threads=None,
-                 learning_rate="constant", power_t=0.5, class_weight=None):
+                 learning_rate="constant", power_t=0.5, dropout=None, class_weight=None):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate_init=learning_rate_init, max_iter=max_iter, shuffle=shuffle,
                          random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
                          momentum=momentum, early_stopping=early_stopping, validation_fraction=validation_fraction,
                          n_iter_no_change=n_iter_no_change, dtype=dtype, threads=threads,
-                         learning_rate=learning_rate, power_t=power_t)
+                         learning_rate=learning_rate, power_t=power_t, dropout=dropout)
         self.class_weight = class_weight
 
     def _check_params(self) -> None:

@@ -282,6 +282,63 @@ def weighted_correct_onehot(out, targets, w):
     return c
 
 
+# ---- dropout: masks that are a pure function of (seed, step, row, layer, unit) ---------------------
+# Each unit's keep-or-drop comes from a counter-based hash (SplitMix64's finaliser) of the run's seed, the
+# global step, the row's global index, the layer and the unit: no generator state, nothing drawn per rank,
+# so every layout, accumulation and resume sees the same masks. tests/unit/test_dropout.py holds a numpy twin.
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True)
+def _mix(x):
+    """SplitMix64's finaliser: a bijection of uint64 whose outputs look independent for adjacent inputs."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def dropout_key(seed, step, layer):
+    """The key of one layer's masks at one global step (uint64)."""
+    return _mix(_mix(_mix(np.uint64(seed) + _GOLDEN) ^ np.uint64(step)) ^ np.uint64(layer))
+
+
+@njit(cache=True, nogil=True)
+def _keep(key, row, unit, threshold):
+    """Whether unit `unit` of row `row` is kept: 53 bits of the hash against threshold = p·2⁵³."""
+    h = _mix(_mix(key ^ np.uint64(row)) + np.uint64(unit) * _GOLDEN)
+    return (h >> np.uint64(11)) >= threshold
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def dropout_forward(out, a, rows, offset, key, threshold, scale):
+    """Inverted dropout: out = a·mask/(1−p), with scale = 1/(1−p) in a's dtype and rows (n,) + offset the
+    global indices of a's rows (int64)."""
+    zero = a.dtype.type(0)
+    for i in prange(a.shape[0]):
+        r = rows[i] + offset
+        for j in range(a.shape[1]):
+            out[i, j] = a[i, j] * scale if _keep(key, r, j, threshold) else zero
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def dropout_backward(g, rows, offset, key, threshold, scale):
+    """The same mask on the gradient through the dropped units: g ← g·mask/(1−p), in place."""
+    zero = g.dtype.type(0)
+    for i in prange(g.shape[0]):
+        r = rows[i] + offset
+        for j in range(g.shape[1]):
+            g[i, j] = g[i, j] * scale if _keep(key, r, j, threshold) else zero
+
+
+def dropout_threshold(p: float) -> np.uint64:
+    """p as the 53-bit threshold _keep compares with."""
+    return np.uint64(round(p * 2.0 ** 53))
+
+
 # ---- a process forked from one whose kernels ran --------------------------------------------------
 # GNU OpenMP (Numba's "omp" threading layer here) cannot run in a child forked from a process that used it:
 # Numba's first parallel launch there prints "Terminating: fork() called from a process already using GNU

@@ -49,12 +49,15 @@ def bias_gradient(db: np.ndarray, delta: np.ndarray, partial: np.ndarray) -> Non
 
 def dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.ndarray, W: np.ndarray, a_in: np.ndarray,
                    backward_kernel: Callable, g: np.ndarray, partial: np.ndarray,
-                   hooks: BackwardHooks | None = None, progress_chunks: int = 1) -> None:
+                   hooks: BackwardHooks | None = None, progress_chunks: int = 1, dropout: tuple | None = None) -> None:
     """δ_in = σ'(a_in) ⊙ (δ·Wᵀ) and db_in = Σₙ δ_in: δ·Wᵀ by BLAS into the scratch g (n, fan_in), in
     `progress_chunks` row chunks with hooks.progress() after each, then σ' and the column sums in one pass
     (backward_kernel: kernels.activation_backward_for(σ of the layer below)). delta_in may be the layer
-    below's z buffer (δ overwrites z)."""
+    below's z buffer (δ overwrites z). dropout: (rows, offset, key, threshold, scale) of the layer below's mask, which
+    then multiplies δ·Wᵀ before σ' (the layer above read a_in·mask/(1−p); a_in itself is unmasked)."""
     _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
+    if dropout is not None:
+        kernels.dropout_backward(g, *dropout)
     backward_kernel(delta_in, g, a_in, db_in, partial)
 
 

@@ -36,17 +36,21 @@ INIT_CHUNK = 1 << 20  # elements of W drawn at once by the initialisation (8 MiB
 
 
 class Workspace:
-    """Per-layer buffers for batches of up to `rows` rows (reused from step to step)."""
+    """Per-layer buffers for batches of up to `rows` rows (reused from step to step).
 
-    def __init__(self, rows: int, sizes: Sequence[int], dtype):
+    dropped: the hidden layers l whose outputs dropout masks in training; each gets ad[l], its masked
+    activations a[l]·mask/(1−p) that the layer above reads (a[l] stays unmasked for σ')."""
+
+    def __init__(self, rows: int, sizes: Sequence[int], dtype, dropped: frozenset = frozenset()):
         outs = sizes[1:]
-        self.rows = rows
+        self.rows, self.dropped = rows, frozenset(dropped)
+        self.ad = {l: np.empty((rows, sizes[l + 1]), dtype) for l in sorted(self.dropped)}
         self.z = [np.empty((rows, m), dtype) for m in outs]  # a·W (the output layer's: + b)
         # δ = ∂l/∂z of each layer: the backward pass writes it over z (no pass reads z after that), so the
         # same buffers, named for what they hold then
         self.delta = self.z
         self.a = [np.empty((rows, m), dtype) for m in outs]  # activations σ(z); softmax/linear at the output
-        self.g = np.empty((rows, _g_width(sizes)), dtype)  # δ_next·Wᵀ by BLAS, reused by every wide layer
+        self.g = np.empty((rows, _g_width(sizes, self.dropped)), dtype)  # δ_next·Wᵀ by BLAS, every wide layer
         self.row_loss = np.empty(rows, dtype)
         self.partial = np.empty((_chunks(rows), max(outs)), dtype)  # per-chunk column sums for db
         # Wᵀ (fan_out, fan_in) of each narrow layer but the first, contiguous, for kernels.narrow_backward
@@ -60,17 +64,19 @@ def narrow_layers(sizes: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
             if l >= 1 and fo <= kernels.NARROW_WIDTH]
 
 
-def _g_width(sizes: Sequence[int]) -> int:
+def _g_width(sizes: Sequence[int], dropped: frozenset = frozenset()) -> int:
     """Columns of Workspace.g: the widest fan-in of the layers l ≥ 1 whose δ·Wᵀ is a BLAS product (0: none;
-    a classifier with one hidden layer sends its only δ·Wᵀ through kernels.narrow_backward)."""
-    narrow = {l for l, _ in narrow_layers(sizes)}
+    a classifier with one hidden layer sends its only δ·Wᵀ through kernels.narrow_backward). A layer above a
+    dropped one (l − 1 in `dropped`) always takes the BLAS product, so that the mask can go between it and σ'."""
+    narrow = {l for l, _ in narrow_layers(sizes)} - {l + 1 for l in dropped}
     return max((fi for l, fi in enumerate(sizes[:-1]) if l >= 1 and l not in narrow), default=0)
 
 
-def workspace_bytes(rows: int, sizes: Sequence[int], dtype) -> int:
+def workspace_bytes(rows: int, sizes: Sequence[int], dtype, dropped: frozenset = frozenset()) -> int:
     """Bytes of the forward/backward buffers for batches of up to `rows` rows (what Workspace allocates)."""
     outs = sizes[1:]
-    elements = rows * (2 * sum(outs) + _g_width(sizes) + 1) + _chunks(rows) * max(outs)
+    elements = rows * (2 * sum(outs) + _g_width(sizes, dropped) + 1 + sum(sizes[l + 1] for l in dropped))
+    elements += _chunks(rows) * max(outs)
     elements += sum(fi * fo for _, (fi, fo) in narrow_layers(sizes))
     return elements * np.dtype(dtype).itemsize
 
@@ -138,6 +144,11 @@ class MLP:
         self.feature_offset: np.ndarray | None = None  # (inputs,) float64
         self.feature_factor: np.ndarray | None = None  # (inputs,) float64
         self.classes: np.ndarray | None = None  # (outputs,) labels in output order
+        # dropout in training (distbp.train.setup sets it from the run's options): the drop probability of each
+        # hidden layer's units (None: none), the run's seed, and the global step of the passes to come
+        self.dropout: list[float] | None = None
+        self.dropout_seed, self.dropout_step = 0, 0
+        self.dropout_row_offset = 0  # added to a pass's row indices (each rank's own rows: its first row's index)
         self.trace = NULL_TRACER  # --trace: forward/backward per layer of the main thread's passes
 
     @property
@@ -207,22 +218,34 @@ class MLP:
     # ---- forward and backward ---------------------------------------------
 
     def _workspace(self, n: int) -> Workspace:
-        if self._ws is None or self._ws.rows < n:
-            self._ws = Workspace(n, self.sizes, self.dtype)
+        if self._ws is None or self._ws.rows < n or self._ws.dropped != self.dropped_layers():
+            self._ws = Workspace(n, self.sizes, self.dtype, self.dropped_layers())
         return self._ws
 
     def new_workspace(self, rows: int) -> Workspace:
         """Forward/backward buffers of this model's own for batches of up to `rows` rows (one per thread)."""
-        return Workspace(rows, self.sizes, self.dtype)
+        return Workspace(rows, self.sizes, self.dtype, self.dropped_layers())
+
+    def dropped_layers(self) -> frozenset:
+        """The hidden layers whose units dropout drops in training (p > 0)."""
+        return frozenset(l for l, p in enumerate(self.dropout or ()) if p > 0)
+
+    def _dropout_args(self, l: int, rows: np.ndarray) -> tuple:
+        """(rows, offset, key, threshold, scale) of hidden layer l's mask at this pass's step."""
+        p = self.dropout[l]
+        key = np.uint64(kernels.dropout_key(self.dropout_seed, self.dropout_step, l))
+        return (rows, np.int64(self.dropout_row_offset), key, kernels.dropout_threshold(p),
+                self.dtype.type(1.0 / (1.0 - p)))
 
     def reserve_workspace(self, rows: int) -> None:
         """Allocate the forward/backward buffers for batches of up to `rows` rows now (training does, so
         that its memory is known before the first step and never grows)."""
         self._workspace(max(1, rows))
 
-    def _forward(self, X: np.ndarray, ws: Workspace, n: int, trace=NULL_TRACER) -> None:
+    def _forward(self, X: np.ndarray, ws: Workspace, n: int, trace=NULL_TRACER, rows: np.ndarray | None = None) -> None:
         """Fill z[l], a[l] (n rows) for every hidden layer, and the output layer's z = a·W + b (its σ is the
-        loss's: softmax or linear)."""
+        loss's: softmax or linear). rows: the global indices of X's rows in a training pass with dropout; the
+        layer above a dropped layer then reads ad[l] = a[l]·mask/(1−p)."""
         a_in = X
         for l, (W, b) in enumerate(self.params):
             t0 = trace.now() if trace.on else 0.0
@@ -230,13 +253,16 @@ class MLP:
             a_out = ws.a[l][:n] if l < self.n_layers - 1 else z
             dense_forward(z, a_out, a_in, W, b, self._forward_kernels[l])
             a_in = a_out
+            if rows is not None and l in ws.dropped:
+                a_in = ws.ad[l][:n]
+                kernels.dropout_forward(a_in, a_out, *self._dropout_args(l, rows))
             if trace.on:
                 trace.complete(f"forward {l}", t0, trace.now() - t0, layer=l)
 
     def loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
                            hooks: BackwardHooks | None = None, progress_chunks: int = 1,
                            validate: bool = True, workspace: Workspace | None = None,
-                           w: np.ndarray | None = None) -> float:
+                           w: np.ndarray | None = None, rows: np.ndarray | None = None) -> float:
         """The hot path: write ∂L/∂θ for the batch into `grad` (flat, n_params) and return L = Σₙ lⁿ
         (L = Σₙ wₙ lⁿ with per-row weights w (n,) in the model's dtype).
 
@@ -247,6 +273,8 @@ class MLP:
         row-chunks of each δ·Wᵀ product, so communication can overlap the backward pass.
         Buffers are reused: no allocation once the largest batch has been seen. `workspace`
         (from new_workspace) lets several threads run passes of one model at once.
+        rows (n,) int64: the rows' global indices, which turn dropout on (`dropout`): each unit's mask is a
+        function of (dropout_seed, dropout_step, the row, the layer, the unit), the same on any layout.
         """
         if validate:
             self.check_batch(X, y, allow_empty=True)
@@ -262,8 +290,9 @@ class MLP:
             return 0.0
         ws = self._workspace(n) if workspace is None else workspace
         tr = self.trace if workspace is None else NULL_TRACER  # other threads' passes are not traced
+        drop = rows is not None and bool(ws.dropped)
         with tr.span("forward", rows=n):
-            self._forward(X, ws, n, tr)
+            self._forward(X, ws, n, tr, rows if drop else None)
 
         # output layer: δ = ∂l/∂z from the loss, written over z
         L = self.n_layers - 1
@@ -278,20 +307,22 @@ class MLP:
             t0 = tr.now() if tr.on else 0.0
             dW, db = grads[l]
             a_in = X if l == 0 else ws.a[l - 1][:n]
+            dropped = drop and l > 0 and (l - 1) in ws.dropped  # this layer read ad[l − 1], a_in masked
             if l == L:  # a hidden layer's db came with its δ, from dense_backward
                 bias_gradient(db, delta, ws.partial)
-            weight_gradient(dW, a_in, delta)
+            weight_gradient(dW, ws.ad[l - 1][:n] if dropped else a_in, delta)
             if hooks is not None:
                 hooks.layer_ready(l)
             if l > 0:
                 # the layer below's δ_in = σ'(a_in) ⊙ (δ·Wᵀ), written over its z, and its db_in = Σₙ δ_in
                 W, delta_in, db_in = self.params[l][0], ws.delta[l - 1][:n], grads[l - 1][1]
-                if l in ws.w_t:  # a narrow layer: product, σ' and db_in in one pass
+                if l in ws.w_t and not dropped:  # a narrow layer: product, σ' and db_in in one pass
                     narrow_dense_backward(delta_in, db_in, delta, W, a_in, self._narrow_kernels[l - 1], ws.w_t[l],
                                           ws.partial, hooks)
                 else:
                     dense_backward(delta_in, db_in, delta, W, a_in, self._backward_kernels[l - 1],
-                                   ws.g[:n, : W.shape[0]], ws.partial, hooks, progress_chunks)
+                                   ws.g[:n, : W.shape[0]], ws.partial, hooks, progress_chunks,
+                                   self._dropout_args(l - 1, rows) if dropped else None)
                 delta = delta_in
             if tr.on:
                 tr.complete(f"backward {l}", t0, tr.now() - t0, layer=l)

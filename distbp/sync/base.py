@@ -61,11 +61,13 @@ class Layout:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The model as far as sizes go: layer sizes, dtype, and integer labels (True) or float targets."""
+    """The model as far as sizes go: layer sizes, dtype, integer labels (True) or float targets, and the hidden
+    layers dropout masks (each has a buffer of its masked activations)."""
 
     sizes: tuple[int, ...]
     dtype: np.dtype
     labels: bool = True
+    dropped: frozenset = frozenset()
 
     @property
     def n_params(self) -> int:

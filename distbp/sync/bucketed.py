@@ -50,7 +50,8 @@ class BucketedSync(GradientSync):
             target = self.grad if (last or i > 0) else self.acc
             hooks = (AddAccumulated(self.acc, self.grad, model.layer_slices, self.reducer) if K > 1
                      else self.reducer) if last else None
-            loss += model.loss_and_grad_into(X, y, target, hooks=hooks, progress_chunks=4, validate=False, w=w)
+            loss += model.loss_and_grad_into(X, y, target, hooks=hooks, progress_chunks=4, validate=False, w=w,
+                                             rows=rows[a:b])
             correct += model.count_correct(y, w=w) if b > a else 0.0
             if 0 < i < K - 1:
                 self.acc += self.grad

@@ -197,8 +197,10 @@ class ExactSync(ReplicatedUpdate, GradientSync):
             ws, buffers, block_grad, acc = self._lanes[k]
             acc[...] = 0
             for b in range(k, n_blocks, self.lanes):
-                X, y, w = gather(rows[b * mb:(b + 1) * mb], into=buffers)
-                losses[b] = self.model.loss_and_grad_into(X, y, block_grad, validate=False, workspace=ws, w=w)
+                block = rows[b * mb:(b + 1) * mb]
+                X, y, w = gather(block, into=buffers)
+                losses[b] = self.model.loss_and_grad_into(X, y, block_grad, validate=False, workspace=ws, w=w,
+                                                          rows=block)
                 corrects[b] = self.model.count_correct(y, workspace=ws, w=w)
                 maxima[b] = add_fixed_point(acc, block_grad, scale)
 

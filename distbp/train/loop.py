@@ -50,6 +50,7 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int,
     """
     sync, inst = run.sync, run.instruments
     # pos.step is read at each use: a test's desync fault moves it inside the local gradient
+    run.model.dropout_step = run.pos.step  # dropout's masks are a function of the global step
     with inst.section("gradient allreduce", run.pos.step):
         with inst.compute("local gradient", rows=int(rows.shape[0])):
             loss, correct = sync.local_gradient(run.gather_train, rows, batch_rows)  # 2, and [dist] 3 starts

@@ -30,7 +30,7 @@ def per_rank(sync) -> dict[str, int]:
         "gradients": own["gradients"],
         "optimizer_state": own["optimizer_state"],
         # z and a per layer, the δ·Wᵀ scratch, per-row losses, per-chunk column sums of db
-        "activations": workspace_bytes(rows, shape.sizes, shape.dtype) + own.get("activations", 0),
+        "activations": workspace_bytes(rows, shape.sizes, shape.dtype, shape.dropped) + own.get("activations", 0),
         # the gathered inputs and targets
         "batch_buffers": rows * (shape.sizes[0] * item + (8 if shape.labels else shape.sizes[-1] * item))
         + own.get("batch_buffers", 0),

@@ -115,6 +115,7 @@ def plan_rows(cfg: Config, comm: Comm, data: Dataset, initial: np.ndarray | None
         # the strategy and buffers are sized for the largest piece any rank computes in a step
         model, sync = build_agreed(dataclasses.replace(cfg, batch_size=plan.max_rows * comm.size), comm,
                                    layout_of(comm), initial)
+        model.dropout_row_offset = sum(plan.counts[:comm.rank])  # dropout's row index: one over all ranks' rows
     else:
         model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
         plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size,
@@ -186,7 +187,9 @@ def build_agreed(cfg: Config, comm: Comm, layout: Layout,
     sizes, activations, loss), and its parameters win over `initial` (distbp.fit passes its model's own)."""
     err, model, sync = None, None, None
     try:
-        sync = make_sync(cfg, layout, ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy"))
+        shape = ModelShape(tuple(cfg.layers), np.dtype(cfg.dtype), cfg.loss == "cross_entropy",
+                           frozenset(l for l, p in enumerate(dropout_probabilities(cfg) or ()) if p > 0))
+        sync = make_sync(cfg, layout, shape)
         check_fits_machine(sync)
         activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
         # no draw when the parameters come from the caller or a file (a draw of a large model takes seconds)
@@ -199,10 +202,30 @@ def build_agreed(cfg: Config, comm: Comm, layout: Layout,
                 raise ConfigError(f"the initial parameters have shape {np.shape(initial)}, the model "
                                   f"{'-'.join(map(str, model.sizes))} needs ({model.n_params},)")
             model.flat_params[...] = initial
+        set_dropout(model, cfg)
     except (ValueError, DistbpError) as e:
         err = e
     comm.agree_on_failure(err)  # [dist]
     return model, sync
+
+
+def set_dropout(model: MLP, cfg: Config) -> None:
+    """The model's dropout in training from cfg.dropout (see `dropout_probabilities`)."""
+    probabilities = dropout_probabilities(cfg)
+    if probabilities:
+        model.dropout, model.dropout_seed = probabilities, cfg.seed
+
+
+def dropout_probabilities(cfg: Config) -> list[float] | None:
+    """Each hidden layer's drop probability from cfg.dropout: one for every hidden layer, or one each."""
+    if not cfg.dropout:
+        return None
+    hidden = len(cfg.layers) - 2
+    probabilities = list(cfg.dropout) * hidden if len(cfg.dropout) == 1 else list(cfg.dropout)
+    if len(probabilities) != hidden:
+        raise ConfigError(f"--dropout gives {len(cfg.dropout)} probabilities for {hidden} hidden layer(s): give "
+                          "one for all, or one per hidden layer")
+    return probabilities
 
 
 def layout_of(comm: Comm) -> Layout:

@@ -81,12 +81,14 @@ def warm_kernels(model, optimizer: str, sync) -> None:
 
     The passes run on a tiny stand-in of `model` (`stand_in_sizes`), so the warm-up allocates kilobytes, not
     a second gradient of the model's size that --dry-run would have to count."""
+    dropout = model.dropout
     model = MLP(stand_in_sizes(model.sizes), model.activation_names, model.loss.name, str(model.dtype))
+    model.dropout = dropout  # the same dropped layers: the same kernels, and the same wide backward paths
     X = np.zeros((ROWS, model.sizes[0]), model.dtype)
     y = (np.zeros(ROWS, np.int64) if model.loss.labels else np.zeros((ROWS, model.sizes[-1]), model.dtype))
     grad = np.zeros(model.n_params, model.dtype)
     ws = model.new_workspace(ROWS)  # its own buffers: the model's are left as they are
-    model.loss_and_grad_into(X, y, grad, workspace=ws, validate=False)
+    model.loss_and_grad_into(X, y, grad, workspace=ws, validate=False, rows=np.arange(ROWS, dtype=np.int64))
     kernels.all_finite(grad)  # the strategies' finite check of ∇L
     params = np.zeros(4, model.dtype)
     # the run's optimizer options: weight decay and the layer-wise optimizers have kernels of their own
@@ -104,6 +106,7 @@ def warm_key(model, optimizer: str, sync) -> str:
     # the strategy says what of it selects kernels (strategy, optimizer options, clip, codec)
     what = dict(numba=numba.__version__, cpu=llvm.get_host_cpu_name(), sources=sources, dtype=str(model.dtype),
                 activations=sorted(set(model.activation_names)), backward=backward, loss=model.loss.name,
+                dropout=sorted(model.dropped_layers()),
                 optimizer=optimizer, **sync.kernel_key())
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -19,6 +19,7 @@ MODES = [
     dict(activation="relu,tanh", layers=[12, 9, 20, 3], loss="mse", dtype="float64", optimizer="adam",
          shard_optimizer=True, accumulate=2),  # δ of the relu layer by the wide kernel, of the tanh one narrow
     dict(reproducible=True, micro_batch=16, activation="tanh", optimizer="momentum"),
+    dict(dropout=[0.3], activation="relu", layers=[12, 9, 5, 3]),  # masks; the narrow layer above forced wide
 ]
 
 
