@@ -73,6 +73,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -410,11 +411,13 @@ class _DistbpMLP(BaseEstimator):
         capped by the smallest thread variable set in the environment. joblib's loky workers (GridSearchCV and
         cross_val_score with n_jobs) have them set to cores // n_jobs, so parallel fits do not oversubscribe
         the cores. A pool's worker with none set (joblib's multiprocessing backend: how many siblings it has
-        is unknown) takes 1 thread unless `threads` says otherwise."""
+        is unknown) takes 1 thread unless `threads` says otherwise, and so does a fit in a thread other than the
+        main one (joblib's threading backend: its fits share this process's pools)."""
         limit = _thread_limit()
         if self.threads is not None:
             return int(self.threads) if limit is None else min(int(self.threads), limit)
-        if limit is None and multiprocessing.current_process().daemon:
+        if limit is None and (multiprocessing.current_process().daemon
+                              or threading.current_thread() is not threading.main_thread()):
             limit = 1
         return default_threads() if limit is None else min(default_threads(), limit)
 

@@ -191,3 +191,22 @@ def test_a_weighted_run_resumes_mid_epoch_bit_exactly(tmp_path):
     assert ran[0] == 11  # it went on after step 10 (7 steps an epoch), not from the start
     assert resumed.flat_params.tobytes() == whole.flat_params.tobytes()
     assert [r["train_loss"] for r in got] == [r["train_loss"] for r in want]  # the epoch's Σ wₙ came back too
+
+
+def test_the_command_line_takes_weights_no_shuffle_l2_and_dropout_together(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    X, y = rows(80)
+    write_csv(tmp_path / "d.csv", X, y, np.random.default_rng(13).uniform(0, 2, 80))
+    done = subprocess.run([sys.executable, "-m", "distbp", "train", "--data", str(tmp_path / "d.csv"), "--weights",
+                           "wt", "--layers", "5,8,6,3", "--dropout", "0.2", "--no-shuffle", "--l2", "0.01",
+                           "--optimizer", "momentum", "--epochs", "2", "--batch-size", "16", "--progress", "none",
+                           "--metrics", str(tmp_path / "m.jsonl")],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, DISTBP_THREADS="1"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("(weighted)") == 2, done.stdout  # one epoch line each, marked
+    import json
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["weighted"] for r in records] == [True, True]

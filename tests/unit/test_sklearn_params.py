@@ -270,6 +270,12 @@ out = {"cores": threads.cores_available(), "default": pools(), "threads=1": pool
 os.environ["OMP_NUM_THREADS"] = "1,1"  # a nested OpenMP setting: its first level counts
 out["threads=2, OMP_NUM_THREADS=1,1"] = pools(threads=2)
 del os.environ["OMP_NUM_THREADS"]
+import threading
+in_a_thread = {}
+worker = threading.Thread(target=lambda: in_a_thread.update(plain=pools(), asked=pools(threads=2)))
+worker.start()
+worker.join()  # as joblib's threading backend runs a fit: in a thread of this process, sharing its pools
+out["thread"], out["thread, threads=2"] = in_a_thread["plain"], in_a_thread["asked"]
 multiprocessing.current_process().daemon = True  # as a worker of a process pool
 out["pool worker"] = pools()
 out["pool worker, threads=2"] = pools(threads=2)
@@ -303,6 +309,12 @@ def test_a_pool_worker_without_thread_variables_takes_one_thread_unless_asked(po
     # joblib's multiprocessing backend sets no variables, and its worker cannot know how many siblings it has
     assert pools_after_fits["pool worker"] == 1
     assert pools_after_fits["pool worker, threads=2"] == min(2, pools_after_fits["cores"])
+
+
+def test_a_fit_in_a_thread_of_its_process_takes_one_thread_unless_asked(pools_after_fits):
+    # joblib's threading backend runs its fits in threads of one process, which share its pools
+    assert pools_after_fits["thread"] == 1
+    assert pools_after_fits["thread, threads=2"] == min(2, pools_after_fits["cores"])
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
