@@ -193,8 +193,11 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_
     if held_out:
         values["test_fraction"] = validation
     cfg = from_values(values, "distbp.fit")  # threads checked as the command line's --threads (at least 1)
-    cfg.threads = threads.choose_threads(cfg.threads)[0]  # None: the default, capped at this rank's cores
-    threads.set_threads(cfg.threads)  # numpy is loaded already: the pools are resized now
+    n, source = threads.requested_threads(cfg.threads)
+    if cfg.threads is not None or source != threads.DEFAULT_SOURCE:  # asked for: that, capped at the cores
+        cfg.threads = threads.choose_threads(cfg.threads)[0]
+        threads.set_threads(cfg.threads)  # numpy is loaded already: the pools are resized now
+    # else None: set-up takes distbp's default, or 1 for a small step (train.setup.settle_threads)
     if data is not None:
         return cfg, None
     pair = None if held_out else validation

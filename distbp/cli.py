@@ -219,7 +219,10 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         err = ConfigError(str(e))
     try:
         comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
-        cfg.threads = n_threads  # decided (and capped) before numpy loaded, from --threads or the config
+        # decided (and capped) before numpy loaded, from --threads, the config or the environment; when nobody
+        # asked, set-up takes this default or 1 thread for a step too small to share (setup.settle_threads)
+        asked = threads.requested_threads(_early_threads(argv))[1] != threads.DEFAULT_SOURCE
+        cfg.threads = n_threads if asked or cfg.dry_run else None
         if cfg.dry_run:
             return dry_run(cfg, comm)
         from distbp.train.job import run_job  # Numba: only once the flags are good

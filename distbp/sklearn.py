@@ -419,7 +419,8 @@ class _DistbpMLP(BaseEstimator):
         if limit is None and (multiprocessing.current_process().daemon
                               or threading.current_thread() is not threading.main_thread()):
             limit = 1
-        return default_threads() if limit is None else min(default_threads(), limit)
+        # None: distbp's default, which a step too small to share runs on one thread (train.setup.settle_threads)
+        return None if limit is None else min(default_threads(), limit)
 
     # ---- prediction -----------------------------------------------------------------------------------
 

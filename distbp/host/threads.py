@@ -69,7 +69,10 @@ def requested_threads(explicit: int | None = None) -> tuple[int, str]:
     for var in ("DISTBP_THREADS", "SLURM_CPUS_PER_TASK"):
         if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
             return int(os.environ[var]), var
-    return max(1, cores_available() // local_rank_count()), "cores / local ranks"
+    return max(1, cores_available() // local_rank_count()), DEFAULT_SOURCE
+
+
+DEFAULT_SOURCE = "cores / local ranks"  # what requested_threads says when nobody asked for a count
 
 
 def choose_threads(explicit: int | None = None) -> tuple[int, str | None]:
@@ -84,6 +87,19 @@ def choose_threads(explicit: int | None = None) -> tuple[int, str | None]:
     if n > cores:
         return cores, f"{source} asked for {n}, capped at the {cores} core(s) this rank may run on"
     return n, None
+
+
+# A step of fewer floating-point operations than this runs as fast or faster on one thread than on two: the
+# second thread's wake-ups and joins cost more than it computes. benchmarks/threads.py (2-core EPYC Zen 4), two
+# threads against one: 64-128-10 at batch 128 (7 MFLOP) 2.7-4.4x slower, 64-256-256-10 at 128 (65 MFLOP) 0.90-1.24x,
+# 784-256-10 at 128 (156 MFLOP) 0.61-0.76x, 784-1024-1024-10 at 512 0.55-0.60x
+SMALL_STEP_FLOPS = 1e8
+
+
+def step_threads(n: int, n_params: int, rows: int) -> int:
+    """The threads for a step of `rows` rows through n_params parameters (about 6·n_params·rows operations): n,
+    or 1 for a step below SMALL_STEP_FLOPS. Only the default thread count is lowered this way."""
+    return 1 if 6 * n_params * rows < SMALL_STEP_FLOPS else n
 
 
 def default_threads() -> int:

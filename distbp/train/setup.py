@@ -26,8 +26,9 @@ from distbp.data.batch import BatchBuffers
 from distbp.data.datasets import Dataset, load_dataset
 from distbp.data.shard import LocalRows, SharedRows
 from distbp.errors import ConfigError, DistbpError
+from distbp.host import threads
 from distbp.host.files import UnsafeFolder, make_private_dir
-from distbp.nn.model import MLP
+from distbp.nn.model import MLP, layer_slices_of
 from distbp.nn.modelfile import initial_parameters
 from distbp.observe.trace import NULL_TRACER, PHASES, NullTracer, Tracer, align_clocks, parse_steps
 from distbp.sync.base import GradientSync, Layout, ModelShape
@@ -112,11 +113,13 @@ def plan_rows(cfg: Config, comm: Comm, data: Dataset, initial: np.ndarray | None
         data, plan, fingerprint = localdata.agree(data, comm, scale=cfg.scale, batch_size=cfg.batch_size,
                                                   seed=cfg.seed, shuffle=cfg.shuffle)
         cfg.layers = resolve_layers(cfg, data)  # the same on every rank now, and so is any error
+        settle_threads(cfg, comm)
         # the strategy and buffers are sized for the largest piece any rank computes in a step
         model, sync = build_agreed(dataclasses.replace(cfg, batch_size=plan.max_rows * comm.size), comm,
                                    layout_of(comm), initial)
         model.dropout_row_offset = sum(plan.counts[:comm.rank])  # dropout's row index: one over all ranks' rows
     else:
+        settle_threads(cfg, comm)
         model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
         plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size,
                           shuffle=cfg.shuffle)
@@ -207,6 +210,16 @@ def build_agreed(cfg: Config, comm: Comm, layout: Layout,
         err = e
     comm.agree_on_failure(err)  # [dist]
     return model, sync
+
+
+def settle_threads(cfg: Config, comm: Comm) -> None:
+    """cfg.threads None (nobody asked for a count): distbp's default, or 1 for a step too small to share
+    (host/threads.step_threads: the rank's rows of a global batch through the model); the pools are set now."""
+    if cfg.threads is not None:
+        return
+    rows = -(-cfg.batch_size // comm.size)
+    cfg.threads = threads.step_threads(threads.default_threads(), layer_slices_of(cfg.layers)[-1].stop, rows)
+    threads.set_threads(cfg.threads)
 
 
 def set_dropout(model: MLP, cfg: Config) -> None:

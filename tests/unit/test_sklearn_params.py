@@ -266,7 +266,14 @@ def pools(**params):
     MLPClassifier((8,), max_iter=1, random_state=0, **params).fit(X, y)
     return max(numba.get_num_threads(), *threads.blas_threads().values())
 
-out = {"cores": threads.cores_available(), "default": pools(), "threads=1": pools(threads=1)}
+def large_pools():  # a step of about 120 MFLOP (200 rows through 103,000 parameters): worth every core
+    threads.set_threads(1)
+    Xl, yl = make_classification(n_samples=600, n_features=200, random_state=0)
+    MLPClassifier((512,), max_iter=1, random_state=0).fit(Xl, yl)
+    return max(numba.get_num_threads(), *threads.blas_threads().values())
+
+out = {"cores": threads.cores_available(), "default": pools(), "threads=1": pools(threads=1),
+       "large default": large_pools()}
 os.environ["OMP_NUM_THREADS"] = "1,1"  # a nested OpenMP setting: its first level counts
 out["threads=2, OMP_NUM_THREADS=1,1"] = pools(threads=2)
 del os.environ["OMP_NUM_THREADS"]
@@ -294,7 +301,12 @@ def pools_after_fits() -> dict:
 
 
 def test_threads_none_takes_distbps_default_where_nothing_limits_it(pools_after_fits):
-    assert pools_after_fits["default"] == pools_after_fits["cores"]  # one process on its node: all its cores
+    assert pools_after_fits["large default"] == pools_after_fits["cores"]  # one process on its node: all its cores
+
+
+def test_a_step_too_small_to_share_runs_on_one_thread_by_default(pools_after_fits):
+    # 60 rows through 8 hidden units: far below host/threads.SMALL_STEP_FLOPS, where a second thread only costs
+    assert pools_after_fits["default"] == 1
 
 
 def test_threads_one_is_what_the_fit_uses(pools_after_fits):

@@ -162,3 +162,13 @@ def test_idle_pool_workers_spin_briefly_unless_the_user_chose():
     spin = {"GOMP_SPINCOUNT": "5", "OPENBLAS_THREAD_TIMEOUT": "20"}
     set_pool_waits(spin)
     assert spin == {"GOMP_SPINCOUNT": "5", "OPENBLAS_THREAD_TIMEOUT": "20"}
+
+
+def test_a_step_too_small_to_share_gets_one_thread_and_a_larger_one_keeps_the_default():
+    from distbp.host.threads import SMALL_STEP_FLOPS, step_threads
+
+    # 64-128-10 at batch 128: 7 MFLOP, measured 2.7x slower on two threads (benchmarks/threads.py)
+    assert step_threads(2, 64 * 128 + 128 + 128 * 10 + 10, 128) == 1
+    # 784-256-10 at batch 128: 156 MFLOP, 0.61-0.76x the time on two (one noisy run: 1.61x)
+    assert step_threads(2, 784 * 256 + 256 + 256 * 10 + 10, 128) == 2
+    assert step_threads(4, int(-(-SMALL_STEP_FLOPS // 6)), 1) == 4  # the threshold itself is not small
