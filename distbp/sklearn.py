@@ -211,15 +211,8 @@ class _DistbpMLP(BaseEstimator):
             # scikit-learn keeps in memory (_best_coefs) and restores at the end
             best = {} if folder is None else {"save_best": os.path.join(folder, "best.npz"),
                                               "early_stop_metric": self.BEST_METRIC}
-            history = distbp_fit(
-                self.model_, X_train, t_train, validation=validation, verbose=bool(self.verbose), comm=comm,
-                sample_weight=w_train, optimizer_state=self._optimizer_state,
-                callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
-                epochs=int(epochs), batch_size=self._batch_rows(X_train.shape[0], comm.is_root),
-                # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B
-                lr=float(self.learning_rate_init), lr_scale="mean", l2=float(self.alpha),
-                seed=seed, shuffle=bool(self.shuffle), scale="none", threads=self._threads(),
-                dropout=self._dropout(), **best, **self._optimizer())
+            history = self._distbp_fit(X_train, t_train, w_train, validation, comm, incremental, epochs=int(epochs),
+                                       lr=float(self.learning_rate_init), seed=seed, **best)
             if folder is not None:
                 self._restore_best(best["save_best"], comm, improved=self.best_validation_score_ > best_before)
         finally:
@@ -229,6 +222,17 @@ class _DistbpMLP(BaseEstimator):
             _warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                   "hasn't converged yet.", ConvergenceWarning)
         return self
+
+    def _distbp_fit(self, X, targets, weights, validation, comm: Comm, incremental: bool, **options) -> list[dict]:
+        """distbp.fit of the model with this estimator's settings (options: epochs, lr, seed, and any more)."""
+        return distbp_fit(
+            self.model_, X, targets, validation=validation, verbose=bool(self.verbose), comm=comm,
+            sample_weight=weights, optimizer_state=self._optimizer_state,
+            callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
+            batch_size=self._batch_rows(X.shape[0], comm.is_root),
+            # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B
+            lr_scale="mean", l2=float(self.alpha), shuffle=bool(self.shuffle), scale="none",
+            threads=self._threads(), dropout=self._dropout(), **options, **self._optimizer())
 
     def _fit_by_epoch(self, X, targets, weights, validation, comm: Comm, incremental: bool, epochs: int):
         """sgd with learning_rate "invscaling" or "adaptive": one distbp.fit call per epoch, the optimizer carried
@@ -243,12 +247,7 @@ class _DistbpMLP(BaseEstimator):
         for _ in range(epochs):
             seed = self._seed if self.n_iter_ == 0 else _derived_seed(self._seed, self.n_iter_)
             best_so_far = self.best_validation_score_
-            distbp_fit(self.model_, X, targets, validation=validation, verbose=bool(self.verbose), comm=comm,
-                       sample_weight=weights, optimizer_state=self._optimizer_state,
-                       callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
-                       epochs=1, batch_size=self._batch_rows(X.shape[0], comm.is_root), lr=self._lr,
-                       lr_scale="mean", l2=float(self.alpha), seed=seed, shuffle=bool(self.shuffle), scale="none",
-                       threads=self._threads(), dropout=self._dropout(), **self._optimizer())
+            self._distbp_fit(X, targets, weights, validation, comm, incremental, epochs=1, lr=self._lr, seed=seed)
             ran += 1
             if validation is not None and self.validation_scores_[-1] > best_so_far:
                 self._best_params = self.model_.flat_params.copy()  # this epoch is the best so far

@@ -66,8 +66,8 @@ class Split:
             raise IndexError(f"rows must lie in [0, {self.n_rows}), got {rows.min()}..{rows.max()}")
         self._gather_features(rows, X_out)
         self._gather_labels(rows, y_out)
-        if w_out is not None:
-            w_out[...] = self.w[rows]
+        if w_out is not None:  # rows are checked above; the weights cast once per dtype, so no copy per call
+            np.take(self._weights_in(w_out.dtype), rows, out=w_out, mode="clip")
 
     def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> None:
         source_rows = rows if self.index is None else np.take(self.index, rows)
@@ -100,6 +100,12 @@ class Split:
                                  f"got {y_out.dtype} {y_out.shape}")
             y_out.fill(0)
             y_out[np.arange(n), self.y[rows]] = 1
+
+    def _weights_in(self, dtype: np.dtype) -> np.ndarray:
+        key = ("w", np.dtype(dtype))
+        if key not in self._cast:
+            self._cast[key] = self.w.astype(dtype)
+        return self._cast[key]
 
     def _scaling_in(self, dtype: np.dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
         # cast once per output dtype, so that gather allocates nothing for scaling.

@@ -80,17 +80,10 @@ def run_in_host0(cluster: netns.Cluster, command: list[str], env: dict[str, str]
     wait at most `timeout` s; returns the result (returncode None: killed at the timeout) and the processes
     still running in any host `linger` s after it ended, which are then killed."""
     args = [str(netns.EXEC_SCRIPT), cluster.addrs[0], shlex.join(command)]
-    started = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        cluster.kill_jobs(proc)
-        stdout, stderr = proc.communicate()
-        code = None
-    seconds = time.monotonic() - started
+    job = netns.Job(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=REPO, start_new_session=True), time.monotonic())
+    code, stdout, stderr, seconds = cluster.finish(job, timeout)
+    proc = job.proc
     deadline = time.monotonic() + linger  # remote daemons may take a moment to see the job's end
     while (left := cluster.processes()) and time.monotonic() < deadline:
         time.sleep(0.1)

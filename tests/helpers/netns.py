@@ -462,8 +462,8 @@ class Cluster:
                                 text=True, env=self.environment(env, hide), cwd=cwd or REPO, start_new_session=True)
         return Job(proc, started)
 
-    def wait(self, job: Job, timeout: float | None) -> Result:
-        """Wait for a started job; after `timeout` s kill it (returncode None). Leaves no process behind."""
+    def finish(self, job: Job, timeout: float | None) -> tuple[int | None, str, str, float]:
+        """(exit code, stdout, stderr, seconds) of a started job, killed after `timeout` s (exit code None)."""
         proc = job.proc
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -472,7 +472,12 @@ class Cluster:
             self.kill_jobs(proc)
             stdout, stderr = proc.communicate()
             code = None
-        seconds = time.monotonic() - job.started
+        return code, stdout, stderr, time.monotonic() - job.started
+
+    def wait(self, job: Job, timeout: float | None) -> Result:
+        """Wait for a started job; after `timeout` s kill it (returncode None). Leaves no process behind."""
+        proc = job.proc
+        code, stdout, stderr, seconds = self.finish(job, timeout)
         self.kill_jobs(proc)  # normally nothing is left: hydra reaps its ranks
         diagnosis = self.diagnose() if code != 0 and len(self.hosts) > 1 else []
         return Result(proc.args, code, stdout or "", stderr or "", seconds, diagnosis)

@@ -20,7 +20,6 @@ import pytest
 pytest.importorskip("sklearn", reason="scikit-learn is in the test extra")
 
 import joblib  # noqa: E402  (scikit-learn's dependency)
-from sklearn import neural_network  # noqa: E402
 from sklearn.datasets import make_classification, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.metrics import r2_score  # noqa: E402
@@ -30,10 +29,10 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from distbp.host import threads  # noqa: E402
 from distbp.nn.model import MLP  # noqa: E402
 from distbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from sklearn_twins import flat, from_the_same_start  # noqa: E402
 
 quiet = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 ROUNDING = 1e-13  # |Δθ| after a few float64 steps that sum in another order; parameters are O(1)
-SCIKIT_LEARN = {MLPClassifier: neural_network.MLPClassifier, MLPRegressor: neural_network.MLPRegressor}
 
 
 def classification(n=150, classes=3, seed=0, informative=4, flip_y=0.01):
@@ -51,33 +50,6 @@ def data_for(cls):
     return classification() if cls is MLPClassifier else regression()
 
 
-def flat(estimator) -> np.ndarray:
-    """coefs_ then intercepts_, as one float64 vector (any estimator with scikit-learn's attributes)."""
-    return np.concatenate([a.ravel() for a in estimator.coefs_ + estimator.intercepts_]).astype(np.float64)
-
-
-def fitted_from_the_same_start(cls, X, y, epochs, **params):
-    """(ours, scikit-learn's), each fitted `epochs` more epochs from the same parameters with a fresh optimizer.
-
-    Both are fitted once first (their shapes and labels), then scikit-learn's takes ours' parameters, and both
-    go on with warm_start (which starts a new optimizer state in both)."""
-    common = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", learning_rate_init=0.1, warm_start=True,
-                  random_state=0, max_iter=1, **params)
-    ours = cls(dtype="float64", **common)
-    theirs = SCIKIT_LEARN[cls](nesterovs_momentum=False, **common)  # distbp's momentum is heavy-ball
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours.fit(X, y)
-        theirs.fit(X, y)
-        theirs.coefs_ = [W.copy() for W in ours.coefs_]
-        theirs.intercepts_ = [b.copy() for b in ours.intercepts_]
-        start = flat(ours)
-        ours.set_params(max_iter=epochs).fit(X, y)
-        theirs.set_params(max_iter=epochs).fit(X, y)
-    assert not np.array_equal(flat(ours), start)  # it trained
-    return ours, theirs
-
-
 # ---- alpha: scikit-learn's L2 penalty ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -85,10 +57,10 @@ def fitted_from_the_same_start(cls, X, y, epochs, **params):
 def test_alpha_takes_scikit_learns_sgd_steps_from_the_same_start(cls, momentum):
     # one batch of all rows, so the order of the rows cannot matter: three steps of η·(∇L + α·W)/B
     X, y = data_for(cls)
-    ours, theirs = fitted_from_the_same_start(cls, X, y, epochs=3, alpha=0.5, momentum=momentum,
+    ours, theirs = from_the_same_start(cls, X, y, epochs=3, alpha=0.5, momentum=momentum,
                                               batch_size=len(X))
     assert np.abs(flat(ours) - flat(theirs)).max() < ROUNDING
-    unpenalised, _ = fitted_from_the_same_start(cls, X, y, epochs=3, alpha=0.0, momentum=momentum,
+    unpenalised, _ = from_the_same_start(cls, X, y, epochs=3, alpha=0.0, momentum=momentum,
                                                 batch_size=len(X))
     assert np.abs(flat(unpenalised) - flat(theirs)).max() > 1e-4  # the penalty moved scikit-learn's weights
 
@@ -98,7 +70,7 @@ def test_alpha_takes_scikit_learns_sgd_steps_from_the_same_start(cls, momentum):
 def test_sgd_epochs_in_stored_order_are_scikit_learns_with_shuffle_false(cls, alpha):
     # 150 rows in batches of 32: four full batches and one of 22, whose penalty is α·W/22 as scikit-learn's
     X, y = data_for(cls)
-    ours, theirs = fitted_from_the_same_start(cls, X, y, epochs=2, alpha=alpha, momentum=0.9, batch_size=32,
+    ours, theirs = from_the_same_start(cls, X, y, epochs=2, alpha=alpha, momentum=0.9, batch_size=32,
                                               shuffle=False)
     assert np.abs(flat(ours) - flat(theirs)).max() < ROUNDING
     if alpha == 0:  # scikit-learn's loss adds the penalty, ours is the data's alone (the module's docstring)

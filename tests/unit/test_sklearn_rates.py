@@ -1,25 +1,17 @@
 """learning_rate "invscaling" and "adaptive" (with power_t) for solver="sgd", as scikit-learn's MLP has them: from
 the same parameters, distbp's estimators take scikit-learn's steps, rate changes and stops included."""
 
-import warnings
 
 import numpy as np
 import pytest
 
 pytest.importorskip("sklearn", reason="scikit-learn is in the test extra")
 
-from sklearn import neural_network  # noqa: E402
 from sklearn.datasets import make_classification, make_regression  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
+import sklearn_twins as twins  # noqa: E402
 from distbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
-
-SCIKIT_LEARN = {MLPClassifier: neural_network.MLPClassifier, MLPRegressor: neural_network.MLPRegressor}
-
-
-def flat(estimator) -> np.ndarray:
-    return np.concatenate([a.ravel() for a in estimator.coefs_ + estimator.intercepts_]).astype(np.float64)
-
+from sklearn_twins import flat  # noqa: E402
 
 def data_for(cls):
     if cls is MLPClassifier:
@@ -31,18 +23,9 @@ def data_for(cls):
 def from_the_same_start(cls, epochs: int, **params):
     """(ours, scikit-learn's) after `epochs` more epochs of sgd from the same parameters (both warm-started)."""
     X, y = data_for(cls)
-    common = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", learning_rate_init=0.05, momentum=0.9,
-                  warm_start=True, random_state=0, max_iter=1, batch_size=32, shuffle=False, alpha=0.001, **params)
-    ours, theirs = cls(dtype="float64", **common), SCIKIT_LEARN[cls](nesterovs_momentum=False, **common)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours.fit(X, y)
-        theirs.fit(X, y)
-        theirs.coefs_ = [W.copy() for W in ours.coefs_]
-        theirs.intercepts_ = [b.copy() for b in ours.intercepts_]
-        ours.set_params(max_iter=epochs).fit(X, y)
-        theirs.set_params(max_iter=epochs).fit(X, y)
-    return ours, theirs
+    return twins.from_the_same_start(cls, X, y, epochs, **{**dict(learning_rate_init=0.05, momentum=0.9,
+                                                                  batch_size=32, shuffle=False, alpha=0.001),
+                                                           **params})
 
 
 @pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])

@@ -8,19 +8,12 @@ import pytest
 
 pytest.importorskip("sklearn", reason="scikit-learn is in the test extra")
 
-from sklearn import neural_network  # noqa: E402
 from sklearn.datasets import load_digits, make_classification, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from distbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
-
-SCIKIT_LEARN = {MLPClassifier: neural_network.MLPClassifier, MLPRegressor: neural_network.MLPRegressor}
-
-
-def flat(estimator) -> np.ndarray:
-    return np.concatenate([a.ravel() for a in estimator.coefs_ + estimator.intercepts_]).astype(np.float64)
-
+from sklearn_twins import flat, from_the_same_start  # noqa: E402
 
 def data_for(cls):
     if cls is MLPClassifier:
@@ -34,18 +27,9 @@ def test_weighted_sgd_takes_scikit_learns_steps_from_the_same_start(cls):
     # stored order, batches of 32 (the last of 22): each step is η·Σₙ wₙ∇lⁿ / Σₙ wₙ over its batch
     X, y = data_for(cls)
     w = np.random.default_rng(3).uniform(0, 3, len(X))
-    common = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", learning_rate_init=0.1, momentum=0.9,
-                  warm_start=True, random_state=0, max_iter=1, batch_size=32, shuffle=False, alpha=0.01)
-    ours, theirs = cls(dtype="float64", **common), SCIKIT_LEARN[cls](nesterovs_momentum=False, **common)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours.fit(X, y)
-        theirs.fit(X, y)
-        theirs.coefs_ = [W.copy() for W in ours.coefs_]
-        theirs.intercepts_ = [b.copy() for b in ours.intercepts_]
-        ours.set_params(max_iter=2).fit(X, y, sample_weight=w)
-        theirs.set_params(max_iter=2).fit(X, y, sample_weight=w)
-        unweighted = cls(dtype="float64", **common).fit(X, y)
+    common = dict(momentum=0.9, batch_size=32, shuffle=False, alpha=0.01)
+    ours, theirs = from_the_same_start(cls, X, y, 2, sample_weight=w, **common)
+    unweighted, _ = from_the_same_start(cls, X, y, 2, **common)
     assert np.abs(flat(ours) - flat(theirs)).max() < 1e-10
     assert np.abs(flat(unweighted) - flat(theirs)).max() > 1e-4  # the weights moved scikit-learn's too
 
