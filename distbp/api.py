@@ -35,7 +35,7 @@ from distbp.nn import kernels
 from distbp.nn.model import MLP
 from distbp.train.job import run_job
 
-FROM_MODEL = ("layers", "activation", "loss", "dtype")  # Config fields the model decides
+FROM_MODEL = ("layers", "activation", "loss", "output_activation", "dtype")  # Config fields the model decides
 ARRAYS = "arrays"  # cfg.data of in-memory rows
 
 
@@ -181,7 +181,8 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_
         raise ConfigError(f"callback must be a function of the metrics record, got {_what(callback)}")
     names = model.activation_names
     values = dict(options)
-    values.update(layers=list(model.sizes), loss=model.loss.name, dtype=model.dtype.name,
+    values.update(layers=list(model.sizes), loss=model.loss.name, output_activation=model.loss.output_activation,
+                  dtype=model.dtype.name,
                   activation=(names[0] if len(set(names)) == 1 else ",".join(names)) if names else "sigmoid",
                   data=ARRAYS if data is None else data)
     if not verbose:

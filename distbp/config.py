@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 from distbp.errors import ConfigError
+from distbp.nn.outputs import LOSS_NAMES, OUTPUT_ACTIVATIONS, output_activation_for
 from distbp.observe.trace import parse_steps
 from distbp.sync.rules import check_modes
 from distbp.units import parse_bytes
@@ -35,7 +36,17 @@ class Config:
     data: str = opt("synthetic", "built-in name (synthetic, synthetic:rows=…, digits) or a path; see docs/data.md")
     layers: list[int] | None = opt(None, "inputs,hidden…,outputs; if omitted: features,256,classes")
     activation: str = opt("sigmoid", "one name, or comma-separated per hidden layer")
-    loss: str = opt("cross_entropy", "cross_entropy (integer labels) or mse (one-hot or float targets)")
+    loss: str = opt("cross_entropy", "cross_entropy (one class per row), binary_cross_entropy (0/1 per output: "
+                                     "multilabel, or binary with one output) or mse (float targets, or one-hot "
+                                     "classes of a built-in set)")
+    output_activation: str | None = opt(None, "the output layer's σ: softmax (cross_entropy's), sigmoid "
+                                              "(binary_cross_entropy's), linear (mse's default), tanh, relu; mse "
+                                              "takes any of them")
+    targets: list[str] | None = opt(None, "the CSV column(s) or .npz member(s) holding the labels or targets, "
+                                          "e.g. price or y1,y2,y3 (default: a CSV's 'label' column, else its "
+                                          "last; an .npz's y)")
+    scale_targets: str = opt("none", "regression targets (mse): standardize (train mean/std, undone by predict "
+                                     "and stored in --save's model file) or none")
     dtype: str = opt("float32", "float32 or float64")
     scale: str = opt("auto", "feature scaling: auto, standardize, minmax, none")
     test_fraction: float = opt(0.1, "held out when the data has no test split (0: none)")
@@ -112,7 +123,9 @@ class Config:
 
 
 CHOICES = {
-    "loss": ("cross_entropy", "mse"),
+    "loss": LOSS_NAMES,
+    "output_activation": (None, *OUTPUT_ACTIVATIONS),
+    "scale_targets": ("none", "standardize"),
     "dtype": ("float32", "float64"),
     "scale": ("auto", "standardize", "minmax", "none"),
     "optimizer": ("gd", "momentum", "adam", "lars", "lamb"),
@@ -219,8 +232,16 @@ def _check_activations(cfg: Config) -> None:
             raise ConfigError(f"--activation {name!r} is not one of {', '.join(ACTIVATION_NAMES)}")
     hidden = None if cfg.layers is None else len(cfg.layers) - 2
     if len(names) > 1 and hidden is not None and len(names) != hidden:
+        extra = (f" (the output layer's is --output-activation {names[-1]})" if len(names) == hidden + 1 else "")
         raise ConfigError(f"--activation gives {len(names)} activations for {hidden} hidden layer(s) of --layers "
-                          f"{','.join(map(str, cfg.layers))}: give one, or one per hidden layer")
+                          f"{','.join(map(str, cfg.layers))}: give one, or one per hidden layer{extra}")
+    try:
+        output_activation_for(cfg.loss, cfg.output_activation)
+    except ValueError as e:
+        raise ConfigError(f"--output-activation {cfg.output_activation}: {e}") from None
+    if cfg.scale_targets != "none" and cfg.loss != "mse":
+        raise ConfigError(f"--scale-targets {cfg.scale_targets} scales regression targets: it needs --loss mse, "
+                          f"not {cfg.loss}")
 
 
 def check_types(values: dict, source: str) -> None:
@@ -239,6 +260,7 @@ def check_types(values: dict, source: str) -> None:
               "str": lambda v: isinstance(v, str),
               "bool": lambda v: isinstance(v, bool),
               "list[int]": lambda v: isinstance(v, list) and all(map(_is_int, v)),
+              "list[str]": lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v),
               "list[float]": lambda v: (isinstance(v, list) and all(isinstance(x, numbers.Real) and not isinstance(x, bool)
                                                                  for x in v))}[kind.split(" |")[0]](value)
         if not ok:
@@ -270,7 +292,8 @@ def _is_int(value) -> bool:
 
 def _kind_words(kind: str) -> str:
     words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-             "list[int]": "a list of integers", "list[float]": "a list of numbers"}[kind.split(" |")[0]]
+             "list[int]": "a list of integers", "list[float]": "a list of numbers",
+             "list[str]": "a list of names"}[kind.split(" |")[0]]
     return words + (" (or absent)" if "None" in kind else "")
 
 
@@ -292,6 +315,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 784,256,10, got {text!r}")
 
 
+def _name_list(text: str) -> list[str]:
+    names = [s.strip() for s in str(text).split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names like y1,y2, got {text!r}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field, help text from the field comments' intent."""
     parser.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
@@ -305,6 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…", help=help)
         elif f.name == "dropout":
             parser.add_argument(flag, dest=f.name, type=_float_list, default=None, metavar="P,P,…", help=help)
+        elif f.name == "targets":
+            parser.add_argument(flag, dest=f.name, type=_name_list, default=None, metavar="NAME,NAME,…", help=help)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
             if f.name in ("threads",):

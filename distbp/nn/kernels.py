@@ -252,6 +252,25 @@ def count_correct_onehot(out, targets):
 
 
 @njit(cache=True, nogil=True)
+def multilabel_correct(out, targets, w):
+    """(Σ of each row's share of outputs with (p > ½) = (y > ½), rows with every output so) for σ outputs
+    out (n, k) and 0/1 targets (n, k): the Hamming and the subset accuracy's numerators, as float64; with
+    weights w (n,) (None: all 1), each row counts wₙ."""
+    hamming, subset = 0.0, 0.0
+    n, k = out.shape
+    for i in range(n):
+        same = 0
+        for j in range(k):
+            if (out[i, j] > 0.5) == (targets[i, j] > 0.5):
+                same += 1
+        wi = 1.0 if w is None else float(w[i])
+        hamming += wi * same / k
+        if same == k:
+            subset += wi
+    return hamming, subset
+
+
+@njit(cache=True, nogil=True)
 def weight_rows(delta, row_loss, w):
     """The weighted sum L = Σₙ wₙ lⁿ: δₙ ← wₙ·δₙ and lₙ ← wₙ·lₙ, in place. delta (n, k), row_loss (n,) and
     w (n,) in the model's dtype. Every layer below gets its δ from this one, so ∂L/∂θ is weighted too."""

@@ -99,8 +99,10 @@ class MLP:
 
     sizes: [inputs, hidden…, outputs], at least two entries, all positive.
     activation: one name for every hidden layer or one per hidden layer
-        (sigmoid, tanh, relu, linear). The output layer is softmax for
-        `cross_entropy` and linear for `mse`.
+        (sigmoid, tanh, relu, linear).
+    loss: cross_entropy (class labels), binary_cross_entropy (0/1 per output: multilabel, or binary with
+        one output) or mse (float targets). output_activation: the output layer's σ; None takes the loss's
+        own (softmax, sigmoid, linear); mse also takes sigmoid, tanh, relu or softmax (distbp.nn.losses).
     dtype: "float32" (default) or "float64". seed: weight initialisation
         (Glorot uniform for sigmoid/tanh/linear, He normal for relu; biases 0). init=False skips the draw
         (parameters 0), for parameters set right after.
@@ -114,6 +116,7 @@ class MLP:
         dtype: str = "float32",
         seed: int = 0,
         init: bool = True,
+        output_activation: str | None = None,
     ):
         self.sizes = _check_sizes(sizes)
         n_hidden = len(self.sizes) - 2
@@ -126,7 +129,8 @@ class MLP:
         self._forward_kernels = [kernels.bias_activation_forward_for(a) for a in names + ["linear"]]
         self._backward_kernels = [kernels.activation_backward_for(a) for a in names]
         self._narrow_kernels = [kernels.narrow_backward_for(a) for a in names]
-        self.loss = get_loss(loss)
+        self.loss = get_loss(loss, output_activation)
+        self.output_activation = self.loss.output_activation
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         self.dtype = np.dtype(DTYPES[str(dtype)])
@@ -144,6 +148,10 @@ class MLP:
         self.feature_offset: np.ndarray | None = None  # (inputs,) float64
         self.feature_factor: np.ndarray | None = None  # (inputs,) float64
         self.classes: np.ndarray | None = None  # (outputs,) labels in output order
+        # regression targets scaled in training as y ← (y − offset)·factor (None: used as given); predict
+        # returns outputs in the targets' own units
+        self.target_offset: np.ndarray | None = None  # (outputs,) float64
+        self.target_factor: np.ndarray | None = None  # (outputs,) float64
         # dropout in training (distbp.train.setup sets it from the run's options): the drop probability of each
         # hidden layer's units (None: none), the run's seed, and the global step of the passes to come
         self.dropout: list[float] | None = None
@@ -336,7 +344,8 @@ class MLP:
         return loss, self.views(grad)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Output-layer activations (n, outputs): softmax probabilities or linear outputs.
+        """Output-layer activations (n, outputs): softmax probabilities, σ's per-output probabilities, or
+        the outputs of a regression, in the targets' own units when training scaled them.
 
         X (n, inputs) is raw data: the feature scaling training used (if any) is applied first.
         """
@@ -348,6 +357,15 @@ class MLP:
         self._forward(X, ws, n)
         out = np.empty((n, self.sizes[-1]), self.dtype)
         self.loss.output(ws.z[-1][:n], out)
+        return self.unscale_targets(out)
+
+    def unscale_targets(self, out: np.ndarray) -> np.ndarray:
+        """Outputs (n, outputs) in the targets' own units: out/factor + offset when training scaled the targets
+        (in place, in out's dtype), else out itself."""
+        if self.target_offset is None:
+            return out
+        out /= self.target_factor.astype(out.dtype)
+        out += self.target_offset.astype(out.dtype)
         return out
 
     def save(self, path: str) -> None:
@@ -370,10 +388,13 @@ class MLP:
     def count_correct(self, y: np.ndarray, workspace: Workspace | None = None, w: np.ndarray | None = None) -> float:
         """Correct predictions of the last forward pass over y's rows: labels (n,), or one-hot targets (n, outputs)
         compared by argmax; with weights w (n,), the sum of the correct rows' weights. workspace: the one that
-        pass used, if not the model's own."""
+        pass used, if not the model's own. Multilabel (binary_cross_entropy): each row counts the share of its
+        outputs whose p > ½ matches y > ½, so correct / rows is the Hamming (per-label) accuracy."""
         if y.shape[0] == 0:
             return 0.0
         out = (self._ws if workspace is None else workspace).a[-1][:y.shape[0]]
+        if self.loss.multilabel:
+            return float(kernels.multilabel_correct(out, y, w)[0])
         if w is not None:
             return float(kernels.weighted_correct(out, y, w) if y.ndim == 1
                          else kernels.weighted_correct_onehot(out, y, w))

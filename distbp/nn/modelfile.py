@@ -9,11 +9,15 @@ The file is an ordinary .npz (numpy's zip of .npy members; nothing is pickled):
     W0, b0, W1, b1, …      layer l's W (fan_in, fan_out) and b (fan_out,) in the model's dtype, as --save
                            always wrote them, so that readers of those files keep working
     distbp_model           uint8 bytes of UTF-8 JSON: {"format": "distbp-model", "format_version": 1,
-                           "distbp_version", "sizes", "activations" (one per hidden layer), "loss", "dtype",
+                           "distbp_version", "sizes", "activations" (one per hidden layer), "loss",
+                           "output_activation" (the output layer's σ; files without it: the loss's default), "dtype",
                            "scaling" (null, or the rule and how it was made), "arrays" (every member above)}
     feature_offset,        (inputs,) float64, when the model scales its features: x ← (x − offset)·factor
     feature_factor
-    classes                (outputs,) numbers or strings, when outputs 0…K−1 stand for other labels
+    classes                (outputs,) numbers or strings, when outputs 0…K−1 stand for other labels (a
+                           binary_cross_entropy model with one output: the two labels, p ≤ ½ and p > ½)
+    target_offset,         (outputs,) float64, when training scaled the regression targets: y ← (y − offset)·factor,
+    target_factor          so predictions are outputs/factor + offset
 
 A reader trusts nothing the file claims before it has checked it, and builds nothing before that: the
 metadata is at most 1 MiB (MAX_META_BYTES); its format name and version, sizes and dtype come first; then
@@ -57,7 +61,7 @@ class SavedModel(Protocol):
 
     sizes: list[int]
     activation_names: list[str]
-    loss: Any  # .name: the loss's registry name
+    loss: Any  # .name: the loss's registry name; .output_activation: the output layer's σ
     dtype: np.dtype
     params: list[tuple[np.ndarray, np.ndarray]]  # per layer (W (fan_in, fan_out), b (fan_out,)), views
     flat_params: np.ndarray  # (n_params,)
@@ -65,6 +69,8 @@ class SavedModel(Protocol):
     feature_offset: np.ndarray | None  # (inputs,) float64
     feature_factor: np.ndarray | None  # (inputs,) float64
     classes: np.ndarray | None  # (outputs,)
+    target_offset: np.ndarray | None  # (outputs,) float64
+    target_factor: np.ndarray | None  # (outputs,) float64
 
 
 M = TypeVar("M", bound=SavedModel)  # the model type `build` makes (distbp.nn.model.MLP)
@@ -104,22 +110,38 @@ def model_arrays(model: SavedModel, scaling: str | None = None) -> dict[str, np.
             if a.shape != (model.sizes[0],):
                 raise ValueError(f"model.{name} has shape {a.shape}, the model takes {model.sizes[0]} features")
             arrays[name] = a
+    if (model.target_offset is None) != (model.target_factor is None):
+        raise ValueError("the model has only one of target_offset and target_factor: set both, or neither")
+    if model.target_offset is not None:
+        for name in ("target_offset", "target_factor"):
+            a = np.asarray(getattr(model, name), np.float64)
+            if a.shape != (model.sizes[-1],):
+                raise ValueError(f"model.{name} has shape {a.shape}, the model has {model.sizes[-1]} outputs")
+            arrays[name] = a
     if model.classes is not None:
         classes = _plain(np.asarray(model.classes))
         if classes.dtype.kind not in CLASS_KINDS:
             raise ValueError(f"model.classes must be numbers or strings, got dtype {classes.dtype}")
-        if classes.shape != (model.sizes[-1],):
-            raise ValueError(f"model.classes has shape {classes.shape}, the model has {model.sizes[-1]} outputs")
+        if classes.shape != (class_count(model.sizes[-1], model.loss.name),):
+            raise ValueError(f"model.classes has shape {classes.shape}, the model has {model.sizes[-1]} outputs"
+                             + (" (a binary classifier's one output names two classes)"
+                                if class_count(model.sizes[-1], model.loss.name) == 2 else ""))
         arrays["classes"] = classes
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "distbp_version": __version__,
         "sizes": list(model.sizes), "activations": list(model.activation_names), "loss": model.loss.name,
-        "dtype": model.dtype.name,
+        "output_activation": model.loss.output_activation, "dtype": model.dtype.name,
         "scaling": None if model.feature_offset is None else {"rule": SCALING_RULE, "description": scaling},
         "arrays": list(arrays),
     }
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
     return arrays
+
+
+def class_count(outputs: int, loss: str) -> int:
+    """How many labels model.classes holds: one per output, or two for binary cross-entropy's one output
+    (classes[0] where p ≤ ½, classes[1] where p > ½)."""
+    return 2 if loss == "binary_cross_entropy" and outputs == 1 else outputs
 
 
 def _plain(classes: np.ndarray) -> np.ndarray:
@@ -200,6 +222,9 @@ def initial_parameters(path: str | os.PathLike, model: SavedModel) -> np.ndarray
                              f"{', '.join(model.activation_names)}")
     if saved.loss.name != model.loss.name:
         raise ModelFileError(f"{name} was trained with loss {saved.loss.name}, the model uses {model.loss.name}")
+    if saved.loss.output_activation != model.loss.output_activation:
+        raise ModelFileError(f"{name}'s output layer is {saved.loss.output_activation}, the model's is "
+                             f"{model.loss.output_activation}")
     return saved.flat_params.astype(model.dtype)
 
 
@@ -285,8 +310,10 @@ def _expected(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
         expected[f"b{l}"] = ((fan_out,), meta["dtype"])
     if "feature_offset" in meta["arrays"] or "feature_factor" in meta["arrays"]:
         expected["feature_offset"] = expected["feature_factor"] = ((sizes[0],), "f")
+    if "target_offset" in meta["arrays"] or "target_factor" in meta["arrays"]:
+        expected["target_offset"] = expected["target_factor"] = ((sizes[-1],), "f")
     if "classes" in meta["arrays"]:
-        expected["classes"] = ((sizes[-1],), CLASS_KINDS)
+        expected["classes"] = ((class_count(sizes[-1], meta["loss"]),), CLASS_KINDS)
     return expected
 
 
@@ -369,7 +396,11 @@ def _array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str)
 
 def _build(build: Callable[..., M], meta: dict, name: str) -> M:
     try:
-        return build(meta["sizes"], activation=meta["activations"], loss=meta["loss"], dtype=meta["dtype"])
+        output = meta.get("output_activation")
+        if output is not None and not isinstance(output, str):
+            raise ValueError(f"its output_activation must be a name, got {output!r:.100}")
+        return build(meta["sizes"], activation=meta["activations"], loss=meta["loss"], dtype=meta["dtype"],
+                     output_activation=output)
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"{name}: its metadata describes no model this distbp can build: {e}") from None
 
@@ -388,6 +419,11 @@ def _fill(model: SavedModel, archive: zipfile.ZipFile, members: dict, meta: dict
     if "feature_offset" in meta["arrays"] or "feature_factor" in meta["arrays"]:
         model.feature_offset = _vector(archive, members, "feature_offset", name)
         model.feature_factor = _vector(archive, members, "feature_factor", name)
+    if "target_offset" in meta["arrays"] or "target_factor" in meta["arrays"]:
+        model.target_offset = _vector(archive, members, "target_offset", name)
+        model.target_factor = _vector(archive, members, "target_factor", name)
+        if not model.target_factor.all():
+            raise ModelFileError(f"{name}: target_factor holds a 0; its outputs cannot be put back in the targets' units")
     if "classes" in meta["arrays"]:
         model.classes = _vector(archive, members, "classes", name)
 

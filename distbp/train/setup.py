@@ -197,7 +197,7 @@ def build_agreed(cfg: Config, comm: Comm, layout: Layout,
         activation = cfg.activation.split(",") if "," in cfg.activation else cfg.activation
         # no draw when the parameters come from the caller or a file (a draw of a large model takes seconds)
         model = MLP(cfg.layers, activation=activation, loss=cfg.loss, dtype=cfg.dtype, seed=cfg.seed,
-                    init=initial is None and not cfg.init_from)
+                    init=initial is None and not cfg.init_from, output_activation=cfg.output_activation)
         if cfg.init_from:
             initial = initial_parameters(cfg.init_from, model)  # [dist] a bad file stops every rank below
         if initial is not None:

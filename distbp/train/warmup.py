@@ -82,7 +82,8 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     The passes run on a tiny stand-in of `model` (`stand_in_sizes`), so the warm-up allocates kilobytes, not
     a second gradient of the model's size that --dry-run would have to count."""
     dropout = model.dropout
-    model = MLP(stand_in_sizes(model.sizes), model.activation_names, model.loss.name, str(model.dtype))
+    model = MLP(stand_in_sizes(model.sizes), model.activation_names, model.loss.name, str(model.dtype),
+                output_activation=model.loss.output_activation)
     model.dropout = dropout  # the same dropped layers: the same kernels, and the same wide backward paths
     X = np.zeros((ROWS, model.sizes[0]), model.dtype)
     y = (np.zeros(ROWS, np.int64) if model.loss.labels else np.zeros((ROWS, model.sizes[-1]), model.dtype))
@@ -106,6 +107,7 @@ def warm_key(model, optimizer: str, sync) -> str:
     # the strategy says what of it selects kernels (strategy, optimizer options, clip, codec)
     what = dict(numba=numba.__version__, cpu=llvm.get_host_cpu_name(), sources=sources, dtype=str(model.dtype),
                 activations=sorted(set(model.activation_names)), backward=backward, loss=model.loss.name,
+                output=model.loss.output_activation,
                 dropout=sorted(model.dropped_layers()),
                 optimizer=optimizer, **sync.kernel_key())
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
