@@ -13,24 +13,53 @@ ACT = {
 }
 
 
-def loss_and_grad(params, activations, loss, X, y):
-    """params [(W, b)], activations one name per hidden layer; returns L = Σₙ lⁿ and [(dW, db)]."""
+OUTPUT_DEFAULT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid", "mse": "linear"}
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def output_layer(z, y, loss, output_activation):
+    """(L = Σₙ lⁿ, δ = ∂L/∂z) at the output, by the seed's chain rule δ = Jᵀ·∂l/∂ŷ, ŷ = σ(z): ∂l/∂ŷ from the
+    loss alone, J the output activation's Jacobian (diagonal σ'(z) for element-wise ones). Never fused, so it
+    checks the fused kernels' simplified δ (p − onehot, σ(z) − y)."""
+    if output_activation == "softmax":
+        y_hat = softmax(z)
+
+        def back(g):  # Jᵀg for J = diag(p) − p·pᵀ, row by row
+            return y_hat * (g - (y_hat * g).sum(axis=1, keepdims=True))
+    else:
+        fn, prime = ACT[output_activation]
+        y_hat = fn(z)
+
+        def back(g):
+            return prime(z) * g
+    if loss == "cross_entropy":  # l = −log ŷ[label]
+        rows = np.arange(len(y))
+        L = -np.log(y_hat[rows, y]).sum()
+        g = np.zeros_like(y_hat)
+        g[rows, y] = -1 / y_hat[rows, y]
+    elif loss == "binary_cross_entropy":  # l = Σⱼ −y log ŷ − (1 − y) log(1 − ŷ)
+        L = -(y * np.log(y_hat) + (1 - y) * np.log(1 - y_hat)).sum()
+        g = -y / y_hat + (1 - y) / (1 - y_hat)
+    else:  # mse: l = ½Σ(ŷ − y)²
+        L = 0.5 * ((y_hat - y) ** 2).sum()
+        g = y_hat - y
+    return L, back(g)
+
+
+def loss_and_grad(params, activations, loss, X, y, output_activation=None):
+    """params [(W, b)], activations one name per hidden layer; returns L = Σₙ lⁿ and [(dW, db)].
+    output_activation: the output layer's σ (None: the loss's own, OUTPUT_DEFAULT)."""
     a, zs, acts = X, [], [X]
     for l, (W, b) in enumerate(params):
         z = a @ W + b
         zs.append(z)
         a = ACT[activations[l]][0](z) if l < len(params) - 1 else z
         acts.append(a)
-    z = zs[-1]
-    if loss == "cross_entropy":
-        m = z.max(axis=1, keepdims=True)
-        logp = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
-        L = -logp[np.arange(len(y)), y].sum()
-        delta = np.exp(logp)
-        delta[np.arange(len(y)), y] -= 1
-    else:
-        L = 0.5 * ((z - y) ** 2).sum()
-        delta = z - y
+    L, delta = output_layer(zs[-1], y, loss, output_activation or OUTPUT_DEFAULT[loss])
     grads = [None] * len(params)
     for l in range(len(params) - 1, -1, -1):
         grads[l] = (acts[l].T @ delta, delta.sum(axis=0))
