@@ -81,11 +81,11 @@ from numpy.typing import ArrayLike
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
     from sklearn.model_selection import train_test_split
     from sklearn.utils import check_random_state
     from sklearn.utils.class_weight import compute_sample_weight
-    from sklearn.utils.multiclass import check_classification_targets, unique_labels
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError as e:  # an optional dependency: say how to get it
     raise ImportError(f"distbp.sklearn needs scikit-learn ({e}): pip install distbp[sklearn]") from e
@@ -116,12 +116,20 @@ THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREA
 class _DistbpMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, checks, the training loop's bookkeeping.
 
-    Subclasses set LOSS and OUT_ACTIVATION and give `_targets` (y → distbp's targets) and
-    `_validation_score` (an epoch record → the score early stopping watches).
+    Subclasses set LOSS and OUT_ACTIVATION (or give `_loss` and `_out_activation`) and give `_targets`
+    (y → distbp's targets) and `_validation_score` (an epoch record → the score early stopping watches).
     """
 
     LOSS: str
     OUT_ACTIVATION: str
+
+    def _loss(self) -> str:
+        """distbp's loss for the targets of this fit."""
+        return self.LOSS
+
+    def _out_activation(self) -> str:
+        """scikit-learn's name of the output activation (out_activation_)."""
+        return self.OUT_ACTIVATION
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
@@ -183,8 +191,8 @@ class _DistbpMLP(BaseEstimator):
         self._check_params()
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
         X, y = validate_data(self, X, y, reset=not continuing, dtype=X_DTYPES, **self._target_checks())
-        weights = self._row_weights(sample_weight, X, y)
         targets = self._targets(y, continuing, classes)
+        weights = self._row_weights(sample_weight, X, y)
         comm = world() if comm is None else comm
         if not continuing:
             self._start(X.shape[1], comm)
@@ -307,11 +315,11 @@ class _DistbpMLP(BaseEstimator):
         """New parameters for n_features inputs, and the bookkeeping of a fresh fit (scikit-learn's)."""
         self._seed = _agreed_seed(self.random_state, comm)
         sizes = [n_features, *_hidden_sizes(self.hidden_layer_sizes), self.n_outputs_]
-        self.model_ = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=self.LOSS, dtype=self.dtype,
+        self.model_ = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=self._loss(), dtype=self.dtype,
                           seed=self._seed)
         self.model_.classes = getattr(self, "classes_", None)
         self.n_layers_ = len(sizes)
-        self.out_activation_ = self.OUT_ACTIVATION
+        self.out_activation_ = self._out_activation()
         self.n_iter_, self.t_ = 0, 0
         self.loss_curve_: list[float] = []
         self.loss_ = None
@@ -357,7 +365,7 @@ class _DistbpMLP(BaseEstimator):
         """(X_train, targets_train, weights_train, (X_val, targets_val[, weights_val])): validation_fraction of
         the rows (with their weights), stratified for classifiers, drawn with the estimator's seed (the same
         rows on every rank)."""
-        stratify = targets if self.LOSS == "cross_entropy" else None
+        stratify = targets if self._loss() == "cross_entropy" else None
         arrays = (X, targets) if weights is None else (X, targets, weights)
         parts = train_test_split(*arrays, test_size=float(self.validation_fraction), random_state=self._seed,
                                  stratify=stratify)
@@ -469,7 +477,9 @@ class _DistbpMLP(BaseEstimator):
 
 
 class MLPClassifier(ClassifierMixin, _DistbpMLP):
-    """A multilayer perceptron classifier with softmax outputs and the mean cross-entropy loss.
+    """A multilayer perceptron classifier with softmax outputs and the mean cross-entropy loss; for a multilabel y
+    (a 0/1 indicator matrix (n_samples, n_labels), as scikit-learn's MLPClassifier takes it) σ outputs and the
+    binary cross-entropy summed over the labels, each label a yes/no of its own.
 
     Parameters are scikit-learn's (see the module docstring for what differs):
     hidden_layer_sizes: units of each hidden layer, e.g. (100,) or (256, 128); an int is one layer.
@@ -492,8 +502,8 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
     class_weight: None, "balanced" (each class weighs n_samples / (n_classes · its rows), over the y of each
     fit) or {label: weight}; multiplied into fit's sample_weight (distbp's; scikit-learn's MLP has none).
 
-    Fitted attributes: classes_ (n_classes,), n_features_in_, n_outputs_ (= n_classes, also for two
-    classes), n_layers_, out_activation_ ("softmax"), model_ (the distbp.MLP), coefs_, intercepts_,
+    Fitted attributes: classes_ (n_classes,; 0…n_labels−1 for multilabel y), n_features_in_, n_outputs_
+    (= n_classes, also for two classes; n_labels), n_layers_, out_activation_ ("softmax"; "logistic"), model_ (the distbp.MLP), coefs_, intercepts_,
     n_iter_, t_ (training rows seen), loss_, loss_curve_, best_loss_ (None with early stopping),
     validation_scores_ and best_validation_score_ (with early stopping; else None).
     """
@@ -534,27 +544,56 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
         return self._fit(X, y, comm, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """The most probable class of each row (n_samples,), as labels of classes_."""
+        """The most probable class of each row (n_samples,), as labels of classes_; multilabel: the 0/1
+        indicator matrix (n_samples, n_labels) of the labels whose probability is above ½."""
         outputs = self._outputs(X)  # first: raises NotFittedError before fit
+        if self._multilabel:
+            return (outputs > 0.5).astype(np.int64)
         return self.classes_[np.argmax(outputs, axis=1)]
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """Class probabilities (n_samples, n_classes) in the order of classes_; rows sum to 1 (float64)."""
+        """Class probabilities (n_samples, n_classes) in the order of classes_; rows sum to 1 (float64).
+        Multilabel: each label's own probability (n_samples, n_labels)."""
         proba = self._outputs(X)
-        proba /= proba.sum(axis=1, keepdims=True)  # exact in float64 when the model computed in float32
+        if not self._multilabel:
+            proba /= proba.sum(axis=1, keepdims=True)  # exact in float64 when the model computed in float32
         return proba
 
     def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """log of predict_proba (n_samples, n_classes)."""
         return np.log(self.predict_proba(X))
 
+    def _loss(self) -> str:
+        return "binary_cross_entropy" if self._multilabel else "cross_entropy"
+
+    def _out_activation(self) -> str:
+        return "logistic" if self._multilabel else "softmax"
+
     def _target_checks(self) -> dict:
-        return {"multi_output": False}
+        return {"multi_output": True}
 
     def _targets(self, y: np.ndarray, continuing: bool, classes) -> np.ndarray:
-        """Labels (n_samples,) → class numbers 0…K−1 (int64) in the order of classes_ (set on a new fit)."""
+        """Labels (n_samples,) → class numbers 0…K−1 (int64) in the order of classes_ (set on a new fit); a 0/1
+        indicator matrix (n_samples, n_labels) → float64 0/1 targets, one σ output per label."""
         check_classification_targets(y)
         name = type(self).__name__
+        multilabel = type_of_target(y) == "multilabel-indicator"
+        if continuing and multilabel != self._multilabel:
+            raise ValueError(f"{name}: y is {'a multilabel indicator matrix' if multilabel else 'one label per row'}"
+                             f", but the fitted model was trained on "
+                             f"{'a multilabel indicator matrix' if self._multilabel else 'one label per row'}")
+        if multilabel:
+            return self._multilabel_targets(y, continuing, classes)
+        if y.ndim == 2:
+            if y.shape[1] != 1:
+                raise ValueError(f"{name}: y of shape {y.shape} holds several labels per row that are not 0/1: "
+                                 "multilabel y is a 0/1 indicator matrix; several multiclass outputs are not "
+                                 "supported")
+            _warn("A column-vector y was passed when a 1d array was expected. Please change the shape of y to "
+                  "(n_samples,), for example using ravel().", DataConversionWarning)
+            y = y.ravel()
+        if not continuing:
+            self._multilabel = False
         if classes is not None and continuing and not np.array_equal(unique_labels(classes), self.classes_):
             raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
                              f"was: {self.classes_!r}")
@@ -570,6 +609,30 @@ class MLPClassifier(ClassifierMixin, _DistbpMLP):
                              f"{self.classes_.tolist()} (fixed by the first fit or partial_fit; warm_start "
                              "and partial_fit keep them)")
         return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _multilabel_targets(self, y: np.ndarray, continuing: bool, classes) -> np.ndarray:
+        """A 0/1 indicator matrix (n_samples, n_labels) → float64 targets; classes_ = 0…n_labels−1."""
+        name = type(self).__name__
+        if getattr(self, "class_weight", None) is not None:
+            raise ValueError(f"{name}: class_weight weighs the one class of each row; a multilabel y has several "
+                             "per row: give sample_weight instead")
+        labels = y.shape[1]
+        if classes is not None and not np.array_equal(np.asarray(classes), np.arange(labels)):
+            raise ValueError(f"{name}: a multilabel y of {labels} labels has classes 0…{labels - 1}, got "
+                             f"classes={classes!r}")
+        if not continuing:
+            self._multilabel, self.classes_, self.n_outputs_ = True, np.arange(labels), labels
+        elif labels != self.n_outputs_:
+            raise ValueError(f"{name}: y has {labels} labels, the fitted model {self.n_outputs_}")
+        return np.asarray(y, np.float64)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _more_tags(self) -> dict:  # the same for scikit-learn < 1.6
+        return {"multilabel": True}
 
     def _validation_score(self, record: dict) -> float:
         return float(record["test_accuracy"])  # scikit-learn's: accuracy on the held-out rows

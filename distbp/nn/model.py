@@ -159,6 +159,12 @@ class MLP:
         self.dropout_row_offset = 0  # added to a pass's row indices (each rank's own rows: its first row's index)
         self.trace = NULL_TRACER  # --trace: forward/backward per layer of the main thread's passes
 
+    def architecture(self) -> str:
+        """'64-30-10 sigmoid → sigmoid, mse': the layer sizes, the hidden layers' σ, the output's σ and the loss."""
+        hidden = "/".join(dict.fromkeys(self.activation_names))
+        return (f"{'-'.join(map(str, self.sizes))} {hidden + ' → ' if hidden else ''}{self.loss.output_activation}, "
+                f"{self.loss.name}")
+
     @property
     def n_layers(self) -> int:
         return len(self.sizes) - 1

@@ -85,6 +85,6 @@ def header(run: Run, thread_note: str | None = None) -> str:
     where = " (each rank its own)" if cfg.local_rows else " (from the data cache)" if data.from_cache else ""
     return (f"distbp: {comm.size} rank(s) x {cfg.threads} thread(s){capped}; data {data.name}: {run.plan.train_rows} "
             f"train{test} rows{where}, {data.scaling}\n"
-            f"distbp: model {'-'.join(map(str, model.sizes))} {cfg.activation}/{cfg.loss} {cfg.dtype}, "
+            f"distbp: model {model.architecture()}, {cfg.dtype}, "
             f"{model.n_params} parameters; {cfg.optimizer} lr {cfg.lr} ({cfg.lr_scale}), global batch "
             f"{cfg.batch_size}, {cfg.epochs} epochs; {run.sync.describe()}")
