@@ -46,8 +46,11 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
         class_weight: str | dict | None = None, optimizer_state: dict | None = None, **options) -> list[dict]:
     """Train `model` in place, data-parallel over the MPI ranks; returns the metrics records (--metrics).
 
-    X (rows, features), y (rows,) integer labels 0…K−1 or (rows, targets) float targets: rows every
-    rank holds (each rank computes its share of every global batch); or `data`, any data spec of
+    X (rows, features), y: rows every rank holds (each rank computes its share of every global batch), what
+    the model's loss takes: for cross_entropy (rows,) class labels (integers 0…K−1, or any numbers or strings,
+    which map through their sorted set, kept in model.classes); for binary_cross_entropy a 0/1 matrix (rows,
+    labels), or (rows,) of two labels with one output; for mse (rows, targets) float targets (scale_targets=
+    "standardize" trains on standardized targets and model.predict undoes it). Or `data`, any data spec of
     `distbp train --data` (a built-in name or a path) instead of X and y.
     validation: (X_val, y_val) held out and evaluated after every epoch, or a fraction of X's rows to
     hold out (the CLI's --test-fraction); None: no held-out rows (with `data`, the CLI's rules).
@@ -100,6 +103,12 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     # the trained model, and what it learnt about the data, back into the caller's object
     model.flat_params[...] = run.model.flat_params
     model.feature_offset, model.feature_factor = run.model.feature_offset, run.model.feature_factor
+    # the labels the outputs stand for and the targets' scaling, when the data gave them (kept otherwise: a
+    # caller's classes, as the estimators set them, stay)
+    if run.model.classes is not None:
+        model.classes = run.model.classes
+    if run.model.target_offset is not None:
+        model.target_offset, model.target_factor = run.model.target_offset, run.model.target_factor
     return run.history
 
 

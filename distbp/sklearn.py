@@ -232,7 +232,17 @@ class _DistbpMLP(BaseEstimator):
         return self
 
     def _distbp_fit(self, X, targets, weights, validation, comm: Comm, incremental: bool, **options) -> list[dict]:
-        """distbp.fit of the model with this estimator's settings (options: epochs, lr, seed, and any more)."""
+        """distbp.fit of the model with this estimator's settings (options: epochs, lr, seed, and any more).
+
+        The targets are the estimator's own class numbers 0…K−1: the model names no classes while it trains, so
+        that distbp.fit does not map them through classes_ again; they come back after."""
+        self.model_.classes = None
+        try:
+            return self._fit_model(X, targets, weights, validation, comm, incremental, **options)
+        finally:
+            self.model_.classes = getattr(self, "classes_", None)
+
+    def _fit_model(self, X, targets, weights, validation, comm: Comm, incremental: bool, **options) -> list[dict]:
         return distbp_fit(
             self.model_, X, targets, validation=validation, verbose=bool(self.verbose), comm=comm,
             sample_weight=weights, optimizer_state=self._optimizer_state,
