@@ -37,6 +37,7 @@ ROW_CHUNK = 16
 
 # elements per parallel task of a 1-D sum (sum_of_squares, the optimizers' layer norms), fixed for the same reason
 SUM_CHUNK = 4096
+SUM_LANES = 8  # interleaved float64 partial sums of lane_sum_of_squares: one AVX-512 register, two AVX2 ones
 
 
 def bias_activation_forward_for(activation: str):
@@ -191,6 +192,27 @@ def ordered_sum(x):
     s = 0.0
     for i in range(x.shape[0]):
         s += x[i]
+    return s
+
+
+@njit(inline="always", cache=True, nogil=True)
+def lane_sum_of_squares(x):
+    """Σ x² of a contiguous 1-D x in float64: element i goes to partial sum i mod SUM_LANES, the lanes are added
+    in lane order at the end. A fixed order (the same bits on any CPU and thread count) that the vectorizer can
+    keep in registers, where one running sum is a chain of dependent adds (2.9x slower on 4096 float32)."""
+    acc = np.zeros(SUM_LANES)
+    n = x.shape[0]
+    full = n // SUM_LANES * SUM_LANES
+    for i0 in range(0, full, SUM_LANES):
+        for j in range(SUM_LANES):
+            d = np.float64(x[i0 + j])
+            acc[j] += d * d
+    for i in range(full, n):
+        d = np.float64(x[i])
+        acc[i - full] += d * d
+    s = 0.0
+    for j in range(SUM_LANES):
+        s += acc[j]
     return s
 
 

@@ -29,8 +29,10 @@ updates as `Segments`, pieces (start, stop, layer, is_bias); with a sharded opti
 is one rank's part and may cut through layers, so the per-layer sums of squares are partial, and
 `sum_over_ranks` (one allreduce of an (n_layers, 2) float64 array) completes them before the ratios.
 Both take their norms with one kernel, `layer_norms` specialised on the direction u (lars_norms,
-lamb_norms): float64 sums in fixed chunks of kernels.SUM_CHUNK elements added in order
-(kernels.add_rows_into), the same for any thread count, so the same on every rank that holds the same ∇L.
+lamb_norms): float64 sums in fixed chunks of kernels.SUM_CHUNK elements, each in kernels.SUM_LANES interleaved
+partial sums, added in order (kernels.add_rows_into): the same for any thread count and any CPU, so the same on
+every rank that holds the same ∇L. (Lanes, not one running sum, so that the loop vectorises: LAMB's step on
+203,530 float32 parameters went from 1.23 ms to ~0.2 ms, benchmarks/optimizers.py.)
 
 Scalars are cast to the buffer's dtype so float32 updates stay float32. State (`state_arrays`,
 `step_count`) goes into checkpoints.
@@ -141,11 +143,16 @@ def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
     for k in range(segs.shape[0]):
         lam_k = lam if segs[k, 3] else zero
         rate = rates[segs[k, 2]]
-        for i in prange(segs[k, 0], segs[k, 1]):
-            p = params[i]
-            v = mu * velocity[i] + rate * (scale * grad[i] + lam_k * p)
-            velocity[i] = v
-            params[i] = p - v
+        start, stop = segs[k, 0], segs[k, 1]
+        for c in prange((stop - start + SUM_CHUNK - 1) // SUM_CHUNK):  # contiguous slices: see lamb_update
+            a = start + c * SUM_CHUNK
+            b = min(stop, a + SUM_CHUNK)
+            P, G, U = params[a:b], grad[a:b], velocity[a:b]
+            for j in range(b - a):
+                p = P[j]
+                v = mu * U[j] + rate * (scale * G[j] + lam_k * p)
+                U[j] = v
+                P[j] = p - v
 
 
 @njit(parallel=True, cache=True)
@@ -155,47 +162,63 @@ def lamb_update(params, m, v, rates, corr, eps_t, segs, lam):
     for k in range(segs.shape[0]):
         lam_k = lam if segs[k, 3] else zero
         rate = rates[segs[k, 2]]
-        for i in prange(segs[k, 0], segs[k, 1]):
-            p = params[i]
-            params[i] = p - rate * (corr * m[i] / (np.sqrt(v[i]) + eps_t) + lam_k * p)
+        start, stop = segs[k, 0], segs[k, 1]
+        # over contiguous slices of fixed chunks, as layer_norms: indexed into the whole arrays, the square root
+        # and the division stayed scalar
+        for c in prange((stop - start + SUM_CHUNK - 1) // SUM_CHUNK):
+            a = start + c * SUM_CHUNK
+            b = min(stop, a + SUM_CHUNK)
+            P, M, V = params[a:b], m[a:b], v[a:b]
+            for j in range(b - a):
+                p = P[j]
+                P[j] = p - rate * (corr * M[j] / (np.sqrt(V[j]) + eps_t) + lam_k * p)
 
 
 # ---- the layer norms of lars and lamb: one kernel, specialised on the direction u whose norm it takes ----
 
-def direction(rule, i, p, lam_k, state, coefs):
-    """u[i] of the update `rule` ("lars" or "lamb") at θ[i] = p; only callable inside Numba code, rule a constant.
+def directions(rule, u, a, params, lam_k, state, coefs):
+    """u[j] = the direction of the update `rule` ("lars" or "lamb") at θ[a + j], for j < len(u); only callable
+    inside Numba code, rule a constant.
 
     lars: u = scale·∇L + λ·θ (state (grad,), coefs (scale,)).
     lamb: m ← β₁·m + (1−β₁)·g, v ← β₂·v + (1−β₂)·g² with g = scale·∇L, then u = r = corr·m/(√v + eps_t) + λ·θ
           = m̂/(√v̂ + ε) + λ·θ (state (grad, m, v), coefs (scale, β₁, β₂, corr, eps_t); corr = √(1−β₂ᵗ)/(1−β₁ᵗ),
           eps_t = ε·√(1−β₂ᵗ)).
+    The loops run over contiguous slices of the chunk: indexed by a + j into the whole arrays, LLVM kept the
+    square root and the division scalar (0.48 ms against 0.06 ms for LAMB's 203,530 parameters, float32).
     """
-    raise TypeError("direction() is resolved inside Numba kernels only")
+    raise TypeError("directions() is resolved inside Numba kernels only")
 
 
 # not inline="always": numba's IR inlining lost lamb's writes to m and v (arrays unpacked from a tuple)
 # inside the prange (numba 0.68); LLVM inlines the compiled call anyway, and the loop measured as fast
-@overload(direction)
-def _direction(rule, i, p, lam_k, state, coefs):
+@overload(directions)
+def _directions(rule, u, a, params, lam_k, state, coefs):
     if not isinstance(rule, types.StringLiteral):
         return None  # numba retries with the constant's literal type
     if rule.literal_value == "lars":
-        def lars(rule, i, p, lam_k, state, coefs):
+        def lars(rule, u, a, params, lam_k, state, coefs):
             grad, = state
             scale, = coefs
-            return scale * grad[i] + lam_k * p
+            n = u.shape[0]
+            P, G = params[a:a + n], grad[a:a + n]
+            for j in range(n):
+                u[j] = scale * G[j] + lam_k * P[j]
         return lars
     if rule.literal_value == "lamb":
-        def lamb(rule, i, p, lam_k, state, coefs):
+        def lamb(rule, u, a, params, lam_k, state, coefs):
             grad, m, v = state
             scale, beta1, beta2, corr, eps_t = coefs
             one = type(beta1)(1)
-            g = scale * grad[i]
-            mi = beta1 * m[i] + (one - beta1) * g
-            vi = beta2 * v[i] + (one - beta2) * g * g
-            m[i] = mi
-            v[i] = vi
-            return corr * mi / (np.sqrt(vi) + eps_t) + lam_k * p
+            n = u.shape[0]
+            P, G, M, V = params[a:a + n], grad[a:a + n], m[a:a + n], v[a:a + n]
+            for j in range(n):
+                g = scale * G[j]
+                mj = beta1 * M[j] + (one - beta1) * g
+                vj = beta2 * V[j] + (one - beta2) * g * g
+                M[j] = mj
+                V[j] = vj
+                u[j] = corr * mj / (np.sqrt(vj) + eps_t) + lam_k * P[j]
         return lamb
     raise ValueError(f"no layer-norm direction for {rule.literal_value!r}")
 
@@ -205,8 +228,9 @@ def _make_layer_norms(rule: str):
     # one entry per rule on disk (as distbp.nn.kernels does with activations)
     @njit(parallel=True, cache=True)
     def layer_norms(sums, params, state, coefs, segs, lam):
-        """sums (n_layers, 2) float64 += (Σ θ², Σ u²) over each layer's pieces, u = direction(rule, …); in
-        float64, by chunks of SUM_CHUNK elements added in chunk order (the same for any thread count)."""
+        """sums (n_layers, 2) float64 += (Σ θ², Σ u²) over each layer's pieces, u = directions(rule, …); in
+        float64, by chunks of SUM_CHUNK elements (each summed in kernels.SUM_LANES interleaved partial sums)
+        added in chunk order: the same for any thread count and any CPU."""
         zero = type(lam)(0)
         for k in range(segs.shape[0]):
             lam_k = lam if segs[k, 3] else zero
@@ -214,15 +238,12 @@ def _make_layer_norms(rule: str):
             n_chunks = (stop - start + SUM_CHUNK - 1) // SUM_CHUNK
             partial = np.zeros((n_chunks, 2))
             for c in prange(n_chunks):
-                s_theta = 0.0
-                s_u = 0.0
-                for i in range(start + c * SUM_CHUNK, min(stop, start + (c + 1) * SUM_CHUNK)):
-                    p = params[i]
-                    u = direction(rule, i, p, lam_k, state, coefs)
-                    s_theta += np.float64(p) * np.float64(p)
-                    s_u += np.float64(u) * np.float64(u)
-                partial[c, 0] = s_theta
-                partial[c, 1] = s_u
+                a = start + c * SUM_CHUNK
+                b = min(stop, a + SUM_CHUNK)
+                u = np.empty(b - a, params.dtype)  # this chunk's directions (16 KiB in float32)
+                directions(rule, u, a, params, lam_k, state, coefs)
+                partial[c, 0] = kernels.lane_sum_of_squares(params[a:b])
+                partial[c, 1] = kernels.lane_sum_of_squares(u)
             kernels.add_rows_into(sums[segs[k, 2]], partial)
     return layer_norms
 
