@@ -217,9 +217,15 @@ def _prepare(model: MLP, X, y, validation, data: str | None, callback, callback_
             weights = check_weights(np.asarray(weights), len(X), "sample_weight")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    # what y is for the model's loss: a 0/1 matrix (or two labels) for binary cross-entropy; else today's rule for
+    # arrays ("auto": integers are class numbers, as the model's outputs are fixed already; strings map through
+    # their sorted set; float (rows, k) are targets), through the model's own classes when it names them (a
+    # fit after a fit maps the labels as the first did)
+    kind = "multilabel" if cfg.loss == "binary_cross_entropy" else "auto"
     return cfg, lambda: from_arrays(X, y, pair, name=ARRAYS, seed=cfg.seed,
                                     test_fraction=cfg.test_fraction if held_out else 0.0, scale=cfg.scale,
-                                    sample_weight=weights)
+                                    sample_weight=weights, kind=kind, scale_targets=cfg.scale_targets,
+                                    classes=model.classes)
 
 
 def row_weights(y, sample_weight=None, class_weight: str | dict | None = None) -> np.ndarray | None:

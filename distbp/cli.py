@@ -264,13 +264,13 @@ def dry_run(cfg, comm) -> int:
     from distbp.sync.base import ModelShape
     from distbp.sync.factory import make_sync
     from distbp.train import memory
-    from distbp.train.setup import dropout_probabilities, layout_of, resolve_layers
+    from distbp.train.setup import dataset_options, dropout_probabilities, layout_of, resolve_layers
 
     layers = cfg.layers
     if layers is None:  # the default layers follow the data's shape
         from distbp.data.datasets import load_dataset  # only when the data decides the layers
 
-        layers = resolve_layers(cfg, load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction))
+        layers = resolve_layers(cfg, load_dataset(cfg.data, **dataset_options(cfg)))
     layout = layout_of(comm)  # collective: every rank runs the dry run
     cfg.layers = list(layers)
     dropped = frozenset(l for l, p in enumerate(dropout_probabilities(cfg) or ()) if p > 0)

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from distbp.data import cache as datacache
-from distbp.data import formats
+from distbp.data import formats, targets
+from distbp.data.targets import KINDS, SCALE_TARGETS
 
 BUILTINS = ("synthetic", "digits")
+ARRAYS = "arrays"  # the name of a dataset of in-memory arrays (`from_arrays`)
 SCALES = ("auto", "standardize", "minmax", "none")
 CHUNK_ELEMENTS = 1 << 22  # elements per chunk for statistics and NaN checks (32 MiB of float64)
 # bytes of each row block (and of its scratch) in product_without_blas and add_standard_normal: L2-sized (the
@@ -33,15 +35,18 @@ PRODUCT_BLOCK_BYTES = 1 << 19
 
 @dataclass
 class Split:
-    """A set of rows: X (N, n_features) unscaled, maybe a memmap; y labels (n_rows,) int64 or targets (n_rows, k)."""
+    """A set of rows: X (N, n_features) unscaled, maybe a memmap; y class numbers (n_rows,) int64 or targets
+    (n_rows, k) float64 (0/1 for multilabel), unscaled."""
 
     X: np.ndarray  # (N, n_features) source rows, never modified; may be a np.memmap
-    y: np.ndarray  # (n_rows,) int64 class labels or (n_rows, n_targets) float targets, in memory
+    y: np.ndarray  # (n_rows,) int64 class numbers 0…K−1 or (n_rows, n_targets) float64 targets, in memory
     index: np.ndarray | None  # (n_rows,) int64 rows of X in this split; None means all rows of X
     offset: np.ndarray  # (n_features,) float64, subtracted from each row in gather
     factor: np.ndarray  # (n_features,) float64, multiplied into each row after the offset
-    n_classes: int | None  # number of classes for integer labels, None for float targets
+    n_classes: int | None  # number of classes for class numbers, None for float (and multilabel) targets
     w: np.ndarray | None = None  # (n_rows,) float64 per-row weights of L = Σₙ wₙ lⁿ, finite and >= 0; None: all 1
+    target_offset: np.ndarray | None = None  # (n_targets,) float64 subtracted from the targets in gather, or None
+    target_factor: np.ndarray | None = None  # (n_targets,) float64 multiplied in after the offset, or None
     _cast: dict = field(default_factory=dict, init=False, repr=False)  # offset/factor cast per output dtype
 
     @property
@@ -49,15 +54,16 @@ class Split:
         return len(self.y)
 
     def labels(self) -> np.ndarray:
-        """All labels (n_rows,) int64, or targets (n_rows, n_targets); do not modify."""
+        """All class numbers (n_rows,) int64, or targets (n_rows, n_targets) unscaled; do not modify."""
         return self.y
 
     def gather(self, rows: np.ndarray, X_out: np.ndarray, y_out: np.ndarray, w_out: np.ndarray | None = None) -> None:
         """Write scaled features of `rows` (int64, any order) into X_out (len(rows), n_features).
 
-        y_out is int64 (len(rows),) for class labels, or float (len(rows), n_targets):
-        one-hot rows for integer labels, a copy for float targets. w_out (len(rows),): the rows' weights
-        (this split must have them), cast to w_out's dtype.
+        y_out is int64 (len(rows),) for class numbers, or float (len(rows), n_targets): one-hot rows for class
+        numbers, the targets for float targets, scaled as y_scaled = (y − target_offset)·target_factor when the
+        split has a target scaling. w_out (len(rows),): the rows' weights (this split must have them), cast to
+        w_out's dtype.
         """
         n = len(rows)
         if X_out.shape != (n, self.X.shape[1]):
@@ -89,7 +95,14 @@ class Split:
             if y_out.shape != (n, self.y.shape[1]) or y_out.dtype.kind != "f":
                 raise ValueError(f"float targets need a float y_out of shape {(n, self.y.shape[1])}, "
                                  f"got {y_out.dtype} {y_out.shape}")
-            y_out[...] = self.y[rows]
+            if y_out.dtype == self.y.dtype:  # rows are checked in gather: no buffered copy
+                np.take(self.y, rows, axis=0, out=y_out, mode="clip")
+            else:
+                y_out[...] = self.y[rows]
+            offset, factor = self._target_scaling_in(y_out.dtype)
+            if offset is not None:
+                y_out -= offset
+                y_out *= factor
         elif y_out.ndim == 1:
             if y_out.shape != (n,) or y_out.dtype != np.int64:
                 raise ValueError(f"class labels need an int64 y_out of shape {(n,)}, got {y_out.dtype} {y_out.shape}")
@@ -107,6 +120,13 @@ class Split:
             self._cast[key] = self.w.astype(dtype)
         return self._cast[key]
 
+    def _target_scaling_in(self, dtype: np.dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
+        key = ("targets", np.dtype(dtype))
+        if key not in self._cast:
+            self._cast[key] = ((None, None) if self.target_offset is None else
+                               (self.target_offset.astype(dtype), self.target_factor.astype(dtype)))
+        return self._cast[key]
+
     def _scaling_in(self, dtype: np.dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
         # cast once per output dtype, so that gather allocates nothing for scaling.
         if dtype not in self._cast:
@@ -116,28 +136,58 @@ class Split:
         return self._cast[dtype]
 
 
+_SAME = object()  # `Dataset.rescaled`: keep this dataset's value
+
+
 @dataclass
 class Dataset:
     name: str
     train: Split
     test: Split | None
     n_features: int
-    n_classes: int | None  # number of classes for integer labels; None for float targets
-    n_targets: int  # n_classes for labels, else the targets' width
+    n_classes: int | None  # number of classes for class numbers; None for float (and multilabel) targets
+    n_targets: int  # n_classes for class numbers, else the targets' width
     scaling: str  # what gather applies, e.g. "standardized (train mean/std)"
     from_cache: bool = False  # read from the data cache (distbp.data.cache), not drawn
+    classes: np.ndarray | None = None  # (n_classes,) the sorted labels class numbers 0…K−1 stand for, None when the
+    # labels are those numbers; multilabel: (n_targets,) the outputs' names, or the two labels of one column
+    multilabel: bool = False  # y is float (rows, k) 0/1, one yes/no per output (binary_cross_entropy)
+    target_offset: np.ndarray | None = None  # (n_targets,) float64: gather writes y_scaled = (y − offset)·factor
+    target_factor: np.ndarray | None = None  # (n_targets,) float64; both None: targets as they are
+    kind_asked: str = "auto"  # the kind it was loaded for (targets.KINDS): --local-rows ranks decide alike with it
 
-    def rescaled(self, offset: np.ndarray, factor: np.ndarray, scaling: str, n_classes: int | None) -> "Dataset":
-        """This dataset with another scaling and class count (agreed over the ranks that each hold their own
-        rows, see distbp.data.localdata); the rows themselves are shared, not copied."""
-        def split(s: Split | None) -> Split | None:
-            return None if s is None else Split(s.X, s.y, s.index, offset, factor, n_classes, s.w)
-        return dataclasses.replace(self, train=split(self.train), test=split(self.test), n_classes=n_classes,
-                                   n_targets=n_classes if n_classes else self.n_targets, scaling=scaling)
+    @property
+    def kind(self) -> str:
+        """"classes" (class numbers), "multilabel" (0/1 per output) or "values" (float targets)."""
+        return "multilabel" if self.multilabel else "classes" if self.n_classes is not None else "values"
+
+    def rescaled(self, offset: np.ndarray, factor: np.ndarray, scaling: str, n_classes: int | None, *,
+                 classes=_SAME, target_offset=_SAME, target_factor=_SAME,
+                 labels: tuple[np.ndarray, np.ndarray | None] | None = None) -> "Dataset":
+        """This dataset with another scaling and class count, and, where given, other classes, target scaling
+        and labels (the splits' (train y, test y) renumbered for `classes`): what the ranks that each hold
+        their own rows agree on (distbp.data.localdata). The rows themselves are shared, not copied."""
+        classes = self.classes if classes is _SAME else classes
+        target_offset = self.target_offset if target_offset is _SAME else target_offset
+        target_factor = self.target_factor if target_factor is _SAME else target_factor
+
+        def split(s: Split | None, y: np.ndarray | None) -> Split | None:
+            return None if s is None else Split(s.X, s.y if y is None else y, s.index, offset, factor, n_classes,
+                                                s.w, target_offset, target_factor)
+        y_train, y_test = labels if labels is not None else (None, None)
+        return dataclasses.replace(self, train=split(self.train, y_train), test=split(self.test, y_test),
+                                   n_classes=n_classes, n_targets=n_classes if n_classes else self.n_targets,
+                                   scaling=scaling, classes=classes, target_offset=target_offset,
+                                   target_factor=target_factor)
 
     def scaling_part(self, scale: str) -> dict:
         """The training rows' statistics for `scale` (see `scaling_part`)."""
         return scaling_part(self.train.X, self.train.index, scale)
+
+    def target_part(self) -> dict:
+        """The training targets' moments {"count", "mean", "m2"} ((n_targets,) float64), for `target_scaling`."""
+        count, mean, m2 = _moments(self.train.y, None)
+        return {"count": count, "mean": mean, "m2": m2}
 
     def split_arrays(self) -> dict[str, np.ndarray]:
         """{"X", "y"} of the training rows and {"X_test", "y_test"} of the test rows (unscaled; rows through
@@ -152,7 +202,12 @@ class Dataset:
     def fingerprint(self, sample_rows: int = 64) -> str:
         """sha256 of the splits' shapes, scaling and `sample_rows` rows spread over each split, as gathered:
         cheap, and different when ranks read different data under the same name."""
-        h = hashlib.sha256(repr((self.n_features, self.n_classes, self.n_targets, self.scaling)).encode())
+        # what is new since the fingerprint was first defined only counts where it is set: today's data keeps its hash
+        extra = (() if self.classes is None else (self.classes.tolist(),)) + (("multilabel",) if self.multilabel
+                                                                             else ())
+        h = hashlib.sha256(repr((self.n_features, self.n_classes, self.n_targets, self.scaling, *extra)).encode())
+        if self.target_offset is not None:
+            h.update(self.target_offset.tobytes() + self.target_factor.tobytes())
         for split in (self.train, self.test):
             if split is None:
                 continue
@@ -166,16 +221,45 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Meaning:
+    """What y means (`distbp.data.targets`): the loss's kind, the target scaling, a model's classes to map
+    labels through, and how errors name what to use instead."""
+
+    kind: str = "auto"  # targets.KINDS
+    scale_targets: str = "none"  # targets.SCALE_TARGETS: "standardize" float targets with the train mean/std
+    classes: np.ndarray | None = None  # a model's classes: labels map through these
+    hints: targets.Hints = targets.FLAGS
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.scale_targets not in SCALE_TARGETS:
+            raise ValueError(f"unknown scale_targets {self.scale_targets!r}; choose one of {', '.join(SCALE_TARGETS)}")
+
+
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto",
-                 weights: str | None = None) -> Dataset:
+                 weights: str | None = None, targets: list[str] | str | None = None, kind: str = "auto",
+                 scale_targets: str = "none", classes: np.ndarray | None = None) -> Dataset:
     """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md).
 
     weights: the CSV column holding each row's weight (an .npz's member w and a folder's w.npy are read
-    without it)."""
+    without it). targets: the CSV column(s), .npz members or a folder's NAME.npy files holding y (default: a
+    CSV's 'label' column, else its last; an .npz's y). kind: what y is for the loss (`distbp.data.targets`):
+    "classes" (cross_entropy), "multilabel" (binary_cross_entropy), "values" (mse), "auto" (integer labels
+    are classes, float (rows, k) values). scale_targets: "standardize" float targets (train mean/std).
+    classes: a model's classes, which labels map through (a label they lack is an error).
+    """
+    meaning = Meaning(kind, scale_targets, classes)
+    meaning.check()
+    targets = [targets] if isinstance(targets, str) else None if targets is None else list(targets)
     name, _, _ = spec.partition(":")
     if weights is not None and (name in BUILTINS or Path(spec).suffix != ".csv"):
         raise ValueError(f"--weights names a column of a CSV, and {spec} is no CSV: an .npz holds its rows' "
                          "weights as a member w, a folder as w.npy")
+    if targets is not None and name in BUILTINS:
+        raise ValueError(f"--targets names a CSV's columns or an .npz's members, and {spec} is a built-in set "
+                         "(its labels are its y)")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if not 0 <= test_fraction < 1:
@@ -189,9 +273,10 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
             moments = {"features": keys["features"], "uint8": False, "count": int(cached.pop("train_count")[0]),
                        "mean": cached.pop("train_mean"), "m2": cached.pop("train_m2")}
             dataset = _build("synthetic", "synthetic", cached, seed, test_fraction, scale, keys["classes"],
-                             known_parts={"auto": moments, "standardize": moments})
+                             known_parts={"auto": moments, "standardize": moments}, meaning=meaning)
             return dataclasses.replace(dataset, from_cache=True)
-        dataset = _build("synthetic", "synthetic", _synthetic(keys, seed), seed, test_fraction, scale, keys["classes"])
+        dataset = _build("synthetic", "synthetic", _synthetic(keys, seed), seed, test_fraction, scale, keys["classes"],
+                         meaning=meaning)
         if entry is not None:
             arrays = dataset.split_arrays()
             moments = scaling_part(arrays["X"], None, "standardize")
@@ -199,7 +284,7 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
                                     "train_mean": moments["mean"], "train_m2": moments["m2"]})
         return dataset
     if name == "digits" and not options:
-        return _build("digits", "digits", _digits(), seed, test_fraction, scale)
+        return _build("digits", "digits", _digits(), seed, test_fraction, scale, meaning=meaning)
     path = Path(spec)
     if not path.exists():
         if os.sep not in spec and "." not in spec:
@@ -209,8 +294,9 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
     if not (path.is_file() or path.is_dir()):  # a FIFO, a device, a socket: reading would block or never end
         raise ValueError(f"{path}: not a regular file or a directory")
     try:
-        arrays, files = _read(path, weights)
-        return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files)
+        arrays, files, columns = _read(path, weights, targets, kind)
+        return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files, meaning=meaning,
+                      columns=columns)
     except MemoryError:
         raise ValueError(f"{path}: not enough memory to load it; a folder of .npy files is memory-mapped, so "
                          "each rank reads only the rows it gathers") from None
@@ -232,15 +318,21 @@ def cache_entry(spec: str, seed: int = 0, test_fraction: float = 0.1) -> Path | 
 
 
 def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple | None = None, *,
-                name: str = "arrays", seed: int = 0, test_fraction: float = 0.0, scale: str = "auto",
-                sample_weight: np.ndarray | None = None) -> Dataset:
+                name: str = ARRAYS, seed: int = 0, test_fraction: float = 0.0, scale: str = "auto",
+                sample_weight: np.ndarray | None = None, kind: str = "auto", scale_targets: str = "none",
+                classes: np.ndarray | None = None) -> Dataset:
     """A dataset of in-memory arrays, checked, split and scaled exactly like a file's (`_build`).
 
-    X (rows, features) numeric; y (rows,) integer class labels 0…K−1 or (rows, targets) float targets;
-    validation: (X_test, y_test) or (X_test, y_test, w_test) as the held-out split, else test_fraction of
-    X's rows (0: none). sample_weight (rows,): each row's weight wₙ in L = Σₙ wₙ lⁿ (finite, >= 0).
+    X (rows, features) numeric; y what `kind` takes (`load_dataset`, `distbp.data.targets`): (rows,) class
+    labels (integers, or any numbers or strings for kind "classes", strings for "auto"), a (rows, k) 0/1
+    matrix or one column of two labels ("multilabel"), or (rows,) / (rows, k) float targets ("values"; "auto"
+    takes (rows, k) floats); validation: (X_test, y_test) or (X_test, y_test, w_test) as the held-out split,
+    else test_fraction of X's rows (0: none). sample_weight (rows,): each row's weight wₙ in L = Σₙ wₙ lⁿ
+    (finite, >= 0). scale_targets, classes: as in `load_dataset`. Errors name the Python keywords.
     The arrays are used in place when they need no conversion (never modified).
     """
+    meaning = Meaning(kind, scale_targets, classes, targets.KEYWORDS)
+    meaning.check()
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if not 0 <= test_fraction < 1:
@@ -254,7 +346,7 @@ def from_arrays(X: np.ndarray, y: np.ndarray, validation: tuple | None = None, *
         arrays["X_test"], arrays["y_test"] = _as_array(validation[0], "X_val"), _as_array(validation[1], "y_val")
         if len(validation) == 3 and validation[2] is not None:
             arrays["w_test"] = _as_array(validation[2], "w_val")
-    return _build(name, name, arrays, seed, test_fraction, scale,
+    return _build(name, name, arrays, seed, test_fraction, scale, meaning=meaning,
                   names={"w": "sample_weight", "w_test": "the validation weights"})
 
 
@@ -265,15 +357,22 @@ def _as_array(a, what: str) -> np.ndarray:
         raise ValueError(f"{what} is not an array: {e}") from None
 
 
-def _read(path: Path, weights: str | None = None) -> tuple[dict, dict | None]:
-    """The raw arrays of a file or folder, and for a folder the file each array came from (errors name it)."""
+def _read(path: Path, weights: str | None = None, targets: list[str] | None = None,
+          kind: str = "auto") -> tuple[dict, dict | None, list[str] | None]:
+    """The raw arrays of a file or folder, for a folder the file each array came from (errors name it), and
+    the names of y's columns (a CSV's target columns, the members or files named by `targets`), or None."""
     if path.is_dir():
-        return (formats.read_npy_directory(path) if (path / "X.npy").exists()
-                else formats.read_idx_directory(path))
+        if (path / "X.npy").exists():
+            return (*formats.read_npy_directory(path, targets), targets)
+        if targets is not None:
+            raise ValueError(f"{path}: --targets names a CSV's columns, an .npz's members or a folder's NAME.npy "
+                             "files; MNIST IDX files hold one label file")
+        return (*formats.read_idx_directory(path), None)
     if path.suffix == ".npz":
-        return formats.read_npz(path), None
+        return (formats.read_npz(path) if targets is None else formats.read_npz(path, targets)), None, targets
     if path.suffix == ".csv":
-        return formats.read_csv(path, weights), None
+        arrays = formats.read_csv(path, weights, targets, kind)
+        return arrays, None, arrays.pop("columns")
     raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
 
 
@@ -369,22 +468,27 @@ def _digits() -> dict:
 
 def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float, scale: str,
            n_classes: int | None = None, files: dict | None = None, known_parts: dict | None = None,
-           names: dict | None = None) -> Dataset:
-    """Validate X, y, w (and X_test, y_test, w_test), hold out a test split if none is given, compute the
-    scaling. w: per-row weights (optional; the held-out rows keep theirs).
+           names: dict | None = None, meaning: Meaning = Meaning(), columns: list[str] | None = None) -> Dataset:
+    """Validate X, y, w (and X_test, y_test, w_test), give y its meaning, hold out a test split if none is
+    given, compute the scaling. w: per-row weights (optional; the held-out rows keep theirs).
 
-    known_parts: `scaling_part` of the training rows by scale, already known (the data cache keeps them).
-    names: what to call an array in errors, where not "<key> (<file>)"."""
+    n_classes: a built-in set's class count (its labels are class numbers); known_parts: `scaling_part` of the
+    training rows by scale, already known (the data cache keeps them); names: what to call an array in errors,
+    where not "<key> (<file>)"; meaning: what y is (`Meaning`); columns: the names of y's columns."""
     names = {key: f"{key} ({files[key] if files else source})" for key in arrays} | (names or {})
-    X, y = _check_arrays(arrays["X"], arrays["y"], names["X"], names["y"])
+    X = _check_features(arrays["X"], arrays["y"], names["X"], names["y"])
     w = check_weights(arrays["w"], len(X), names["w"]) if "w" in arrays else None
     w_test = None
     if "X_test" in arrays:
-        X_test, y_test = _check_arrays(arrays["X_test"], arrays["y_test"], names["X_test"], names["y_test"])
+        X_test = _check_features(arrays["X_test"], arrays["y_test"], names["X_test"], names["y_test"])
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"{source}: X_test has {X_test.shape[1]} features, X has {X.shape[1]}")
-        if (y_test.ndim == 1) != (y.ndim == 1) or y_test.shape[1:] != y.shape[1:]:
-            raise ValueError(f"{source}: y_test ({y_test.dtype} {y_test.shape}) does not match y ({y.dtype} {y.shape})")
+    # the labels' meaning is decided on all rows (train and test together), before any are held out
+    labels = targets.prepare(arrays["y"], arrays.get("y_test"), kind=meaning.kind, where=source,
+                             names=(names["y"], names.get("y_test", "y_test")), given=meaning.classes,
+                             known=n_classes, columns=columns, hints=meaning.hints)
+    y, y_test = labels.y, labels.y_test
+    if "X_test" in arrays:
         train_index, test_index = None, None
         if "w_test" in arrays:
             w_test = check_weights(arrays["w_test"], len(X_test), names["w_test"])
@@ -401,27 +505,40 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
         X, X_test = X[train_index], X[test_index]
         train_index = test_index = None
 
-    classification = y.ndim == 1
-    if classification:
-        largest = max(int(y.max()), int(y_test.max()) if y_test is not None else 0)
-        distinct = np.union1d(np.unique(y), np.unique(y_test) if y_test is not None else []).size
-        if largest + 1 > max(1000, 10 * distinct):  # one output per class number: a stray label costs millions
-            raise ValueError(f"{source}: the labels are not class numbers 0…K−1: {distinct} distinct labels but the "
-                             f"largest is {largest}, which would make {largest + 1} outputs; number the classes "
-                             f"0…{distinct - 1}")
-        n_classes = max(n_classes or 0, largest + 1)
-    else:
-        n_classes = None
+    n_classes = labels.n_classes
     part = (known_parts or {}).get(scale) or scaling_part(X, train_index, scale)
     offset, factor, scaling = scaling_from_parts([part], scale)
-    train = Split(X, y, train_index, offset, factor, n_classes, w)
-    test = None if X_test is None else Split(X_test, y_test, test_index, offset, factor, n_classes, w_test)
-    n_targets = n_classes if classification else y.shape[1]
-    return Dataset(name, train, test, X.shape[1], n_classes, n_targets, scaling)
+    target_offset = target_factor = None
+    if meaning.scale_targets == "standardize":
+        if n_classes is not None or labels.multilabel:
+            what = "0/1 multilabel targets" if labels.multilabel else "class labels"
+            raise ValueError(f"{source}: scale_targets standardize scales float targets (loss mse), and its y holds "
+                             f"{what}")
+        count, mean, m2 = _moments(y, None)
+        target_offset, target_factor = target_scaling([{"count": count, "mean": mean, "m2": m2}])
+    train = Split(X, y, train_index, offset, factor, n_classes, w, target_offset, target_factor)
+    test = (None if X_test is None else
+            Split(X_test, y_test, test_index, offset, factor, n_classes, w_test, target_offset, target_factor))
+    n_targets = n_classes if n_classes is not None else y.shape[1]
+    return Dataset(name, train, test, X.shape[1], n_classes, n_targets, scaling, classes=labels.classes,
+                   multilabel=labels.multilabel, target_offset=target_offset, target_factor=target_factor,
+                   kind_asked=meaning.kind)
 
 
-def _check_arrays(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate features and labels; return X unchanged (maybe a memmap) and y in memory as int64 or float.
+def target_scaling(parts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, factor) (n_targets,) float64 standardizing the targets of the row sets of `parts` together
+    (`Dataset.target_part`, merged in order): offset the mean, factor 1/std (population std; a constant
+    target's factor is 1)."""
+    count, mean, m2 = 0, np.zeros_like(parts[0]["mean"]), np.zeros_like(parts[0]["mean"])
+    for p in parts:
+        count, mean, m2 = _merge_moments((count, mean, m2), (p["count"], p["mean"], p["m2"]))
+    std = np.sqrt(m2 / count)
+    std[std == 0] = 1
+    return mean, 1 / std
+
+
+def _check_features(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> np.ndarray:
+    """Validate the features (and that y has a row for each); return X unchanged (maybe a memmap).
 
     x_name and y_name say where the arrays came from (file and array), for the error messages.
     """
@@ -431,24 +548,13 @@ def _check_arrays(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> tup
         raise ValueError(f"{x_name} has non-numeric dtype {X.dtype}")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"empty dataset: {x_name} has shape {X.shape}")
+    if np.ndim(y) == 0:
+        raise ValueError(f"{y_name} must hold one label or target per row, got a scalar")
     if len(y) != X.shape[0]:
         raise ValueError(f"{x_name} has {X.shape[0]} rows but {y_name} has {len(y)}")
     if X.dtype.kind == "f":
         _check_finite(X, x_name)
-    y = np.asarray(y)
-    if y.dtype.kind in "iu" and (y.ndim == 1 or y.shape[1:] == (1,)):
-        y = y.reshape(-1).astype(np.int64)
-        if (y < 0).any():
-            first = int(np.flatnonzero(y < 0)[0])
-            raise ValueError(f"{y_name}: negative label {y[first]} in row {first}")
-        return X, y
-    if y.dtype.kind == "f" and y.ndim == 2:
-        _check_finite(y, y_name)
-        return X, np.array(y)  # a copy, so that targets are in memory even if y is a memmap
-    if y.dtype.kind == "f" and y.ndim == 1:
-        raise ValueError(f"{y_name}: non-integer labels (dtype {y.dtype}); store class labels as integers, "
-                         f"or regression targets as a 2-D float array (rows, targets)")
-    raise ValueError(f"{y_name} must be integer labels (rows,) or float targets (rows, k), got {y.dtype} {y.shape}")
+    return X
 
 
 def check_weights(w: np.ndarray, rows: int, what: str) -> np.ndarray:

@@ -55,10 +55,15 @@ class Run:
         self.instruments = Instruments(self.watchdog, self.trace, self.timers)
 
     def attach_scaling(self) -> None:
-        """Give the model its training's feature scaling, which it applies when it predicts on raw rows and
-        which model files keep (the dataset's own arrays, not copies)."""
+        """Give the model what its training learnt of the data, which model files keep (the dataset's own
+        arrays, not copies): the feature scaling, which it applies when it predicts on raw rows; the labels
+        its outputs stand for (model.classes); the targets' scaling, which model.predict undoes."""
         if self.data.scaling != "none":
             self.model.feature_offset, self.model.feature_factor = self.data.train.offset, self.data.train.factor
+        if self.data.classes is not None:
+            self.model.classes = self.data.classes
+        if self.data.target_offset is not None:
+            self.model.target_offset, self.model.target_factor = self.data.target_offset, self.data.target_factor
 
     def gather_train(self, rows: np.ndarray,
                      into: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -23,8 +23,9 @@ from distbp.comm.base import Comm
 from distbp.config import Config
 from distbp.data import localdata
 from distbp.data.batch import BatchBuffers
-from distbp.data.datasets import Dataset, load_dataset
+from distbp.data.datasets import ARRAYS, BUILTINS, Dataset, load_dataset
 from distbp.data.shard import LocalRows, SharedRows
+from distbp.data.targets import show
 from distbp.errors import ConfigError, DistbpError
 from distbp.host import threads
 from distbp.host.files import UnsafeFolder, make_private_dir
@@ -167,9 +168,7 @@ def load_data(cfg: Config, ranks: int, dataset: Callable[[], Dataset] | None = N
     cfg.local_rows, {rank} in cfg.data is this rank's number."""
     try:
         spec = cfg.data.replace("{rank}", str(rank)) if cfg.local_rows else cfg.data
-        data = (dataset() if dataset is not None
-                else load_dataset(spec, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale,
-                                 weights=cfg.weights))
+        data = dataset() if dataset is not None else load_dataset(spec, **dataset_options(cfg))
         if not cfg.local_rows:  # local rows: resolved once the ranks agree on one dataset (localdata)
             cfg.layers = resolve_layers(cfg, data)
             check_data_fits(cfg, data, ranks)
@@ -179,6 +178,18 @@ def load_data(cfg: Config, ranks: int, dataset: Callable[[], Dataset] | None = N
     except MemoryError:
         return None, ConfigError(f"not enough memory to load {cfg.data}")
     return data, None
+
+
+def dataset_options(cfg: Config) -> dict:
+    """The keyword arguments of `load_dataset` for cfg's data and loss: what y is for the loss (kind:
+    "classes" for cross_entropy, "multilabel" for binary_cross_entropy, "values" for mse on a file, "auto"
+    for mse on a built-in set, whose labels become one-hot rows, or on arrays), its target columns, the
+    target scaling, and the rows' split, feature scaling and weights."""
+    builtin = cfg.data.partition(":")[0] in BUILTINS or cfg.data == ARRAYS
+    kind = {"cross_entropy": "classes", "binary_cross_entropy": "multilabel"}.get(
+        cfg.loss, "auto" if builtin else "values")
+    return {"seed": cfg.seed, "test_fraction": cfg.test_fraction, "scale": cfg.scale, "weights": cfg.weights,
+            "targets": cfg.targets, "kind": kind, "scale_targets": cfg.scale_targets}
 
 
 def build_agreed(cfg: Config, comm: Comm, layout: Layout,
@@ -277,21 +288,44 @@ def heartbeat_dir(cfg: Config, comm: Comm) -> str | None:
 
 
 def resolve_layers(cfg: Config, data: Dataset) -> list[int]:
-    """The layer sizes: --layers checked against the data's features and targets, else features-256-outputs."""
+    """The layer sizes: --layers checked against the data's features and targets, else features-256-outputs.
+
+    The outputs the loss needs of the data: cross_entropy one per class (at least the largest class number
+    + 1 for labels that are class numbers, exactly one per label for named classes), binary_cross_entropy one
+    per 0/1 target (1 for a binary one), mse one per float target (or one-hot class)."""
     outputs = data.n_targets
     layers = list(cfg.layers) if cfg.layers else [data.n_features, 256, outputs]
     if layers[0] != data.n_features:
         raise ConfigError(f"--layers starts with {layers[0]} inputs but {cfg.data} has {data.n_features} features")
+    last, kind = layers[-1], data.kind
     if cfg.loss == "cross_entropy":
-        if data.n_classes is None:
-            raise ConfigError(f"{cfg.data} has float targets: use --loss mse")
-        if layers[-1] < data.n_classes:
-            raise ConfigError(f"--layers ends with {layers[-1]} outputs but {cfg.data} has labels up to "
+        if kind == "values":
+            raise ConfigError(f"{cfg.data} has float targets (regression): use --loss mse")
+        if kind == "multilabel":
+            raise ConfigError(f"{cfg.data} has 0/1 targets, {data.n_targets} per row (multilabel or binary): use "
+                              "--loss binary_cross_entropy")
+        if data.classes is not None and last != data.n_classes:
+            raise ConfigError(f"--layers ends with {last} outputs but {cfg.data} has {data.n_classes} classes "
+                              f"{show(data.classes)}: one output per class (labels that are not class numbers "
+                              "0…K−1 map through their sorted set)")
+        if last < data.n_classes:
+            raise ConfigError(f"--layers ends with {last} outputs but {cfg.data} has labels up to "
                               f"{data.n_classes - 1} ({data.n_classes} classes)")
-    elif data.n_classes is None and layers[-1] != data.n_targets:
-        raise ConfigError(f"--layers ends with {layers[-1]} outputs but {cfg.data} has {data.n_targets} targets")
-    elif data.n_classes is not None and layers[-1] != data.n_classes:
-        raise ConfigError(f"--loss mse on class labels needs {data.n_classes} outputs (one-hot), got {layers[-1]}")
+    elif cfg.loss == "binary_cross_entropy":
+        if kind != "multilabel":
+            what = (f"{data.n_classes} classes, one per row: use --loss cross_entropy" if kind == "classes"
+                    else "float targets (regression): use --loss mse")
+            raise ConfigError(f"--loss binary_cross_entropy takes 0/1 targets (a (rows, k) 0/1 matrix, or one "
+                              f"column of two labels), and {cfg.data} has {what}")
+        if last != data.n_targets:
+            raise ConfigError(f"--layers ends with {last} outputs but {cfg.data} has {data.n_targets} 0/1 target(s): "
+                              "binary_cross_entropy has one output per target")
+    elif kind == "classes" and last != data.n_classes:
+        raise ConfigError(f"--loss mse on class labels needs {data.n_classes} outputs (one-hot), got {last}")
+    elif kind != "classes" and last != data.n_targets:
+        why = (" (with --loss mse a file's target columns are float targets, never one-hot classes; --targets names "
+               "them)" if kind == "values" and data.kind_asked == "values" else "")
+        raise ConfigError(f"--layers ends with {last} outputs but {cfg.data} has {data.n_targets} targets{why}")
     return layers
 
 
@@ -302,7 +336,11 @@ def check_held_out(cfg: Config, data: Dataset) -> None:
                             ("--save-best", cfg.save_best)) if v]
     if asked and data.test is None:
         raise ConfigError(f"{', '.join(asked)}: evaluations need held-out rows, and {cfg.data} has none "
-                          "(distbp.fit: give validation=)")
+                          "(--test-fraction 0 holds none out; distbp.fit: give validation=)")
+    watched = cfg.early_stop_patience or cfg.save_best
+    if watched and cfg.early_stop_metric == "test_accuracy" and data.kind == "values":
+        raise ConfigError(f"--early-stop-metric test_accuracy: {cfg.data} has float targets (regression), which have "
+                          "no accuracy: watch test_loss")
 
 
 def check_data_fits(cfg: Config, data: Dataset, ranks: int) -> None:

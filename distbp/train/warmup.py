@@ -39,7 +39,7 @@ from distbp.errors import StallError
 from distbp.nn import kernels
 from distbp.nn.model import MLP, narrow_layers
 from distbp.nn.optim import make_optimizer
-from distbp.train.setup import setup
+from distbp.train.setup import dataset_options, setup
 
 ROWS = 2  # rows of the warm-up pass: enough to call every kernel
 COMPILE_WAIT_S = 600.0  # how long the other ranks wait for rank 0's compilation
@@ -205,7 +205,7 @@ def warm_configuration(cfg) -> dict:
     t0 = time.perf_counter()
     entry = data.cache_entry(cfg.data, cfg.seed, cfg.test_fraction)
     if entry is not None:  # the run's own generated data, drawn now into the data cache (distbp.data.cache)
-        data.load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, scale=cfg.scale)
+        data.load_dataset(cfg.data, **dataset_options(cfg))
     data_s = time.perf_counter() - t0
     run = setup(stand_in, SerialComm())
     try:

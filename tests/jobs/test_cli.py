@@ -204,15 +204,16 @@ def test_only_rank_zero_prints_the_epoch_summary(tmp_path):
     assert done.stdout.count("saved parameters") == 1, done.output
 
 
-@pytest.mark.parametrize("flags", [
-    ["--loss", "mse"],
-    ["--optimizer", "momentum", "--momentum", "0.9", "--lr", "0.1"],
-    ["--optimizer", "adam", "--lr", "0.01"],
-], ids=["mse on one-hot labels", "momentum", "adam"])
-def test_losses_and_optimizers_train(tmp_path, flags):
+@pytest.mark.parametrize("data,flags", [
+    (["--data", "digits", "--layers", "64,16,10"], ["--loss", "mse"]),
+    (["--data", "digits", "--layers", "64,16,10"], ["--loss", "mse", "--output-activation", "sigmoid"]),
+    (None, ["--optimizer", "momentum", "--momentum", "0.9", "--lr", "0.1"]),
+    (None, ["--optimizer", "adam", "--lr", "0.01"]),
+], ids=["mse on a built-in set's one-hot labels", "the textbook network: sigmoid outputs, mse", "momentum", "adam"])
+def test_losses_and_optimizers_train(tmp_path, data, flags):
     metrics = tmp_path / "m.jsonl"
-    done = run_job(2, ["distbp", "train", "--data", npz_with_test(tmp_path), *LAYERS, *QUICK, *flags,
-                       "--metrics", str(metrics)], timeout=90)
+    data = data or ["--data", npz_with_test(tmp_path), *LAYERS]
+    done = run_job(2, ["distbp", "train", *data, *QUICK, *flags, "--metrics", str(metrics)], timeout=90)
     assert done.returncode == 0, done.output
     records = read_metrics(metrics)
     assert_trained(records, epochs=4)
