@@ -21,6 +21,7 @@ _LAZY = {
     "DistbpError": "distbp.errors",
     "ConfigError": "distbp.errors",
     "load": ("distbp.nn.model", "load_model"),  # distbp.load(path) -> MLP
+    "export_onnx": "distbp.export",  # distbp.export_onnx(model, path): needs distbp[onnx]
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,5 +1,5 @@
-"""Command line: `distbp train …`, `distbp predict …`, `distbp evaluate …`, `distbp plot …` and `distbp
-warmup …` (also `python -m distbp …`).
+"""Command line: `distbp train …`, `distbp predict …`, `distbp evaluate …`, `distbp export …`, `distbp plot …`
+and `distbp warmup …` (also `python -m distbp …`).
 
 Thread counts must be fixed before numpy, SciPy or Numba start their pools, so
 this module imports only the standard library and distbp's standard-library-only modules (errors, units,
@@ -12,6 +12,7 @@ after `prepare_environment`.
     distbp warmup --activation relu --optimizer adam                # compile a configuration's kernels now
     distbp predict --model m.npz --data X.csv --output P.npy       # a saved model's outputs
     launch/local -n 2 distbp evaluate --model m.npz --data test.npz # its loss and accuracy
+    distbp export --model m.npz --onnx m.onnx                      # for ONNX Runtime (docs/deploy.md)
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from distbp.host.launcher import launcher_rank, split_job_error
 
 SPLIT_REPORT_WAIT_S = 1.0  # how long rank 0 of a split job lets the others end before it exits 2
 
-USAGE = """usage: distbp {train,predict,evaluate,plot,warmup} [options]
+USAGE = """usage: distbp {train,predict,evaluate,export,plot,warmup} [options]
 
   train     train an MLP data-parallel over the MPI ranks (distbp train --help)
   predict   write a saved model's outputs or labels for the rows of a file (distbp predict --help)
   evaluate  a saved model's loss and accuracy on labelled data, data-parallel (distbp evaluate --help)
+  export    write a saved model as an ONNX graph, for ONNX Runtime (distbp export --help, docs/deploy.md)
   plot      draw loss/accuracy curves from --metrics files (distbp plot --help)
   warmup    compile the kernels of a configuration (train's options) into the cache, without training
 """
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_main(rest)
-    if command in ("predict", "evaluate"):
+    if command in ("predict", "evaluate", "export"):
         return model_main(command, rest)
     if command == "plot":
         from distbp.observe.plot import main as plot_main  # matplotlib only when plotting
@@ -176,7 +178,8 @@ def split_job_exit(comm) -> int | None:
 
 
 def model_main(command: str, argv: list[str]) -> int:
-    """`distbp predict` / `distbp evaluate` (distbp.predict) with threads pinned before numpy loads; an error
+    """`distbp predict` / `distbp evaluate` (distbp.predict) and `distbp export` (distbp.export) with threads
+    pinned before numpy loads; an error
     (agreed by every rank) is printed once by the root, exit 2."""
     prepare_environment(argv)
     from distbp.comm.mpi import world  # after the thread pools are pinned (module docstring)
@@ -188,6 +191,10 @@ def model_main(command: str, argv: list[str]) -> int:
     from distbp import predict  # numpy and the model: after the thread pools are pinned
 
     try:
+        if command == "export":
+            from distbp.export import export_main  # onnx: only for this command, and lazily within it
+
+            return export_main(argv, comm)
         return (predict.predict_main if command == "predict" else predict.evaluate_main)(argv, comm)
     except DistbpError as e:
         if comm.is_root:
