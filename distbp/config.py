@@ -45,6 +45,9 @@ class Config:
     targets: list[str] | None = opt(None, "the CSV column(s) or .npz member(s) holding the labels or targets, "
                                           "e.g. price or y1,y2,y3 (default: a CSV's 'label' column, else its "
                                           "last; an .npz's y)")
+    features: list[str] | None = opt(None, "the Parquet columns or HDF5 datasets holding the features, e.g. x1,x2 or "
+                                           "X (default: a Parquet file's columns but the targets and weights; an "
+                                           "HDF5 file's dataset X)")
     scale_targets: str = opt("none", "regression targets (mse): standardize (train mean/std, undone by predict "
                                      "and stored in --save's model file) or none")
     dtype: str = opt("float32", "float32 or float64")
@@ -335,7 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="N,N,…", help=help)
         elif f.name == "dropout":
             parser.add_argument(flag, dest=f.name, type=_float_list, default=None, metavar="P,P,…", help=help)
-        elif f.name == "targets":
+        elif f.name in ("targets", "features"):
             parser.add_argument(flag, dest=f.name, type=_name_list, default=None, metavar="NAME,NAME,…", help=help)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
