@@ -105,7 +105,8 @@ class Config:
     trace_steps: str | None = opt(None, "START:STOP: with --trace, record only global steps START…STOP-1")
     eval_every: int = opt(0, "also evaluate on the held-out rows every N global steps (0: at epoch ends only)")
     early_stop_patience: int = opt(0, "stop after K evaluations without an improvement of early_stop_metric (0: off)")
-    early_stop_metric: str = opt("test_loss", "test_loss (lower is better) or test_accuracy (higher is better)")
+    early_stop_metric: str = opt("test_loss", "test_loss or test_rmse (lower is better), test_accuracy, "
+                                                    "test_subset_accuracy (multilabel) or test_r2 (higher is better)")
     save_best: str | None = opt(None, "keep the model with the best early_stop_metric so far in this model file")
     dry_run: bool = opt(False, "print the per-rank memory estimate and exit without training")
     memory_budget: str | None = opt(None, "e.g. 8GiB: with --dry-run, the largest per-rank batch that fits")
@@ -133,7 +134,7 @@ CHOICES = {
     "scale": ("auto", "standardize", "minmax", "none"),
     "optimizer": ("gd", "momentum", "adam", "lars", "lamb"),
     "lr_schedule": ("constant", "step", "cosine", "linear"),
-    "early_stop_metric": ("test_loss", "test_accuracy"),
+    "early_stop_metric": ("test_loss", "test_accuracy", "test_subset_accuracy", "test_rmse", "test_r2"),
     "lr_scale": ("sum", "mean"),
     "comm_dtype": (None, "bfloat16", "float16"),
     "allreduce": ("auto", "hier", "ring", "mpi"),

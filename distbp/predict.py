@@ -3,13 +3,14 @@ it on labelled data.
 
     distbp predict --model m.npz --data X.csv --output P.npy             # probabilities (or regression outputs)
     distbp predict --model m.npz --data X.npy --output y.csv --labels    # class labels (through the model's classes)
-    distbp evaluate --model m.npz --data test.npz                        # mean loss and accuracy
+    distbp evaluate --model m.npz --data test.npz                        # mean loss and accuracy (or RMSE and R²)
     launch/local -n 4 distbp evaluate --model m.npz --data big/ --json   # the rows split over 4 ranks
 
-Both read raw rows and let the model apply its training's feature scaling (`MLP.predict`,
-`MLP.scale_features`), exactly once. `predict` runs on the root: the other ranks of an MPI job wait,
-sleeping, and share its verdict. `evaluate` is data-parallel: each rank scores a contiguous share of the
-rows and the loss sums and correct counts are allreduced, as training's evaluation does.
+Both read raw rows and let the model apply its training's scaling (`MLP.predict`, `MLP.scale_features`),
+exactly once; regression outputs come back in the targets' own units. `predict` runs on the root: the other
+ranks of an MPI job wait, sleeping, and share its verdict. `evaluate` is data-parallel: each rank scores a
+contiguous share of the rows and the sums are allreduced, with training's own scoring (`distbp.train.scores`):
+accuracy for classifiers, per-label and subset accuracy for multilabel ones, RMSE and R² for regressions.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import warnings
 import numpy as np
 
 from distbp.comm.base import Comm
-from distbp.data.datasets import Dataset, Split, load_dataset
+from distbp.data.datasets import BUILTINS, Dataset, Split, load_dataset
 from distbp.data.formats import is_number
 from distbp.data.shard import rank_slice
 from distbp.errors import ConfigError, DistbpError
 from distbp.nn.model import MLP, load_model
 from distbp.nn.modelfile import write_atomically
+from distbp.train.scores import Evaluation, Scores, score_kind
 
 CHUNK_ELEMENTS = 1 << 24  # rows × layer widths per forward pass: bounds the workspace (64 MiB per float32 array)
 OUTPUTS = (".npy", ".npz", ".csv")
@@ -157,9 +159,18 @@ def predict_rows(model: MLP, X: np.ndarray) -> np.ndarray:
 
 
 def to_labels(model: MLP, outputs: np.ndarray) -> np.ndarray:
-    """(n,) the label of each row's largest output: model.classes[k] when the model has classes, else k."""
-    if model.loss.name == "mse" and model.sizes[-1] == 1:
-        raise ValueError("--labels needs a classifier; this model has one linear output (loss mse): a regression")
+    """The labels the outputs (n, outputs) stand for, through model.classes where the model has them:
+    cross_entropy (and mse on one-hot classes): (n,) the largest output's class; binary_cross_entropy with one
+    output: (n,) classes[p > ½] (0/1 without classes); multilabel: (n, outputs) int 0/1, p > ½ per label.
+    ValueError for a regression."""
+    if model.loss.multilabel:
+        on = (outputs > 0.5).astype(np.int64)
+        if outputs.shape[1] > 1:
+            return on
+        return on[:, 0] if model.classes is None else np.asarray(model.classes)[on[:, 0]]
+    if model.loss.name == "mse" and (model.sizes[-1] == 1 or model.target_offset is not None):
+        raise ValueError(f"--labels needs a classifier; this model has {model.sizes[-1]} "
+                         f"{model.loss.output_activation} output(s) (loss mse): a regression")
     index = np.argmax(outputs, axis=1)
     return index if model.classes is None else model.classes[index]
 
@@ -179,10 +190,13 @@ def predict_file(model_path: str, data_path: str, output_path: str, labels: bool
     except ValueError as e:  # NaN or Inf in the rows
         raise ValueError(f"{data_path}: {e}") from None
     if labels:
-        write_outputs(output_path, to_labels(model, outputs), "labels")
+        values = to_labels(model, outputs)
+        write_outputs(output_path, values, "labels")
+        if values.ndim == 2:
+            return f"0/1 labels ({values.shape[1]} per row) of {X.shape[0]} rows"
         return f"class labels of {X.shape[0]} rows"
     write_outputs(output_path, outputs, "P")
-    what = "probabilities" if model.loss.name == "cross_entropy" else "outputs"
+    what = "probabilities" if model.loss.name != "mse" else "outputs"
     return f"{what} ({model.sizes[-1]} per row) of {X.shape[0]} rows"
 
 
@@ -199,51 +213,82 @@ def check_fits(model: MLP, data: Dataset, model_path: str, spec: str) -> None:
             raise ValueError(f"{spec} has float targets, but {model_path} is a classifier (loss cross_entropy)")
         if data.n_targets != outputs:
             raise ValueError(f"{spec} has {data.n_targets} targets per row, {model_path} has {outputs} outputs")
+    elif model.loss.multilabel:
+        raise ValueError(f"{spec} has class labels, but {model_path} takes 0/1 labels, one per output "
+                         "(loss binary_cross_entropy)")
     elif data.n_classes > outputs:
         raise ValueError(f"{spec} has labels up to {data.n_classes - 1}, {model_path} has {outputs} outputs")
 
 
-def evaluate_split(model: MLP, split: Split, comm: Comm) -> tuple[float, float | None]:
-    """[dist] Mean loss (as the metrics' test_loss) and accuracy (None for float targets) of `model` on every
-    row of `split`, read unscaled (the model scales them): each rank scores a contiguous share in chunks,
-    and the sums are allreduced."""
+def data_options(model: MLP, spec: str, targets: list[str] | None = None) -> dict:
+    """load_dataset's keywords that read `spec` as the model's training read its data, unscaled (the model
+    scales rows and targets itself): class labels, mapped through the model's classes (names included), for a
+    classifier; 0/1 labels per output for binary_cross_entropy; float targets (the CSV columns `targets`) for
+    an mse model, or one-hot rows of class labels where the model names its classes or the data is a built-in
+    set (which has class labels), as before."""
+    if model.loss.labels or (model.loss.name == "mse" and model.classes is not None):
+        kind = "classes"
+    elif model.loss.multilabel:
+        kind = "multilabel"
+    else:
+        kind = "auto" if spec.partition(":")[0] in BUILTINS else "values"
+    return {"scale": "none", "kind": kind, "classes": model.classes, "targets": targets, "scale_targets": "none"}
+
+
+def evaluate_split(model: MLP, split: Split, comm: Comm, kind: str = "classes") -> Evaluation:
+    """[dist] The scores of `model` on every row of `split` (`distbp.train.scores`, as training's evaluation
+    gives them): (loss, accuracy), with `.scores` holding the kind's others (subset_accuracy; rmse, r2).
+
+    kind: "classes", "multilabel" or "values" (`score_kind`). Rows are read unscaled and the model scales them,
+    features and targets alike; with per-row weights, the weighted means. Each rank scores a contiguous share
+    in chunks, and the sums are allreduced once."""
     r0, r1 = rank_slice(split.n_rows, comm.rank, comm.size)
     labels = split.n_classes is not None
     rows = max(1, min(CHUNK_ELEMENTS // sum(model.sizes), r1 - r0))
     X = np.empty((rows, model.sizes[0]), model.dtype)
     y = np.empty(rows, np.int64) if labels else np.empty((rows, model.sizes[-1]), model.dtype)
-    loss_sum = correct = 0.0
+    w = None if split.w is None else np.empty(rows, model.dtype)
+    ws = model.new_workspace(rows)  # the evaluation's own buffers: the scores read the outputs from them
+    scores = Scores(kind, model.sizes[-1], model.target_factor if kind == "values" else None)
     for s in range(r0, r1, rows):
         k = min(rows, r1 - s)
-        split.gather(np.arange(s, s + k, dtype=np.int64), X[:k], y[:k])
-        loss_sum += model.loss_into(model.scale_features(X[:k]), targets(model, y[:k]))
-        if labels:
-            correct += model.count_correct(y[:k])
-    totals = comm.sum_scalars([loss_sum, correct])  # [dist]
-    n = split.n_rows
-    return float(totals[0] / n), (float(totals[1] / n) if labels else None)
+        index = np.arange(s, s + k, dtype=np.int64)
+        w_k = None if w is None else w[:k]
+        split.gather(index, X[:k], y[:k], w_k)
+        t = targets(model, y[:k])
+        loss = model.loss_into(model.scale_features(X[:k]), t, workspace=ws, w=w_k)
+        scores.add(t, loss, None if w is None else split.w[index], out=ws.a[-1][:k])
+    return scores.reduce(comm)  # [dist]
 
 
 def targets(model: MLP, y: np.ndarray) -> np.ndarray:
     """What the model's loss takes: int labels (n,) for cross_entropy, one-hot rows for mse on labels, float
-    targets (n, outputs) as they are."""
-    if model.loss.labels or y.ndim == 2:
+    targets (n, outputs) scaled in place as training scaled them ((y − offset)·factor in the model's dtype,
+    as features are), or as they are."""
+    if model.loss.labels:
+        return y
+    if y.ndim == 2:
+        if model.target_offset is not None:
+            y -= model.target_offset.astype(y.dtype)
+            y *= model.target_factor.astype(y.dtype)
         return y
     onehot = np.zeros((len(y), model.sizes[-1]), model.dtype)
     onehot[np.arange(len(y)), y] = 1
     return onehot
 
 
-def warm_up(model: MLP, comm: Comm) -> None:
+def warm_up(model: MLP, comm: Comm, kind: str = "classes") -> None:
     """[dist] The root compiles the evaluation's kernels (2 zero rows) while the others wait, then they load
     them from the cache: ranks do not all compile the same kernels at once."""
     if comm.size == 1:
         return
     if comm.is_root:
         X = np.zeros((2, model.sizes[0]), model.dtype)
-        y = np.zeros(2, np.int64)
-        model.loss_into(X, targets(model, y))
-        model.count_correct(y)
+        y = np.zeros(2, np.int64) if kind == "classes" else np.zeros((2, model.sizes[-1]), model.dtype)
+        t = targets(model, y)
+        ws = model.new_workspace(2)
+        scores = Scores(kind, model.sizes[-1])
+        scores.add(t, model.loss_into(X, t, workspace=ws), out=ws.a[-1][:2])
     comm.barrier_within(math.inf)
 
 
@@ -274,10 +319,14 @@ def predict_main(argv: list[str], comm: Comm) -> int:
 
 
 def evaluate_main(argv: list[str], comm: Comm) -> int:
-    """`distbp evaluate`: mean loss and accuracy of a saved model on labelled data, data-parallel."""
-    parser = _parser("distbp evaluate", "Mean loss and accuracy of a saved model on labelled data: its test split "
-                                        "if it has one, else all its rows.")
-    parser.add_argument("--data", metavar="SPEC", help="any data spec of distbp train --data (docs/data.md)")
+    """`distbp evaluate`: the held-out scores of a saved model on labelled data, data-parallel."""
+    parser = _parser("distbp evaluate", "Mean loss and accuracy (per label and subset accuracy for multilabel; "
+                                        "RMSE and R² for a regression) of a saved model on labelled data: its "
+                                        "test split if it has one, else all its rows.")
+    parser.add_argument("--data", metavar="SPEC", help="any data spec of distbp train --data (docs/data.md); "
+                                                       "class labels may be names, read through the model's classes")
+    parser.add_argument("--targets", metavar="COLS", help="a CSV's target column(s) for a regression, comma-"
+                                                          "separated, as distbp train --targets")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
                         help="hold out this fraction as distbp train does (with its --seed) and score those rows, "
                              "when the data has no test split (default: 0, score all rows)")
@@ -290,28 +339,43 @@ def evaluate_main(argv: list[str], comm: Comm) -> int:
     err, model, data = None, None, None
     try:
         model = load_model(args.model)
+        targets = [c.strip() for c in args.targets.split(",")] if args.targets else None
         # unscaled rows: the model applies its own scaling, so that it is applied exactly once
-        data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction, scale="none")
+        data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction,
+                            **data_options(model, args.data, targets))
         check_fits(model, data, args.model, args.data)
     except (DistbpError, ValueError, OSError) as e:
         err = e
     comm.agree_on_failure(err)  # [dist] a bad file stops every rank, reported once
-    warm_up(model, comm)
+    kind = score_kind(model.loss, data)
+    warm_up(model, comm, kind)
     split, which = (data.test, "test") if data.test is not None else (data.train, "all")
-    loss, accuracy = evaluate_split(model, split, comm)
+    scores = evaluate_split(model, split, comm, kind).scores
     if comm.is_root:
-        report = {"model": args.model, "data": args.data, "split": which, "rows": split.n_rows, "loss": loss,
-                  "accuracy": accuracy, "ranks": comm.size}
+        report = {"model": args.model, "data": args.data, "split": which, "rows": split.n_rows, **scores,
+                  "weighted": split.w is not None, "ranks": comm.size}
         print(json.dumps(report) if args.json else text_report(report, model), flush=True)
     return 0
 
 
 def text_report(r: dict, model: MLP) -> str:
+    """The text lines of `distbp evaluate`: what was scored, then the scores."""
     arch = f"{'-'.join(map(str, model.sizes))} {'/'.join([*dict.fromkeys(model.activation_names), model.loss.name])}"
-    accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
     rows = "its test split" if r["split"] == "test" else "all its rows (it has no test split)"
+    weighted = "  (weighted)" if r.get("weighted") else ""
     return (f"distbp: {r['model']} ({arch} {model.dtype}) on {r['data']}, {rows}: {r['rows']} rows, "
-            f"{r['ranks']} rank(s)\nloss {r['loss']:.6f}  accuracy {accuracy}")
+            f"{r['ranks']} rank(s)\nloss {r['loss']:.6f}  {score_text(r)}{weighted}")
+
+
+def score_text(r: dict) -> str:
+    """'accuracy 93.00%', with '(per label)  subset accuracy 80.00%' for multilabel, or 'rmse 12.3  R² 0.8123'
+    for a regression."""
+    if "r2" in r:
+        return f"rmse {r['rmse']:.6g}  R² {r['r2']:.6f}"
+    accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+    if "subset_accuracy" in r:
+        return f"accuracy {accuracy} (per label)  subset accuracy {100 * r['subset_accuracy']:.2f}%"
+    return f"accuracy {accuracy}"
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -406,6 +406,11 @@ class MLP:
                          else kernels.weighted_correct_onehot(out, y, w))
         return float(kernels.count_correct(out, y) if y.ndim == 1 else kernels.count_correct_onehot(out, y))
 
+    def outputs(self, n: int, workspace: Workspace | None = None) -> np.ndarray:
+        """The output activations (n, outputs) of the last forward pass of n rows (a view into the workspace,
+        `workspace` if given, else the model's own; valid until the next pass)."""
+        return (self._ws if workspace is None else workspace).a[-1][:n]
+
     def loss_into(self, X: np.ndarray, y: np.ndarray, workspace: Workspace | None = None,
                   w: np.ndarray | None = None) -> float:
         """L = Σₙ lⁿ (Σₙ wₙ lⁿ with weights w) over the rows of X without gradients (evaluation); count_correct

@@ -33,6 +33,7 @@ from distbp.observe.progress import Progress
 from distbp.train import report
 from distbp.train.run import Run
 from distbp.train.runstate import keep_claim, release_checkpoint_dir, save, save_best
+from distbp.train.scores import Evaluation, Scores, score_kind
 
 Callback = Callable[[dict], object]
 
@@ -248,20 +249,25 @@ def evaluate_now(run: Run, metrics_file: TextIO | None = None) -> bool:
     return early
 
 
-def evaluate(run: Run) -> tuple[float, float | None]:
-    """[dist] Mean loss and accuracy on the test split: each rank scores a contiguous share, sums are allreduced."""
-    split, model, comm = run.data.test, run.model, run.comm
-    r0, r1, n = run.plan.eval_share(split.n_rows)
+def evaluate(run: Run) -> Evaluation:
+    """[dist] The scores on the test split (`distbp.train.scores`): (loss, accuracy), and the subset accuracy
+    (multilabel) or RMSE and R² (regression) in `.scores`. Each rank scores a contiguous share, a chunk at a
+    time; the sums are allreduced once."""
+    split, model = run.data.test, run.model
+    r0, r1, _ = run.plan.eval_share(split.n_rows)
     chunk = run.sync.rows_at_once  # the rows the buffers and the model's workspace hold
-    loss_sum = correct = weight = 0.0
+    # the factor that scaled the targets gather writes (None: unscaled): RMSE is given in the targets' own units
+    scores = Scores(score_kind(model.loss, run.data), model.sizes[-1], getattr(run.data, "target_factor", None))
+    # a classifier counts its correct rows; the other kinds read the outputs of each chunk's pass (from the
+    # model's own workspace: training's memory estimate holds it, and no second one is made)
     with run.instruments.section("evaluation", run.pos.step):
         for s in range(r0, r1, chunk):
             rows = np.arange(s, min(s + chunk, r1), dtype=np.int64)
             X, y, w = run.batch.gather(split, rows)
-            loss_sum += model.loss_into(X, y, w=w)
-            correct += model.count_correct(y, w=w)
-            weight += 0.0 if w is None else math.fsum(split.w[rows])
-        totals = comm.sum_scalars([loss_sum, correct, weight])
-    if split.w is not None:  # the weighted means: Σ wₙ lⁿ / Σ wₙ (0/0 when every weight is 0: no rows count)
-        n = totals[2] if totals[2] > 0 else float("nan")
-    return totals[0] / n, (totals[1] / n if run.data.n_classes else None)
+            loss = model.loss_into(X, y, w=w)
+            weights = None if split.w is None else split.w[rows]  # float64: Σ wₙ exactly as the split has them
+            if scores.needs_outputs:
+                scores.add(y, loss, weights, out=model.outputs(rows.shape[0]))
+            else:
+                scores.add(y, loss, weights, correct=model.count_correct(y, w=w))
+        return scores.reduce(run.comm)  # [dist]

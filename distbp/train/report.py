@@ -14,6 +14,10 @@ import sys
 from typing import TextIO
 
 from distbp.train.run import Run
+from distbp.train.scores import score_kind, scores_of
+
+# the held-out scores each kind of run records beside test_loss and test_accuracy (accuracy: None for values)
+EXTRA_TEST_KEYS = {"classes": (), "multilabel": ("subset_accuracy",), "values": ("rmse", "r2")}
 
 
 def counted(run: Run, pos) -> float:
@@ -24,10 +28,30 @@ def counted(run: Run, pos) -> float:
     return pos.weight if pos.weight > 0 else float("nan")
 
 
-def epoch_record(run: Run, elapsed: float, test: tuple[float, float | None] | None) -> dict:
+def kind(run: Run) -> str:
+    """What the run's held-out rows are scored as: "classes", "multilabel" or "values" (`score_kind`)."""
+    return score_kind(run.model.loss, run.data)
+
+
+def train_accuracy(run: Run, pos) -> float | None:
+    """The epoch's running accuracy: top-1 for classes, per label (Hamming) for multilabel, None for values."""
+    return pos.correct / counted(run, pos) if kind(run) != "values" else None
+
+
+def test_scores(run: Run, test) -> dict:
+    """The record's held-out keys: test_loss and test_accuracy, and the kind's others (test_subset_accuracy for
+    multilabel; test_rmse, test_r2 for values); None without held-out rows. test: an evaluation (`loop.evaluate`),
+    or None."""
+    scores = {} if test is None else scores_of(test)
+    keys = ("loss", "accuracy", *EXTRA_TEST_KEYS[kind(run)])
+    return {f"test_{key}": scores.get(key) for key in keys}
+
+
+def epoch_record(run: Run, elapsed: float, test) -> dict:
     """[dist] The epoch's record (its --metrics line), from the position and timers at its end.
 
-    elapsed: the epoch's seconds; test: the held-out (loss, accuracy), None without held-out rows."""
+    elapsed: the epoch's seconds; test: the held-out evaluation (`loop.evaluate`: (loss, accuracy) and the
+    kind's other scores), None without held-out rows."""
     pos, t = run.pos, run.timers
     # [dist] time split: the slowest rank's view decides the step time, so report the max over ranks
     times = run.comm.max_scalar(t.comm_s), run.comm.max_scalar(t.compute_s), run.comm.max_scalar(t.data_s)
@@ -35,10 +59,9 @@ def epoch_record(run: Run, elapsed: float, test: tuple[float, float | None] | No
     return {
         "epoch": pos.epoch + 1,
         "train_loss": pos.loss_sum / counted(run, pos),
-        "train_accuracy": pos.correct / counted(run, pos) if run.data.n_classes else None,
+        "train_accuracy": train_accuracy(run, pos),
         "weighted": run.data.train.w is not None,  # the losses and accuracies are weighted means
-        "test_loss": test[0] if test else None,
-        "test_accuracy": test[1] if test else None,
+        **test_scores(run, test),
         "samples_per_s": pos.seen / elapsed if elapsed > 0 else None,
         "time_s": elapsed,
         "compute_s": times[1],
@@ -56,35 +79,63 @@ def epoch_record(run: Run, elapsed: float, test: tuple[float, float | None] | No
     }
 
 
-def eval_record(run: Run, test: tuple[float, float | None]) -> dict:
+def eval_record(run: Run, test) -> dict:
     """A mid-epoch evaluation's record after pos.step updates (--eval-every): {"epoch", "eval_step" (updates
-    done), "train_loss" and "train_accuracy" (the epoch's running values so far), "test_loss", "test_accuracy"},
-    which the early-stopping rule completes with best_<metric> and stopped_early as in an epoch's record."""
+    done), "train_loss" and "train_accuracy" (the epoch's running values so far), "test_loss", "test_accuracy"
+    and the kind's other held-out scores (`test_scores`)}, which the early-stopping rule completes with
+    best_<metric> and stopped_early as in an epoch's record."""
     pos = run.pos
     return {"epoch": pos.epoch + 1, "eval_step": pos.step, "train_loss": pos.loss_sum / counted(run, pos),
-            "train_accuracy": pos.correct / counted(run, pos) if run.data.n_classes else None,
-            "weighted": run.data.train.w is not None, "test_loss": test[0], "test_accuracy": test[1]}
+            "train_accuracy": train_accuracy(run, pos), "weighted": run.data.train.w is not None,
+            **test_scores(run, test)}
 
 
 def step_record(run: Run) -> dict:
     """What a callback sees every callback_every steps: the epoch, the step and the epoch's running values."""
     pos = run.pos
     return {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / counted(run, pos),
-            "train_accuracy": pos.correct / counted(run, pos) if run.data.n_classes else None}
+            "train_accuracy": train_accuracy(run, pos)}
 
 
 def summary_line(r: dict) -> str:
-    """The root's line at an epoch's end, from its record."""
-    acc = lambda v: "  -   " if v is None else f"{100 * v:5.1f}%"
-    return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train {acc(r['train_accuracy'])}  "
-            f"test {acc(r['test_accuracy'])}  {r['samples_per_s']:9.0f} samples/s  "
+    """The root's line at an epoch's end, from its record: train and test accuracy for classifiers (and the
+    subset accuracy for multilabel), the held-out loss, RMSE and R² for regression."""
+    train = "" if "test_r2" in r else f"train {_percent(r['train_accuracy'])}  "
+    return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  {train}test {held_out(r)}  "
+            f"{r['samples_per_s']:9.0f} samples/s  "
             f"compute {r['compute_s']:.2f}s comm {r['comm_s']:.2f}s" + ("  (weighted)" if r.get("weighted") else ""))
 
 
 def eval_line(r: dict) -> str:
     """The root's line for a mid-epoch evaluation (--eval-every), beside the epochs' summary lines."""
-    acc = "" if r["test_accuracy"] is None else f"  test {100 * r['test_accuracy']:5.1f}%"
-    return f"epoch {r['epoch']:3d}  step {r['eval_step']:6d}  test loss {r['test_loss']:.4f}{acc}"
+    line = f"epoch {r['epoch']:3d}  step {r['eval_step']:6d}  test loss {r['test_loss']:.4f}"
+    if "test_r2" in r:
+        return line + "  " + _rmse_r2(r)
+    if r["test_accuracy"] is None:
+        return line
+    return line + f"  test {100 * r['test_accuracy']:5.1f}%" + _subset(r)
+
+
+def held_out(r: dict) -> str:
+    """A record's held-out scores for the summary line: "93.0%" (classifier), "93.0%  subset  80.0%"
+    (multilabel), "loss 0.1234  rmse 12.3  R² 0.8123" (regression), "  -   " without held-out rows."""
+    if "test_r2" in r and r.get("test_loss") is not None:
+        return f"loss {r['test_loss']:.4f}  " + _rmse_r2(r)
+    return _percent(r.get("test_accuracy")) + _subset(r)
+
+
+def _percent(v: float | None) -> str:
+    return "  -   " if v is None else f"{100 * v:5.1f}%"
+
+
+def _subset(r: dict) -> str:
+    v = r.get("test_subset_accuracy")
+    return "" if v is None else f"  subset {_percent(v)}"
+
+
+def _rmse_r2(r: dict) -> str:
+    rmse, r2 = r.get("test_rmse"), r.get("test_r2")
+    return f"rmse {'-' if rmse is None else format(rmse, '.4g')}  R² {'-' if r2 is None else format(r2, '.4f')}"
 
 
 def announce_start(run: Run, exhausted: bool) -> None:

@@ -37,6 +37,7 @@ from distbp.sync.factory import make_sync
 from distbp.testing import faults
 from distbp.train.memory import check_fits_machine
 from distbp.train.run import Run
+from distbp.train.scores import METRICS
 from distbp.train.runstate import check_outputs, claim_checkpoint_dir, new_run_id, release_checkpoint_dir, resume
 from distbp.train.schedule import Schedule
 from distbp.train.stopping import EarlyStopping
@@ -338,9 +339,11 @@ def check_held_out(cfg: Config, data: Dataset) -> None:
         raise ConfigError(f"{', '.join(asked)}: evaluations need held-out rows, and {cfg.data} has none "
                           "(--test-fraction 0 holds none out; distbp.fit: give validation=)")
     watched = cfg.early_stop_patience or cfg.save_best
-    if watched and cfg.early_stop_metric == "test_accuracy" and data.kind == "values":
-        raise ConfigError(f"--early-stop-metric test_accuracy: {cfg.data} has float targets (regression), which have "
-                          "no accuracy: watch test_loss")
+    if watched and cfg.early_stop_metric not in METRICS[data.kind]:
+        what = {"classes": "class labels", "multilabel": "0/1 targets (multilabel)",
+                "values": "float targets (regression)"}[data.kind]
+        raise ConfigError(f"--early-stop-metric {cfg.early_stop_metric}: {cfg.data} has {what}, whose held-out "
+                          f"metrics are {', '.join(METRICS[data.kind])}")
 
 
 def check_data_fits(cfg: Config, data: Dataset, ranks: int) -> None:

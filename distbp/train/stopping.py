@@ -3,7 +3,8 @@
 Every evaluation on the held-out rows (at each epoch's end, and every --eval-every global steps) is
 one observation of cfg.early_stop_metric. The rule, a pure function of the observations:
 
-    better(v, best)  =  v < best for test_loss,  v > best for test_accuracy  (a first finite v always is)
+    better(v, best)  =  v < best for test_loss and test_rmse,  v > best for test_accuracy and test_r2
+                        (a first finite v always is; a missing one, as test_accuracy of a regression, never)
     since_best       =  evaluations in a row without a better value (0 right after the best)
     stop             =  patience > 0 and since_best ≥ patience
 
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from distbp.config import Config
 from distbp.train.position import Position
 
-LOWER_IS_BETTER = {"test_loss": True, "test_accuracy": False}
+LOWER_IS_BETTER = {"test_loss": True, "test_accuracy": False, "test_subset_accuracy": False, "test_rmse": True,
+                   "test_r2": False}
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class EarlyStopping:
         """
         if not self.active:
             return False, False
-        value = record[self.metric]
+        value = record.get(self.metric)  # absent where the run's kind has no such score
         improved = self.better(value, pos.best)
         if improved:
             pos.best, pos.best_step, pos.since_best = value, pos.step, 0

@@ -24,9 +24,9 @@ FLOORS = [
     ["distbp.sync"],
     ["distbp.config"],
     ["distbp.train"],
-    ["distbp.api", "distbp.predict"],
+    ["distbp.api", "distbp.predict", "distbp.export"],
     ["distbp.cli", "distbp.sklearn"],
-    ["distbp", "distbp.__main__"],
+    ["distbp", "distbp.__main__", "distbp.sklearn_onnx"],
 ]
 FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 

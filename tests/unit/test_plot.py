@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from distbp.observe.plot import MetricsError, main, plot_metrics, read_metrics
+from distbp.observe.plot import MetricsError, main, panels, plot_metrics, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -16,6 +16,12 @@ needs_matplotlib = pytest.mark.skipif(not HAVE_MATPLOTLIB, reason='matplotlib no
 def _record(epoch, loss, test=0.5):
     return {"epoch": epoch, "train_loss": loss, "train_accuracy": 1 - loss / 3, "test_accuracy": test,
             "samples_per_s": 1e4, "compute_s": 1.2, "comm_s": 0.1}
+
+
+def _regression(epoch, loss, test=True):
+    """A regression's record: no accuracy, the held-out loss, RMSE and R² (null without held-out rows)."""
+    return {"epoch": epoch, "train_loss": loss, "train_accuracy": None, "test_loss": 1.1 * loss if test else None,
+            "test_accuracy": None, "test_rmse": 10 * loss if test else None, "test_r2": 1 - loss if test else None}
 
 
 def _write(path, records, extra_lines=()):
@@ -117,3 +123,31 @@ def test_missing_matplotlib_gives_the_install_hint(tmp_path, two_runs, monkeypat
     with pytest.raises(ImportError, match=r'pip install "distbp\[plot\]"'):
         plot_metrics([str(two_runs[0])], str(tmp_path / "out.png"))
     assert not (tmp_path / "out.png").exists()
+
+
+# ---- regression runs (issue 28) ---------------------------------------------------------------------------
+
+def test_a_regression_record_with_null_accuracy_is_read(tmp_path):
+    path = _write(tmp_path / "reg.jsonl", [_regression(e, 1 / (e + 1)) for e in range(3)])
+    assert [r["test_r2"] for r in read_metrics(path)] == [0.0, 0.5, 1 - 1 / 3]
+
+
+@pytest.mark.parametrize("runs, titles", [
+    ([[_record(1, 1.0)]], ["accuracy"]),
+    ([[_regression(1, 0.5)]], ["held-out R²"]),
+    ([[_regression(1, 0.5, test=False)]], []),  # nothing but the loss to draw
+    ([[_record(1, 1.0)], [_regression(1, 0.5)]], ["accuracy", "held-out R²"]),
+    ([[{**_regression(1, 0.5), "test_r2": None}]], ["held-out RMSE"]),
+], ids=["classifier", "regression", "regression without test rows", "both", "rmse only"])
+def test_the_panels_beside_the_loss_are_those_the_runs_have(runs, titles):
+    assert [title for title, _, _ in panels(runs)] == titles
+
+
+@needs_matplotlib
+@pytest.mark.parametrize("with_classifier", [False, True], ids=["regression", "regression and classifier"])
+def test_regression_runs_are_drawn_alone_and_beside_a_classifier(tmp_path, two_runs, with_classifier):
+    reg = _write(tmp_path / "reg.jsonl", [_regression(e, 1 / (e + 1)) for e in range(4)])
+    no_test = _write(tmp_path / "reg_all.jsonl", [_regression(e, 1 / (e + 2), test=False) for e in range(4)])
+    out = tmp_path / "curves.png"
+    plot_metrics([str(p) for p in ([two_runs[0]] if with_classifier else []) + [reg, no_test]], str(out))
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
