@@ -101,6 +101,8 @@ class Config:
                                  "docs/modelfile.md)")
     metrics: str | None = opt(None, "one JSON object per epoch (JSONL)")
     progress: str = opt("auto", "auto (bar on a terminal, lines otherwise), bar, lines, none")
+    tensorboard: str | None = opt(None, "write the epoch and evaluation records as TensorBoard scalars into this "
+                                        "folder (root only; pip install distbp[tensorboard])")
     trace: str | None = opt(None, "a Chrome trace-event JSON of every rank's steps (open in Perfetto or chrome://tracing)")
     trace_steps: str | None = opt(None, "START:STOP: with --trace, record only global steps START…STOP-1")
     eval_every: int = opt(0, "also evaluate on the held-out rows every N global steps (0: at epoch ends only)")

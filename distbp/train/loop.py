@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def fit(run: Run, callback: Callback | None = None, callback_every: int = 0) -> 
     epoch or step (with a checkpoint there, when checkpointing). Early stopping ends it the same way.
     """
     pos = run.pos
-    metrics_file = report.open_metrics(run)
+    metrics_file = report.open_sinks(run)
     stop = run.stopping.exhausted(pos)  # a resumed run that had stopped early stays stopped
     report.announce_start(run, stop)
     while pos.epoch < run.cfg.epochs and not stop:
@@ -147,7 +147,7 @@ def fit(run: Run, callback: Callback | None = None, callback_every: int = 0) -> 
     return run.history
 
 
-def end_epoch(run: Run, elapsed: float, callback: Callback | None, metrics_file: TextIO | None) -> bool:
+def end_epoch(run: Run, elapsed: float, callback: Callback | None, metrics_file: report.RecordSinks | None) -> bool:
     """[dist] After an epoch's last step (elapsed: its seconds): evaluate, judge, record, show the callback, move
     on to the next epoch and checkpoint (every --checkpoint-every epochs, the last, and where the run stops).
 
@@ -193,7 +193,7 @@ def save_stopped(run: Run) -> None:
 
 
 def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 0,
-              metrics_file: TextIO | None = None) -> bool:
+              metrics_file: report.RecordSinks | None = None) -> bool:
     """The global batches of epoch pos.epoch from pos.batch on, with the checks, evaluations (--eval-every) and
     checkpoints between steps.
 
@@ -237,7 +237,7 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
     return True
 
 
-def evaluate_now(run: Run, metrics_file: TextIO | None = None) -> bool:
+def evaluate_now(run: Run, metrics_file: report.RecordSinks | None = None) -> bool:
     """[dist] --eval-every: evaluate after pos.step updates, judge it, record and print it (`report.eval_record`).
 
     Returns True if early stopping ends the run here."""

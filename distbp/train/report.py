@@ -13,6 +13,7 @@ import os
 import sys
 from typing import TextIO
 
+from distbp.observe.tensorboard import TensorBoardLog
 from distbp.train.run import Run
 from distbp.train.scores import score_kind, scores_of
 
@@ -166,24 +167,47 @@ def announce_end(run: Run) -> None:
               file=sys.stderr, flush=True)
 
 
-def log(run: Run, metrics_file: TextIO | None, record: dict, line: str) -> None:
-    """The record into the history (every rank); the root prints its line and writes it to --metrics."""
+def log(run: Run, sinks: RecordSinks | None, record: dict, line: str) -> None:
+    """The record into the history (every rank); the root prints its line and writes it to --metrics and
+    --tensorboard."""
     run.history.append(record)
     if run.comm.is_root:
         print(line, flush=True)
-        if metrics_file:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+        if sinks is not None:
+            sinks.write(record)
 
 
-def open_metrics(run: Run) -> TextIO | None:
+class RecordSinks:
+    """Root: where the records go besides the history: the --metrics file (JSON lines) and the --tensorboard
+    log, each written and flushed per record."""
+
+    def __init__(self, metrics: TextIO | None, tensorboard: TensorBoardLog | None):
+        self.metrics, self.tensorboard = metrics, tensorboard
+
+    def write(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
+
+    def close(self) -> None:
+        for sink in (self.metrics, self.tensorboard):
+            if sink is not None:
+                sink.close()
+
+
+def open_sinks(run: Run) -> RecordSinks | None:
     """Root: the metrics file, rewound to what the run had done (a resumed run rewrites the epochs of its
-    checkpoint, so that epochs after the checkpoint are not listed twice)."""
-    if not (run.cfg.metrics and run.comm.is_root):
+    checkpoint, so that epochs after the checkpoint are not listed twice), and the TensorBoard log, whose
+    axis goes on from the step the run starts at (distbp.observe.tensorboard); None where neither is asked."""
+    if not ((run.cfg.metrics or run.cfg.tensorboard) and run.comm.is_root):
         return None
-    os.makedirs(os.path.dirname(os.path.abspath(run.cfg.metrics)), exist_ok=True)
-    fh = open(run.cfg.metrics, "w")
-    for record in run.history:
-        fh.write(json.dumps(record) + "\n")
-    fh.flush()
-    return fh
+    fh = None
+    if run.cfg.metrics:
+        os.makedirs(os.path.dirname(os.path.abspath(run.cfg.metrics)), exist_ok=True)
+        fh = open(run.cfg.metrics, "w")  # noqa: SIM115 (open for the run: RecordSinks.close closes it)
+        fh.writelines(json.dumps(record) + "\n" for record in run.history)
+        fh.flush()
+    board = TensorBoardLog(run.cfg.tensorboard, run.pos.step) if run.cfg.tensorboard else None
+    return RecordSinks(fh, board)

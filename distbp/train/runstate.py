@@ -25,6 +25,7 @@ from distbp.config import Config
 from distbp.errors import ConfigError
 from distbp.host.files import UnsafeFolder, make_private_dir
 from distbp.nn.modelfile import save_model
+from distbp.observe.tensorboard import summary_writer_class
 from distbp.train import checkpoint as ckpt
 from distbp.train.lock import lock_directory, refresh_lock, unlock_directory
 from distbp.train.position import Position
@@ -184,9 +185,12 @@ def resume(run: Run) -> None:
 
 def check_outputs(cfg: Config, comm: Comm) -> None:
     """Collective: the root makes sure it can write --save, --save-best, --metrics and --trace (their folders made,
-    a probe file written and removed), so that a bad path is one clear error before the first step."""
+    a probe file written and removed) and --tensorboard (a folder, made, and its writer's package there), so that
+    a bad path is one clear error before the first step."""
     err = None
-    if comm.is_root:
+    if comm.is_root and cfg.tensorboard:
+        err = _check_tensorboard(cfg.tensorboard)
+    if comm.is_root and err is None:
         for flag, path in (("--save", cfg.save), ("--save-best", cfg.save_best), ("--metrics", cfg.metrics),
                            ("--trace", cfg.trace)):
             if not path:
@@ -203,6 +207,24 @@ def check_outputs(cfg: Config, comm: Comm) -> None:
             except OSError as e:
                 err = ckpt.CheckpointError(f"{flag} {path}: cannot write there ({_why(e)})")
     comm.agree_on_failure(err)
+
+
+def _check_tensorboard(folder: str) -> Exception | None:
+    """None when the --tensorboard folder can be written (made if missing) and tensorboardX imports; else the
+    error, naming the folder or the pip install line."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return ckpt.CheckpointError(f"--tensorboard {folder} is a file; give a folder for the event files")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".distbp-probe-"):
+            pass
+    except OSError as e:
+        return ckpt.CheckpointError(f"--tensorboard {folder}: cannot write there ({_why(e)})")
+    try:
+        summary_writer_class()
+    except ImportError as e:
+        return ConfigError(str(e))
+    return None
 
 
 def save_params(run: Run, path: str) -> None:
