@@ -42,9 +42,9 @@ class Config:
     output_activation: str | None = opt(None, "the output layer's σ: softmax (cross_entropy's), sigmoid "
                                               "(binary_cross_entropy's), linear (mse's default), tanh, relu; mse "
                                               "takes any of them")
-    targets: list[str] | None = opt(None, "the CSV column(s) or .npz member(s) holding the labels or targets, "
-                                          "e.g. price or y1,y2,y3 (default: a CSV's 'label' column, else its "
-                                          "last; an .npz's y)")
+    targets: list[str] | None = opt(None, "the CSV or Parquet column(s), .npz member(s) or HDF5 dataset(s) "
+                                          "holding the labels or targets, e.g. price or y1,y2,y3 (default: a "
+                                          "table's 'label' column, else its last; an .npz's or HDF5 file's y)")
     features: list[str] | None = opt(None, "the Parquet columns or HDF5 datasets holding the features, e.g. x1,x2 or "
                                            "X (default: a Parquet file's columns but the targets and weights; an "
                                            "HDF5 file's dataset X)")
@@ -55,8 +55,8 @@ class Config:
     test_fraction: float = opt(0.1, "held out when the data has no test split (0: none)")
     init_from: str | None = opt(None, "start from the parameters of this model file (--save, model.save; its layers, "
                                       "activations and loss must match); a checkpoint found by --resume wins over it")
-    weights: str | None = opt(None, "the CSV column holding each row's weight wₙ in L = Σ wₙ lⁿ (an .npz's member w "
-                                    "and a folder's w.npy need no flag)")
+    weights: str | None = opt(None, "the CSV or Parquet column (HDF5 dataset) holding each row's weight wₙ in "
+                                    "L = Σ wₙ lⁿ (an .npz's member w and a folder's w.npy need no flag)")
     local_rows: bool = opt(False, "each rank loads only its own rows: {rank} in --data names its part (e.g. "
                                   "part{rank}.npz); a global batch is the ranks' pieces (docs/api.md)")
     # optimisation

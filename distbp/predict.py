@@ -20,10 +20,12 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 from distbp.comm.base import Comm
+from distbp.data import tabular
 from distbp.data.datasets import BUILTINS, Dataset, Split, load_dataset
 from distbp.data.formats import is_number
 from distbp.data.shard import rank_slice
@@ -41,19 +43,23 @@ CSV_FORMAT = ("comma-separated numbers, one row per line, features only (a first
 
 # ---- reading rows, writing outputs ------------------------------------------------------------------
 
-def read_features(path: str) -> np.ndarray:
+def read_features(path: str, features: list[str] | None = None) -> np.ndarray:
     """The rows to predict on, (n, features): a 2-D .npy (memory-mapped), an .npz's member X (else X_test;
-    labels are ignored), or a CSV of numbers (see CSV_FORMAT). Raises ValueError naming the file."""
+    labels are ignored), a CSV of numbers (see CSV_FORMAT), or a Parquet or HDF5 file's feature columns or
+    datasets (`features`, as distbp train --features names them). Raises ValueError naming the file."""
     if not os.path.exists(path):
         raise ValueError(f"data file not found: {path}")
     if not os.path.isfile(path):
         raise ValueError(f"{path}: not a regular file")
     suffix = os.path.splitext(path)[1].lower()
-    readers = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv}
+    readers = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".parquet": None, ".h5": None, ".hdf5": None}
     if suffix not in readers:
         raise ValueError(f"{path}: unsupported data format; distbp predict reads .npy (rows × features), .npz "
-                         "(member X, else X_test) or .csv")
-    X = readers[suffix](path)
+                         "(member X, else X_test), .csv, .parquet or .h5/.hdf5")
+    if features is not None and readers[suffix] is not None:
+        raise ValueError(f"--features names a Parquet file's columns or an HDF5 file's datasets, and {path} is "
+                         f"a {suffix} file")
+    X = tabular.feature_rows(Path(path), features) if readers[suffix] is None else readers[suffix](path)
     if X.ndim != 2:
         raise ValueError(f"{path}: the features must be 2-D (rows, features), got shape {X.shape}")
     if X.dtype.kind not in "iuf":
@@ -175,14 +181,17 @@ def to_labels(model: MLP, outputs: np.ndarray) -> np.ndarray:
     return index if model.classes is None else model.classes[index]
 
 
-def predict_file(model_path: str, data_path: str, output_path: str, labels: bool = False) -> str:
+def predict_file(model_path: str, data_path: str, output_path: str, labels: bool = False,
+                 features: list[str] | None = None) -> str:
     """Read the model and the rows, write the outputs (or labels); returns what was written, for the log line."""
     check_output_path(output_path)  # before the work: a bad name fails at once
     check_not_an_input(output_path, {"--data": data_path, "--model": model_path})
     model = load_model(model_path)
-    X = read_features(data_path)
+    X = read_features(data_path, features)
     if X.shape[1] != model.sizes[0]:
         hint = " (a label column? distbp predict reads features only)" if X.shape[1] == model.sizes[0] + 1 else ""
+        if data_path.endswith((".parquet", ".h5", ".hdf5")) and features is None:
+            hint = " (name the feature columns or datasets with --features)"
         raise ValueError(f"{data_path} has {X.shape[1]} features per row, the model {model_path} takes "
                          f"{model.sizes[0]}{hint}")
     try:
@@ -302,13 +311,15 @@ def predict_main(argv: list[str], comm: Comm) -> int:
     parser.add_argument("--output", metavar="FILE", help=".npy, .npz (member P, or labels) or .csv")
     parser.add_argument("--labels", action="store_true",
                         help="write each row's class label (through the model's classes) instead of probabilities")
+    parser.add_argument("--features", metavar="NAMES", help="a Parquet file's feature columns or an HDF5 file's "
+                                                            "datasets, comma-separated, as distbp train --features")
     args = _parse(parser, argv, comm, required=("model", "data", "output"))
     if args is None:
         return 0
     err, what = None, ""
     if comm.is_root:
         try:
-            what = predict_file(args.model, args.data, args.output, args.labels)
+            what = predict_file(args.model, args.data, args.output, args.labels, _names(args.features))
         except (DistbpError, ValueError, OSError) as e:
             err = e
     comm.barrier_within(math.inf)  # [dist] the others wait for the root, sleeping between polls
@@ -327,6 +338,8 @@ def evaluate_main(argv: list[str], comm: Comm) -> int:
                                                        "class labels may be names, read through the model's classes")
     parser.add_argument("--targets", metavar="COLS", help="a CSV's target column(s) for a regression, comma-"
                                                           "separated, as distbp train --targets")
+    parser.add_argument("--features", metavar="NAMES", help="a Parquet file's feature columns or an HDF5 file's "
+                                                            "datasets, comma-separated, as distbp train --features")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
                         help="hold out this fraction as distbp train does (with its --seed) and score those rows, "
                              "when the data has no test split (default: 0, score all rows)")
@@ -339,10 +352,9 @@ def evaluate_main(argv: list[str], comm: Comm) -> int:
     err, model, data = None, None, None
     try:
         model = load_model(args.model)
-        targets = [c.strip() for c in args.targets.split(",")] if args.targets else None
         # unscaled rows: the model applies its own scaling, so that it is applied exactly once
         data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction,
-                            **data_options(model, args.data, targets))
+                            features=_names(args.features), **data_options(model, args.data, _names(args.targets)))
         check_fits(model, data, args.model, args.data)
     except (DistbpError, ValueError, OSError) as e:
         err = e
@@ -376,6 +388,11 @@ def score_text(r: dict) -> str:
     if "subset_accuracy" in r:
         return f"accuracy {accuracy} (per label)  subset accuracy {100 * r['subset_accuracy']:.2f}%"
     return f"accuracy {accuracy}"
+
+
+def _names(text: str | None) -> list[str] | None:
+    """Comma-separated column or dataset names (--targets, --features) as a list; None when not given."""
+    return [c.strip() for c in text.split(",")] if text else None
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:

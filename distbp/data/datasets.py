@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from distbp.data import cache as datacache
-from distbp.data import formats, targets
+from distbp.data import formats, tabular, targets
 from distbp.data.targets import KINDS, SCALE_TARGETS
 
 BUILTINS = ("synthetic", "digits")
@@ -240,12 +240,15 @@ class Meaning:
 
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto",
                  weights: str | None = None, targets: list[str] | str | None = None, kind: str = "auto",
-                 scale_targets: str = "none", classes: np.ndarray | None = None) -> Dataset:
+                 scale_targets: str = "none", classes: np.ndarray | None = None,
+                 features: list[str] | str | None = None) -> Dataset:
     """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md).
 
-    weights: the CSV column holding each row's weight (an .npz's member w and a folder's w.npy are read
-    without it). targets: the CSV column(s), .npz members or a folder's NAME.npy files holding y (default: a
-    CSV's 'label' column, else its last; an .npz's y). kind: what y is for the loss (`distbp.data.targets`):
+    weights: the CSV or Parquet column or HDF5 dataset holding each row's weight (an .npz's member w and a
+    folder's w.npy are read without it). targets: the CSV or Parquet column(s), .npz members, HDF5 datasets or a
+    folder's NAME.npy files holding y (default: a CSV's or Parquet file's 'label' column, else its last; an
+    .npz's or HDF5 file's y). features: the Parquet columns or HDF5 datasets holding X (default: a Parquet
+    file's columns but the targets and weights; an HDF5 file's X). kind: what y is for the loss (`distbp.data.targets`):
     "classes" (cross_entropy), "multilabel" (binary_cross_entropy), "values" (mse), "auto" (integer labels
     are classes, float (rows, k) values). scale_targets: "standardize" float targets (train mean/std).
     classes: a model's classes, which labels map through (a label they lack is an error).
@@ -253,10 +256,16 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
     meaning = Meaning(kind, scale_targets, classes)
     meaning.check()
     targets = [targets] if isinstance(targets, str) else None if targets is None else list(targets)
+    features = [features] if isinstance(features, str) else None if features is None else list(features)
     name, _, _ = spec.partition(":")
-    if weights is not None and (name in BUILTINS or Path(spec).suffix != ".csv"):
-        raise ValueError(f"--weights names a column of a CSV, and {spec} is no CSV: an .npz holds its rows' "
-                         "weights as a member w, a folder as w.npy")
+    tabular_file = name not in BUILTINS and Path(spec).suffix in tabular.PARQUET + tabular.HDF5
+    if weights is not None and (name in BUILTINS or Path(spec).suffix != ".csv") and not tabular_file:
+        raise ValueError(f"--weights names a column of a CSV or Parquet file or an HDF5 dataset, and {spec} is "
+                         "none of these: an .npz holds its rows' weights as a member w, a folder as w.npy")
+    if features is not None and not tabular_file:
+        raise ValueError(f"--features names the columns of a Parquet file or the datasets of an HDF5 file, and "
+                         f"{spec} is neither (.parquet, .h5, .hdf5): its features are the "
+                         f"{'CSV columns but the targets' if Path(spec).suffix == '.csv' else 'array X'}")
     if targets is not None and name in BUILTINS:
         raise ValueError(f"--targets names a CSV's columns or an .npz's members, and {spec} is a built-in set "
                          "(its labels are its y)")
@@ -289,12 +298,13 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
     if not path.exists():
         if os.sep not in spec and "." not in spec:
             raise ValueError(f"unknown built-in dataset {spec!r}; built-ins are {', '.join(BUILTINS)}, "
-                             f"or give a path to a .npz, .csv, a directory of .npy files or MNIST IDX files")
+                             f"or give a path to a .npz, .csv, .parquet, .h5, a directory of .npy files or MNIST IDX "
+                             "files")
         raise FileNotFoundError(f"dataset not found: {spec}")
     if not (path.is_file() or path.is_dir()):  # a FIFO, a device, a socket: reading would block or never end
         raise ValueError(f"{path}: not a regular file or a directory")
     try:
-        arrays, files, columns = _read(path, weights, targets, kind)
+        arrays, files, columns = _read(path, weights, targets, kind, features)
         return _build(path.name, str(path), arrays, seed, test_fraction, scale, files=files, meaning=meaning,
                       columns=columns)
     except MemoryError:
@@ -357,10 +367,11 @@ def _as_array(a, what: str) -> np.ndarray:
         raise ValueError(f"{what} is not an array: {e}") from None
 
 
-def _read(path: Path, weights: str | None = None, targets: list[str] | None = None,
-          kind: str = "auto") -> tuple[dict, dict | None, list[str] | None]:
-    """The raw arrays of a file or folder, for a folder the file each array came from (errors name it), and
-    the names of y's columns (a CSV's target columns, the members or files named by `targets`), or None."""
+def _read(path: Path, weights: str | None = None, targets: list[str] | None = None, kind: str = "auto",
+          features: list[str] | None = None) -> tuple[dict, dict | None, list[str] | None]:
+    """The raw arrays of a file or folder, for a folder (or a Parquet or HDF5 file) what each array came from
+    (errors name it), and the names of y's columns (a CSV's or Parquet file's target columns, the members,
+    datasets or files named by `targets`), or None."""
     if path.is_dir():
         if (path / "X.npy").exists():
             return (*formats.read_npy_directory(path, targets), targets)
@@ -373,7 +384,11 @@ def _read(path: Path, weights: str | None = None, targets: list[str] | None = No
     if path.suffix == ".csv":
         arrays = formats.read_csv(path, weights, targets, kind)
         return arrays, None, arrays.pop("columns")
-    raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv or a directory")
+    if path.suffix in tabular.PARQUET:
+        return tabular.read_parquet(path, features, targets, weights)
+    if path.suffix in tabular.HDF5:
+        return tabular.read_hdf5(path, features, targets, weights)
+    raise ValueError(f"{path}: unsupported format; expected a .npz, a .csv, a .parquet, an .h5/.hdf5 or a directory")
 
 
 # ---------------------------------------------------------------- built-ins
