@@ -241,7 +241,10 @@ def data_options(model: MLP, spec: str, targets: list[str] | None = None) -> dic
         kind = "multilabel"
     else:
         kind = "auto" if spec.partition(":")[0] in BUILTINS else "values"
-    return {"scale": "none", "kind": kind, "classes": model.classes, "targets": targets, "scale_targets": "none"}
+    # a model without classes: its outputs are the class numbers, which integer labels are as they are
+    outputs = model.sizes[-1] if kind == "classes" and model.classes is None else None
+    return {"scale": "none", "kind": kind, "classes": model.classes, "targets": targets, "scale_targets": "none",
+            "outputs": outputs}
 
 
 def evaluate_split(model: MLP, split: Split, comm: Comm, kind: str = "classes") -> Evaluation:

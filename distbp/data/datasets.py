@@ -155,6 +155,7 @@ class Dataset:
     target_offset: np.ndarray | None = None  # (n_targets,) float64: gather writes y_scaled = (y − offset)·factor
     target_factor: np.ndarray | None = None  # (n_targets,) float64; both None: targets as they are
     kind_asked: str = "auto"  # the kind it was loaded for (targets.KINDS): --local-rows ranks decide alike with it
+    outputs_asked: int | None = None  # the output layer it was loaded for (--layers), likewise
 
     @property
     def kind(self) -> str:
@@ -230,6 +231,7 @@ class Meaning:
     scale_targets: str = "none"  # targets.SCALE_TARGETS: "standardize" float targets with the train mean/std
     classes: np.ndarray | None = None  # a model's classes: labels map through these
     hints: targets.Hints = targets.FLAGS
+    outputs: int | None = None  # the run's output layer, when given: integer labels that fit it are class numbers
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -241,7 +243,7 @@ class Meaning:
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale: str = "auto",
                  weights: str | None = None, targets: list[str] | str | None = None, kind: str = "auto",
                  scale_targets: str = "none", classes: np.ndarray | None = None,
-                 features: list[str] | str | None = None) -> Dataset:
+                 features: list[str] | str | None = None, outputs: int | None = None) -> Dataset:
     """Load a built-in dataset (`synthetic[:key=value,...]`, `digits`) or a file/directory (see docs/data.md).
 
     weights: the CSV or Parquet column or HDF5 dataset holding each row's weight (an .npz's member w and a
@@ -253,7 +255,7 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, scale:
     are classes, float (rows, k) values). scale_targets: "standardize" float targets (train mean/std).
     classes: a model's classes, which labels map through (a label they lack is an error).
     """
-    meaning = Meaning(kind, scale_targets, classes)
+    meaning = Meaning(kind, scale_targets, classes, outputs=outputs)
     meaning.check()
     targets = [targets] if isinstance(targets, str) else None if targets is None else list(targets)
     features = [features] if isinstance(features, str) else None if features is None else list(features)
@@ -501,7 +503,7 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
     # the labels' meaning is decided on all rows (train and test together), before any are held out
     labels = targets.prepare(arrays["y"], arrays.get("y_test"), kind=meaning.kind, where=source,
                              names=(names["y"], names.get("y_test", "y_test")), given=meaning.classes,
-                             known=n_classes, columns=columns, hints=meaning.hints)
+                             known=n_classes, columns=columns, hints=meaning.hints, outputs=meaning.outputs)
     y, y_test = labels.y, labels.y_test
     if "X_test" in arrays:
         train_index, test_index = None, None
@@ -537,7 +539,7 @@ def _build(name: str, source: str, arrays: dict, seed: int, test_fraction: float
     n_targets = n_classes if n_classes is not None else y.shape[1]
     return Dataset(name, train, test, X.shape[1], n_classes, n_targets, scaling, classes=labels.classes,
                    multilabel=labels.multilabel, target_offset=target_offset, target_factor=target_factor,
-                   kind_asked=meaning.kind)
+                   kind_asked=meaning.kind, outputs_asked=meaning.outputs)
 
 
 def target_scaling(parts: list[dict]) -> tuple[np.ndarray, np.ndarray]:

@@ -88,7 +88,8 @@ def _merged_classes(data: Dataset, every: list[dict]) -> tuple[np.ndarray | None
     union = np.unique(np.concatenate([e["labels"] for e in every]))
     rows = sum(e["train"] + (e["test"] or 0) for e in every)
     try:
-        classes = targets.class_set(union, data.kind_asked, rows, f"local rows of {data.name}")
+        classes = targets.class_set(union, data.kind_asked, rows, f"local rows of {data.name}",
+                                    outputs=data.outputs_asked)
     except ValueError as e:
         raise ConfigError(str(e)) from None  # every rank alike: they decide on the same union
     return classes, len(classes) if classes is not None else max(int(union[-1]) + 1,

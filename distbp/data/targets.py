@@ -59,13 +59,14 @@ class Labels:
 
 def prepare(y: np.ndarray, y_test: np.ndarray | None, *, kind: str, where: str, names: tuple[str, str],
             given: np.ndarray | None = None, known: int | None = None, columns: list[str] | None = None,
-            hints: Hints = FLAGS) -> Labels:
+            hints: Hints = FLAGS, outputs: int | None = None) -> Labels:
     """y (and y_test) of a source for the loss's `kind` (module docstring).
 
     where: the source (file or name) for errors; names: what to call y and y_test in errors; given: classes
     to map through (a model's); known: a built-in set's class count (its labels are class numbers already);
     columns: the names of y's columns (a CSV's target columns, an .npz's members), for hints and for the
-    names of a multilabel's outputs.
+    names of a multilabel's outputs. outputs: the run's output layer, when it is given (--layers): integer
+    labels that all fit it are its class numbers as they are (a data set may lack a class).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -92,13 +93,14 @@ def prepare(y: np.ndarray, y_test: np.ndarray | None, *, kind: str, where: str, 
         if given is not None:
             raise ValueError(f"{where}: classes name class labels, and float targets (rows, k) have none")
         return Labels(out[0], out[1] if len(out) > 1 else None, None, None, False)
-    return _classes(arrays, kind, where, given, known, hint)
+    return _classes(arrays, kind, where, given, known, hint, outputs)
 
 
 # ---------------------------------------------------------------- one class per row
 
 
-def _classes(arrays: list, kind: str, where: str, given, known: int | None, hint: Hints) -> Labels:
+def _classes(arrays: list, kind: str, where: str, given, known: int | None, hint: Hints,
+             outputs: int | None = None) -> Labels:
     labels = [_labels(a, name, kind, hint) for a, name in arrays]
     _check_match(labels, arrays, where)
     if given is not None:
@@ -106,16 +108,18 @@ def _classes(arrays: list, kind: str, where: str, given, known: int | None, hint
         return Labels(numbers[0], numbers[1] if len(numbers) > 1 else None, len(given), given, False)
     values = np.unique(np.concatenate(labels)) if len(labels) > 1 else np.unique(labels[0])
     rows = sum(len(a) for a in labels)
-    classes = None if known is not None else class_set(values, kind, rows, where, hint)
+    classes = None if known is not None else class_set(values, kind, rows, where, hint, outputs)
     numbers = [renumber(a, None, classes) for a in labels]
     n_classes = len(classes) if classes is not None else max(known or 0, int(values[-1]) + 1)
     return Labels(numbers[0], numbers[1] if len(numbers) > 1 else None, n_classes, classes, False)
 
 
-def class_set(values: np.ndarray, kind: str, rows: int, where: str, hints: Hints = FLAGS) -> np.ndarray | None:
+def class_set(values: np.ndarray, kind: str, rows: int, where: str, hints: Hints = FLAGS,
+              outputs: int | None = None) -> np.ndarray | None:
     """The classes that class numbers 0…K−1 stand for, given the sorted distinct labels `values` of all `rows`
-    rows (train and test): None when the labels are class numbers already (integers exactly 0…K−1; for kind
-    auto, any non-negative integers that make a plausible output layer), else `values` themselves.
+    rows (train and test): None when the labels are class numbers already (integers exactly 0…K−1; integers in
+    0…outputs−1 when the run's output layer is given; for kind auto, any non-negative integers that make a
+    plausible output layer), else `values` themselves.
 
     Raises when a classification's labels look like a continuous target (non-integer floats, or at least
     MANY_LABELS labels with fewer than FEW_ROWS rows each on average)."""
@@ -128,6 +132,8 @@ def class_set(values: np.ndarray, kind: str, rows: int, where: str, hints: Hints
                              f"not classes; for regression use {hints.mse}")
     elif values[0] == 0 and values[-1] == len(values) - 1:
         return None  # exactly 0…K−1
+    elif outputs is not None and values[0] >= 0 and values[-1] < outputs:
+        return None  # class numbers of the output layer the run was given
     elif kind == "auto" and values[0] >= 0 and values[-1] + 1 <= max(AUTO_OUTPUTS, 10 * len(values)):
         return None  # today's rule: class numbers 0…largest
     if kind != "auto" and len(values) >= MANY_LABELS and rows < FEW_ROWS * len(values):

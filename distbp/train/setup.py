@@ -185,12 +185,16 @@ def dataset_options(cfg: Config) -> dict:
     """The keyword arguments of `load_dataset` for cfg's data and loss: what y is for the loss (kind:
     "classes" for cross_entropy, "multilabel" for binary_cross_entropy, "values" for mse on a file, "auto"
     for mse on a built-in set, whose labels become one-hot rows, or on arrays), its target columns, the
-    target scaling, the feature columns (Parquet, HDF5), and the rows' split, feature scaling and weights."""
+    target scaling, the feature columns (Parquet, HDF5), the output layer --layers gives, and the rows' split,
+    feature scaling and weights."""
     builtin = cfg.data.partition(":")[0] in BUILTINS or cfg.data == ARRAYS
     kind = {"cross_entropy": "classes", "binary_cross_entropy": "multilabel"}.get(
         cfg.loss, "auto" if builtin else "values")
+    # --layers names the output layer: integer labels that fit it are its class numbers (a set may lack one)
+    outputs = cfg.layers[-1] if cfg.layers and kind == "classes" else None
     return {"seed": cfg.seed, "test_fraction": cfg.test_fraction, "scale": cfg.scale, "weights": cfg.weights,
-            "targets": cfg.targets, "kind": kind, "scale_targets": cfg.scale_targets, "features": cfg.features}
+            "targets": cfg.targets, "kind": kind, "scale_targets": cfg.scale_targets, "features": cfg.features,
+            "outputs": outputs}
 
 
 def build_agreed(cfg: Config, comm: Comm, layout: Layout,

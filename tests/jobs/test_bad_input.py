@@ -106,7 +106,7 @@ def inf_features_npz(d: Path) -> str:
 
 def labels_beyond_outputs_npz(d: Path) -> str:
     X, y = arrays()
-    y[5] = 9  # ten classes, but --layers ends with 4 outputs
+    y[5] = 9  # labels 0, 1, 2, 3 and 9: five classes (mapped through their sorted set), --layers ends with 4
     np.savez(d / "ten.npz", X=X, y=y)
     return str(d / "ten.npz")
 
@@ -158,7 +158,7 @@ CASES = [
     ("float labels in npz", float_labels_npz, LAYERS, 2, ["float_y.npz", "non-integer labels"]),
     ("nan in features", nan_features_npz, LAYERS, 2, ["nan.npz", "NaN or Inf", "row 7"]),
     ("inf in features", inf_features_npz, LAYERS, 2, ["inf.npz", "NaN or Inf", "row 9"]),
-    ("labels out of range", labels_beyond_outputs_npz, LAYERS, 2, ["4 outputs", "10 classes"]),
+    ("labels out of range", labels_beyond_outputs_npz, LAYERS, 2, ["4 outputs", "5 classes [0, 1, 2, 3, 9]"]),
     ("fewer rows than ranks", two_rows_npz, LAYERS, 3, ["2 training rows", "3 ranks"]),
     ("zero-size layer", good_npz, ["--layers", f"{FEATURES},0,{CLASSES}"], 2, ["--layers", "positive"]),
     ("negative learning rate", good_npz, LAYERS + ["--lr", "-0.1"], 2, ["--lr must be positive", "-0.1"]),

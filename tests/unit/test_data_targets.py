@@ -394,3 +394,16 @@ def test_one_rank_of_local_rows_keeps_what_loading_decided():
         for a, b in ((agreed.target_offset, data.target_offset), (agreed.target_factor, data.target_factor)):
             assert (a is None) == (b is None) and (a is None or np.allclose(a, b, rtol=1e-14))
         assert np.array_equal(agreed.train.y, data.train.y) and np.array_equal(agreed.test.y, data.test.y)
+
+
+def test_integer_labels_that_fit_the_given_output_layer_are_its_class_numbers(tmp_path):
+    """--layers …,K (or a model's K outputs in distbp evaluate): labels {1, 3} of a 4-output run are class numbers
+    1 and 3, not renumbered 0 and 1; without it they map through their sorted set; beyond it they map too."""
+    X = np.arange(12, dtype=np.float64).reshape(6, 2)
+    np.savez(tmp_path / "d.npz", X=X, y=np.array([1, 3, 1, 3, 1, 3]))
+    fits = load_dataset(str(tmp_path / "d.npz"), kind="classes", test_fraction=0, outputs=4)
+    assert fits.classes is None and fits.n_classes == 4 and fits.train.y.tolist() == [1, 3, 1, 3, 1, 3]
+    mapped = load_dataset(str(tmp_path / "d.npz"), kind="classes", test_fraction=0)
+    assert mapped.classes.tolist() == [1, 3] and mapped.train.y.tolist() == [0, 1, 0, 1, 0, 1]
+    beyond = load_dataset(str(tmp_path / "d.npz"), kind="classes", test_fraction=0, outputs=3)
+    assert beyond.classes.tolist() == [1, 3]
