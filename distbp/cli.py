@@ -26,13 +26,12 @@ import traceback
 
 from distbp import units
 from distbp.errors import ConfigError, DistbpError
-from distbp.host import numbacache, threads
+from distbp.host import threads
 from distbp.host.interrupts import INTERRUPTED, InterruptWatch
-from distbp.host.launcher import launcher_rank, split_job_error
+from distbp.host.launcher import launcher_rank
+from distbp.host.startup import early_threads, prepare_environment, split_job_exit
 
-SPLIT_REPORT_WAIT_S = 1.0  # how long rank 0 of a split job lets the others end before it exits 2
-
-USAGE = """usage: distbp {train,predict,evaluate,export,plot,warmup} [options]
+USAGE = """usage: distbp {train,predict,evaluate,export,plot,warmup,bench} [options]
 
   train     train an MLP data-parallel over the MPI ranks (distbp train --help)
   predict   write a saved model's outputs or labels for the rows of a file (distbp predict --help)
@@ -40,6 +39,7 @@ USAGE = """usage: distbp {train,predict,evaluate,export,plot,warmup} [options]
   export    write a saved model as an ONNX graph, for ONNX Runtime (distbp export --help, docs/deploy.md)
   plot      draw loss/accuracy curves from --metrics files (distbp plot --help)
   warmup    compile the kernels of a configuration (train's options) into the cache, without training
+  bench     a scaling study, or the allreduce alone, in this job's allocation (distbp bench --help)
 """
 
 
@@ -59,51 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return plot_main(rest)
     if command == "warmup":
         return warmup_main(rest)
+    if command == "bench":
+        from distbp.bench.main import bench_main  # pins the threads and starts MPI itself, as train_main does
+        return bench_main(rest)
     if launcher_rank() == 0:
         print(f"distbp: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
-
-
-def _early_threads(argv: list[str]) -> int | None:
-    """--threads from the command line or the --config file, read without numpy."""
-    for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv) and argv[i + 1].isdigit():
-            return int(argv[i + 1])
-        if arg.startswith("--threads=") and arg[10:].isdigit():
-            return int(arg[10:])
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[9:] if arg.startswith("--config=") else None
-        if path:
-            if not os.path.isfile(path):
-                return None  # a FIFO would block here; the config loader reports it properly later
-            try:
-                import tomllib
-                with open(path, "rb") as fh:
-                    doc = tomllib.loads(fh.read(1 << 20).decode("utf-8"))
-                value = doc.get("train", doc).get("threads")
-                return int(value) if isinstance(value, int) and value > 0 else None
-            except Exception:
-                return None  # the config loader reports a bad file properly later
-    return None
-
-
-def prepare_environment(argv: list[str]) -> tuple[int, str | None]:
-    """Pin threads per rank and set MPI/Numba defaults; must run before numpy or mpi4py.MPI load.
-
-    Returns the thread count and, when the request was more than the cores this rank may run on
-    (the cap), a note saying so for the header.
-    """
-    n, note = threads.choose_threads(_early_threads(argv))
-    threads.pin_threads_env(n)
-    # numba unpickles what it finds there: a folder or file another user can write is code run as this user,
-    # so it is checked before numba loads, and an unsafe one gives way to a private folder (host/numbacache.py)
-    cache_dir, unsafe, removed = numbacache.choose(threads.default_cache_dir())
-    os.environ["NUMBA_CACHE_DIR"] = cache_dir
-    numbacache.warn(unsafe if launcher_rank() == 0 else None, removed)
-    # MPICH's default intra-node allreduce flips between a fast and a 4x slower mode from launch to
-    # launch (measured); this algorithm was fast and stable. A user's own setting wins.
-    os.environ.setdefault("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "reduce_scatter_allgather")
-    return n, note
 
 
 def train_main(argv: list[str]) -> int:
@@ -159,24 +120,6 @@ def warmup_main(argv: list[str]) -> int:
     return 0
 
 
-def split_job_exit(comm) -> int | None:
-    """None for a real job; when every process is its own 1-rank job, the exit code of this one.
-
-    The launcher's rank 0 says why and exits 2 a moment after the others, which exit 0 at once: the
-    launcher then reports rank 0's 2, the refusal that job scripts recognise (launch/slurm.sbatch does not
-    restart it). Were the others to exit 2 too, srun --kill-on-bad-exit would end whichever was slower,
-    rank 0 perhaps before it printed, and report the kill's 143 instead.
-    """
-    split = split_job_error(comm.size, comm.library)
-    if split is None:
-        return None
-    if launcher_rank() != 0:
-        return 0
-    print(f"distbp: error: {split}", file=sys.stderr, flush=True)
-    time.sleep(SPLIT_REPORT_WAIT_S)
-    return 2
-
-
 def model_main(command: str, argv: list[str]) -> int:
     """`distbp predict` / `distbp evaluate` (distbp.predict) and `distbp export` (distbp.export) with threads
     pinned before numpy loads; an error
@@ -228,7 +171,7 @@ def _train(argv: list[str], comm, n_threads: int, thread_note: str | None, watch
         comm.agree_on_failure(err)  # [dist] a bad flag stops every rank; the root reports it once
         # decided (and capped) before numpy loaded, from --threads, the config or the environment; when nobody
         # asked, set-up takes this default or 1 thread for a step too small to share (setup.settle_threads)
-        asked = threads.requested_threads(_early_threads(argv))[1] != threads.DEFAULT_SOURCE
+        asked = threads.requested_threads(early_threads(argv))[1] != threads.DEFAULT_SOURCE
         cfg.threads = n_threads if asked or cfg.dry_run else None
         if cfg.dry_run:
             return dry_run(cfg, comm)

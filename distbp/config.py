@@ -95,7 +95,7 @@ class Config:
     comm_dtype: str | None = opt(None, "bfloat16 or float16: compress gradients for the allreduce")
     allreduce: str = opt("auto", "hier (node-aware: sums through shared memory on a node, slices across nodes), "
                                  "ring (distbp's ring of messages), mpi (the MPI library's Iallreduce); auto: hier "
-                                 "when every node has the same number of ranks, else mpi")
+                                 "on one node and on nodes of the same number of ranks (several each), else mpi")
     # output
     save: str | None = opt(None, "the final model as a model file (.npz: W0, b0, W1, b1, … and its description; "
                                  "docs/modelfile.md)")

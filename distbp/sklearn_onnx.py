@@ -43,7 +43,7 @@ def register() -> None:
     """Register the converters and shape calculators of distbp.sklearn.MLPClassifier and MLPRegressor with
     skl2onnx (`update_registered_converter`); calling it again changes nothing."""
     skl2onnx = import_skl2onnx()
-    from distbp.sklearn import MLPClassifier, MLPRegressor
+    from distbp.sklearn import MLPClassifier, MLPRegressor  # scikit-learn: only when the converters are registered
 
     skl2onnx.update_registered_converter(MLPClassifier, CLASSIFIER_ALIAS, classifier_shapes, convert_classifier,
                                          options=CLASSIFIER_OPTIONS)
@@ -59,7 +59,7 @@ class ContainerGraph:
         self.scope, self.container = scope, container
 
     def constant(self, hint: str, value: np.ndarray) -> str:
-        from distbp.export import import_onnx, tensor_type
+        from distbp.export import import_onnx, tensor_type  # onnx: only when a graph is built
 
         name = self.scope.get_unique_variable_name(hint)
         value = np.asarray(value)
@@ -77,7 +77,7 @@ class ContainerGraph:
 
 
 def _proto_type(model) -> int:
-    from distbp.export import import_onnx, tensor_type
+    from distbp.export import import_onnx, tensor_type  # onnx: only when a graph is built
 
     return tensor_type(import_onnx(), model.dtype)
 

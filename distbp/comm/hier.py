@@ -1,18 +1,20 @@
 """distbp's node-aware (hierarchical) allreduce: sum through shared memory on a node, across nodes by slices.
 
 `HierarchicalAllreduce(comm, n, dtype)` builds one; the gradient reducer drives it like the ring (start each
-bucket, progress between compute chunks, wait) as the "hier" transport of `distbp.sync.transports`. Its gradient buffer lives in memory the node's ranks
-share, so nothing is copied into messages on a node.
+bucket, progress between compute chunks, wait) as the "hier" transport of `distbp.sync.transports`. Its gradient
+buffer lives in memory the node's ranks share, so nothing is copied into messages on a node; across nodes the
+slices go through distbp's Bruck allreduce (`distbp.comm.bruck`), 2·ceil(log₂ h) message latencies for h nodes.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from distbp.comm.base import Comm
-from distbp.comm.ring import ring_allreduce
+from distbp.comm.bruck import bruck_allreduce
 
 # this rank's flags at the start of its segment (int64 sequence numbers of buckets, see HierarchicalAllreduce)
 READY, SUMMED, COPIED = 0, 1, 2
@@ -26,27 +28,31 @@ class HierarchicalAllreduce:
     grad[lo:hi] is cut into r slices; local rank i owns slice i. For every bucket:
       1. each rank says its bucket is written (flag READY);
       2. the owner of slice i adds the r ranks' slice i into its own (reading their memory directly);
-      3. with h > 1 nodes, the owners of slice i on every node sum it over nodes: one ring allreduce
-         (`distbp.comm.ring`) of 1/r of the bucket per local index, on its own communicator, so the r ranks
-         of a node use the network at once and each host sends and receives 2n(h−1)/h bytes per n;
+      3. with h > 1 nodes, the owners of slice i on every node sum it over nodes: one allreduce of 1/r of
+         the bucket per local index, on its own communicator, so the r ranks of a node use the network at
+         once and each host sends and receives 2n(h−1)/h bytes per n. `across` makes that allreduce: distbp's
+         Bruck allreduce (`distbp.comm.bruck`, the default: 2·ceil(log₂ h) message latencies, the same bits on
+         every rank), or anything with its interface and constructor, such as distbp's ring
+         (`distbp.comm.ring.ring_allreduce`, 2(h−1) latencies: what hier used before; benchmarks/hier_cross.py
+         measures the two and MPI's Iallreduce);
       4. the owner says its slice is final (flag SUMMED) and every rank copies the other slices from
          their owners' segments.
-    Each element is summed once, by its owner (and then along the cross ring), and copied: every rank
+    Each element is summed once, by its owner (and then along the cross-node tree), and copied: every rank
     ends with the same bits. The flags are sequence numbers in the ranks' segments, polled by progress(),
     so the node needs no message; wait() also waits until every rank of the node has copied what it
     needs (flag COPIED) before the caller may write its gradient again.
 
     Buckets must be started in the same order with the same bounds on every rank, and not touched
     before wait() returns, nor any longer than max_bucket elements. node_size groups consecutive ranks into
-    pretend nodes (tests on one machine). codec (`distbp.comm.codecs`): the cross-node ring sends 16-bit words
-    (rounded as `distbp.comm.ring` says); on a node nothing is compressed.
+    pretend nodes (tests on one machine). codec (`distbp.comm.codecs`): the cross-node allreduce sends 16-bit
+    words (rounded as `distbp.comm.bruck` says); on a node nothing is compressed.
 
-    Memory: this rank's segment (64 bytes of flags and the gradient) and, across nodes, the cross ring's
-    buffers for slices of ceil(max_bucket / r) elements; no message-sized copy on the node.
+    Memory: this rank's segment (64 bytes of flags and the gradient) and, across nodes, the cross-node
+    allreduce's buffers for slices of ceil(max_bucket / r) elements; no message-sized copy on the node.
     """
 
     def __init__(self, comm: Comm, n: int, dtype, node_size: int | None = None, codec=None,
-                 max_bucket: int | None = None):
+                 max_bucket: int | None = None, across: Callable = bruck_allreduce):
         self.dtype = np.dtype(dtype)
         self.node, cross = comm.split_by_node(node_size)
         self.local_rank, self.local_size = self.node.rank, self.node.size
@@ -60,11 +66,11 @@ class HierarchicalAllreduce:
         self.grad[:] = 0
         self.shared.sync()
         self.node.barrier()  # every rank's flags are zero before anyone polls them
-        # the largest slice a rank owns, ceil(largest bucket / r), bounds what the cross ring ever sums
-        self.cross = ring_allreduce(cross, slice_elements(max_bucket or n, self.local_size), self.dtype, codec) \
+        # the largest slice a rank owns, ceil(largest bucket / r), bounds what the cross-node allreduce ever sums
+        self.cross = across(cross, slice_elements(max_bucket or n, self.local_size), self.dtype, codec) \
             if self.nodes > 1 else None
         self._cross_comm = cross
-        self._cross_started = 0  # buffers handed to the cross ring (it completes them in that order)
+        self._cross_started = 0  # buffers handed to the cross-node allreduce (it completes them in that order)
         self._seq = 0  # sequence number of the last bucket started (the same on every rank)
         self._queue: list[_Bucket] = []
         self._copied = 0
@@ -115,7 +121,7 @@ class HierarchicalAllreduce:
         return all(int(f[flag]) >= seq for f in self._flags)
 
     def _advance(self) -> None:
-        """Take every bucket as far as the flags and the cross ring allow, in start order."""
+        """Take every bucket as far as the flags and the cross-node allreduce allow, in start order."""
         if self.cross is not None and self.cross.in_flight:
             self.cross.progress()
         for b in self._queue:
@@ -125,8 +131,8 @@ class HierarchicalAllreduce:
                 self._sum_own_slice(b)
             if b.stage == _Bucket.CROSSING and self._cross_done(b):
                 b.stage = _Bucket.REDUCED
-        # SUMMED goes up in start order (the cross ring completes in order; a bucket whose own slice was
-        # empty and skipped the ring must not overtake one still in it)
+        # SUMMED goes up in start order (the cross-node allreduce completes in order; a bucket whose own slice
+        # was empty and skipped it must not overtake one still in it)
         flags = self._flags[self.local_rank]
         for b in self._queue:
             if b.stage == _Bucket.REDUCED:

@@ -12,7 +12,7 @@ that runs as you. Before Numba reads the cache folder (NUMBA_CACHE_DIR, or the f
   file that does not parse (garbage, cut short) is removed, so Numba recompiles its kernel and writes it anew,
   instead of an UnpicklingError ending the job.
 
-`choose(candidate)` runs in the command line before numba loads (cli.prepare_environment); `check_loaded()`
+`choose(candidate)` runs in the command line before numba loads (host.startup.prepare_environment); `check_loaded()`
 at `distbp.fit` time, when numba is loaded already. Standard library only at import (floor 0).
 """
 

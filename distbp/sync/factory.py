@@ -44,10 +44,14 @@ def allreduce_algorithm(cfg: ModeFlags, layout: Layout) -> str:
     """The name of the gradient allreduce's transport (--allreduce): "hier", "ring" or "mpi", a key of
     `distbp.sync.transports.TRANSPORTS`, which the strategy builds.
 
-    auto takes the hierarchical allreduce (`distbp.comm.hier`) when every rank is on one node: the ranks add
-    each other's buckets in shared memory, measured several times faster than distbp's ring and MPICH's
-    Iallreduce there (benchmarks/allreduce.py), with no scratch at all. Across nodes auto keeps the MPI
-    library's own, which knows the network's topology (benchmarks/multinode.py measures the choice).
+    auto takes the hierarchical allreduce (`distbp.comm.hier`) where it measured as fast as MPI's Iallreduce
+    or faster: on one node (the ranks add each other's buckets in shared memory, several times faster than
+    distbp's ring and MPICH's Iallreduce, benchmarks/allreduce.py, with no scratch at all), and across nodes
+    that each run the same number of ranks, more than one (the node's sum in shared memory, then the slices
+    across nodes by distbp's Bruck allreduce, 2·ceil(log₂ h) latencies and 2n(h−1)/h bytes per host:
+    benchmarks/hier_cross.py and benchmarks/bench_study.py, docs/multinode.md). With one rank per node there is
+    no node sum to win, and MPI's own allreduce, in C, measured level on large buckets and faster on small ones
+    (2 and 4 namespace hosts); uneven nodes cannot run hier: both keep the MPI library's.
     Compressed sums (--comm-dtype) go the same way: distbp's transports send 16-bit words between nodes
     and add them with Numba kernels, MPI's path sums them with a Python user op. Reduce-scattered and
     exact sums always use MPI's collectives (check_modes forbids the others).
@@ -60,7 +64,7 @@ def allreduce_algorithm(cfg: ModeFlags, layout: Layout) -> str:
                           f"evenly)")
     if cfg.allreduce != "auto":
         return cfg.allreduce
-    return "hier" if layout.single_node else "mpi"
+    return "hier" if layout.single_node or (layout.even_nodes and layout.node_sizes[0] > 1) else "mpi"
 
 
 def sync_options(cfg: ModeFlags, layout: Layout) -> SyncOptions:

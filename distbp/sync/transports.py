@@ -9,7 +9,8 @@ from TRANSPORTS (`--allreduce`, resolved by `distbp.sync.factory.allreduce_algor
     name   class          what travels                                     module it adapts
     mpi    MpiTransport   the MPI library's Iallreduce (16-bit: a user op)  distbp.comm (Comm)
     ring   RingTransport  distbp's ring of point-to-point messages          distbp.comm.ring
-    hier   HierTransport  shared memory on a node, a ring across nodes      distbp.comm.hier
+    hier   HierTransport  shared memory on a node, Bruck's allreduce        distbp.comm.hier
+                          (2·ceil(log₂ h) latencies) across h nodes
 
 Sizes are known before anything is allocated: `memory(...)` (bytes beyond the gradient) and
 `describe(...)` (its words in the header line) are class methods, so `--dry-run` can ask them. A new
@@ -23,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from distbp.comm.base import Comm, Handle
+from distbp.comm.bruck import bruck_buffer_elements
 from distbp.comm.codecs import Codec, codec_for
 from distbp.comm.hier import FLAG_BYTES, HierarchicalAllreduce, slice_elements
 from distbp.comm.ring import ring_allreduce, ring_buffer_elements
@@ -203,8 +205,9 @@ class RingTransport(_Driven):
 
 class HierTransport(_Driven):
     """The hierarchical allreduce (`distbp.comm.hier.HierarchicalAllreduce`): the node's ranks add each other's
-    buckets in shared memory, and slices cross nodes by distbp's ring (16-bit with a codec; a node sums in
-    full precision). Its gradient buffer is that shared memory: the strategy takes `grad` from it."""
+    buckets in shared memory, and slices cross nodes by distbp's Bruck allreduce (`distbp.comm.bruck`: 2·ceil(log₂ h)
+    message latencies; 16-bit with a codec, while a node sums in full precision). Its gradient buffer is that
+    shared memory: the strategy takes `grad` from it."""
 
     name = "hier"
 
@@ -216,10 +219,10 @@ class HierTransport(_Driven):
 
     @classmethod
     def memory(cls, layout, n, itemsize, largest_bucket, compressed) -> int:
-        # the flags beside the shared gradient, and the ring of slices across nodes
+        # the flags beside the shared gradient, and the Bruck allreduce of slices across nodes
         r, h = layout.node_sizes[0], len(layout.node_sizes)
-        wire, ring = ring_buffer_elements(slice_elements(largest_bucket, r), h, compressed)
-        return FLAG_BYTES + (2 * (wire + ring) if compressed else ring * itemsize)
+        wire, scratch = bruck_buffer_elements(slice_elements(largest_bucket, r), h, itemsize, compressed)
+        return FLAG_BYTES + (2 * (wire + scratch) if compressed else scratch * itemsize)
 
     @classmethod
     def describe(cls, layout, comm_dtype) -> str:
@@ -227,7 +230,7 @@ class HierTransport(_Driven):
         if layout.size > 1:
             r, h = layout.node_sizes[0], len(layout.node_sizes)
             text += f" (hierarchical: nodes of {r} in shared memory" + \
-                (f", {h} nodes by distbp ring)" if h > 1 else ")")
+                (f", {h} nodes by distbp's Bruck allreduce)" if h > 1 else ")")
         if comm_dtype:
             # only the slices that cross nodes travel as 16-bit words; a node sums in full precision
             text += f", {comm_dtype} between nodes" + (" (one node here: none)" if layout.single_node else "")

@@ -102,9 +102,8 @@ def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_clus
     assert result.returncode == 0, result.output
     assert f"distbp: {hosts * ranks_per_host} rank(s) x 1 thread(s)" in result.stdout, result.output
     assert f"{n_params(LAYERS)} parameters" in result.stdout, result.output
-    # auto leaves several nodes to the MPI library; the hierarchical allreduce works across them when asked for
-    transport = "(MPI)" if allreduce == "auto" else \
-        f"(hierarchical: nodes of {ranks_per_host} in shared memory, {hosts} nodes by distbp ring)"
+    # auto takes the hierarchical allreduce across nodes of the same number of ranks (several each), as asked for
+    transport = f"(hierarchical: nodes of {ranks_per_host} in shared memory, {hosts} nodes by distbp's Bruck allreduce)"
     assert f"allreduce overlapped {transport}" in result.stdout, result.output
 
     params = load_npz(save)
@@ -164,7 +163,8 @@ def checkpoints(directory: Path) -> list[Path]:
 
 
 @pytest.mark.timeout(240)
-# MPI's Iallreduce across nodes (auto), and distbp's own ring (hier); the resume, the same for both, once
+# MPI's Iallreduce across nodes of one rank each (auto), and distbp's Bruck allreduce (hier); the resume, the same
+# for both, once
 @pytest.mark.parametrize("allreduce, resume", [("auto", True), ("hier", False)])
 def test_lost_link_ends_job_quickly_and_resume_matches_uninterrupted_run(make_cluster, tmp_path, allreduce, resume):
     cluster = make_cluster(2)

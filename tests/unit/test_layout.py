@@ -24,7 +24,7 @@ FLOORS = [
     ["distbp.sync"],
     ["distbp.config"],
     ["distbp.train"],
-    ["distbp.api", "distbp.predict", "distbp.export"],
+    ["distbp.api", "distbp.predict", "distbp.export", "distbp.bench"],
     ["distbp.cli", "distbp.sklearn"],
     ["distbp", "distbp.__main__", "distbp.sklearn_onnx"],
 ]

@@ -155,14 +155,16 @@ def test_the_ring_takes_compressed_gradients_and_auto_chooses_as_without_compres
     assert allreduce_algorithm(validate(Config(comm_dtype="float16")), two_nodes) == "mpi"  # across nodes MPI's own
 
 
-def test_auto_takes_the_hierarchical_allreduce_on_one_node_and_hier_refuses_uneven_nodes():
+def test_auto_takes_the_hierarchical_allreduce_on_one_node_and_on_even_nodes_and_hier_refuses_uneven_nodes():
     from distbp.errors import ConfigError
     from distbp.sync.base import Layout
     from distbp.sync.factory import allreduce_algorithm
 
     auto, hier = validate(Config()), validate(Config(allreduce="hier"))
     assert allreduce_algorithm(auto, Layout(0, 3, node_sizes=(3,))) == "hier"
-    assert allreduce_algorithm(auto, Layout(0, 4, node_sizes=(2, 2))) == "mpi"  # many nodes: MPI's log latency
+    assert allreduce_algorithm(auto, Layout(0, 4, node_sizes=(2, 2))) == "hier"  # node sums, Bruck across nodes
+    assert allreduce_algorithm(auto, Layout(0, 3, node_sizes=(2, 1))) == "mpi"  # uneven nodes: MPI's own
+    assert allreduce_algorithm(auto, Layout(0, 4, node_sizes=(1, 1, 1, 1))) == "mpi"  # one rank per node: MPI's own
     assert allreduce_algorithm(hier, Layout(0, 4, node_sizes=(2, 2))) == "hier"
     with pytest.raises(ConfigError, match="same number of ranks on every node; this job has 2, 1"):
         allreduce_algorithm(hier, Layout(0, 3, node_sizes=(2, 1)))
