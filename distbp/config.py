@@ -17,12 +17,16 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from distbp.errors import ConfigError
 from distbp.nn.outputs import LOSS_NAMES, OUTPUT_ACTIVATIONS, output_activation_for
 from distbp.observe.trace import parse_steps
 from distbp.sync.rules import check_modes
 from distbp.units import parse_bytes
+
+if TYPE_CHECKING:
+    from distbp.comm.base import Comm
 
 
 def opt(default, help: str):
@@ -437,3 +441,33 @@ def load_toml(path: str) -> dict:
         out[name] = value
     check_types(out, f"config file {path}")
     return out
+
+
+# ---- the commands on a saved model (distbp predict, evaluate, export) --------------------------------
+
+def model_command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a command on a saved model (distbp predict, evaluate, export): --model and --threads."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser.add_argument("--model", metavar="FILE", help="a model file (distbp train --save, model.save)")
+    parser.add_argument("--threads", type=int, metavar="N", help="Numba and BLAS threads per rank "
+                                                                  "(default: cores / ranks on the node)")
+    return parser
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: list[str], comm: Comm,
+           required: tuple[str, ...]) -> argparse.Namespace | None:
+    """The arguments (the same on every rank), None after --help; ConfigError for a bad or missing one."""
+    if "-h" in argv or "--help" in argv:
+        if comm.is_root:
+            parser.print_help()
+        return None
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise ConfigError(str(e)) from None
+    if extra:
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+    missing = [f"--{name}" for name in required if not getattr(args, name)]
+    if missing:
+        raise ConfigError(f"{parser.prog} needs {', '.join(missing)}")
+    return args

@@ -29,7 +29,6 @@ inside the functions that need it: distbp's start-up does not load it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,7 +37,8 @@ from typing import Protocol
 import numpy as np
 
 from distbp.comm.base import Comm
-from distbp.errors import ConfigError, DistbpError
+from distbp.config import model_command_parser, parse_command
+from distbp.errors import DistbpError
 from distbp.nn.model import MLP, load_model
 from distbp.nn.modelfile import class_count, write_atomically
 from distbp.version import __version__
@@ -328,30 +328,16 @@ def export_file(model_path: str, onnx_path: str, opset: int | None = None) -> st
 
 def export_main(argv: list[str], comm: Comm) -> int:
     """`distbp export`: the root writes the model file's ONNX graph; an error is one DistbpError on every rank."""
-    parser = argparse.ArgumentParser(prog="distbp export", exit_on_error=False,
-                                     description="Write a saved model as an ONNX graph (for ONNX Runtime): its "
-                                                 "feature scaling, layers and output activation; probabilities and "
-                                                 "labels for classifiers, values for regressions (docs/deploy.md).")
-    parser.add_argument("--model", metavar="FILE", help="a model file (distbp train --save, model.save)")
+    parser = model_command_parser("distbp export", "Write a saved model as an ONNX graph (for ONNX Runtime): its "
+                                  "feature scaling, layers and output activation; probabilities and labels for "
+                                  "classifiers, values for regressions (docs/deploy.md).")
     parser.add_argument("--onnx", metavar="FILE", help="the ONNX file to write (e.g. model.onnx)")
     parser.add_argument("--opset", type=int, metavar="N",
                         help=f"the ONNX opset ({MIN_OPSET} up to the installed onnx's highest; default "
                              f"{DEFAULT_OPSET})")
-    parser.add_argument("--threads", type=int, metavar="N", help="threads per rank (accepted as by the other "
-                                                                  "commands; the export needs one)")
-    if "-h" in argv or "--help" in argv:
-        if comm.is_root:
-            parser.print_help()
+    args = parse_command(parser, argv, comm, required=("model", "onnx"))
+    if args is None:
         return 0
-    try:
-        args, extra = parser.parse_known_args(argv)
-    except argparse.ArgumentError as e:
-        raise ConfigError(str(e)) from None
-    if extra:
-        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
-    missing = [flag for flag, value in (("--model", args.model), ("--onnx", args.onnx)) if not value]
-    if missing:
-        raise ConfigError(f"distbp export needs {', '.join(missing)}")
     err, what = None, ""
     if comm.is_root:
         try:

@@ -15,7 +15,6 @@ accuracy for classifiers, per-label and subset accuracy for multilabel ones, RMS
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from distbp.comm.base import Comm
+from distbp.config import model_command_parser, parse_command
 from distbp.data import tabular
 from distbp.data.datasets import BUILTINS, Dataset, Split, load_dataset
 from distbp.data.formats import is_number
 from distbp.data.shard import rank_slice
-from distbp.errors import ConfigError, DistbpError
+from distbp.errors import DistbpError
 from distbp.nn.model import MLP, load_model
 from distbp.nn.modelfile import write_atomically
 from distbp.train.scores import Evaluation, Scores, score_kind
@@ -308,7 +308,7 @@ def warm_up(model: MLP, comm: Comm, kind: str = "classes") -> None:
 
 def predict_main(argv: list[str], comm: Comm) -> int:
     """`distbp predict`: the root writes the model's outputs for the rows of --data to --output."""
-    parser = _parser("distbp predict", "Write a saved model's outputs (or class labels) for the rows of a file.")
+    parser = model_command_parser("distbp predict", "Write a saved model's outputs (or class labels) for the rows of a file.")
     parser.add_argument("--data", metavar="FILE", help=".npy (rows × features), .npz (X, else X_test) or .csv: "
                                                        + CSV_FORMAT)
     parser.add_argument("--output", metavar="FILE", help=".npy, .npz (member P, or labels) or .csv")
@@ -316,7 +316,7 @@ def predict_main(argv: list[str], comm: Comm) -> int:
                         help="write each row's class label (through the model's classes) instead of probabilities")
     parser.add_argument("--features", metavar="NAMES", help="a Parquet file's feature columns or an HDF5 file's "
                                                             "datasets, comma-separated, as distbp train --features")
-    args = _parse(parser, argv, comm, required=("model", "data", "output"))
+    args = parse_command(parser, argv, comm, required=("model", "data", "output"))
     if args is None:
         return 0
     err, what = None, ""
@@ -334,7 +334,7 @@ def predict_main(argv: list[str], comm: Comm) -> int:
 
 def evaluate_main(argv: list[str], comm: Comm) -> int:
     """`distbp evaluate`: the held-out scores of a saved model on labelled data, data-parallel."""
-    parser = _parser("distbp evaluate", "Mean loss and accuracy (per label and subset accuracy for multilabel; "
+    parser = model_command_parser("distbp evaluate", "Mean loss and accuracy (per label and subset accuracy for multilabel; "
                                         "RMSE and R² for a regression) of a saved model on labelled data: its "
                                         "test split if it has one, else all its rows.")
     parser.add_argument("--data", metavar="SPEC", help="any data spec of distbp train --data (docs/data.md); "
@@ -349,7 +349,7 @@ def evaluate_main(argv: list[str], comm: Comm) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the training's --seed: synthetic data and the "
                                                             "held-out rows (default: 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
-    args = _parse(parser, argv, comm, required=("model", "data"))
+    args = parse_command(parser, argv, comm, required=("model", "data"))
     if args is None:
         return 0
     err, model, data = None, None, None
@@ -398,28 +398,3 @@ def _names(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",")] if text else None
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, exit_on_error=False)
-    parser.add_argument("--model", metavar="FILE", help="a model file (distbp train --save, model.save)")
-    parser.add_argument("--threads", type=int, metavar="N", help="Numba and BLAS threads per rank "
-                                                                  "(default: cores / ranks on the node)")
-    return parser
-
-
-def _parse(parser: argparse.ArgumentParser, argv: list[str], comm: Comm,
-           required: tuple[str, ...]) -> argparse.Namespace | None:
-    """The arguments (the same on every rank), None after --help; ConfigError for a bad or missing one."""
-    if "-h" in argv or "--help" in argv:
-        if comm.is_root:
-            parser.print_help()
-        return None
-    try:
-        args, extra = parser.parse_known_args(argv)
-    except argparse.ArgumentError as e:
-        raise ConfigError(str(e)) from None
-    if extra:
-        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
-    missing = [f"--{name}" for name in required if not getattr(args, name)]
-    if missing:
-        raise ConfigError(f"{parser.prog} needs {', '.join(missing)}")
-    return args

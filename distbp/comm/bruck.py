@@ -9,12 +9,12 @@ and the same 2n(h−1)/h bytes per rank for any h, not only powers of two.
 
 from __future__ import annotations
 
-import collections
 
 import numpy as np
 
 from distbp.comm.base import Comm
 from distbp.comm.codecs import Codec
+from distbp.comm.queued import QueuedAllreduce
 
 # buffers of at most this many bytes go by recursive doubling on 2^k ranks: log₂ p rounds instead of 2·log₂ p,
 # for log₂ p·n bytes instead of 2(p−1)/p·n. It pays while a latency α costs more than the extra bytes,
@@ -50,7 +50,7 @@ def doubles(p: int, elements: int, itemsize: int) -> bool:
     return p & (p - 1) == 0 and elements * itemsize <= DOUBLING_BYTES
 
 
-class BruckAllreduce:
+class BruckAllreduce(QueuedAllreduce):
     """In-place SUM over p ranks in O(log p) rounds of point-to-point messages, advanced by its caller.
 
     Bruck (any p): a buffer of n elements is cut into p blocks; rank j ends up owning the sum of block j. With
@@ -89,52 +89,19 @@ class BruckAllreduce:
     rounds the buffer (`Codec.round`).
     """
 
+    what = "Bruck allreduce"
+
     def __init__(self, comm: Comm, max_elems: int, dtype, codec: Codec | None = None):
-        self.comm = comm  # its own (Comm.duplicate), so that no other message is taken for one of these
-        self.rank, self.size = comm.rank, comm.size
-        self.max_elems = int(max_elems)
-        self.dtype, self.codec = np.dtype(dtype), codec
+        super().__init__(comm, max_elems, dtype, codec)
         self.rounds = rounds(self.size)
         wire, scratch = bruck_buffer_elements(self.max_elems, self.size, self.dtype.itemsize, codec is not None)
         # what arrives to be added: the buffer's dtype, or words with a codec
         self.scratch = np.empty(scratch, dtype=self.dtype if codec is None else np.uint16)
         self.wire = np.empty(wire, np.uint16) if codec is not None else None
-        self._queue: collections.deque[_Op] = collections.deque()
 
-    def close(self) -> None:
-        """Collective: give back its own communicator (made by bruck_allreduce)."""
-        if self.size > 1 and self.comm is not None:
-            self.comm.free()
-            self.comm = None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of its own buffers (scratch, and the wire with a codec)."""
-        return self.scratch.nbytes + (self.wire.nbytes if self.wire is not None else 0)
-
-    def start(self, buf: np.ndarray) -> None:
-        """Queue buf (flat, contiguous, its dtype, at most max_elems elements) for summing in place."""
-        if buf.dtype != self.dtype or buf.ndim != 1 or buf.size > self.max_elems or not buf.flags.c_contiguous:
-            raise ValueError(f"Bruck allreduce takes flat contiguous {self.dtype} buffers of at most "
-                             f"{self.max_elems} elements, got {buf.dtype} {buf.shape}")
-        if self.size > 1:
-            doubling = doubles(self.size, buf.size, self.dtype.itemsize)
-            self._queue.append(_Op(buf, self.size, len(self.rounds) * (1 if doubling else 2), doubling))
-        elif self.codec is not None:
-            self.codec.round(buf)  # one rank: its buffer is the completed sum, rounded like an owner's
-
-    @property
-    def in_flight(self) -> int:
-        """Buffers started and not yet summed (they complete in the order they were started)."""
-        return len(self._queue)
-
-    def progress(self) -> bool:
-        """Advance without blocking as far as the messages allow; True when nothing is left in flight."""
-        return self._advance(block=False)
-
-    def wait(self) -> None:
-        """Block until every started buffer holds its sum over ranks."""
-        self._advance(block=True)
+    def _queue_op(self, buf: np.ndarray) -> _Op:
+        doubling = doubles(self.size, buf.size, self.dtype.itemsize)
+        return _Op(buf, self.size, len(self.rounds) * (1 if doubling else 2), doubling)
 
     def _advance(self, block: bool) -> bool:
         """Run the queue's rounds as their messages arrive: waiting for them (block) or only testing."""

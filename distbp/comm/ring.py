@@ -7,12 +7,12 @@ drives it during the backward pass (start each bucket, progress between compute 
 
 from __future__ import annotations
 
-import collections
 
 import numpy as np
 
 from distbp.comm.base import Comm
 from distbp.comm.codecs import Codec
+from distbp.comm.queued import QueuedAllreduce
 
 
 def ring_allreduce(comm: Comm, max_elems: int, dtype, codec: Codec | None = None) -> "RingAllreduce":
@@ -25,7 +25,7 @@ def ring_allreduce(comm: Comm, max_elems: int, dtype, codec: Codec | None = None
     return RingAllreduce(comm.duplicate() if comm.size > 1 else comm, max_elems, dtype, codec)
 
 
-class RingAllreduce:
+class RingAllreduce(QueuedAllreduce):
     """In-place SUM over ranks by a ring of point-to-point messages, advanced by its caller.
 
     A buffer of n elements is cut into p chunks. In p−1 reduce-scatter steps rank r sends one chunk
@@ -58,51 +58,18 @@ class RingAllreduce:
     decoding it, so results do not jump from one rank to several.
     """
 
+    what = "ring allreduce"
+
     def __init__(self, comm: Comm, max_elems: int, dtype, codec: Codec | None = None):
-        self.comm = comm  # its own (Comm.duplicate), so that no other message is taken for the ring's
-        self.rank, self.size = comm.rank, comm.size
-        self.max_elems = int(max_elems)
-        self.dtype, self.codec = np.dtype(dtype), codec
+        super().__init__(comm, max_elems, dtype, codec)
         wire, scratch = ring_buffer_elements(self.max_elems, self.size, codec is not None)
         # what arrives in a reduce-scatter step, to be added: the buffer's dtype, or words with a codec
         self.scratch = np.empty(scratch, dtype=self.dtype if codec is None else np.uint16)
         # with a codec: every chunk's words at the chunk's offset (sent, received and passed on)
         self.wire = np.empty(wire, np.uint16) if codec is not None else None
-        self._queue: collections.deque[_RingOp] = collections.deque()
 
-    def close(self) -> None:
-        """Collective: give back the ring's own communicator (made by ring_allreduce)."""
-        if self.size > 1 and self.comm is not None:
-            self.comm.free()
-            self.comm = None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the ring's own buffers (scratch, and the wire with a codec)."""
-        return self.scratch.nbytes + (self.wire.nbytes if self.wire is not None else 0)
-
-    def start(self, buf: np.ndarray) -> None:
-        """Queue buf (flat, contiguous, the ring's dtype, at most max_elems elements) for summing in place."""
-        if buf.dtype != self.dtype or buf.ndim != 1 or buf.size > self.max_elems or not buf.flags.c_contiguous:
-            raise ValueError(f"ring allreduce takes flat contiguous {self.dtype} buffers of at most "
-                             f"{self.max_elems} elements, got {buf.dtype} {buf.shape}")
-        if self.size > 1:
-            self._queue.append(_RingOp(buf, self.size))
-        elif self.codec is not None:
-            self.codec.round(buf)  # one rank: its buffer is the completed sum, rounded like the owners' are
-
-    @property
-    def in_flight(self) -> int:
-        """Buffers started and not yet summed (they complete in the order they were started)."""
-        return len(self._queue)
-
-    def progress(self) -> bool:
-        """Advance without blocking as far as the messages allow; True when nothing is left in flight."""
-        return self._advance(block=False)
-
-    def wait(self) -> None:
-        """Block until every started buffer holds its sum over ranks."""
-        self._advance(block=True)
+    def _queue_op(self, buf: np.ndarray) -> _RingOp:
+        return _RingOp(buf, self.size)
 
     def _advance(self, block: bool) -> bool:
         """Run the queue's steps as their messages arrive: waiting for them (block) or only testing."""
