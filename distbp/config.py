@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from distbp.errors import ConfigError
 from distbp.nn.outputs import LOSS_NAMES, OUTPUT_ACTIVATIONS, output_activation_for
@@ -471,3 +471,19 @@ def parse_command(parser: argparse.ArgumentParser, argv: list[str], comm: Comm,
     if missing:
         raise ConfigError(f"{parser.prog} needs {', '.join(missing)}")
     return args
+
+
+def run_on_root(comm: Comm, work: Callable[[], str], errors: tuple[type[BaseException], ...]) -> str:
+    """[dist] `work()` on the root alone while the others wait (sleeping between polls); an error of `errors`
+    there ends every rank alike (reported once). Returns what work() said on the root, "" elsewhere."""
+    import math  # noqa: PLC0415 (only the commands on a saved model wait this way)
+
+    err, said = None, ""
+    if comm.is_root:
+        try:
+            said = work()
+        except errors as e:
+            err = e
+    comm.barrier_within(math.inf)  # [dist]
+    comm.agree_on_failure(err)  # [dist]
+    return said

@@ -30,14 +30,13 @@ inside the functions that need it: distbp's start-up does not load it.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Protocol
 
 import numpy as np
 
 from distbp.comm.base import Comm
-from distbp.config import model_command_parser, parse_command
+from distbp.config import model_command_parser, parse_command, run_on_root
 from distbp.errors import DistbpError
 from distbp.nn.model import MLP, load_model
 from distbp.nn.modelfile import class_count, write_atomically
@@ -338,14 +337,8 @@ def export_main(argv: list[str], comm: Comm) -> int:
     args = parse_command(parser, argv, comm, required=("model", "onnx"))
     if args is None:
         return 0
-    err, what = None, ""
-    if comm.is_root:
-        try:
-            what = export_file(args.model, args.onnx, args.opset)
-        except (DistbpError, ValueError, OSError, ImportError) as e:
-            err = e
-    comm.barrier_within(math.inf)  # [dist] the others wait for the root, sleeping between polls
-    comm.agree_on_failure(err)  # [dist] the root's error ends every rank, reported once
+    what = run_on_root(comm, lambda: export_file(args.model, args.onnx, args.opset),
+                       (DistbpError, ValueError, OSError, ImportError))
     if comm.is_root:
         print(f"distbp: wrote {what}", flush=True)
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from distbp.comm.base import Comm
-from distbp.config import model_command_parser, parse_command
+from distbp.config import model_command_parser, parse_command, run_on_root
 from distbp.data import tabular
 from distbp.data.datasets import BUILTINS, Dataset, Split, load_dataset
 from distbp.data.formats import is_number
@@ -146,7 +146,8 @@ def write_outputs(path: str, values: np.ndarray, member: str) -> None:
     elif suffix == ".npz":
         write_atomically(path, lambda fh: np.savez(fh, **{member: values}))
     else:
-        fmt = {"f": "%.9g" if values.dtype == np.float32 else "%.17g", "i": "%d", "u": "%d"}.get(values.dtype.kind, "%s")
+        fmt = {"f": "%.9g" if values.dtype == np.float32 else "%.17g", "i": "%d", "u": "%d"}.get(values.dtype.kind,
+                                                                                                "%s")
         write_atomically(path, lambda fh: np.savetxt(fh, values, fmt=fmt, delimiter=",", encoding="utf-8"))
 
 
@@ -308,7 +309,8 @@ def warm_up(model: MLP, comm: Comm, kind: str = "classes") -> None:
 
 def predict_main(argv: list[str], comm: Comm) -> int:
     """`distbp predict`: the root writes the model's outputs for the rows of --data to --output."""
-    parser = model_command_parser("distbp predict", "Write a saved model's outputs (or class labels) for the rows of a file.")
+    parser = model_command_parser("distbp predict",
+                                  "Write a saved model's outputs (or class labels) for the rows of a file.")
     parser.add_argument("--data", metavar="FILE", help=".npy (rows × features), .npz (X, else X_test) or .csv: "
                                                        + CSV_FORMAT)
     parser.add_argument("--output", metavar="FILE", help=".npy, .npz (member P, or labels) or .csv")
@@ -319,14 +321,8 @@ def predict_main(argv: list[str], comm: Comm) -> int:
     args = parse_command(parser, argv, comm, required=("model", "data", "output"))
     if args is None:
         return 0
-    err, what = None, ""
-    if comm.is_root:
-        try:
-            what = predict_file(args.model, args.data, args.output, args.labels, _names(args.features))
-        except (DistbpError, ValueError, OSError) as e:
-            err = e
-    comm.barrier_within(math.inf)  # [dist] the others wait for the root, sleeping between polls
-    comm.agree_on_failure(err)  # [dist] the root's error ends every rank, reported once
+    what = run_on_root(comm, lambda: predict_file(args.model, args.data, args.output, args.labels,
+                                                  _names(args.features)), (DistbpError, ValueError, OSError))
     if comm.is_root:
         print(f"distbp: wrote the {what} to {args.output}", flush=True)
     return 0
@@ -334,9 +330,10 @@ def predict_main(argv: list[str], comm: Comm) -> int:
 
 def evaluate_main(argv: list[str], comm: Comm) -> int:
     """`distbp evaluate`: the held-out scores of a saved model on labelled data, data-parallel."""
-    parser = model_command_parser("distbp evaluate", "Mean loss and accuracy (per label and subset accuracy for multilabel; "
-                                        "RMSE and R² for a regression) of a saved model on labelled data: its "
-                                        "test split if it has one, else all its rows.")
+    parser = model_command_parser("distbp evaluate",
+                                  "Mean loss and accuracy (per label and subset accuracy for multilabel; RMSE and "
+                                  "R² for a regression) of a saved model on labelled data: its test split if it "
+                                  "has one, else all its rows.")
     parser.add_argument("--data", metavar="SPEC", help="any data spec of distbp train --data (docs/data.md); "
                                                        "class labels may be names, read through the model's classes")
     parser.add_argument("--targets", metavar="COLS", help="a CSV's target column(s) for a regression, comma-"
