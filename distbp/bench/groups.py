@@ -2,7 +2,7 @@
 
 `placement(comm)` orders the job's ranks node by node (nodes in the order of their lowest rank, a node's ranks
 by rank), so the first k ranks of that order fill whole nodes before they start another, as a scheduler places
-a job of k ranks. `group_sizes(P, asked)` picks the sizes of a study, and `subgroup(comm, members)` makes the
+a job of k ranks. `group_sizes(P, asked)` picks the sizes of a study, and `Comm.subgroup(members)` makes the
 communicator of one group.
 """
 
@@ -54,20 +54,3 @@ def group_sizes(P: int, asked: list[int] | None) -> list[int]:
 def members(order: list[int], size: int) -> list[int]:
     """The world ranks of the group of `size`: the first `size` of the placement order."""
     return order[:size]
-
-
-def subgroup(comm: Comm, group: list[int]) -> Comm | None:
-    """Collective over comm (the job's world): a communicator of the ranks in `group` (world ranks; rank i of it
-    is group[i]) on those ranks, None on the others.
-
-    The one MPI call of distbp outside distbp.comm: the `Comm` interface has no general split yet (only by node).
-    On one process (SerialComm) the group is the process itself."""
-    if comm.size == 1:
-        return comm
-    from mpi4py import MPI  # a group of COMM_WORLD's ranks (world() is COMM_WORLD)
-
-    from distbp.comm.mpi import MPIComm  # mpi4py: only for a real MPI communicator (SerialComm has no groups)
-
-    inside = comm.rank in group
-    sub = MPI.COMM_WORLD.Split(0 if inside else MPI.UNDEFINED, group.index(comm.rank) if inside else 0)
-    return MPIComm(sub) if inside else None

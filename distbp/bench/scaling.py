@@ -193,7 +193,7 @@ def fit_links(comm: Comm, order: list[int], per_node: int, transports: list[str]
         if k < 2 or (name == "job" and len(node_sizes) < 2):
             continue
         members = groups.members(order, k)
-        sub = groups.subgroup(comm, members)
+        sub = comm.subgroup(members)
         if sub is not None:
             pairs = bare.variants(transports, [cfg.comm_dtype], len(set(group_nodes(node_sizes, k))) == 1)
             rows = bare.measure(sub, pairs, small + layouts, dtype, repeats)
@@ -258,7 +258,7 @@ def build_groups(comm: Comm, cfg, data, sizes: list[int], order: list[int], batc
     strategy and buffers for batch_of(size) rows; one group's error (agreed by its ranks) stops every rank."""
     built, err = {}, None
     for k in sizes:
-        sub = groups.subgroup(comm, groups.members(order, k))  # [dist] over all ranks, for every size
+        sub = comm.subgroup(groups.members(order, k))  # [dist] over all ranks, for every size
         if sub is not None and err is None:
             try:
                 built[k] = Group(dataclasses.replace(cfg, batch_size=batch_of(k)), sub, data, k)

@@ -21,6 +21,7 @@ mpi4py needed). Every other module uses only this interface, which both implemen
       comm.wait_all(handles)                block until all are complete
       comm.start_send(buf, dest), comm.start_recv(buf, source)       point to point
       comm.duplicate(), comm.free()         the same ranks, messages kept apart; give a made one back
+      comm.subgroup(ranks)                  a communicator of some of the ranks (None on the others)
     nodes and shared memory, for the hierarchical allreduce (`distbp.comm.hier`)
       comm.node_sizes()                     ranks on each node, in the order of the nodes' first ranks
       comm.split_by_node(node_size)         (ranks of this node, ranks of the same local index on all nodes)
@@ -190,7 +191,13 @@ class Comm(AgreementChecks):
         raise NotImplementedError
 
     def free(self) -> None:
-        """Collective: release a communicator made by duplicate or split_by_node (MPI has a few thousand)."""
+        """Collective: release a communicator made by duplicate, subgroup or split_by_node (MPI has a few
+        thousand)."""
+
+    def subgroup(self, ranks: list[int]) -> "Comm | None":
+        """Collective: a communicator of the ranks listed (ranks of this one; rank i of it is ranks[i]) on those
+        ranks, None on the others."""
+        raise NotImplementedError
 
     def single_node(self) -> bool:
         """Collective: True when every rank runs on this one node (shares memory with this rank)."""

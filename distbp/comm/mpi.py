@@ -109,6 +109,11 @@ class MPIComm(Comm):
     def duplicate(self) -> Comm:
         return MPIComm(self._comm.Dup())
 
+    def subgroup(self, ranks: list[int]) -> Comm | None:
+        inside = self.rank in ranks
+        sub = self._comm.Split(0 if inside else self._MPI.UNDEFINED, ranks.index(self.rank) if inside else 0)
+        return MPIComm(sub) if inside else None
+
     def free(self) -> None:
         if self._comm != self._MPI.COMM_WORLD and self._comm != self._MPI.COMM_NULL:
             self._comm.Free()

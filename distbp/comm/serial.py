@@ -54,6 +54,11 @@ class SerialComm(Comm):
     def duplicate(self) -> Comm:
         return SerialComm()
 
+    def subgroup(self, ranks: list[int]) -> Comm | None:
+        if any(r != 0 for r in ranks):
+            raise ValueError(f"one process has rank 0 only, got ranks {ranks}")
+        return self if ranks else None
+
     def node_sizes(self) -> list[int]:
         return [1]
 

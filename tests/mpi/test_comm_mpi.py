@@ -74,6 +74,21 @@ def test_bcast_copies_the_root_buffer_everywhere(comm, root):
     assert np.array_equal(buf, rank_array(root, 777, np.float32))
 
 
+def test_a_subgroup_holds_the_ranks_listed_in_their_order_and_none_elsewhere(comm):
+    members = [comm.size - 1, 0]  # the last rank first: the subgroup's order is the list's
+    sub = comm.subgroup(members)
+    if comm.rank not in members:
+        assert sub is None
+        return
+    try:
+        assert (sub.rank, sub.size) == (members.index(comm.rank), 2)
+        got = np.array([float(comm.rank)])
+        sub.allreduce_sum(got)  # only the members add: the ranks outside never join
+        assert got[0] == comm.size - 1
+    finally:
+        sub.free()
+
+
 def test_sum_scalars_and_max_scalar(comm):
     sums = comm.sum_scalars([1.0, comm.rank, 0.5])
     assert np.array_equal(sums, [comm.size, comm.size * (comm.size - 1) / 2, comm.size / 2])

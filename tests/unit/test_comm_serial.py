@@ -39,6 +39,14 @@ def test_serial_collectives_leave_buffers_unchanged():
     assert comm.max_scalar(2.5) == 2.5
 
 
+def test_a_serial_subgroup_is_the_process_or_nothing():
+    comm = SerialComm()
+    assert comm.subgroup([0]) is comm
+    assert comm.subgroup([]) is None
+    with pytest.raises(ValueError, match="rank 0 only"):
+        comm.subgroup([0, 1])
+
+
 def test_sum_scalars_returns_float64():
     sums = SerialComm().sum_scalars([1, 2.5, 3])
     assert sums.dtype == np.float64 and np.array_equal(sums, [1.0, 2.5, 3.0])
