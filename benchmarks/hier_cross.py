@@ -11,6 +11,11 @@ over veth links) one MPI job times, in turns (a, b, c, a, b, c, …, so that loa
     hier-ring    the node's sum in shared memory, slices across nodes by distbp's ring (hier before issue 32)
     hier-bruck   the same, slices across nodes by distbp's Bruck allreduce (`distbp.comm.bruck`, hier now)
     hier-mpi     the same, slices across nodes by MPI's Iallreduce on the cross-node communicator
+    hier         the registry's hier: hier-bruck, but buckets of at most SMALL_BUCKET_BYTES go whole through
+                 MPI's Iallreduce over all ranks (`distbp.comm.hier`)
+
+(hier-ring, hier-bruck and hier-mpi take the node path for every bucket; with one rank per host they all skip
+the node's flags, as hier does.)
 
 on single buckets of --sizes bytes and on the 7.45 MB float32 gradient of MLP 784-1024-1024-10 in 4 MiB buckets,
 each through `distbp.sync.reducer.GradientReducer` as training sends it. A time is the slowest rank's, the median
@@ -40,37 +45,7 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 GRADIENT = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10  # parameters of MLP 784-1024-1024-10
-VARIANTS = ("mpi", "hier-ring", "hier-bruck", "hier-mpi")
-
-
-class MpiAcross:
-    """MPI's Iallreduce with the interface of distbp's cross-node allreduces (start, progress, in_flight, wait,
-    close, nbytes): hier's `across` for the measurement, float buffers only."""
-
-    def __init__(self, comm, max_elems: int, dtype, codec=None):
-        if codec is not None:
-            raise ValueError("hier-mpi is measured without a codec")
-        self.comm, self.handles, self.done = comm, [], 0
-        self.nbytes = 0
-
-    def start(self, buf) -> None:
-        self.handles.append(self.comm.start_allreduce(buf))
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.handles) - self.done
-
-    def progress(self) -> bool:
-        if self.handles and self.comm.test_all(self.handles):
-            self.handles, self.done = [], 0
-        return not self.handles
-
-    def wait(self) -> None:
-        self.comm.wait_all(self.handles)
-        self.handles, self.done = [], 0
-
-    def close(self) -> None:
-        pass
+VARIANTS = ("mpi", "hier-ring", "hier-bruck", "hier-mpi", "hier")
 
 
 def make(variant: str, comm, n: int, bucket: int, node_size: int | None):
@@ -78,7 +53,8 @@ def make(variant: str, comm, n: int, bucket: int, node_size: int | None):
     import numpy as np
 
     from distbp.comm.bruck import bruck_allreduce
-    from distbp.comm.hier import HierarchicalAllreduce
+    from distbp.comm.hier import SMALL_BUCKET_BYTES, HierarchicalAllreduce
+    from distbp.comm.library import library_allreduce
     from distbp.comm.ring import ring_allreduce
     from distbp.sync.transports import HierTransport, Transport, make_transport
 
@@ -88,13 +64,14 @@ def make(variant: str, comm, n: int, bucket: int, node_size: int | None):
     class Hier(HierTransport):
         """The registry's hier, with the cross-node allreduce (and pretend nodes) chosen here."""
 
-        def __init__(self, across):
+        def __init__(self, across, small_bytes):
             Transport.__init__(self, comm, n, np.float32, bucket, None)
             self.hier = self.engine = HierarchicalAllreduce(comm, n, np.float32, node_size=node_size,
-                                                            max_bucket=bucket, across=across)
+                                                            max_bucket=bucket, across=across, small_bytes=small_bytes)
             self.grad = self.hier.grad
 
-    transport = Hier({"hier-ring": ring_allreduce, "hier-bruck": bruck_allreduce, "hier-mpi": MpiAcross}[variant])
+    across = {"hier-ring": ring_allreduce, "hier-mpi": library_allreduce}.get(variant, bruck_allreduce)
+    transport = Hier(across, SMALL_BUCKET_BYTES if variant == "hier" else 0)
     return transport, transport.grad
 
 
@@ -210,7 +187,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--layouts", default="2x1,2x2,3x1,4x1", help="hosts x ranks per host, comma-separated")
-    p.add_argument("--sizes", default="4096,65536,1048576,4194304", help="single-bucket sizes in bytes")
+    p.add_argument("--sizes", default="4096,65536,262144,1048576,4194304", help="single-bucket sizes in bytes")
     p.add_argument("--rate", help="shape every link to this rate (e.g. 1gbit); default unshaped")
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=2)

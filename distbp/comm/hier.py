@@ -4,6 +4,9 @@
 bucket, progress between compute chunks, wait) as the "hier" transport of `distbp.sync.transports`. Its gradient
 buffer lives in memory the node's ranks share, so nothing is copied into messages on a node; across nodes the
 slices go through distbp's Bruck allreduce (`distbp.comm.bruck`), 2·ceil(log₂ h) message latencies for h nodes.
+Small buckets across nodes, whose time is latency, go whole through the MPI library's Iallreduce
+(`distbp.comm.library`), and with one rank per node there is no node sum: a bucket goes straight to the
+allreduce across nodes.
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ import numpy as np
 
 from distbp.comm.base import Comm
 from distbp.comm.bruck import bruck_allreduce
+from distbp.comm.library import library_allreduce
 
 # this rank's flags at the start of its segment (int64 sequence numbers of buckets, see HierarchicalAllreduce)
 READY, SUMMED, COPIED = 0, 1, 2
 FLAG_BYTES = 64  # one cache line, so the gradient that follows starts 64-byte aligned
+# buckets of at most this many bytes cross nodes whole by the MPI library's Iallreduce, larger ones by the node's
+# shared memory and Bruck's allreduce of slices: below it a sum is latency-bound, and MPI's collective advances in
+# C where distbp's pays Python between messages; above it hier's node sum and exact bytes win.
+# benchmarks/hier_cross.py on namespace hosts (docs/multinode.md): at 64 KiB hier's node path took 1.03-1.9x
+# MPI's time, at 1 MiB 0.79-1.03x.
+SMALL_BUCKET_BYTES = 256 << 10
 
 
 class HierarchicalAllreduce:
@@ -47,12 +57,22 @@ class HierarchicalAllreduce:
     pretend nodes (tests on one machine). codec (`distbp.comm.codecs`): the cross-node allreduce sends 16-bit
     words (rounded as `distbp.comm.bruck` says); on a node nothing is compressed.
 
+    Two short cuts, across nodes only, where the node's sum has nothing to win:
+      - a bucket of at most small_bytes (SMALL_BUCKET_BYTES) goes whole through the MPI library's Iallreduce
+        over all ranks (`distbp.comm.library`), without flags (not with a codec: 16-bit words take the node
+        path);
+      - with one rank per node (r = 1) every other bucket goes straight to `across` on the nodes' ranks, without
+        flags: there is no node sum to wait for, nor a slice anyone copies.
+    These "direct" buckets complete in start order with the others (a direct bucket is done when its
+    allreduce is, and no flag waits for it).
+
     Memory: this rank's segment (64 bytes of flags and the gradient) and, across nodes, the cross-node
     allreduce's buffers for slices of ceil(max_bucket / r) elements; no message-sized copy on the node.
     """
 
     def __init__(self, comm: Comm, n: int, dtype, node_size: int | None = None, codec=None,
-                 max_bucket: int | None = None, across: Callable = bruck_allreduce):
+                 max_bucket: int | None = None, across: Callable = bruck_allreduce,
+                 small_bytes: int = SMALL_BUCKET_BYTES):
         self.dtype = np.dtype(dtype)
         self.node, cross = comm.split_by_node(node_size)
         self.local_rank, self.local_size = self.node.rank, self.node.size
@@ -70,8 +90,14 @@ class HierarchicalAllreduce:
         self.cross = across(cross, slice_elements(max_bucket or n, self.local_size), self.dtype, codec) \
             if self.nodes > 1 else None
         self._cross_comm = cross
-        self._cross_started = 0  # buffers handed to the cross-node allreduce (it completes them in that order)
+        self._lane = _Lane(self.cross)
+        # buckets of at most small_elements go whole through the library's allreduce over all ranks
+        self.small_elements = small_bytes // itemsize if self.nodes > 1 and codec is None else 0
+        whole = library_allreduce(comm, min(self.small_elements, max_bucket or n), self.dtype) \
+            if self.small_elements > 0 else None
+        self._whole = _Lane(whole)
         self._seq = 0  # sequence number of the last bucket started (the same on every rank)
+        self._node_seq = 0  # … of the last one that took the node path (flags, slices)
         self._queue: list[_Bucket] = []
         self._copied = 0
 
@@ -82,9 +108,21 @@ class HierarchicalAllreduce:
         self._seq += 1
         bucket = _Bucket(lo, lo + buf.size, self._seq, self.local_size)
         self._queue.append(bucket)
+        lane = self._direct_lane(buf.size)
+        if lane is not None:  # a direct bucket: no flags, no node sum
+            bucket.lane, bucket.number, bucket.stage = lane, lane.start(buf), _Bucket.DIRECT
+            self._advance()
+            return
+        self._node_seq = bucket.seq
         self.shared.sync()  # the bucket's values are in memory before the flag says so
         self._flags[self.local_rank][READY] = bucket.seq
         self._advance()
+
+    @property
+    def direct_buckets(self) -> dict[str, int]:
+        """Buckets started so far that went whole through an allreduce: "small" ones by the library's over all
+        ranks, and "across", with one rank per node, straight to the cross-node allreduce."""
+        return {"small": self._whole.started, "across": self._lane.started if self.local_size == 1 else 0}
 
     @property
     def in_flight(self) -> int:
@@ -101,48 +139,63 @@ class HierarchicalAllreduce:
         copied what it needs from this rank's segment (so the caller may overwrite grad)."""
         while not self.progress():
             os.sched_yield()  # ranks may share cores: let the one we wait for run
-        if self._seq == self._copied:
-            return
-        self._copied = self._seq
-        self._flags[self.local_rank][COPIED] = self._seq
-        while not self._all_at(COPIED, self._seq):
+        if self._node_seq == self._copied:
+            return  # no bucket took the node path since the last wait: nobody reads this rank's segment
+        self._copied = self._node_seq
+        self._flags[self.local_rank][COPIED] = self._node_seq
+        while not self._all_at(COPIED, self._node_seq):
             os.sched_yield()
 
     def close(self) -> None:
         """Collective: give the shared memory and the communicators back (the gradient view becomes invalid)."""
         self.shared.free()
-        if self.cross is not None:
-            self.cross.close()
+        for lane in (self._lane, self._whole):
+            if lane.engine is not None:
+                lane.engine.close()
         self._cross_comm.free()
         self.node.free()
 
     # ---- the steps ----------------------------------------------------------------------------------
+    def _direct_lane(self, size: int) -> _Lane | None:
+        """The allreduce a bucket of `size` elements goes through whole, or None for the node path."""
+        if size == 0:
+            return None
+        if size <= self.small_elements:
+            return self._whole
+        return self._lane if self.local_size == 1 and self.cross is not None else None
+
     def _all_at(self, flag: int, seq: int) -> bool:
         return all(int(f[flag]) >= seq for f in self._flags)
 
     def _advance(self) -> None:
         """Take every bucket as far as the flags and the cross-node allreduce allow, in start order."""
-        if self.cross is not None and self.cross.in_flight:
-            self.cross.progress()
+        self._lane.progress()
+        self._whole.progress()
         for b in self._queue:
             if b.stage == _Bucket.WRITTEN:
                 if not self._all_at(READY, b.seq):
                     break  # later buckets cannot be ready either
                 self._sum_own_slice(b)
-            if b.stage == _Bucket.CROSSING and self._cross_done(b):
-                b.stage = _Bucket.REDUCED
+            if b.stage in (_Bucket.CROSSING, _Bucket.DIRECT) and b.lane.done(b.number):
+                b.stage = _Bucket.REDUCED if b.stage == _Bucket.CROSSING else _Bucket.DONE
         # SUMMED goes up in start order (the cross-node allreduce completes in order; a bucket whose own slice
-        # was empty and skipped it must not overtake one still in it)
+        # was empty and skipped it must not overtake one still in it); no rank reads a direct bucket's flag
         flags = self._flags[self.local_rank]
         for b in self._queue:
             if b.stage == _Bucket.REDUCED:
                 self.shared.sync()
                 flags[SUMMED] = b.seq
                 b.stage = _Bucket.PUBLISHED
-            elif b.stage != _Bucket.PUBLISHED:
+            elif b.stage not in (_Bucket.PUBLISHED, _Bucket.DIRECT, _Bucket.DONE):
                 break
-        while self._queue and self._queue[0].stage == _Bucket.PUBLISHED and self._all_at(SUMMED, self._queue[0].seq):
-            self._copy_other_slices(self._queue.pop(0))
+        while self._queue:
+            b = self._queue[0]
+            if b.stage == _Bucket.DONE:
+                self._queue.pop(0)
+            elif b.stage == _Bucket.PUBLISHED and self._all_at(SUMMED, b.seq):
+                self._copy_other_slices(self._queue.pop(0))
+            else:
+                break
 
     def _sum_own_slice(self, b: _Bucket) -> None:
         """grad[own slice] = Σ over the node's ranks of their slice, then start its sum across nodes."""
@@ -152,15 +205,9 @@ class HierarchicalAllreduce:
             if k != self.local_rank:
                 own += g[a:z]
         if self.cross is not None and z > a:
-            self.cross.start(own)
-            self._cross_started += 1
-            b.cross_number = self._cross_started
-            b.stage = _Bucket.CROSSING
+            b.lane, b.number, b.stage = self._lane, self._lane.start(own), _Bucket.CROSSING
         else:
             b.stage = _Bucket.REDUCED
-
-    def _cross_done(self, b: _Bucket) -> bool:
-        return self._cross_started - self.cross.in_flight >= b.cross_number
 
     def _copy_other_slices(self, b: _Bucket) -> None:
         for k, g in enumerate(self._grads):
@@ -172,17 +219,40 @@ class HierarchicalAllreduce:
 class _Bucket:
     """One started bucket: its bounds, sequence number, and how far it has come on this rank."""
 
-    WRITTEN, CROSSING, REDUCED, PUBLISHED = range(4)
-    __slots__ = ("lo", "hi", "seq", "r", "stage", "cross_number")
+    # node path: WRITTEN → CROSSING (with h > 1) → REDUCED → PUBLISHED; a direct bucket: DIRECT → DONE
+    WRITTEN, CROSSING, REDUCED, PUBLISHED, DIRECT, DONE = range(6)
+    __slots__ = ("lo", "hi", "seq", "r", "stage", "lane", "number")
 
     def __init__(self, lo: int, hi: int, seq: int, r: int):
         self.lo, self.hi, self.seq, self.r = lo, hi, seq, r
-        self.stage, self.cross_number = _Bucket.WRITTEN, 0
+        self.stage, self.lane, self.number = _Bucket.WRITTEN, None, 0
 
     def slice_of(self, k: int) -> tuple[int, int]:
         """[a, z) of local rank k's slice: the bucket cut into r nearly equal parts in rank order."""
         m = self.hi - self.lo
         return self.lo + m * k // self.r, self.lo + m * (k + 1) // self.r
+
+
+class _Lane:
+    """An allreduce that completes buffers in start order (or None), and how many it was given: buffer number k
+    (1, 2, …) is done once fewer than (started − k + 1) are in flight."""
+
+    __slots__ = ("engine", "started")
+
+    def __init__(self, engine):
+        self.engine, self.started = engine, 0
+
+    def start(self, buf: np.ndarray) -> int:
+        self.engine.start(buf)
+        self.started += 1
+        return self.started
+
+    def done(self, number: int) -> bool:
+        return self.started - self.engine.in_flight >= number
+
+    def progress(self) -> None:
+        if self.engine is not None and self.engine.in_flight:
+            self.engine.progress()
 
 
 def slice_elements(bucket: int, local_size: int) -> int:

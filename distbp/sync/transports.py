@@ -26,7 +26,7 @@ import numpy as np
 from distbp.comm.base import Comm, Handle
 from distbp.comm.bruck import bruck_buffer_elements
 from distbp.comm.codecs import Codec, codec_for
-from distbp.comm.hier import FLAG_BYTES, HierarchicalAllreduce, slice_elements
+from distbp.comm.hier import FLAG_BYTES, SMALL_BUCKET_BYTES, HierarchicalAllreduce, slice_elements
 from distbp.comm.ring import ring_allreduce, ring_buffer_elements
 from distbp.sync.base import Layout
 
@@ -206,8 +206,9 @@ class RingTransport(_Driven):
 class HierTransport(_Driven):
     """The hierarchical allreduce (`distbp.comm.hier.HierarchicalAllreduce`): the node's ranks add each other's
     buckets in shared memory, and slices cross nodes by distbp's Bruck allreduce (`distbp.comm.bruck`: 2·ceil(log₂ h)
-    message latencies; 16-bit with a codec, while a node sums in full precision). Its gradient buffer is that
-    shared memory: the strategy takes `grad` from it."""
+    message latencies; 16-bit with a codec, while a node sums in full precision); across nodes, buckets of at most
+    SMALL_BUCKET_BYTES go whole through MPI's Iallreduce (not with a codec). Its gradient buffer is that shared
+    memory: the strategy takes `grad` from it."""
 
     name = "hier"
 
@@ -230,7 +231,8 @@ class HierTransport(_Driven):
         if layout.size > 1:
             r, h = layout.node_sizes[0], len(layout.node_sizes)
             text += f" (hierarchical: nodes of {r} in shared memory" + \
-                (f", {h} nodes by distbp's Bruck allreduce)" if h > 1 else ")")
+                (f", {h} nodes by distbp's Bruck allreduce" + ("" if comm_dtype else
+                 f", buckets up to {SMALL_BUCKET_BYTES >> 10} KiB whole by MPI's") + ")" if h > 1 else ")")
         if comm_dtype:
             # only the slices that cross nodes travel as 16-bit words; a node sums in full precision
             text += f", {comm_dtype} between nodes" + (" (one node here: none)" if layout.single_node else "")

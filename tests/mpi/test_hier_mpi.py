@@ -8,7 +8,7 @@ ranks.
 import numpy as np
 import pytest
 
-from distbp.comm.hier import HierarchicalAllreduce
+from distbp.comm.hier import SMALL_BUCKET_BYTES, HierarchicalAllreduce
 from distbp.comm.mpi import world
 from tests.unit.test_sync import trained
 
@@ -32,12 +32,18 @@ def sum_over_ranks(transport: HierarchicalAllreduce, full: np.ndarray, rank: int
     return transport.grad.copy()
 
 
+# buckets of at most small_bytes cross nodes whole by MPI's Iallreduce: none, the three small ones of BUCKETS
+# (the large one takes the node path, so both routes are in flight in one step), all of them (the default)
+ROUTES = {"node path": 0, "mixed": 100 * 8, "default": SMALL_BUCKET_BYTES}
+
+
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("small_bytes", ROUTES.values(), ids=ROUTES.keys())
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_every_rank_gets_the_same_bits_of_the_sum_on_any_split_into_nodes(dtype):
+def test_every_rank_gets_the_same_bits_of_the_sum_on_any_split_into_nodes(dtype, small_bytes):
     comm = world()
     for node_size in node_sizes(comm.size):
-        transport = HierarchicalAllreduce(comm, N, dtype, node_size=node_size)
+        transport = HierarchicalAllreduce(comm, N, dtype, node_size=node_size, small_bytes=small_bytes)
         try:
             for step in range(3):  # the flags carry over from step to step
                 full = np.random.default_rng(step).standard_normal((comm.size, N)).astype(dtype)
@@ -46,6 +52,27 @@ def test_every_rank_gets_the_same_bits_of_the_sum_on_any_split_into_nodes(dtype)
                 assert np.abs(got - full.astype(np.float64).sum(0)).max() < tol * comm.size
                 everyone = comm.allgather_object(got)
                 assert all(np.array_equal(everyone[0], g) for g in everyone), f"node_size {node_size}"
+                assert transport.in_flight == 0
+        finally:
+            transport.close()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("small_bytes", ROUTES.values(), ids=ROUTES.keys())
+def test_small_buckets_cross_nodes_whole_and_one_rank_nodes_skip_the_node_path(small_bytes):
+    comm = world()
+    itemsize = 8
+    for node_size in node_sizes(comm.size):
+        transport = HierarchicalAllreduce(comm, N, np.float64, node_size=node_size, small_bytes=small_bytes)
+        try:
+            sum_over_ranks(transport, np.ones((comm.size, N)), comm.rank)
+            across = transport.nodes > 1
+            small = sum(1 for lo, hi in BUCKETS if 0 < (hi - lo) * itemsize <= small_bytes) if across else 0
+            assert transport.small_elements == (small_bytes // itemsize if across else 0)
+            assert transport.direct_buckets == {
+                "small": small,
+                # one rank per node: the rest goes straight across nodes; else through the node's shared memory
+                "across": (len(BUCKETS) - small) if across and transport.local_size == 1 else 0}
         finally:
             transport.close()
 
