@@ -28,6 +28,7 @@ class Progress:
         if mode == "auto":
             mode = "bar" if wants_bar(self.stream) else "lines"
         self.mode = mode if is_root else "none"
+        self.shown = self.mode != "none"  # False: update draws nothing, and its caller may skip the call
         self.total, self.label = total, label
         self.t0 = self._last = time.monotonic()
         self._next_quarter = 1

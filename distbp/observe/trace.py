@@ -21,7 +21,9 @@ any ending it sees. At the end of a run that every rank finished, the root gathe
 writes PATH (one JSON object, atomically) and the part files are removed; after a failure they stay.
 
 `NULL_TRACER` stands in when --trace is off: its `on` is False and callers test it before building
-any event, so the untraced step pays one attribute read per hook.
+any event, so the untraced step pays one attribute read per hook. A span that records nothing (the null tracer's,
+or a tracer's outside its --trace-steps window) is the one shared do-nothing context `NOTHING`: no generator or
+object is made per call in the hot path.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class NullTracer:
     on = False
 
     def span(self, name: str, tid: int = MAIN, **args):
-        return _NOTHING  # one shared do-nothing context: no generator per call in the hot path
+        return NOTHING  # one shared do-nothing context: no generator per call in the hot path
 
     def at_step(self, step: int) -> None:
         pass
@@ -76,7 +78,7 @@ class NullTracer:
         pass
 
 
-_NOTHING = nullcontext()
+NOTHING = nullcontext()  # a context that does nothing, shared (it holds no state): what a span that records nothing is
 NULL_TRACER = NullTracer()
 
 
@@ -100,13 +102,13 @@ class Tracer:
         """Microseconds on rank 0's clock: this rank's perf_counter, shifted by offset_us."""
         return time.perf_counter_ns() / 1000.0 + self.offset_us
 
-    @contextmanager
     def span(self, name: str, tid: int = MAIN, **args):
-        """A complete ("X") slice around the enclosed code; nothing when off. A slice that an exception
+        """A complete ("X") slice around the enclosed code; nothing when off (`NOTHING`). A slice that an exception
         ends carries it in args["error"], so a failed step shows where it broke."""
-        if not self.on:
-            yield
-            return
+        return self._recorded(name, tid, args) if self.on else NOTHING
+
+    @contextmanager
+    def _recorded(self, name: str, tid: int, args: dict):
         t0 = self.now()
         try:
             yield

@@ -66,8 +66,13 @@ class AllreduceSync(ReplicatedUpdate, BucketedSync):
             # the gradient lives in memory the transport shares (the node's ranks): the backward pass writes it there
             self.grad = self.transport.grad
         self.reducer = GradientReducer(comm, self.grad, model.layer_slices, bucket_bytes=o.bucket_bytes,
-                                       overlap=o.overlap, transport=self.transport)
+                                       overlap=o.overlap, transport=self.transport, alone=self.sums_alone(comm))
         self.optimizer = self.build_optimizer(model)
+
+    def sums_alone(self, comm) -> bool:
+        """True when the sum over ranks is the gradient itself: one rank, summed by one of distbp's transports
+        without a codec (a codec rounds even on one rank). A transport from elsewhere is called as always."""
+        return comm.size == 1 and self.options.comm_dtype is None and self.transport.identity_alone
 
     def close(self) -> None:
         if self.transport is not None:  # its communicators, shared window and buffers, once

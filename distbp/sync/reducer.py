@@ -108,12 +108,17 @@ class GradientReducer:
     A 1-rank run (SerialComm) applies the same encode/decode rounding, so results do not jump when
     going from one rank to several.
 
+    alone=True says that the sum over ranks is grad itself (one rank, and a transport that sums without a
+    codec: the strategy knows): no bucket is started and nothing waited for, and the stats count the buckets as
+    handed over (bytes, calls, steps), with no seconds. While --trace records, the buckets go through the
+    transport as always, so that the buckets track shows them.
+
     stats: exposed_s (seconds waiting in finish), overlap_s (seconds in layer_ready/progress),
     bytes (bytes handed to allreduce on this rank), calls (allreduce calls), steps (finish calls).
     """
 
     def __init__(self, comm: Comm, grad: np.ndarray, layer_slices: list[slice], bucket_bytes: int = 4 << 20,
-                 overlap: bool = True, transport: Transport | None = None):
+                 overlap: bool = True, transport: Transport | None = None, alone: bool = False):
         if grad.ndim != 1 or not grad.flags.c_contiguous or grad.dtype not in (np.float32, np.float64):
             raise ValueError(f"grad must be a flat contiguous float32/float64 array, got {grad.dtype} {grad.shape}")
         self.comm, self.grad, self.overlap = comm, grad, overlap
@@ -127,6 +132,11 @@ class GradientReducer:
             for l in b.layers:
                 self._buckets_of_layer[l].append(i)
         self._n_layers = len(layer_slices)
+        if alone and comm.size != 1:
+            raise ValueError(f"alone=True is for one rank; this communicator has {comm.size}")
+        self.alone = alone
+        # what one step hands to the transport (the stats of a step that `alone` skips)
+        self._step_bytes, self._step_calls = self._step_counts()
         self.trace = NULL_TRACER  # --trace: each bucket an async slice from its start to its completion
         self._open: list[tuple[int, int]] = []  # (bucket, trace id) started and not yet seen complete
         self._new_step()
@@ -134,6 +144,17 @@ class GradientReducer:
 
     def reset_stats(self) -> None:
         self.stats = {"exposed_s": 0.0, "overlap_s": 0.0, "bytes": 0, "calls": 0, "steps": 0}
+
+    def _step_counts(self) -> tuple[int, int]:
+        """(bytes, calls) one step hands to the transport: the whole buffer in pieces (blocking, uncompressed MPI),
+        else every bucket once."""
+        if not self.overlap and self.transport.whole_blocking:
+            return self.grad.nbytes, -(-self.grad.nbytes // PIECE_BYTES)
+        return sum(b.stop - b.start for b in self.buckets) * self._wire_itemsize, len(self.buckets)
+
+    def _skips(self) -> bool:
+        """This step sums nothing: one rank (`alone`), and no trace to show the buckets in."""
+        return self.alone and not self.trace.on
 
     def _new_step(self) -> None:
         self._layer_done = [False] * self._n_layers
@@ -165,10 +186,12 @@ class GradientReducer:
 
     def layer_ready(self, layer: int) -> None:
         """Layer's gradient is complete: start every bucket that is now complete (overlap=True)."""
-        t0 = time.perf_counter()
         if self._layer_done[layer]:
             raise ValueError(f"layer {layer} reported ready twice in one step")
         self._layer_done[layer] = True
+        if self._skips():
+            return
+        t0 = time.perf_counter()
         for i in self._buckets_of_layer[layer]:
             self._missing[i] -= 1
         if self.overlap:
@@ -205,6 +228,12 @@ class GradientReducer:
 
     def finish(self) -> None:
         """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
+        if self._skips():
+            self._layer_done = [False] * self._n_layers  # nothing else of the step's state moved
+            self.stats["bytes"] += self._step_bytes
+            self.stats["calls"] += self._step_calls
+            self.stats["steps"] += 1
+            return
         t0 = time.perf_counter()
         if not self.overlap and self.transport.whole_blocking:
             with self.trace.span("blocking allreduce", bytes=int(self.grad.nbytes)):

@@ -48,6 +48,9 @@ class Transport:
     # overlap=False may sum the whole gradient in one blocking allreduce instead of bucket by bucket
     # (the same sums: the buffer's own values, added by MPI)
     whole_blocking: bool = False
+    # on one rank without a codec its sum is the buffer as it is, so the reducer may skip its calls (distbp's
+    # own transports; one from elsewhere is called as always)
+    identity_alone: ClassVar[bool] = False
 
     def __init__(self, comm: Comm, n: int, dtype, max_bucket: int | None = None, codec: Codec | None = None):
         self.comm, self.n, self.dtype, self.codec = comm, int(n), np.dtype(dtype), codec
@@ -108,6 +111,7 @@ class MpiTransport(Transport):
     """
 
     name, label, adds = "mpi", " (MPI)", " (added by an MPI user op)"
+    identity_alone = True
 
     def __init__(self, comm: Comm, n: int, dtype, max_bucket: int | None = None, codec: Codec | None = None):
         super().__init__(comm, n, dtype, max_bucket, codec)
@@ -187,6 +191,7 @@ class RingTransport(_Driven):
     what it receives in the gradient's dtype and rounds each completed sum once."""
 
     name, label, adds = "ring", " (distbp ring)", " (added in float by the ring)"
+    identity_alone = True
 
     def __init__(self, comm: Comm, n: int, dtype, max_bucket: int | None = None, codec: Codec | None = None):
         super().__init__(comm, n, dtype, max_bucket, codec)
@@ -211,6 +216,7 @@ class HierTransport(_Driven):
     memory: the strategy takes `grad` from it."""
 
     name = "hier"
+    identity_alone = True
 
     def __init__(self, comm: Comm, n: int, dtype, max_bucket: int | None = None, codec: Codec | None = None):
         super().__init__(comm, n, dtype, max_bucket, codec)

@@ -49,19 +49,18 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int,
     (`plan.batch_weights`), else None: the ranks add their rows' weights in the step's scalar sum.
     Returns (Σ loss, correct, Σ wₙ) over all ranks (Σ wₙ = B without weights).
     """
-    sync, inst = run.sync, run.instruments
+    sync, inst, w = run.sync, run.instruments, run.data.train.w
     # pos.step is read at each use: a test's desync fault moves it inside the local gradient
     run.model.dropout_step = run.pos.step  # dropout's masks are a function of the global step
     with inst.section("gradient allreduce", run.pos.step):
-        with inst.compute("local gradient", rows=int(rows.shape[0])):
+        with inst.compute("local gradient", rows=rows.shape[0]):
             loss, correct = sync.local_gradient(run.gather_train, rows, batch_rows)  # 2, and [dist] 3 starts
         with inst.comm("finish"):
             sync.finish()  # [dist] 3: ∇L (or this rank's part of it), identical on every rank
         with inst.comm("scalar allreduce"):
-            w = run.data.train.w
             mine = 0.0 if w is None or batch_weight is not None else math.fsum(w[rows])
             totals = agreed_totals(run, loss, correct, sync.all_finite(), mine)  # [dist] 3: the verdict
-    weight = (float(batch_rows) if run.data.train.w is None else
+    weight = (float(batch_rows) if w is None else
               batch_weight if batch_weight is not None else float(totals[5]))
     with inst.compute():  # the update counts as compute
         update(run, totals, weight)  # 4
@@ -72,7 +71,7 @@ def update(run: Run, totals: np.ndarray, batch_rows: float) -> None:
     """Step 4: θ ← θ − η·s·∇L on every rank if the ranks agreed that loss and ∇L are finite (`totals` from
     `agreed_totals`), else the non-finite policy."""
     sync = run.sync
-    if np.isfinite(totals[0]) and totals[2] == 0:
+    if math.isfinite(totals[0]) and totals[2] == 0:
         if not run.schedule.constant:
             sync.set_lr(run.schedule(run.pos.step))  # a pure function of the step: resume gets it back
         with run.instruments.section("parameter update", run.pos.step, span="update"):
@@ -200,10 +199,14 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
     Returns False if the callback or early stopping stopped it before its end (see `fit`)."""
     cfg, pos, inst = run.cfg, run.pos, run.instruments
     batches = run.plan.epoch(pos.epoch)  # (this rank's rows, the global batch's rows) per step
+    n_batches = len(batches)
     w = run.data.train.w
     weights = None if w is None else run.plan.batch_weights(pos.epoch, w)  # None: summed in each step
-    bar = Progress(len(batches), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.progress, run.comm.is_root)
-    while pos.batch < len(batches):
+    bar = Progress(n_batches, f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.progress, run.comm.is_root)
+    # what may happen between two steps, read once: the loop below runs for every step of every epoch
+    check_every, eval_every = cfg.check_every, cfg.eval_every
+    checkpoint_steps = cfg.checkpoint_steps if cfg.checkpoint_dir else 0
+    while pos.batch < n_batches:
         rows, batch_rows = batches[pos.batch]
         inst.trace.at_step(pos.step)  # --trace: write the last step's events; the --trace-steps window
         with inst.span("step", step=pos.step, epoch=pos.epoch):
@@ -215,21 +218,22 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
         pos.weight += weight
         pos.batch += 1
         pos.step += 1
-        bar.update(pos.batch, pos.loss_sum / report.counted(run, pos))
-        if cfg.check_every and pos.step % cfg.check_every == 0:
+        if bar.shown:
+            bar.update(pos.batch, pos.loss_sum / report.counted(run, pos))
+        if check_every and pos.step % check_every == 0:
             with inst.section("parameter check", pos.step):
                 run.comm.check_identical(run.model.flat_params, pos.step)  # [dist] ranks still agree?
         # before the checkpoint of this step, which then carries the evaluation's record and verdict; the
         # epoch's last step is evaluated by `end_epoch` anyway
-        if cfg.eval_every and pos.step % cfg.eval_every == 0 and pos.batch < len(batches):
+        if eval_every and pos.step % eval_every == 0 and pos.batch < n_batches:
             bar.close()  # the evaluation's line goes where the bar was; the bar is drawn again below it
             if evaluate_now(run, metrics_file):
                 return False
-        if cfg.checkpoint_dir and cfg.checkpoint_steps and pos.step % cfg.checkpoint_steps == 0:
+        if checkpoint_steps and pos.step % checkpoint_steps == 0:
             with inst.span("checkpoint", step=pos.step):
                 save(run)
         keep_claim(run)
-        if callback_every and pos.step % callback_every == 0 and pos.batch < len(batches):
+        if callback_every and pos.step % callback_every == 0 and pos.batch < n_batches:
             if asks_to_stop(run, callback, report.step_record(run)):
                 bar.close()
                 return False

@@ -74,5 +74,5 @@ class Run:
         """
         if into is not None:
             return into.gather(self.data.train, rows)
-        with self.instruments.data("gather", rows=int(rows.shape[0])):
+        with self.instruments.data("gather", rows=rows.shape[0]):
             return self.batch.gather(self.data.train, rows)

@@ -28,7 +28,7 @@ from distbp.comm.checks import rank_list
 from distbp.errors import StallError
 from distbp.host.files import UnsafeFolder, make_private_dir
 from distbp.host.procs import process_alive
-from distbp.observe.trace import NULL_TRACER, PHASES
+from distbp.observe.trace import NOTHING, NULL_TRACER, PHASES
 
 STALL_EXIT_CODE = 124
 
@@ -89,31 +89,31 @@ class Watchdog:
         self.heartbeat_dir, self._dir_fd = heartbeat_dir, fd
         self._beat(None, self._last)  # at once: a rank may stall before the thread's next beat
 
-    @contextlib.contextmanager
     def section(self, what: str, step: int, at_least: float = 0.0):
-        """Time the enclosed phase; nested sections restore the outer one on exit.
+        """A context around the enclosed phase: timed (a phase that outlasts the timeout ends the job) and, with
+        --trace, a slice on the "phases" track; nested sections restore the outer one on exit.
 
         at_least: seconds this phase may take whatever --timeout says (a long phase that is not a
         collective's wait, such as waiting while another rank compiles the kernels).
+        With no thread watching and nothing traced it is the shared do-nothing context (`NOTHING`): a step
+        enters a few sections, and in one process they cost nothing.
         """
-        with self.trace.span(what, PHASES, step=step), self._timed(what, step, at_least):
-            yield
+        if self._thread is None and not self.trace.on:
+            return NOTHING
+        return _Section(self, what, step, at_least)
 
-    @contextlib.contextmanager
-    def _timed(self, what: str, step: int, at_least: float = 0.0):
-        if self._thread is None:
-            yield
-            return
+    def _enter(self, what: str, step: int, at_least: float):
+        """The thread watches (what, step) from now; returns the section it watched before (None: none)."""
         with self._lock:
             # a phase allowed at_least seconds counts as started that much later, less the timeout
             start = time.monotonic() + max(0.0, at_least - self.timeout)
             outer, self._current = self._current, (what, step, start)
             self._last = (what, step)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._current = outer
+        return outer
+
+    def _leave(self, outer) -> None:
+        with self._lock:
+            self._current = outer
 
     def _watch(self) -> None:
         poll = min(0.5, self.timeout / 10)
@@ -193,6 +193,31 @@ class Watchdog:
             self._dir_fd = None
             with contextlib.suppress(OSError):
                 os.rmdir(self.heartbeat_dir)  # the last rank to stop finds it empty (a symlink there: ENOTDIR)
+
+
+class _Section:
+    """One watched phase (`Watchdog.section`): the tracer's slice outside, the thread's timing inside. A class,
+    not a generator: the step enters several."""
+
+    __slots__ = ("at_least", "dog", "outer", "span", "step", "watched", "what")
+
+    def __init__(self, dog: Watchdog, what: str, step: int, at_least: float):
+        self.dog, self.what, self.step, self.at_least = dog, what, step, at_least
+
+    def __enter__(self) -> None:
+        self.span = self.dog.trace.span(self.what, PHASES, step=self.step)
+        self.span.__enter__()
+        self.watched = self.dog._thread is not None
+        if self.watched:
+            self.outer = self.dog._enter(self.what, self.step, self.at_least)
+
+    def __exit__(self, kind, value, tb) -> bool:
+        try:
+            if self.watched:
+                self.dog._leave(self.outer)
+        finally:
+            self.span.__exit__(kind, value, tb)
+        return False
 
 
 HEARTBEAT_PREFIX = "distbp-heartbeat-"
