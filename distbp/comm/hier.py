@@ -24,11 +24,11 @@ from distbp.comm.library import library_allreduce
 READY, SUMMED, COPIED = 0, 1, 2
 FLAG_BYTES = 64  # one cache line, so the gradient that follows starts 64-byte aligned
 # buckets of at most this many bytes cross nodes whole by the MPI library's Iallreduce, larger ones by the node's
-# shared memory and Bruck's allreduce of slices: below it a sum is latency-bound, and MPI's collective advances in
-# C where distbp's pays Python between messages; above it hier's node sum and exact bytes win.
-# benchmarks/hier_cross.py on namespace hosts (docs/multinode.md): at 64 KiB hier's node path took 1.03-1.9x
-# MPI's time, at 1 MiB 0.79-1.03x.
-SMALL_BUCKET_BYTES = 256 << 10
+# shared memory and Bruck's allreduce of slices: small sums are latency-bound, and MPI's collective advances in C
+# where distbp's pays Python between messages. benchmarks/hier_cross.py on namespace hosts, two runs (docs/
+# multinode.md): at 64 KiB the library's route took 0.66-0.82x Bruck's time on 2x1, 3x1 and 4x1 (1.05-1.29x on
+# 2x2), at 256 KiB 0.89-1.23x, and from 1 MiB on Bruck's exact bytes win.
+SMALL_BUCKET_BYTES = 64 << 10
 
 
 class HierarchicalAllreduce:
@@ -138,7 +138,13 @@ class HierarchicalAllreduce:
         """Block until every started bucket holds its sum on this rank and every rank of the node has
         copied what it needs from this rank's segment (so the caller may overwrite grad)."""
         while not self.progress():
-            os.sched_yield()  # ranks may share cores: let the one we wait for run
+            front = self._queue[0]
+            if front.stage == _Bucket.DIRECT:
+                # its allreduce holds every bucket it was given before this one: block inside MPI (C), which
+                # advances every message this rank has in flight, instead of polling from Python
+                front.lane.engine.wait()
+            else:
+                os.sched_yield()  # ranks may share cores: let the one we wait for run
         if self._node_seq == self._copied:
             return  # no bucket took the node path since the last wait: nobody reads this rank's segment
         self._copied = self._node_seq

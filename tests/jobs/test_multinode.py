@@ -104,7 +104,7 @@ def test_hosts_over_tcp_match_one_rank_and_gradients_cross_the_network(make_clus
     assert f"{n_params(LAYERS)} parameters" in result.stdout, result.output
     # auto takes the hierarchical allreduce across nodes of the same number of ranks (several each), as asked for
     transport = (f"(hierarchical: nodes of {ranks_per_host} in shared memory, {hosts} nodes by distbp's Bruck "
-                 "allreduce, buckets up to 256 KiB whole by MPI's)")
+                 "allreduce, buckets up to 64 KiB whole by MPI's)")
     assert f"allreduce overlapped {transport}" in result.stdout, result.output
 
     params = load_npz(save)
