@@ -9,9 +9,10 @@ veth links) and each transport it runs one job of
 
     distbp bench scaling --mode both --allreduce T   (MLP --layers, relu, momentum, --per-rank-batch rows per rank)
 
-for T = mpi (the MPI library's Iallreduce), hier (this checkout: Bruck's allreduce across hosts) and hier-before
-(the same command with distbp/comm/hier.py taken from git revision --before, whose hier summed across hosts by
-distbp's ring: the rest of the checkout is this one, in a temporary copy). The jobs run in --rounds rounds (a, b,
+for T = mpi (the MPI library's Iallreduce), hier (this checkout) and hier-before (the same command with
+distbp/comm/hier.py taken from git revision --before: by default a5aea0c, whose hier sent every bucket through the
+node's flags and Bruck's allreduce; 7d08ac5's summed across hosts by distbp's ring; the rest of the checkout is
+this one, in a temporary copy). The jobs run in --rounds rounds (a, b,
 c, a, b, c, …) so that load on a shared machine hits every transport alike; per size it keeps the median over the
 rounds of the step time and, apart, of the efficiency each job measured against its own 1-rank step. It writes
 the JSON of every job into --out, the comparison (a row per layout: weak and strong step time and efficiency) to docs/perf/bench_compare[_TAG].png and the full study of `hier` on the first layout to
@@ -37,7 +38,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
 TRANSPORTS = ("mpi", "hier-before", "hier")
-BEFORE = "7d08ac5"  # the last commit whose hier summed across nodes by distbp's ring
+# the hier to compare with: 7d08ac5 summed across nodes by distbp's ring, a5aea0c by Bruck's allreduce for every
+# bucket (before small buckets crossed whole by MPI's Iallreduce, and one-rank nodes skipped the node's flags)
+BEFORE = "a5aea0c"
 
 
 def log(msg: str) -> None:
@@ -49,8 +52,10 @@ def before_tree(ref: str, into: Path) -> Path:
     shutil.copytree(REPO / "distbp", into / "distbp", ignore=shutil.ignore_patterns("__pycache__"))
     old = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:distbp/comm/hier.py"], capture_output=True,
                          text=True, check=True).stdout
-    if "ring_allreduce" not in old:
-        sys.exit(f"bench_study: distbp/comm/hier.py at {ref} does not sum across nodes by the ring")
+    if "SMALL_BUCKET_BYTES" not in old:
+        # a hier from before the small buckets' route: this checkout's transports name the constant, and 0
+        # says what that hier did (no bucket crossed nodes whole)
+        old += "\n\nSMALL_BUCKET_BYTES = 0  # added by benchmarks/bench_study.py: no small buckets' route\n"
     (into / "distbp" / "comm" / "hier.py").write_text(old)
     return into
 
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--layouts", default="4x1,2x2", help="hosts x ranks per host, comma-separated")
     p.add_argument("--transports", default=",".join(TRANSPORTS))
-    p.add_argument("--before", default=BEFORE, help="git revision of the hier before Bruck's allreduce")
+    p.add_argument("--before", default=BEFORE, help="git revision of the hier to compare with")
     p.add_argument("--layers", default="784,1024,1024,10")
     p.add_argument("--bucket-mb", type=float, default=4.0, help="the gradient's buckets (MiB)")
     p.add_argument("--tag", default="", help="added to the figures' names (e.g. small)")

@@ -4,9 +4,8 @@
 bucket, progress between compute chunks, wait) as the "hier" transport of `distbp.sync.transports`. Its gradient
 buffer lives in memory the node's ranks share, so nothing is copied into messages on a node; across nodes the
 slices go through distbp's Bruck allreduce (`distbp.comm.bruck`), 2·ceil(log₂ h) message latencies for h nodes.
-Small buckets across nodes, whose time is latency, go whole through the MPI library's Iallreduce
-(`distbp.comm.library`), and with one rank per node there is no node sum: a bucket goes straight to the
-allreduce across nodes.
+With one rank per node there is no node sum: a bucket goes straight to the allreduce across nodes, a small
+one (latency-bound) to the MPI library's Iallreduce (`distbp.comm.library`).
 """
 
 from __future__ import annotations
@@ -23,11 +22,12 @@ from distbp.comm.library import library_allreduce
 # this rank's flags at the start of its segment (int64 sequence numbers of buckets, see HierarchicalAllreduce)
 READY, SUMMED, COPIED = 0, 1, 2
 FLAG_BYTES = 64  # one cache line, so the gradient that follows starts 64-byte aligned
-# buckets of at most this many bytes cross nodes whole by the MPI library's Iallreduce, larger ones by the node's
-# shared memory and Bruck's allreduce of slices: small sums are latency-bound, and MPI's collective advances in C
-# where distbp's pays Python between messages. benchmarks/hier_cross.py on namespace hosts, two runs (docs/
-# multinode.md): at 64 KiB the library's route took 0.66-0.82x Bruck's time on 2x1, 3x1 and 4x1 (1.05-1.29x on
-# 2x2), at 256 KiB 0.89-1.23x, and from 1 MiB on Bruck's exact bytes win.
+# with one rank per node, buckets of at most this many bytes cross nodes by the MPI library's Iallreduce, larger
+# ones by Bruck's allreduce: small sums are latency-bound, and MPI's collective advances in C where distbp's pays
+# Python between messages. benchmarks/hier_cross.py on namespace hosts, two runs (docs/multinode.md): at 64 KiB the
+# library's route took 0.66-0.82x Bruck's time on 2x1, 3x1 and 4x1, at 256 KiB 0.89-1.23x, and from 1 MiB on
+# Bruck's exact bytes win. With several ranks per node the node's sum pays even for small buckets (the library's
+# route took 1.05-1.29x the node path's time at 64 KiB on 2x2, and training's step 1.05-1.25x: bench_study.py).
 SMALL_BUCKET_BYTES = 64 << 10
 
 
@@ -57,14 +57,11 @@ class HierarchicalAllreduce:
     pretend nodes (tests on one machine). codec (`distbp.comm.codecs`): the cross-node allreduce sends 16-bit
     words (rounded as `distbp.comm.bruck` says); on a node nothing is compressed.
 
-    Two short cuts, across nodes only, where the node's sum has nothing to win:
-      - a bucket of at most small_bytes (SMALL_BUCKET_BYTES) goes whole through the MPI library's Iallreduce
-        over all ranks (`distbp.comm.library`), without flags (not with a codec: 16-bit words take the node
-        path);
-      - with one rank per node (r = 1) every other bucket goes straight to `across` on the nodes' ranks, without
-        flags: there is no node sum to wait for, nor a slice anyone copies.
-    These "direct" buckets complete in start order with the others (a direct bucket is done when its
-    allreduce is, and no flag waits for it).
+    With one rank per node (r = 1, across h > 1 nodes) there is no node sum to win: every bucket goes whole,
+    without flags, through an allreduce over all ranks, a bucket of at most small_bytes (SMALL_BUCKET_BYTES)
+    through the MPI library's Iallreduce (`distbp.comm.library`; not with a codec), any other through
+    `across`. These "direct" buckets complete in start order like the others (one is done when its
+    allreduce is; no flag waits for it).
 
     Memory: this rank's segment (64 bytes of flags and the gradient) and, across nodes, the cross-node
     allreduce's buffers for slices of ceil(max_bucket / r) elements; no message-sized copy on the node.
@@ -91,8 +88,9 @@ class HierarchicalAllreduce:
             if self.nodes > 1 else None
         self._cross_comm = cross
         self._lane = _Lane(self.cross)
-        # buckets of at most small_elements go whole through the library's allreduce over all ranks
-        self.small_elements = small_bytes // itemsize if self.nodes > 1 and codec is None else 0
+        # one rank per node: buckets of at most small_elements go through the library's allreduce
+        self.small_elements = small_bytes // itemsize if self.nodes > 1 and self.local_size == 1 and codec is None \
+            else 0
         whole = library_allreduce(comm, min(self.small_elements, max_bucket or n), self.dtype) \
             if self.small_elements > 0 else None
         self._whole = _Lane(whole)

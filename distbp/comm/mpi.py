@@ -44,6 +44,12 @@ class MPIComm(Comm):
         for piece in pieces(buf):
             self._comm.Bcast(piece, root=root)
 
+    def sum_scalars(self, values) -> np.ndarray:
+        out = np.array(values, dtype=np.float64).reshape(-1)
+        if self.size > 1:  # one rank: the sums are the values (a step's totals, without a call into MPI)
+            self._comm.Allreduce(self._MPI.IN_PLACE, out, op=self._MPI.SUM)
+        return out
+
     def max_scalar(self, x: float) -> float:
         buf = np.array([x], dtype=np.float64)
         self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)

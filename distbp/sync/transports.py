@@ -211,8 +211,8 @@ class RingTransport(_Driven):
 class HierTransport(_Driven):
     """The hierarchical allreduce (`distbp.comm.hier.HierarchicalAllreduce`): the node's ranks add each other's
     buckets in shared memory, and slices cross nodes by distbp's Bruck allreduce (`distbp.comm.bruck`: 2·ceil(log₂ h)
-    message latencies; 16-bit with a codec, while a node sums in full precision); across nodes, buckets of at most
-    SMALL_BUCKET_BYTES go whole through MPI's Iallreduce (not with a codec). Its gradient buffer is that shared
+    message latencies; 16-bit with a codec, while a node sums in full precision); with one rank per node, buckets of
+    at most SMALL_BUCKET_BYTES go through MPI's Iallreduce (not with a codec). Its gradient buffer is that shared
     memory: the strategy takes `grad` from it."""
 
     name = "hier"
@@ -237,8 +237,8 @@ class HierTransport(_Driven):
         if layout.size > 1:
             r, h = layout.node_sizes[0], len(layout.node_sizes)
             text += f" (hierarchical: nodes of {r} in shared memory" + \
-                (f", {h} nodes by distbp's Bruck allreduce" + ("" if comm_dtype else
-                 f", buckets up to {SMALL_BUCKET_BYTES >> 10} KiB whole by MPI's") + ")" if h > 1 else ")")
+                (f", {h} nodes by distbp's Bruck allreduce" + ("" if comm_dtype or r > 1 else
+                 f", buckets up to {SMALL_BUCKET_BYTES >> 10} KiB by MPI's") + ")" if h > 1 else ")")
         if comm_dtype:
             # only the slices that cross nodes travel as 16-bit words; a node sums in full precision
             text += f", {comm_dtype} between nodes" + (" (one node here: none)" if layout.single_node else "")

@@ -32,8 +32,8 @@ def sum_over_ranks(transport: HierarchicalAllreduce, full: np.ndarray, rank: int
     return transport.grad.copy()
 
 
-# buckets of at most small_bytes cross nodes whole by MPI's Iallreduce: none, the three small ones of BUCKETS
-# (the large one takes the node path, so both routes are in flight in one step), all of them (the default)
+# with one rank per node, buckets of at most small_bytes go by MPI's Iallreduce: none, the three small ones of
+# BUCKETS (the large one by Bruck's, so both are in flight in one step), all of them (the default)
 ROUTES = {"node path": 0, "mixed": 100 * 8, "default": SMALL_BUCKET_BYTES}
 
 
@@ -59,20 +59,19 @@ def test_every_rank_gets_the_same_bits_of_the_sum_on_any_split_into_nodes(dtype,
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("small_bytes", ROUTES.values(), ids=ROUTES.keys())
-def test_small_buckets_cross_nodes_whole_and_one_rank_nodes_skip_the_node_path(small_bytes):
+def test_one_rank_nodes_send_buckets_whole_and_small_ones_by_mpi(small_bytes):
     comm = world()
     itemsize = 8
     for node_size in node_sizes(comm.size):
         transport = HierarchicalAllreduce(comm, N, np.float64, node_size=node_size, small_bytes=small_bytes)
         try:
             sum_over_ranks(transport, np.ones((comm.size, N)), comm.rank)
-            across = transport.nodes > 1
-            small = sum(1 for lo, hi in BUCKETS if 0 < (hi - lo) * itemsize <= small_bytes) if across else 0
-            assert transport.small_elements == (small_bytes // itemsize if across else 0)
-            assert transport.direct_buckets == {
-                "small": small,
-                # one rank per node: the rest goes straight across nodes; else through the node's shared memory
-                "across": (len(BUCKETS) - small) if across and transport.local_size == 1 else 0}
+            # one rank per node across several: every bucket goes whole, the small ones by MPI's Iallreduce;
+            # otherwise every bucket takes the node path (the node's sum pays even for small buckets)
+            direct = transport.nodes > 1 and transport.local_size == 1
+            small = sum(1 for lo, hi in BUCKETS if 0 < (hi - lo) * itemsize <= small_bytes) if direct else 0
+            assert transport.small_elements == (small_bytes // itemsize if direct else 0)
+            assert transport.direct_buckets == {"small": small, "across": (len(BUCKETS) - small) if direct else 0}
         finally:
             transport.close()
 
