@@ -121,7 +121,7 @@ def main(argv=None) -> None:
             mp.spawn(run_rank, args=(args, tmpdir), nprocs=args.ranks, join=True)
         per_rank = [json.loads(Path(tmpdir, f"rank{r}.json").read_text()) for r in range(args.ranks)]
     result = {"ranks": args.ranks, "threads": args.threads, "plain": args.plain, "layers": args.layers,
-              "torch": per_rank[0]["torch"], "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "peak_rss": [r["peak_rss"] for r in per_rank],
+              "torch": per_rank[0]["torch"], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "peak_rss": [r["peak_rss"] for r in per_rank],
               "times": {b: [r["times"][b] for r in per_rank] for b in per_rank[0]["times"]}}
     Path(args.out).write_text(json.dumps(result))
 
