@@ -77,17 +77,7 @@ class Split:
 
     def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> None:
         source_rows = rows if self.index is None else np.take(self.index, rows)
-        if X_out.dtype == self.X.dtype:
-            # rows are checked in gather; mode="raise" would buffer out, i.e. allocate a copy per call.
-            np.take(self.X, source_rows, axis=0, out=X_out, mode="clip")
-        else:
-            # np.take cannot cast into out; fancy indexing makes one temporary in the source dtype.
-            X_out[...] = self.X[source_rows]
-        offset, factor = self._scaling_in(X_out.dtype)
-        if offset is not None:
-            X_out -= offset
-        if factor is not None:
-            X_out *= factor
+        _take_scaled(self.X, source_rows, X_out, *self._scaling_in(X_out.dtype))
 
     def _gather_labels(self, rows: np.ndarray, y_out: np.ndarray) -> None:
         n = len(rows)
@@ -95,14 +85,7 @@ class Split:
             if y_out.shape != (n, self.y.shape[1]) or y_out.dtype.kind != "f":
                 raise ValueError(f"float targets need a float y_out of shape {(n, self.y.shape[1])}, "
                                  f"got {y_out.dtype} {y_out.shape}")
-            if y_out.dtype == self.y.dtype:  # rows are checked in gather: no buffered copy
-                np.take(self.y, rows, axis=0, out=y_out, mode="clip")
-            else:
-                y_out[...] = self.y[rows]
-            offset, factor = self._target_scaling_in(y_out.dtype)
-            if offset is not None:
-                y_out -= offset
-                y_out *= factor
+            _take_scaled(self.y, rows, y_out, *self._target_scaling_in(y_out.dtype))
         elif y_out.ndim == 1:
             if y_out.shape != (n,) or y_out.dtype != np.int64:
                 raise ValueError(f"class labels need an int64 y_out of shape {(n,)}, got {y_out.dtype} {y_out.shape}")
@@ -134,6 +117,21 @@ class Split:
             factor = None if (self.factor == 1).all() else self.factor.astype(dtype)
             self._cast[dtype] = (offset, factor)
         return self._cast[dtype]
+
+
+def _take_scaled(source: np.ndarray, rows: np.ndarray, out: np.ndarray, offset: np.ndarray | None,
+                 factor: np.ndarray | None) -> None:
+    """out (len(rows), k) = (source[rows] − offset)·factor, each of offset and factor (k,) in out's dtype or None
+    (skipped). rows are checked by `Split.gather`, so the take needs no bounds mode that would buffer out (a copy
+    per call); np.take cannot cast into out, so another dtype goes through one temporary in the source's dtype."""
+    if out.dtype == source.dtype:
+        np.take(source, rows, axis=0, out=out, mode="clip")
+    else:
+        out[...] = source[rows]
+    if offset is not None:
+        out -= offset
+    if factor is not None:
+        out *= factor
 
 
 _SAME = object()  # `Dataset.rescaled`: keep this dataset's value
