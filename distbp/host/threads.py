@@ -175,6 +175,32 @@ def thread_setter():
     return set_threads_now
 
 
+class NumpyBlas:
+    """The thread count of the BLAS that numpy's matmul calls, read and set without a lookup per call
+    (ctypes calls of about 0.3 µs; see distbp.nn.grain.matmul, which runs small products on one thread)."""
+
+    def __init__(self, lib, setter: str, getter: str):
+        self.get = getattr(lib, getter)
+        self._set = getattr(lib, setter)
+
+    def set(self, n: int) -> None:
+        self._set(ctypes.c_int(n))
+
+
+def numpy_blas() -> NumpyBlas | None:
+    """numpy's BLAS (the library mapped from numpy's own folder, numpy.libs in a wheel), or None when numpy is not
+    loaded or its BLAS is none this module knows (then nobody changes its threads per call)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    if _BLAS_SEEN.get("numpy_modules") != len(sys.modules):
+        here = str(Path(numpy.__file__).resolve().parent.parent)
+        ours = [(lib, setter, getter) for lib, setter, getter, path in _loaded_blas(with_path=True)
+                if str(Path(path).resolve()).startswith(here) and "numpy" in path]
+        _BLAS_SEEN.update(numpy_modules=len(sys.modules), numpy=NumpyBlas(*ours[0]) if ours else None)
+    return _BLAS_SEEN["numpy"]
+
+
 def blas_threads() -> dict[str, int]:
     """Each loaded BLAS library's file name -> its current thread count."""
     return {Path(path).name: int(getattr(lib, getter)())

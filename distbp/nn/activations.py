@@ -129,14 +129,20 @@ class Activation:
     fn: Callable  # σ(z), scalar → scalar
     prime: Callable  # σ'(z) as a function of a = σ(z)
     init: str  # "xavier" (Glorot uniform) or "he" (He normal)
+    transcendental: bool = False  # σ takes an exp or a tanh per element (distbp.nn.grain: a smaller grain)
 
 
 ACTIVATIONS = {
-    "sigmoid": Activation("sigmoid", sigmoid, sigmoid_prime, "xavier"),
-    "tanh": Activation("tanh", tanh, tanh_prime, "xavier"),
+    "sigmoid": Activation("sigmoid", sigmoid, sigmoid_prime, "xavier", transcendental=True),
+    "tanh": Activation("tanh", tanh, tanh_prime, "xavier", transcendental=True),
     "relu": Activation("relu", relu, relu_prime, "he"),
     "linear": Activation("linear", linear, linear_prime, "xavier"),
 }
+
+
+def grain_of(key: str, cheap: int, costly: int) -> int:
+    """`costly` for an activation whose σ is transcendental, else `cheap` (key: a kernel_key)."""
+    return costly if get_activation(key.split("@")[0]).transcendental else cheap
 
 
 # kernels cached on disk are keyed by this, so editing this file recompiles them

@@ -27,7 +27,8 @@ import numpy as np
 from numba import njit, prange
 
 from distbp.errors import DistbpError
-from distbp.nn.activations import derivative, kernel_key, value
+from distbp.nn.activations import derivative, grain_of, kernel_key, value
+from distbp.nn.grain import HEAVY_GRAIN, LIGHT_GRAIN, MEDIUM_GRAIN, SUM_GRAIN, parallel_kernel
 
 # rows per parallel task in kernels that also sum over rows. each task streams whole
 # rows and keeps its own partial sums, added in chunk order afterwards: the chunks do
@@ -79,7 +80,7 @@ NARROW_WIDTH = 16
 # values, and a string hashes the same in every process)
 
 def _make_bias_activation_forward(key: str):
-    @njit(parallel=True, cache=True, nogil=True)
+    @parallel_kernel(grain_of(key, LIGHT_GRAIN, HEAVY_GRAIN), nogil=True)
     def bias_activation_forward(z, a, b):
         """a (n, m) = σ(z + b) for z (n, m) and b (m,). `a` may be `z` itself (in place, as the output
         layer does); otherwise z is left as it is."""
@@ -91,7 +92,7 @@ def _make_bias_activation_forward(key: str):
 
 
 def _make_activation_backward(key: str):
-    @njit(parallel=True, cache=True, nogil=True)
+    @parallel_kernel(LIGHT_GRAIN, nogil=True)
     def activation_backward(delta, g, a, db, partial):
         """δ (n, m) = σ'(z) ⊙ g with σ'(z) from a = σ(z), and db (m,) = Σₙ δ.
 
@@ -116,7 +117,7 @@ def _make_activation_backward(key: str):
 
 
 def _make_narrow_backward(key: str):
-    @njit(parallel=True, cache=True, nogil=True)
+    @parallel_kernel(SUM_GRAIN, nogil=True)
     def narrow_backward(delta, d_next, w_t, a, db, partial):
         """δ (n, m) = σ'(a) ⊙ (d_next·Wᵀ) in one pass, δ[i] = σ'(a[i]) ⊙ Σ_k d_next[i, k]·w_t[k], and
         db (m,) = Σₙ δ.
@@ -159,7 +160,7 @@ def _make_narrow_backward(key: str):
     return narrow_backward
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(SUM_GRAIN, nogil=True)
 def column_sum(delta, db, partial):
     """db (m,) = Σₙ delta (n, m), by fixed chunks of ROW_CHUNK rows (the same for any thread count).
 
@@ -216,7 +217,7 @@ def lane_sum_of_squares(x):
     return s
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(MEDIUM_GRAIN, nogil=True)
 def sum_of_squares(x):
     """Σ x² of the 1-D array x in float64, by fixed chunks of SUM_CHUNK elements added in chunk order:
     the same for any thread count (so every rank holding the same x gets the same bits)."""
@@ -234,7 +235,7 @@ def sum_of_squares(x):
     return total[0]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(LIGHT_GRAIN, nogil=True)
 def all_finite(x):
     """True when the 1-D array x holds no NaN or Inf."""
     bad = 0
@@ -354,7 +355,7 @@ def _keep(key, row, unit, threshold):
     return (h >> np.uint64(11)) >= threshold
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(MEDIUM_GRAIN, nogil=True)
 def dropout_forward(out, a, rows, offset, key, threshold, scale):
     """Inverted dropout: out = a·mask/(1−p), with scale = 1/(1−p) in a's dtype and rows (n,) + offset the
     global indices of a's rows (int64)."""
@@ -365,7 +366,7 @@ def dropout_forward(out, a, rows, offset, key, threshold, scale):
             out[i, j] = a[i, j] * scale if _keep(key, r, j, threshold) else zero
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(MEDIUM_GRAIN, nogil=True)
 def dropout_backward(g, rows, offset, key, threshold, scale):
     """The same mask on the gradient through the dropped units: g ← g·mask/(1−p), in place."""
     zero = g.dtype.type(0)

@@ -11,6 +11,7 @@ Backward:  dW = a_inᵀ·δ (weight_gradient), db = Σₙ δ (bias_gradient), an
            when this layer is at most kernels.NARROW_WIDTH wide).
 partial is the column sums' scratch, at least (⌈n/kernels.ROW_CHUNK⌉, width) (see distbp.nn.model.Workspace).
 `hooks.progress()` is called between row chunks of δ·Wᵀ, so communication can overlap the backward pass.
+Every kernel and product goes through distbp.nn.grain: below its grain size it runs on the calling thread alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from distbp.nn import kernels
+from distbp.nn.grain import matmul, sized
 
 
 class BackwardHooks(Protocol):
@@ -33,18 +35,18 @@ def dense_forward(z: np.ndarray, a_out: np.ndarray, a_in: np.ndarray, W: np.ndar
                   forward_kernel: Callable) -> None:
     """z = a_in·W, then a_out = σ(z + b) by `forward_kernel` (kernels.bias_activation_forward_for(σ)).
     a_out may be z itself: the output layer adds its bias in place and leaves σ to the loss."""
-    np.matmul(a_in, W, out=z)
-    forward_kernel(z, a_out, b)
+    matmul(a_in, W, z)
+    sized(forward_kernel, z.size)(z, a_out, b)
 
 
 def weight_gradient(dW: np.ndarray, a: np.ndarray, delta: np.ndarray) -> None:
     """dW (fan_in, fan_out) = aᵀ·δ for a (n, fan_in), δ (n, fan_out)."""
-    np.matmul(a.T, delta, out=dW)
+    matmul(a.T, delta, dW)
 
 
 def bias_gradient(db: np.ndarray, delta: np.ndarray, partial: np.ndarray) -> None:
     """db (fan_out,) = Σₙ δ, in fixed row chunks (the same for any thread count)."""
-    kernels.column_sum(delta, db, partial)
+    sized(kernels.column_sum, delta.size)(delta, db, partial)
 
 
 def dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.ndarray, W: np.ndarray, a_in: np.ndarray,
@@ -57,8 +59,8 @@ def dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.ndarray, W
     then multiplies δ·Wᵀ before σ' (the layer above read a_in·mask/(1−p); a_in itself is unmasked)."""
     _matmul_chunked(delta, W.T, g, hooks, progress_chunks)
     if dropout is not None:
-        kernels.dropout_backward(g, *dropout)
-    backward_kernel(delta_in, g, a_in, db_in, partial)
+        sized(kernels.dropout_backward, g.size)(g, *dropout)
+    sized(backward_kernel, g.size)(delta_in, g, a_in, db_in, partial)
 
 
 def narrow_dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.ndarray, W: np.ndarray,
@@ -68,7 +70,8 @@ def narrow_dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.nda
     BLAS (narrow_kernel: kernels.narrow_backward_for(σ of the layer below)), reading Wᵀ from the contiguous
     copy w_t (fan_out, fan_in) made here; hooks.progress() once, after it."""
     np.copyto(w_t, W.T)
-    narrow_kernel(delta_in, delta, w_t, a_in, db_in, partial)
+    # each element of δ_in takes k multiply-adds: the work is δ_in's size times k
+    sized(narrow_kernel, delta_in.size * delta.shape[1])(delta_in, delta, w_t, a_in, db_in, partial)
     if hooks is not None:
         hooks.progress()
 
@@ -76,12 +79,12 @@ def narrow_dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.nda
 def _matmul_chunked(a, b, out, hooks: BackwardHooks | None, chunks: int) -> None:
     """out = a·b, split into row chunks with hooks.progress() between them."""
     if hooks is None or chunks <= 1:
-        np.matmul(a, b, out=out)
+        matmul(a, b, out)
         if hooks is not None:
             hooks.progress()
         return
     n = a.shape[0]
     step = -(-n // chunks)
     for r0 in range(0, n, step):
-        np.matmul(a[r0:r0 + step], b, out=out[r0:r0 + step])
+        matmul(a[r0:r0 + step], b, out[r0:r0 + step])
         hooks.progress()

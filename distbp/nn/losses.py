@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 from numba import njit, prange
 
-from distbp.nn.activations import derivative, exp, kernel_key, value
+from distbp.nn.activations import derivative, exp, grain_of, kernel_key, value
+from distbp.nn.grain import HEAVY_GRAIN, LIGHT_GRAIN, MEDIUM_GRAIN, parallel_kernel
 from distbp.nn.outputs import output_activation_for
 
 
@@ -47,14 +48,14 @@ def softmax_row(z, i, out):
     return m, s
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(HEAVY_GRAIN, nogil=True)
 def softmax(z, out):
     """out (n, k) = softmax of each row of z (n, k)."""
     for i in prange(z.shape[0]):
         softmax_row(z, i, out)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(HEAVY_GRAIN, nogil=True)
 def cross_entropy_delta(z, y, out, delta, row_loss):
     """Softmax cross-entropy: lⁿ = logΣexp(zⁿ) − zⁿ[yⁿ], δ = softmax(zⁿ) − onehot(yⁿ).
 
@@ -71,7 +72,7 @@ def cross_entropy_delta(z, y, out, delta, row_loss):
         delta[i, y[i]] -= type(m)(1)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(LIGHT_GRAIN, nogil=True)
 def identity(z, out):
     n, k = z.shape
     for i in prange(n):
@@ -79,7 +80,7 @@ def identity(z, out):
             out[i, j] = z[i, j]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(MEDIUM_GRAIN, nogil=True)
 def mse_delta(z, y, out, delta, row_loss):
     """Squared error on a linear output: lⁿ = ½Σ(ŷ − y)², δ = ŷ − y.
 
@@ -97,7 +98,7 @@ def mse_delta(z, y, out, delta, row_loss):
         row_loss[i] = s / type(s)(2)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(HEAVY_GRAIN, nogil=True)
 def binary_cross_entropy_delta(z, y, out, delta, row_loss):
     """σ outputs with binary cross-entropy: lⁿ = Σⱼ softplus(zⱼ) − yⱼ·zⱼ, δ = σ(z) − y.
 
@@ -118,7 +119,7 @@ def binary_cross_entropy_delta(z, y, out, delta, row_loss):
         row_loss[i] = s
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@parallel_kernel(HEAVY_GRAIN, nogil=True)
 def softmax_mse_delta(z, y, out, delta, row_loss):
     """Softmax outputs with squared error: lⁿ = ½Σ(p − y)², δ = J_softmaxᵀ·(p − y) = p ⊙ (d − Σⱼ pⱼdⱼ).
 
@@ -139,7 +140,7 @@ def softmax_mse_delta(z, y, out, delta, row_loss):
 
 
 def _make_mse_delta(key: str):
-    @njit(parallel=True, cache=True, nogil=True)
+    @parallel_kernel(grain_of(key, MEDIUM_GRAIN, HEAVY_GRAIN), nogil=True)
     def activation_mse_delta(z, y, out, delta, row_loss):
         """An element-wise output activation with squared error: lⁿ = ½Σ(σ(z) − y)², δ = σ'(z) ⊙ (σ(z) − y).
 
@@ -159,7 +160,7 @@ def _make_mse_delta(key: str):
 
 
 def _make_output(key: str):
-    @njit(parallel=True, cache=True, nogil=True)
+    @parallel_kernel(grain_of(key, LIGHT_GRAIN, HEAVY_GRAIN), nogil=True)
     def activation_output(z, out):
         """out (n, k) = σ(z) element-wise."""
         n, k = z.shape

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from distbp.nn import kernels, modelfile
+from distbp.nn.grain import sized
 from distbp.nn.activations import get_activation
 from distbp.nn.layers import (
     BackwardHooks,
@@ -224,7 +225,7 @@ class MLP:
             raise ValueError("empty batch: X has no rows")
         if not np.issubdtype(X.dtype, np.floating):
             raise ValueError(f"X must be floating point, got dtype {X.dtype}")
-        if X.size and not kernels.all_finite(X.reshape(-1) if X.flags.c_contiguous else X.ravel()):
+        if X.size and not sized(kernels.all_finite, X.size)(X.reshape(-1) if X.flags.c_contiguous else X.ravel()):
             raise ValueError("X contains NaN or Inf")
         if y is not None:
             self.loss.check_targets(y, X.shape[0], self.sizes[-1])
@@ -269,7 +270,7 @@ class MLP:
             a_in = a_out
             if rows is not None and l in ws.dropped:
                 a_in = ws.ad[l][:n]
-                kernels.dropout_forward(a_in, a_out, *self._dropout_args(l, rows))
+                sized(kernels.dropout_forward, a_out.size)(a_in, a_out, *self._dropout_args(l, rows))
             if trace.on:
                 trace.complete(f"forward {l}", t0, trace.now() - t0, layer=l)
 
@@ -312,7 +313,7 @@ class MLP:
         L = self.n_layers - 1
         delta = ws.delta[L][:n]
         row_loss = ws.row_loss[:n]
-        self.loss.loss_delta(ws.z[L][:n], y, ws.a[L][:n], delta, row_loss)
+        sized(self.loss.loss_delta, delta.size)(ws.z[L][:n], y, ws.a[L][:n], delta, row_loss)
         if w is not None:  # ∂(wₙ lⁿ)/∂z = wₙ·∂lⁿ/∂z: the weights enter once, at the output
             kernels.weight_rows(delta, row_loss, w)
         loss = kernels.ordered_sum(row_loss)
@@ -362,7 +363,7 @@ class MLP:
         ws = self._workspace(n)
         self._forward(X, ws, n)
         out = np.empty((n, self.sizes[-1]), self.dtype)
-        self.loss.output(ws.z[-1][:n], out)
+        sized(self.loss.output, out.size)(ws.z[-1][:n], out)
         return self.unscale_targets(out)
 
     def unscale_targets(self, out: np.ndarray) -> np.ndarray:
@@ -421,7 +422,7 @@ class MLP:
         ws = self._workspace(n) if workspace is None else workspace
         self._forward(X, ws, n)
         z = ws.z[-1][:n]
-        self.loss.loss_delta(z, y, ws.a[-1][:n], z, ws.row_loss[:n])
+        sized(self.loss.loss_delta, z.size)(z, y, ws.a[-1][:n], z, ws.row_loss[:n])
         if w is not None:
             kernels.weight_rows(z, ws.row_loss[:n], w)
         return kernels.ordered_sum(ws.row_loss[:n])

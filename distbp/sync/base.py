@@ -33,6 +33,7 @@ import numpy as np
 from distbp.comm.base import Comm
 from distbp.data.shard import max_shard_rows, rank_slice
 from distbp.nn import kernels
+from distbp.nn.grain import sized
 from distbp.nn.model import MLP, layer_slices_of
 from distbp.nn.optim import OPTIMIZERS, Segments, make_optimizer, segments_of
 
@@ -221,7 +222,7 @@ class ReplicatedUpdate:
     clip: NormClip
 
     def all_finite(self) -> bool:
-        return bool(kernels.all_finite(self.grad))
+        return bool(sized(kernels.all_finite, self.grad.size)(self.grad))
 
     def nonfinite_layers(self) -> list[str]:
         # every rank holds the same ∇L: no communication needed
@@ -230,7 +231,7 @@ class ReplicatedUpdate:
     def apply(self, params: np.ndarray, scale: float) -> None:
         if self.clip.max_norm:
             # every rank holds the same ∇L and sums it in the same fixed order: the same norm everywhere
-            scale = self.clip.clipped_scale(scale, kernels.sum_of_squares(self.grad))
+            scale = self.clip.clipped_scale(scale, sized(kernels.sum_of_squares, self.grad.size)(self.grad))
         self.optimizer.step(params, self.grad, scale)
 
     def build_optimizer(self, model: MLP):

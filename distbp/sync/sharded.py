@@ -24,6 +24,7 @@ import numpy as np
 
 from distbp.data.shard import rank_slice
 from distbp.nn import kernels
+from distbp.nn.grain import sized
 from distbp.nn.optim import segments_of
 from distbp.sync.base import layers_with_nonfinite
 from distbp.sync.bucketed import BucketedSync
@@ -63,7 +64,7 @@ class ShardedSync(BucketedSync):
                                           sum_over_ranks=comm.allreduce_sum)
 
     def all_finite(self) -> bool:
-        return bool(kernels.all_finite(self.part))
+        return bool(sized(kernels.all_finite, self.part.size)(self.part))
 
     def nonfinite_layers(self) -> list[str]:
         # each rank sees only its part of ∇L: name the layers of its bad elements, then [dist] unite the names
@@ -75,7 +76,7 @@ class ShardedSync(BucketedSync):
         """Update this rank's part of params from its part of ∇L, then [dist] allgather every part."""
         if self.clip.max_norm:
             # [dist] ‖∇L‖² is the sum of the parts' sums of squares: one scalar allreduce, the same on every rank
-            sum_sq = self.comm.sum_scalars([kernels.sum_of_squares(self.part)])[0]
+            sum_sq = self.comm.sum_scalars([sized(kernels.sum_of_squares, self.part.size)(self.part)])[0]
             scale = self.clip.clipped_scale(scale, sum_sq)
         self.optimizer.step(params[self.lo:self.hi], self.part, scale)
         self.comm.allgather_parts(params, self.counts)

@@ -36,7 +36,7 @@ from numba.core import event
 from distbp.comm.serial import SerialComm
 from distbp.data import datasets as data
 from distbp.errors import StallError
-from distbp.nn import kernels
+from distbp.nn import grain, kernels
 from distbp.nn.model import MLP, narrow_layers
 from distbp.nn.optim import make_optimizer
 from distbp.train.setup import dataset_options, setup
@@ -98,6 +98,7 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     model.loss_into(X, y, workspace=ws)  # evaluation's pass
     model.count_correct(y, workspace=ws)
     sync.warm_up()
+    grain.compile_twins()  # the tiny arrays above took the serial twins: the parallel kernels of a step too
 
 
 def warm_key(model, optimizer: str, sync) -> str:
