@@ -8,19 +8,26 @@ batch 128 ran 1.76x slower on 2 threads than on 1), so, as PyTorch's parallel lo
   (`kernel.grain`, elements). `sized(kernel, elements)` picks the serial twin below it. The two give the same bits:
   every sum in these kernels runs over chunks fixed by the data, not by the threads, and the element-wise work is
   the same operations in the same order (tests/unit/test_grain.py compares them);
+- the optimizers' updates (`parallel_update`) below their grain run the parallel kernel with the pool set to one
+  thread for the call: compiled serially their 1-D loops did not vectorise (the parallel kernel on one thread
+  measured 1.7-6x faster than such a twin);
 - `matmul(a, b, out)` runs a product of fewer than PRODUCT_GRAIN multiply-adds on one BLAS thread (numpy's
   OpenBLAS is set to 1 around it: two ctypes calls of about 0.3 µs), larger ones on every thread the BLAS has.
   On a CPU where OpenBLAS's float32 products give other bits on 1 thread than on 2 (seen on AMD Zen 3), a run that
   asked for 2 threads now gets the 1-thread bits for its small products: results depend less on the thread count.
 
-The grains come from benchmarks/grain.py on the 2-core AMD EPYC Zen 4 of these sessions (2 threads against the
-serial twin, float32; table in docs/performance.md): relu's σ and every σ' ran faster on 2 threads from 65,536
-elements, the column sums from 131,072, dropout and Σx² from 16,384, an exp or tanh per element from about 4,096;
-products on 2 BLAS threads from about 1 M multiply-adds (0.79-0.88 of 1 thread at 128x64x128, 1.0 below).
-On 1 thread the twin is the faster one at every size below its grain too: it skips the pool's launch (1-2.5 µs a
-call measured at 2,048-32,768 elements). The optimizers' 1-D updates have no twin: compiled serially their loops
-did not vectorise, and the parallel kernel on one thread measured 1.7-6x faster than such a twin.
+The grains come from benchmarks/grain.py on the 2-core AMD EPYC Zen 4 of these sessions (float32; tables in
+docs/performance.md). Each call there comes after 50 µs of the caller's own work, as a step's kernels come after a
+product or Python: by then the pool's workers sleep, and waking one cost 25-35 µs on this machine, more than most
+small kernels compute (a 2-thread Adam update of 9,610 parameters after 40 µs of other work took 42 µs, on one
+thread 5 µs). So relu's σ and every σ' ran faster on 2 threads only from about a million elements, the column
+sums and the finite check never in the range measured (up to 2^20), cross-entropy and tanh from 16-32 K elements,
+products from about 6 M multiply-adds (2 M: 1.3-1.5x slower on 2 threads). Called back to back (the pool kept
+awake) the crossovers were 16-64 times smaller: a step that keeps the pool busy loses little to these grains, and
+the large models' kernels and products are above them anyway. On 1 thread the twin is the faster one at every
+size below its grain too: it skips the pool's launch (1-2.5 µs a call measured at 2,048-32,768 elements).
 """
+
 from __future__ import annotations
 
 import types
@@ -31,13 +38,14 @@ from numba import njit
 
 from distbp.host.threads import numpy_blas
 
-# grains in elements of a kernel's work (narrow_backward: elements × k), by what an element costs; the crossovers
-# benchmarks/grain.py measured (2 threads against the serial twin) are in docs/performance.md
-LIGHT_GRAIN = 1 << 16  # a few operations an element: relu's and linear's σ, every σ', the finite check
-SUM_GRAIN = 1 << 17  # the column sums (db) and narrow_backward's δ·Wᵀ
-MEDIUM_GRAIN = 1 << 14  # a dozen operations an element: dropout's hash, Σx² in float64, the mse loss
-HEAVY_GRAIN = 1 << 12  # an exp, tanh or log an element: sigmoid's and tanh's σ, softmax, cross-entropy
-PRODUCT_GRAIN = 1 << 20  # multiply-adds (rows · inner · columns): a product of fewer runs on one BLAS thread
+# grains in elements of a kernel's work, by what an element costs, from the crossovers benchmarks/grain.py measured
+# with the pool asleep before each call, as in a step (2 threads against the serial twin; docs/performance.md)
+LIGHT_GRAIN = 1 << 20  # a few operations an element: relu's and linear's σ, every σ'
+SUM_GRAIN = 1 << 21  # one pass that sums: the column sums (db), the finite check (never faster on 2 threads here)
+MEDIUM_GRAIN = 1 << 19  # a dozen operations an element: dropout's hash, the mse loss, narrow_backward's k products
+HEAVY_GRAIN = 1 << 15  # an exp, tanh or log an element (sigmoid's and tanh's σ, softmax, cross-entropy); Σx² in float64
+UPDATE_GRAIN = 1 << 19  # parameters: an optimizer's update over fewer runs on one thread
+PRODUCT_GRAIN = 1 << 22  # multiply-adds (rows · inner · columns): a product of fewer runs on one BLAS thread
 
 
 def parallel_kernel(grain: int, **options) -> Callable:
@@ -53,6 +61,44 @@ def parallel_kernel(grain: int, **options) -> Callable:
         _TWINNED.append(kernel)
         return kernel
     return compile_both
+
+
+def parallel_update(grain: int) -> Callable:
+    """Decorator for the optimizers' updates: `njit(parallel=True, cache=True)`, with `.grain` and, as `.serial`, the
+    same kernel run with Numba's pool set to one thread for the call (not a serial compile: theirs did not
+    vectorise, see above). One thread means no worker to wake: after the rest of a small step the pool's workers
+    sleep, and waking them cost more than the update (42 µs against 5 µs for Adam on 9,610 parameters)."""
+    def compile_with_one_thread_run(py_func):
+        kernel = njit(parallel=True, cache=True)(py_func)
+        kernel.serial = on_one_thread(kernel)
+        kernel.grain = grain
+        return kernel
+    return compile_with_one_thread_run
+
+
+def on_one_thread(kernel) -> Callable:
+    """kernel(*args) with this thread's Numba pool size set to 1 for the call, then back."""
+    def run(*args):
+        n = _numba_threads()
+        if n == 1:
+            return kernel(*args)
+        _set_numba_threads(1)
+        try:
+            return kernel(*args)
+        finally:
+            _set_numba_threads(n)
+    run.__name__ = run.__qualname__ = f"{kernel.py_func.__name__}_on_one_thread"
+    return run
+
+
+# numba's thread count of the calling thread (thread-local, as numba.get_num_threads/set_num_threads, whose checks
+# cost 1.2 and 1.8 µs a call against 0.2 and 0.4 for the functions they call); the public ones where those moved
+try:
+    from numba.np.ufunc.parallel import _get_num_threads as _numba_threads
+    from numba.np.ufunc.parallel import _set_num_threads as _set_numba_threads
+except ImportError:  # pragma: no cover - another numba layout
+    from numba import get_num_threads as _numba_threads
+    from numba import set_num_threads as _set_numba_threads
 
 
 _TWINNED: list = []  # every kernel parallel_kernel made in this process (what compile_twins walks)

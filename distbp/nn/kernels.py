@@ -117,7 +117,7 @@ def _make_activation_backward(key: str):
 
 
 def _make_narrow_backward(key: str):
-    @parallel_kernel(SUM_GRAIN, nogil=True)
+    @parallel_kernel(MEDIUM_GRAIN, nogil=True)
     def narrow_backward(delta, d_next, w_t, a, db, partial):
         """δ (n, m) = σ'(a) ⊙ (d_next·Wᵀ) in one pass, δ[i] = σ'(a[i]) ⊙ Σ_k d_next[i, k]·w_t[k], and
         db (m,) = Σₙ δ.
@@ -217,7 +217,7 @@ def lane_sum_of_squares(x):
     return s
 
 
-@parallel_kernel(MEDIUM_GRAIN, nogil=True)
+@parallel_kernel(HEAVY_GRAIN, nogil=True)
 def sum_of_squares(x):
     """Σ x² of the 1-D array x in float64, by fixed chunks of SUM_CHUNK elements added in chunk order:
     the same for any thread count (so every rank holding the same x gets the same bits)."""
@@ -235,7 +235,7 @@ def sum_of_squares(x):
     return total[0]
 
 
-@parallel_kernel(LIGHT_GRAIN, nogil=True)
+@parallel_kernel(SUM_GRAIN, nogil=True)
 def all_finite(x):
     """True when the 1-D array x holds no NaN or Inf."""
     bad = 0

@@ -70,8 +70,7 @@ def narrow_dense_backward(delta_in: np.ndarray, db_in: np.ndarray, delta: np.nda
     BLAS (narrow_kernel: kernels.narrow_backward_for(σ of the layer below)), reading Wᵀ from the contiguous
     copy w_t (fan_out, fan_in) made here; hooks.progress() once, after it."""
     np.copyto(w_t, W.T)
-    # each element of δ_in takes k multiply-adds: the work is δ_in's size times k
-    sized(narrow_kernel, delta_in.size * delta.shape[1])(delta_in, delta, w_t, a_in, db_in, partial)
+    sized(narrow_kernel, delta_in.size)(delta_in, delta, w_t, a_in, db_in, partial)
     if hooks is not None:
         hooks.progress()
 

@@ -44,22 +44,23 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
 from distbp.nn import kernels
+from distbp.nn.grain import UPDATE_GRAIN, parallel_update, sized
 from distbp.nn.kernels import SUM_CHUNK
 
 # ---- the kernels (segs: the (n_pieces, 4) int64 table of Segments.table: start, stop, layer, decayed) ----
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def gd_update(params, grad, lr_scaled):
     """θ ← θ − (η·scale)·∇L."""
     for i in prange(params.shape[0]):
         params[i] -= lr_scaled * grad[i]
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def gd_l2_update(params, grad, lr, scale, segs, lam):
     """θ ← θ − η·(scale·∇L + λ·θ), λ on decayed pieces only."""
     zero = type(lam)(0)
@@ -69,7 +70,7 @@ def gd_l2_update(params, grad, lr, scale, segs, lam):
             params[i] -= lr * (scale * grad[i] + lam_k * params[i])
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def momentum_update(params, grad, velocity, lr, scale, mu):
     """v ← μ·v + scale·∇L; θ ← θ − η·v (heavy-ball momentum)."""
     for i in prange(params.shape[0]):
@@ -78,7 +79,7 @@ def momentum_update(params, grad, velocity, lr, scale, mu):
         params[i] -= lr * v
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def momentum_l2_update(params, grad, velocity, lr, scale, mu, segs, lam):
     """v ← μ·v + (scale·∇L + λ·θ); θ ← θ − η·v, λ on decayed pieces only."""
     zero = type(lam)(0)
@@ -90,7 +91,7 @@ def momentum_l2_update(params, grad, velocity, lr, scale, mu, segs, lam):
             params[i] -= lr * v
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def adam_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t):
     """Adam (Kingma & Ba) with the bias corrections folded into lr_t and eps_t."""
     one = type(beta1)(1)
@@ -103,7 +104,7 @@ def adam_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t):
         params[i] -= lr_t * mi / (np.sqrt(vi) + eps_t)
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def adamw_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lr_lam):
     """adam_update, and θ ← θ − (η·λ)·θ on decayed pieces (decay decoupled from the moments: AdamW)."""
     one, zero = type(beta1)(1), type(beta1)(0)
@@ -119,7 +120,7 @@ def adamw_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lr_
             params[i] = p - lr_t * mi / (np.sqrt(vi) + eps_t) - decay * p
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def adam_l2_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lam, lr_lam):
     """adamw_update with g = scale·∇L + lam·θ (the coupled L2 penalty, lam = scale·α) on decayed pieces."""
     one, zero = type(beta1)(1), type(beta1)(0)
@@ -136,7 +137,7 @@ def adam_l2_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, l
             params[i] = p - lr_t * mi / (np.sqrt(vi) + eps_t) - decay * p
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
     """g = scale·∇L + λ·θ (as lars_norms); v ← μ·v + η_l·g; θ ← θ − v, with η_l = rates[layer] (n_layers,)."""
     zero = type(lam)(0)
@@ -155,7 +156,7 @@ def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
                 P[j] = p - v
 
 
-@njit(parallel=True, cache=True)
+@parallel_update(UPDATE_GRAIN)
 def lamb_update(params, m, v, rates, corr, eps_t, segs, lam):
     """θ ← θ − η_l·r, r = corr·m/(√v + eps_t) + λ·θ (as lamb_norms), η_l = rates[layer] (n_layers,)."""
     zero = type(lam)(0)
@@ -226,7 +227,7 @@ def _directions(rule, u, a, params, lam_k, state, coefs):
 def _make_layer_norms(rule: str):
     # the factory closes over `rule`, a string constant: numba inlines the direction through it and caches
     # one entry per rule on disk (as distbp.nn.kernels does with activations)
-    @njit(parallel=True, cache=True)
+    @parallel_update(UPDATE_GRAIN)
     def layer_norms(sums, params, state, coefs, segs, lam):
         """sums (n_layers, 2) float64 += (Σ θ², Σ u²) over each layer's pieces, u = directions(rule, …); in
         float64, by chunks of SUM_CHUNK elements (each summed in kernels.SUM_LANES interleaved partial sums)
@@ -338,9 +339,9 @@ class GD:
         t = self.dtype.type
         lam = self.coupled_decay(scale)
         if lam:
-            gd_l2_update(params, grad, t(self.lr), t(scale), self.table(), t(lam))
+            sized(gd_l2_update, params.size)(params, grad, t(self.lr), t(scale), self.table(), t(lam))
         else:
-            gd_update(params, grad, t(self.lr * scale))
+            sized(gd_update, params.size)(params, grad, t(self.lr * scale))
         self.step_count += 1
 
     def coupled_decay(self, scale: float) -> float:
@@ -391,9 +392,10 @@ class Momentum(GD):
         t = self.dtype.type
         lam = self.coupled_decay(scale)
         if lam:
-            momentum_l2_update(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu), self.table(), t(lam))
+            sized(momentum_l2_update, params.size)(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu),
+                                                   self.table(), t(lam))
         else:
-            momentum_update(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu))
+            sized(momentum_update, params.size)(params, grad, self.velocity, t(self.lr), t(scale), t(self.mu))
         self.step_count += 1
 
     def state_arrays(self):
@@ -427,13 +429,15 @@ class Adam(GD):
         eps_t = self.eps * np.sqrt(c2)
         t = self.dtype.type
         if self.l2:
-            adam_l2_update(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1), t(self.beta2), t(eps_t),
-                           self.table(), t(self.l2 * scale), t(self.lr * self.weight_decay))
+            sized(adam_l2_update, params.size)(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1),
+                                               t(self.beta2), t(eps_t), self.table(), t(self.l2 * scale),
+                                               t(self.lr * self.weight_decay))
         elif self.weight_decay:
-            adamw_update(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1), t(self.beta2), t(eps_t),
-                         self.table(), t(self.lr * self.weight_decay))
+            sized(adamw_update, params.size)(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1),
+                                             t(self.beta2), t(eps_t), self.table(), t(self.lr * self.weight_decay))
         else:
-            adam_update(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1), t(self.beta2), t(eps_t))
+            sized(adam_update, params.size)(params, grad, self.m, self.v, t(lr_t), t(scale), t(self.beta1),
+                                            t(self.beta2), t(eps_t))
 
     def state_arrays(self):
         return {"m": self.m, "v": self.v}
@@ -455,9 +459,10 @@ class LARS(Momentum):
     def step(self, params, grad, scale=1.0):
         t, table = self.dtype.type, self.table()
         sums = self.layer_sums()
-        lars_norms(sums, params, (grad,), (t(scale),), table, t(self.weight_decay))
+        sized(lars_norms, params.size)(sums, params, (grad,), (t(scale),), table, t(self.weight_decay))
         rates = (self.lr * trust_ratios(self.sum_layers_over_ranks(sums), self.trust)).astype(self.dtype)
-        lars_update(params, grad, self.velocity, rates, t(scale), t(self.mu), table, t(self.weight_decay))
+        sized(lars_update, params.size)(params, grad, self.velocity, rates, t(scale), t(self.mu), table,
+                                        t(self.weight_decay))
         self.step_count += 1
 
 
@@ -479,10 +484,11 @@ class LAMB(Adam):
         corr, eps_t = np.sqrt(c2) / c1, self.eps * np.sqrt(c2)
         t, table = self.dtype.type, self.table()
         sums = self.layer_sums()
-        lamb_norms(sums, params, (grad, self.m, self.v), (t(scale), t(self.beta1), t(self.beta2), t(corr), t(eps_t)),
-                   table, t(self.weight_decay))
+        sized(lamb_norms, params.size)(sums, params, (grad, self.m, self.v),
+                                       (t(scale), t(self.beta1), t(self.beta2), t(corr), t(eps_t)), table,
+                                       t(self.weight_decay))
         rates = (self.lr * trust_ratios(self.sum_layers_over_ranks(sums))).astype(self.dtype)
-        lamb_update(params, self.m, self.v, rates, t(corr), t(eps_t), table, t(self.weight_decay))
+        sized(lamb_update, params.size)(params, self.m, self.v, rates, t(corr), t(eps_t), table, t(self.weight_decay))
 
 
 OPTIMIZERS = {"gd": GD, "momentum": Momentum, "adam": Adam, "lars": LARS, "lamb": LAMB}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distbp.host.threads import numpy_blas, set_threads
-from distbp.nn import grain, kernels, losses
+from distbp.nn import grain, kernels, losses, optim
 from distbp.nn.model import MLP
 
 DTYPES = [np.float32, np.float64]
@@ -154,13 +154,27 @@ def test_a_small_product_runs_on_one_blas_thread_and_the_count_comes_back(two_th
     monkeypatch.setattr(grain, "np", spy)
     rng = np.random.default_rng(1)
     small = rng.standard_normal((32, 64)), rng.standard_normal((64, 128))  # 262,144 multiply-adds
-    large = rng.standard_normal((128, 128)), rng.standard_normal((128, 128))  # 2,097,152
+    large = rng.standard_normal((64, 256)), rng.standard_normal((256, grain.PRODUCT_GRAIN // (64 * 256)))
     for a, b in (small, large):
         out = np.empty((a.shape[0], b.shape[1]))
         grain.matmul(a, b, out)
         assert np.array_equal(out, a @ b)
     assert spy.seen == [1, 2]
     assert numpy_blas().get() == 2
+
+
+def test_a_small_update_runs_the_parallel_kernel_on_one_thread_and_gives_its_bits(two_threads):
+    rng = np.random.default_rng(3)
+    states = [[rng.standard_normal(1000).astype(np.float32) for _ in range(4)] for _ in range(2)]
+    states[1] = [a.copy() for a in states[0]]
+    t = np.float32
+    coefs = (t(1e-3), t(0.5), t(0.9), t(0.999), t(1e-8))
+    assert grain.sized(optim.adam_update, 1000) is optim.adam_update.serial
+    threads_before = numba.get_num_threads()
+    optim.adam_update(*states[0], *coefs)
+    optim.adam_update.serial(*states[1], *coefs)
+    assert all(same_bits(a, b) for a, b in zip(states[0], states[1]))
+    assert numba.get_num_threads() == threads_before
 
 
 def test_compile_twins_readies_the_other_twin_for_the_types_called():

@@ -306,6 +306,7 @@ def test_the_warm_up_calls_every_update_kernel_a_step_calls(flags, monkeypatch):
         def recorded(*args, _kernel=getattr(module, name), _name=name):
             calls[phase[0]].add((_name, tuple(numba.typeof(a) for a in args)))
             return _kernel(*args)
+        recorded.serial, recorded.grain = recorded, 0  # a kernel's grain interface (distbp.nn.grain.sized)
         monkeypatch.setattr(module, name, recorded)
     r = setup(run_config(**flags), SerialComm())
     warm_kernels(r.model, r.cfg.optimizer, r.sync)
