@@ -90,10 +90,11 @@ def choose_threads(explicit: int | None = None) -> tuple[int, str | None]:
 
 
 # A step of fewer floating-point operations than this runs as fast or faster on one thread than on two: the
-# second thread's wake-ups and joins cost more than it computes. benchmarks/threads.py (2-core EPYC Zen 4), two
-# threads against one: 64-128-10 at batch 128 (7 MFLOP) 2.7-4.4x slower, 64-256-256-10 at 128 (65 MFLOP) 0.90-1.24x,
-# 784-256-10 at 128 (156 MFLOP) 0.61-0.76x, 784-1024-1024-10 at 512 0.55-0.60x
-SMALL_STEP_FLOPS = 1e8
+# second thread's wake-ups cost more than it computes. benchmarks/threads.py (2-core EPYC Zen 4), two threads
+# against one, since every kernel and product has its grain (distbp.nn.grain): 64-128-10 at batch 32 (1.8 MFLOP)
+# 1.08x, at 128 (7 MFLOP) 1.05x, 64-256-256-10 at 128 (65 MFLOP) 0.77x, 784-256-10 at 128 (156 MFLOP) 0.63x.
+# (Before the grains the 7 MFLOP step took 2.7-5.8x as long on two threads, the 65 MFLOP one 0.90-1.75x.)
+SMALL_STEP_FLOPS = 3e7
 
 
 def step_threads(n: int, n_params: int, rows: int) -> int:
@@ -181,10 +182,8 @@ class NumpyBlas:
 
     def __init__(self, lib, setter: str, getter: str):
         self.get = getattr(lib, getter)
-        self._set = getattr(lib, setter)
-
-    def set(self, n: int) -> None:
-        self._set(ctypes.c_int(n))
+        self.set = getattr(lib, setter)
+        self.set.argtypes = [ctypes.c_int]  # set(n) with a Python int, no c_int made per call
 
 
 def numpy_blas() -> NumpyBlas | None:

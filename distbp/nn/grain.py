@@ -141,6 +141,26 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         blas.set(n)
 
 
+def lower_blas(work: int) -> int:
+    """Before a pass whose largest product has `work` multiply-adds: below PRODUCT_GRAIN, numpy's BLAS is set to one
+    thread now (two ctypes calls for the pass instead of two per product); returns the count to give back to
+    `restore_blas` (0: nothing was changed)."""
+    if work >= PRODUCT_GRAIN:
+        return 0
+    blas = numpy_blas()
+    n = blas.get() if blas is not None else 1
+    if n == 1:
+        return 0
+    blas.set(1)
+    return n
+
+
+def restore_blas(n: int) -> None:
+    """numpy's BLAS back to n threads after `lower_blas` (n = 0: it changed nothing)."""
+    if n:
+        numpy_blas().set(n)
+
+
 def _renamed(py_func, suffix: str):
     """A copy of py_func (same code, globals, defaults and closure) named `<name>_<suffix>`."""
     copy = types.FunctionType(py_func.__code__, py_func.__globals__, f"{py_func.__name__}_{suffix}",

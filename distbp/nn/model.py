@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from distbp.nn import kernels, modelfile
-from distbp.nn.grain import sized
+from distbp.nn.grain import lower_blas, restore_blas, sized
 from distbp.nn.activations import get_activation
 from distbp.nn.layers import (
     BackwardHooks,
@@ -130,6 +130,9 @@ class MLP:
         self._forward_kernels = [kernels.bias_activation_forward_for(a) for a in names + ["linear"]]
         self._backward_kernels = [kernels.activation_backward_for(a) for a in names]
         self._narrow_kernels = [kernels.narrow_backward_for(a) for a in names]
+        # a pass of n rows multiplies n·fan_in·fan_out at most per product: below grain.PRODUCT_GRAIN, all of them run
+        # on one BLAS thread (set once for the pass instead of around each product)
+        self._widest_layer = max(fi * fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
         self.loss = get_loss(loss, output_activation)
         self.output_activation = self.loss.output_activation
         if str(dtype) not in DTYPES:
@@ -290,7 +293,19 @@ class MLP:
         (from new_workspace) lets several threads run passes of one model at once.
         rows (n,) int64: the rows' global indices, which turn dropout on (`dropout`): each unit's mask is a
         function of (dropout_seed, dropout_step, the row, the layer, the unit), the same on any layout.
+        When every product of the pass is below grain.PRODUCT_GRAIN, numpy's BLAS runs it on one thread.
         """
+        restore = lower_blas(X.shape[0] * self._widest_layer)
+        try:
+            return self._loss_and_grad_into(X, y, grad, hooks, progress_chunks, validate, workspace, w, rows)
+        finally:
+            restore_blas(restore)
+
+    def _loss_and_grad_into(self, X: np.ndarray, y: np.ndarray, grad: np.ndarray,
+                            hooks: BackwardHooks | None = None, progress_chunks: int = 1,
+                            validate: bool = True, workspace: Workspace | None = None,
+                            w: np.ndarray | None = None, rows: np.ndarray | None = None) -> float:
+        """loss_and_grad_into's pass (numpy's BLAS threads already chosen)."""
         if validate:
             self.check_batch(X, y, allow_empty=True)
         if X.dtype != self.dtype:

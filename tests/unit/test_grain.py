@@ -163,6 +163,18 @@ def test_a_small_product_runs_on_one_blas_thread_and_the_count_comes_back(two_th
     assert numpy_blas().get() == 2
 
 
+@pytest.mark.skipif(numpy_blas() is None, reason="numpy's BLAS is none distbp sets threads of")
+def test_a_pass_of_small_products_lowers_the_blas_threads_once_and_gives_them_back(two_threads):
+    restore = grain.lower_blas(grain.PRODUCT_GRAIN - 1)
+    assert restore == 2 and numpy_blas().get() == 1
+    grain.restore_blas(restore)
+    assert numpy_blas().get() == 2
+    assert grain.lower_blas(grain.PRODUCT_GRAIN) == 0 and numpy_blas().get() == 2
+    model = MLP([20, 40, 5], "relu", "cross_entropy", "float32", seed=0)
+    model.loss_and_grad_into(np.zeros((8, 20), np.float32), np.zeros(8, np.int64), np.zeros(model.n_params, np.float32))
+    assert numpy_blas().get() == 2
+
+
 def test_a_small_update_runs_the_parallel_kernel_on_one_thread_and_gives_its_bits(two_threads):
     rng = np.random.default_rng(3)
     states = [[rng.standard_normal(1000).astype(np.float32) for _ in range(4)] for _ in range(2)]
