@@ -126,25 +126,17 @@ def sized(kernel, work: int) -> Callable:
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out (n, m) = a (n, k) · b (k, m), by numpy's BLAS; on one BLAS thread below PRODUCT_GRAIN multiply-adds."""
-    if a.shape[0] * a.shape[1] * b.shape[1] >= PRODUCT_GRAIN:
-        np.matmul(a, b, out=out)
-        return
-    blas = numpy_blas()
-    n = blas.get() if blas is not None else 1
-    if n == 1:
-        np.matmul(a, b, out=out)
-        return
-    blas.set(1)
+    restore = lower_blas(a.shape[0] * a.shape[1] * b.shape[1])
     try:
         np.matmul(a, b, out=out)
     finally:
-        blas.set(n)
+        restore_blas(restore)
 
 
 def lower_blas(work: int) -> int:
-    """Before a pass whose largest product has `work` multiply-adds: below PRODUCT_GRAIN, numpy's BLAS is set to one
-    thread now (two ctypes calls for the pass instead of two per product); returns the count to give back to
-    `restore_blas` (0: nothing was changed)."""
+    """Before a product (or a pass whose largest product) of `work` multiply-adds: below PRODUCT_GRAIN, numpy's BLAS
+    is set to one thread now; returns the count to give back to `restore_blas` (0: nothing was changed, as when the
+    BLAS already runs on one thread, so the products of a lowered pass make no further switch)."""
     if work >= PRODUCT_GRAIN:
         return 0
     blas = numpy_blas()

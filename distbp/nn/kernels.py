@@ -11,7 +11,9 @@ Backward:  g = δ_next·Wᵀ (BLAS), then `activation_backward`: δ = σ'(a) ⊙
            distbp.nn.layers calls these as one forward and one backward function per dense layer.
 Sums are deterministic: each parallel task sums a fixed chunk (ROW_CHUNK rows, or SUM_CHUNK elements)
 into its own row of partial sums, and `add_rows_into` adds those rows in chunk order, so no result
-depends on the thread count (distbp.nn.optim's layer norms use the same two).
+depends on the thread count (distbp.nn.optim's layer norms use the same two). So each parallel kernel also has a
+serial twin of the same loops and bits (`kernel.serial`), which its callers run below the kernel's grain
+(distbp.nn.grain.sized).
 Every kernel releases the GIL (nogil), so that threads of one rank can run passes of the model at
 once (--reproducible computes one micro-block per thread). The activation is a compile-time constant: `bias_activation_forward_for(name)`
 and `activation_backward_for(name)` return kernels specialised on it (see
