@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/time_to_accuracy.py              # full run, 2 repeats (~9 minutes on 2 shared cores)
     .venv/bin/python benchmarks/time_to_accuracy.py --quick      # 12,000 rows, 3 epochs: a smoke test
     .venv/bin/python benchmarks/time_to_accuracy.py --rows 60000 --epochs 8 --factors 16,64 --no-torch
+    .venv/bin/python benchmarks/time_to_accuracy.py --recipes lamb     # the baseline and the LAMB rows only
 
 Plain python. distbp's synthetic set (`load_dataset("synthetic:rows=N", seed=0, scale="standardize")`, 10 %
 held out) is written once, scaled, to a temporary .npz that both libraries read: `distbp train --data rows.npz
@@ -284,6 +285,9 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=60000, help="synthetic rows (10 %% held out)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--factors", default="16,64", help="global batches 128·k on 2 ranks, k comma-separated")
+    p.add_argument("--recipes", default="constant,warmup,lamb",
+                   help="the large-batch recipes to run, comma-separated (constant, warmup, lamb or lars); the "
+                        "baseline always runs: the target comes from it")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2, help="run every case R times in turns; median epoch times")
     p.add_argument("--no-torch", action="store_true", help="distbp only")
@@ -297,7 +301,9 @@ def main(argv=None) -> None:
     use_torch = not args.no_torch and subprocess.run([sys.executable, "-c", "import torch"],
                                                      capture_output=True).returncode == 0
     layerwise = layerwise_optimizer()
-    cases = recipes([int(k) for k in args.factors.split(",")], layerwise)
+    chosen = set(args.recipes.split(",")) | ({"lars"} if "lamb" in args.recipes.split(",") else set())
+    cases = [c for c in recipes([int(k) for k in args.factors.split(",")], layerwise)
+             if c.get("base") or c["recipe"].split("+")[0] in chosen]
     load0, t0 = os.getloadavg(), time.perf_counter()
     print(f"time_to_accuracy: {len(cases)} cases x {'distbp, torch' if use_torch else 'distbp'}, {args.rows} rows, "
           f"{args.epochs} epochs; load average {load0[0]:.2f}", file=sys.stderr, flush=True)

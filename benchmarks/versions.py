@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/versions.py --against 8b77ddb features.py --ranks 1,2
     .venv/bin/python benchmarks/versions.py --against 8b77ddb --rounds 3 step.py --no-torch
+    .venv/bin/python benchmarks/versions.py --against e983f30 --rounds 4 optimizers.py --repeats 20
 
 Each round runs the named script of the other commit (a git worktree, its own code on PYTHONPATH),
 then this checkout's, so drift of the machine's load falls on both alike; the table gives each
 measured case's median time over the rounds and the ratio this/other (below 1: this checkout is
-faster). Understands the JSON of step.py (per thread count and case) and features.py (per rank
-count and variant). Writes results/versions-<script>.json.
+faster). Understands the JSON of step.py (per thread count and case), features.py (per rank
+count and variant) and optimizers.py (per model and optimizer). Writes results/versions-<script>.json.
 """
 
 from __future__ import annotations
@@ -33,12 +34,20 @@ def cases(script: str, doc: dict) -> dict[str, float]:
         return {f"{r['threads']} thread(s), {case}": 1e3 * s for r in doc["results"] for case, s in r["seconds"].items()}
     if script == "features.py":
         return {f"{r['ranks']} rank(s), {r['variant']}": r["step ms"] for r in doc["measured"]}
+    if script == "optimizers.py":
+        return {f"{r['model']}, {r['optimizer']}": r["ms"] for r in doc["rows"]}
     raise SystemExit(f"versions.py does not know the JSON of {script}")
 
 
-def run(tree: Path, script: str, args: list[str], out: Path) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(tree / ".numba_cache"))
-    cmd = [sys.executable, str(tree / "benchmarks" / script), *args, "--out", str(out)]
+OUTPUT_FLAG = {"optimizers.py": "--json"}  # where a script takes its JSON's path, if not --out
+
+
+def run(tree: Path, script: str, args: list[str], out: Path, cache: Path) -> dict[str, float]:
+    # a Numba cache of this run's own: Numba keys a kernel by its own file's stamp, so a kernel that inlines a
+    # function of another file (kernels.lane_sum_of_squares into optim's norms) would load stale code from the
+    # checkout's cache after that other file changed
+    env = dict(os.environ, PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(cache))
+    cmd = [sys.executable, str(tree / "benchmarks" / script), *args, OUTPUT_FLAG.get(script, "--out"), str(out)]
     done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"{script} failed in {tree}:\n{done.stdout}\n{done.stderr}")
@@ -49,7 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--against", required=True, metavar="COMMIT")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("script", choices=["step.py", "features.py"])
+    p.add_argument("script", choices=["step.py", "features.py", "optimizers.py"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     a = p.parse_args()
     times: dict[str, dict[str, list[float]]] = {"other": {}, "this": {}}
@@ -60,7 +69,8 @@ def main() -> None:
         try:
             for k in range(a.rounds):
                 for name, tree in (("other", other), ("this", ROOT)):
-                    for case, ms in run(tree, a.script, a.args, Path(tmp) / f"{name}-{k}.json").items():
+                    for case, ms in run(tree, a.script, a.args, Path(tmp) / f"{name}-{k}.json",
+                                        Path(tmp) / f"{name}-numba").items():
                         times[name].setdefault(case, []).append(ms)
                     print(f"round {k + 1}/{a.rounds}: {name} done", file=sys.stderr, flush=True)
         finally:

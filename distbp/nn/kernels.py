@@ -40,7 +40,7 @@ ROW_CHUNK = 16
 
 # elements per parallel task of a 1-D sum (sum_of_squares, the optimizers' layer norms), fixed for the same reason
 SUM_CHUNK = 4096
-SUM_LANES = 8  # interleaved float64 partial sums of lane_sum_of_squares: one AVX-512 register, two AVX2 ones
+SUM_LANES = 64  # interleaved float64 partial sums of lane_sum_of_squares (the width LLVM vectorised: see there)
 
 
 def bias_activation_forward_for(activation: str):
@@ -202,7 +202,9 @@ def ordered_sum(x):
 def lane_sum_of_squares(x):
     """Σ x² of a contiguous 1-D x in float64: element i goes to partial sum i mod SUM_LANES, the lanes are added
     in lane order at the end. A fixed order (the same bits on any CPU and thread count) that the vectorizer can
-    keep in registers, where one running sum is a chain of dependent adds (2.9x slower on 4096 float32)."""
+    keep in registers, where one running sum is a chain of dependent adds (2.9x slower on 4096 float32 than 8
+    lanes). 64 lanes: LLVM vectorises the 64-wide inner loop, and unrolled 8-, 16- and 32-wide ones element by
+    element (0.14 against 0.44-0.54 ns an element in float32 on the Zen 4, 0.13 against 0.28 in float64)."""
     acc = np.zeros(SUM_LANES)
     n = x.shape[0]
     full = n // SUM_LANES * SUM_LANES

@@ -164,8 +164,7 @@ def lamb_update(params, m, v, rates, corr, eps_t, segs, lam):
         lam_k = lam if segs[k, 3] else zero
         rate = rates[segs[k, 2]]
         start, stop = segs[k, 0], segs[k, 1]
-        # over contiguous slices of fixed chunks, as layer_norms: indexed into the whole arrays, the square root
-        # and the division stayed scalar
+        # over contiguous slices of fixed chunks, as layer_norms
         for c in prange((stop - start + SUM_CHUNK - 1) // SUM_CHUNK):
             a = start + c * SUM_CHUNK
             b = min(stop, a + SUM_CHUNK)
@@ -185,8 +184,9 @@ def directions(rule, u, a, params, lam_k, state, coefs):
     lamb: m ← β₁·m + (1−β₁)·g, v ← β₂·v + (1−β₂)·g² with g = scale·∇L, then u = r = corr·m/(√v + eps_t) + λ·θ
           = m̂/(√v̂ + ε) + λ·θ (state (grad, m, v), coefs (scale, β₁, β₂, corr, eps_t); corr = √(1−β₂ᵗ)/(1−β₁ᵗ),
           eps_t = ε·√(1−β₂ᵗ)).
-    The loops run over contiguous slices of the chunk: indexed by a + j into the whole arrays, LLVM kept the
-    square root and the division scalar (0.48 ms against 0.06 ms for LAMB's 203,530 parameters, float32).
+    The loops run over contiguous slices of the chunk. The square root and the division vectorise under numpy's
+    error model (grain.parallel_update): Python's checked each divisor for zero, which kept them scalar (2.4 against
+    0.4 ns a parameter for this loop in float32).
     """
     raise TypeError("directions() is resolved inside Numba kernels only")
 
