@@ -64,8 +64,8 @@ def parallel_kernel(grain: int, **options) -> Callable:
 
 
 def parallel_update(grain: int) -> Callable:
-    """Decorator for the optimizers' updates: `njit(parallel=True, cache=True, error_model="numpy")`, with `.grain` and, as `.serial`, the
-    same kernel run with Numba's pool set to one thread for the call (not a serial compile: theirs did not
+    """Decorator for the optimizers' updates: `njit(parallel=True, cache=True, error_model="numpy")`, with `.grain`
+    and, as `.serial`, the same kernel run with Numba's pool set to one thread for the call (not a serial compile: theirs did not
     vectorise, see above). One thread means no worker to wake: after the rest of a small step the pool's workers
     sleep, and waking them cost more than the update (42 µs against 5 µs for Adam on 9,610 parameters)."""
     def compile_with_one_thread_run(py_func):
