@@ -109,7 +109,7 @@ def plan_rows(cfg: Config, comm: Comm, data: Dataset, initial: np.ndarray | None
               ) -> tuple[Dataset, SharedRows | LocalRows, str, MLP, GradientSync]:
     """[dist] Which rows each rank computes at each step, and the model and strategy sized for them.
 
-    Returns (the dataset, the plan, the data's fingerprint, the model, the not yet built strategy); with
+    Returns (the dataset, the plan, the data's fingerprint or None, the model, the not yet built strategy); with
     --local-rows the dataset is the ranks' agreed one (one scaling, one set of classes)."""
     if cfg.local_rows:  # [dist] each rank's own rows: one dataset's scaling and classes, a plan for them
         data, plan, fingerprint = localdata.agree(data, comm, scale=cfg.scale, batch_size=cfg.batch_size,
@@ -125,16 +125,19 @@ def plan_rows(cfg: Config, comm: Comm, data: Dataset, initial: np.ndarray | None
         model, sync = build_agreed(cfg, comm, layout_of(comm), initial)
         plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, sync.my_rows, comm.rank, comm.size,
                           shuffle=cfg.shuffle)
-        fingerprint = data.fingerprint()
+        fingerprint = None  # agree_on_job takes it when there are ranks to compare it with
     return data, plan, fingerprint, model, sync
 
 
 def agree_on_job(cfg: Config, comm: Comm, model: MLP, plan: SharedRows | LocalRows, data: Dataset,
-                 fingerprint: str) -> None:
-    """[dist] Every rank must run the same job on the same data, or the allreduce silently mixes two jobs."""
+                 fingerprint: str | None) -> None:
+    """[dist] Every rank must run the same job on the same data, or the allreduce silently mixes two jobs.
+    fingerprint: the data's (None: taken here); one rank has nothing to compare (a partial_fit call is a job)."""
+    if comm.size == 1:
+        return
     shared = {k: v for k, v in cfg.to_dict().items() if k not in ("threads", "progress")}
     shared.update(n_params=model.n_params, train_rows=plan.train_rows, features=data.n_features,
-                  data_fingerprint=fingerprint)
+                  data_fingerprint=fingerprint if fingerprint is not None else data.fingerprint())
     comm.check_agree("configuration", shared)
 
 
