@@ -17,7 +17,7 @@ stays scalar; and its on-disk cache entry is never reused.)
 
 `exp` is np.exp in float64 and, in float32, `exp_f32`: a polynomial exp that
 LLVM vectorises (this llvmlite has no vector math library, so np.exp on
-float32 is a scalar libm call per element).
+float32 is a scalar libm call per element); tanh likewise (`tanh_f32`).
 """
 
 import hashlib
@@ -94,8 +94,45 @@ def sigmoid_prime(a):
 
 
 @njit(inline="always", cache=True)
+def tanh_f32(x):
+    """tanh of a float32 x, within 2 ulp, branch-free so that it vectorises (np.tanh on float32 is a scalar
+    libm call per element here: 17 ns an element against relu's 0.1).
+
+    Cephes' tanhf: for |x| < 0.625 the odd polynomial x + x·z·P(z), z = x²; above, 1 − 2/(e^{2|x|} + 1) with
+    exp_f32 (e^{2|x|} overflows to inf from |x| ≈ 44.4 on: exactly ±1, the limit), the sign put back. NaN stays
+    NaN. Both sides are computed and one is selected, as LLVM does for a vector of elements.
+    """
+    f = np.float32
+    a = abs(x)
+    z = x * x
+    p = f(-5.70498872745e-3)
+    p = p * z + f(2.06390887954e-2)
+    p = p * z + f(-5.37397155531e-2)
+    p = p * z + f(1.33314422036e-1)
+    p = p * z + f(-3.33332819422e-1)
+    small = p * z * x + x
+    large = f(1.0) - f(2.0) / (exp_f32(a + a) + f(1.0))
+    large = large if x >= f(0.0) else -large
+    y = small if a < f(0.625) else large
+    y = y if a != f(0.0) else x  # ±0 keeps its sign
+    return y if x == x else x
+
+
+@njit(inline="always", cache=True)
 def tanh(z):
+    """tanh(z): tanh_f32 in float32, np.tanh otherwise (float64 stays bit-identical to numpy)."""
+    return _tanh_by_dtype_call(z)
+
+
+def _tanh_by_dtype_call(z):
     return np.tanh(z)
+
+
+@overload(_tanh_by_dtype_call, inline="always")
+def _tanh_by_dtype(z):
+    if z == types.float32:
+        return lambda z: tanh_f32(z)
+    return lambda z: np.tanh(z)
 
 
 @njit(inline="always", cache=True)

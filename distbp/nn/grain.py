@@ -49,14 +49,18 @@ PRODUCT_GRAIN = 1 << 22  # multiply-adds (rows · inner · columns): a product o
 
 
 def parallel_kernel(grain: int, **options) -> Callable:
-    """Decorator: `njit(parallel=True, cache=True, **options)`, with the serial twin as `.serial` and the work from
-    which the parallel kernel runs as `.grain` (see `sized`).
+    """Decorator: `njit(parallel=True, cache=True, error_model="numpy", **options)`, with the serial twin as `.serial`
+    and the work from which the parallel kernel runs as `.grain` (see `sized`).
 
     The twin is compiled from a copy of the function named `<name>_serial`: Numba's on-disk cache keys a function
     by its name and code, not by its options, so a twin of the same name would load the parallel machine code."""
     def compile_both(py_func):
-        kernel = njit(parallel=True, cache=True, **options)(py_func)
-        kernel.serial = njit(cache=True, **options)(_renamed(py_func, "serial"))
+        # numpy's error model in both: a prange body gets it anyway, and under Python's (checking each divisor
+        # for zero) the twin's divisions stayed scalar: sigmoid's σ on 512x1024 float32 took 3.2 ms on the twin
+        # against 0.2 ms for the parallel kernel on one thread
+        flags = {"error_model": "numpy", **options}
+        kernel = njit(parallel=True, cache=True, **flags)(py_func)
+        kernel.serial = njit(cache=True, **flags)(_renamed(py_func, "serial"))
         kernel.grain = grain
         _TWINNED.append(kernel)
         return kernel

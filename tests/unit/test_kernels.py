@@ -1,11 +1,12 @@
-"""Each fast kernel against its plain-numpy twin (optim's layer norms too), and the float32 exp against numpy's."""
+"""Each fast kernel against its plain-numpy twin (optim's layer norms too), and the float32 exp and tanh against
+numpy's."""
 
 import numpy as np
 import pytest
 from numba import njit
 
 from distbp.nn import kernels, optim
-from distbp.nn.activations import ACTIVATIONS, exp_f32
+from distbp.nn.activations import ACTIVATIONS, exp_f32, tanh_f32
 from tests.helpers import reference
 from tests.helpers.reference import ACT
 
@@ -43,6 +44,42 @@ def test_float32_exp_overflows_underflows_and_propagates_nan_like_numpy():
     np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     assert got[2] == 0 and got[3] == 0 and got[5] == 0 and got[7] == 1
+
+
+@njit
+def _tanh_f32_array(x, out):
+    for i in range(x.shape[0]):
+        out[i] = tanh_f32(x[i])
+
+
+def tanh32(x):
+    out = np.empty_like(x)
+    _tanh_f32_array(x, out)
+    return out
+
+
+def ulps_from_rounded(got, exact):
+    """|got − exact rounded to float32| in float32 steps (same-signed finite values)."""
+    rounded = exact.astype(np.float32)
+    return np.abs(got.view(np.int32).astype(np.int64) - rounded.view(np.int32).astype(np.int64))
+
+
+def test_float32_tanh_is_within_two_ulp_of_the_rounded_value():
+    # both branches (|x| < 0.625 by the polynomial, above by exp), the switch, tiny values and the flat tails
+    x = np.concatenate([np.linspace(-12, 12, 2_000_001, dtype=np.float32),
+                        np.geomspace(1e-38, 1, 100_001, dtype=np.float32),
+                        np.nextafter(np.float32(0.625), np.float32([0, 1]))])
+    x = np.concatenate([x, -x])
+    assert ulps_from_rounded(tanh32(x), np.tanh(x.astype(np.float64))).max() <= 2
+
+
+def test_float32_tanh_saturates_keeps_the_sign_of_zero_and_propagates_nan():
+    x = np.array([44.0, 100.0, np.inf, -50.0, -np.inf, 0.0, -0.0, np.nan, 1e-45, -1e-45], np.float32)
+    got = tanh32(x)
+    np.testing.assert_array_equal(got[:5], [1, 1, 1, -1, -1])
+    np.testing.assert_array_equal(np.signbit(got[5:7]), [False, True])
+    assert got[5] == 0 and got[6] == 0 and np.isnan(got[7])
+    np.testing.assert_array_equal(got[8:], x[8:])  # tanh(x) = x below float32's resolution
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
