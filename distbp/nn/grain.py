@@ -69,9 +69,10 @@ def parallel_kernel(grain: int, **options) -> Callable:
 
 def parallel_update(grain: int) -> Callable:
     """Decorator for the optimizers' updates: `njit(parallel=True, cache=True, error_model="numpy")`, with `.grain`
-    and, as `.serial`, the same kernel run with Numba's pool set to one thread for the call (not a serial compile: theirs did not
-    vectorise, see above). One thread means no worker to wake: after the rest of a small step the pool's workers
-    sleep, and waking them cost more than the update (42 µs against 5 µs for Adam on 9,610 parameters)."""
+    and, as `.serial`, the same kernel run with Numba's pool set to one thread for the call (not a serial compile:
+    theirs did not vectorise, see above). One thread means no worker to wake: after the rest of a small step the
+    pool's workers sleep, and waking them cost more than the update (42 µs against 5 µs for Adam on 9,610
+    parameters)."""
     def compile_with_one_thread_run(py_func):
         # numpy's error model: Python's checks every divisor for zero, a branch that kept LAMB's
         # √v + ε division (and the square root beside it) scalar; the divisors are > 0 (ε > 0 is checked)
