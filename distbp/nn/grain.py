@@ -44,13 +44,15 @@ LIGHT_GRAIN = 1 << 20  # a few operations an element: relu's and linear's σ, ev
 SUM_GRAIN = 1 << 21  # one pass that sums: the column sums (db), the finite check (never faster on 2 threads here)
 MEDIUM_GRAIN = 1 << 19  # a dozen operations an element: dropout's hash, the mse loss, narrow_backward's k products
 HEAVY_GRAIN = 1 << 15  # an exp, tanh or log an element (sigmoid's and tanh's σ, softmax, cross-entropy); Σx² in float64
+VECTOR_HEAVY_GRAIN = 1 << 18  # sigmoid's and tanh's σ in float32, whose exp and tanh are vectorised polynomials
 UPDATE_GRAIN = 1 << 19  # parameters: an optimizer's update over fewer runs on one thread
 PRODUCT_GRAIN = 1 << 22  # multiply-adds (rows · inner · columns): a product of fewer runs on one BLAS thread
 
 
-def parallel_kernel(grain: int, **options) -> Callable:
+def parallel_kernel(grain: int, float32_grain: int | None = None, **options) -> Callable:
     """Decorator: `njit(parallel=True, cache=True, error_model="numpy", **options)`, with the serial twin as `.serial`
-    and the work from which the parallel kernel runs as `.grain` (see `sized`).
+    and the work from which the parallel kernel runs as `.grain` (see `sized`); `.float32_grain` (default: grain) for
+    float32 work where `sized` is told the dtype (a σ whose float32 form vectorises costs less an element).
 
     The twin is compiled from a copy of the function named `<name>_serial`: Numba's on-disk cache keys a function
     by its name and code, not by its options, so a twin of the same name would load the parallel machine code."""
@@ -62,6 +64,7 @@ def parallel_kernel(grain: int, **options) -> Callable:
         kernel = njit(parallel=True, cache=True, **flags)(py_func)
         kernel.serial = njit(cache=True, **flags)(_renamed(py_func, "serial"))
         kernel.grain = grain
+        kernel.float32_grain = float32_grain if float32_grain is not None else grain
         _TWINNED.append(kernel)
         return kernel
     return compile_both
@@ -126,9 +129,14 @@ def compile_twins() -> int:
     return done
 
 
-def sized(kernel, work: int) -> Callable:
-    """`kernel.serial` for less work than `kernel.grain` (elements), else the parallel `kernel`."""
-    return kernel.serial if work < kernel.grain else kernel
+_FLOAT32 = np.dtype(np.float32)
+
+
+def sized(kernel, work: int, dtype: np.dtype | None = None) -> Callable:
+    """`kernel.serial` for less work than `kernel.grain` (elements), else the parallel `kernel`; float32 work
+    (dtype given) against `kernel.float32_grain`."""
+    grain = kernel.float32_grain if dtype is _FLOAT32 else kernel.grain
+    return kernel.serial if work < grain else kernel
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from distbp.errors import DistbpError
 from distbp.nn.activations import derivative, grain_of, kernel_key, value
-from distbp.nn.grain import HEAVY_GRAIN, LIGHT_GRAIN, MEDIUM_GRAIN, SUM_GRAIN, parallel_kernel
+from distbp.nn.grain import HEAVY_GRAIN, LIGHT_GRAIN, MEDIUM_GRAIN, SUM_GRAIN, VECTOR_HEAVY_GRAIN, parallel_kernel
 
 # rows per parallel task in kernels that also sum over rows. each task streams whole
 # rows and keeps its own partial sums, added in chunk order afterwards: the chunks do
@@ -82,7 +82,8 @@ NARROW_WIDTH = 16
 # values, and a string hashes the same in every process)
 
 def _make_bias_activation_forward(key: str):
-    @parallel_kernel(grain_of(key, LIGHT_GRAIN, HEAVY_GRAIN), nogil=True)
+    @parallel_kernel(grain_of(key, LIGHT_GRAIN, HEAVY_GRAIN),
+                     float32_grain=grain_of(key, LIGHT_GRAIN, VECTOR_HEAVY_GRAIN), nogil=True)
     def bias_activation_forward(z, a, b):
         """a (n, m) = σ(z + b) for z (n, m) and b (m,). `a` may be `z` itself (in place, as the output
         layer does); otherwise z is left as it is."""

@@ -36,7 +36,7 @@ def dense_forward(z: np.ndarray, a_out: np.ndarray, a_in: np.ndarray, W: np.ndar
     """z = a_in·W, then a_out = σ(z + b) by `forward_kernel` (kernels.bias_activation_forward_for(σ)).
     a_out may be z itself: the output layer adds its bias in place and leaves σ to the loss."""
     matmul(a_in, W, z)
-    sized(forward_kernel, z.size)(z, a_out, b)
+    sized(forward_kernel, z.size, z.dtype)(z, a_out, b)
 
 
 def weight_gradient(dW: np.ndarray, a: np.ndarray, delta: np.ndarray) -> None:

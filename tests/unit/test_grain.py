@@ -129,6 +129,17 @@ def test_an_activation_that_takes_an_exp_gets_the_smaller_grain():
     assert grain.HEAVY_GRAIN < grain.LIGHT_GRAIN
 
 
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_a_sigma_whose_float32_form_vectorises_takes_its_float32_grain_for_float32_work(name):
+    kernel = kernels.bias_activation_forward_for(name)
+    work = grain.VECTOR_HEAVY_GRAIN - 1
+    assert grain.HEAVY_GRAIN <= work
+    assert grain.sized(kernel, work, np.dtype(np.float32)) is kernel.serial
+    assert grain.sized(kernel, work, np.dtype(np.float64)) is kernel  # np.tanh and np.exp stay scalar in float64
+    assert grain.sized(kernel, work) is kernel
+    assert grain.sized(kernel, grain.VECTOR_HEAVY_GRAIN, np.dtype(np.float32)) is kernel
+
+
 def test_the_twin_is_cached_apart_from_the_parallel_kernel():
     # numba's disk cache keys a function by its qualified name: one name for both would load one's code for the other
     kernel = kernels.column_sum
