@@ -9,8 +9,10 @@ batch 128 ran 1.76x slower on 2 threads than on 1), so, as PyTorch's parallel lo
   every sum in these kernels runs over chunks fixed by the data, not by the threads, and the element-wise work is
   the same operations in the same order (tests/unit/test_grain.py compares them);
 - the optimizers' updates (`parallel_update`) below their grain run the parallel kernel with the pool set to one
-  thread for the call: compiled serially their 1-D loops did not vectorise (the parallel kernel on one thread
-  measured 1.7-6x faster than such a twin);
+  thread for the call: compiled serially under Python's error model their loops did not vectorise (the parallel
+  kernel on one thread measured 1.7-6x faster than such a twin). Under numpy's error model, which every kernel
+  here now has, a serial compile measured as fast (momentum 41 against 45 µs, Adam 65 against 68 µs on 203,530
+  float32 parameters), so these could become ordinary twins; not done yet;
 - `matmul(a, b, out)` runs a product of fewer than PRODUCT_GRAIN multiply-adds on one BLAS thread (numpy's
   OpenBLAS is set to 1 around it: two ctypes calls of about 0.3 µs), larger ones on every thread the BLAS has.
   On a CPU where OpenBLAS's float32 products give other bits on 1 thread than on 2 (seen on AMD Zen 3), a run that
@@ -21,7 +23,8 @@ docs/performance.md). Each call there comes after 50 µs of the caller's own wor
 product or Python: by then the pool's workers sleep, and waking one cost 25-35 µs on this machine, more than most
 small kernels compute (a 2-thread Adam update of 9,610 parameters after 40 µs of other work took 42 µs, on one
 thread 5 µs). So relu's σ and every σ' ran faster on 2 threads only from about a million elements, the column
-sums and the finite check never in the range measured (up to 2^20), cross-entropy and tanh from 16-32 K elements,
+sums and the finite check never in the range measured (up to 2^20), cross-entropy and tanh from 16-32 K elements
+(float32 tanh and sigmoid from 2^18 once their σ and the twins vectorised: VECTOR_HEAVY_GRAIN),
 products from about 6 M multiply-adds (2 M: 1.3-1.5x slower on 2 threads). Called back to back (the pool kept
 awake) the crossovers were 16-64 times smaller: a step that keeps the pool busy loses little to these grains, and
 the large models' kernels and products are above them anyway. On 1 thread the twin is the faster one at every
@@ -43,7 +46,7 @@ from distbp.host.threads import numpy_blas
 LIGHT_GRAIN = 1 << 20  # a few operations an element: relu's and linear's σ, every σ'
 SUM_GRAIN = 1 << 21  # one pass that sums: the column sums (db), the finite check (never faster on 2 threads here)
 MEDIUM_GRAIN = 1 << 19  # a dozen operations an element: dropout's hash, the mse loss, narrow_backward's k products
-HEAVY_GRAIN = 1 << 15  # an exp, tanh or log an element (sigmoid's and tanh's σ, softmax, cross-entropy); Σx² in float64
+HEAVY_GRAIN = 1 << 15  # an exp, tanh or log an element (float64 sigmoid and tanh σ, softmax, cross-entropy); float64 Σx²
 VECTOR_HEAVY_GRAIN = 1 << 18  # sigmoid's and tanh's σ in float32, whose exp and tanh are vectorised polynomials
 UPDATE_GRAIN = 1 << 19  # parameters: an optimizer's update over fewer runs on one thread
 PRODUCT_GRAIN = 1 << 22  # multiply-adds (rows · inner · columns): a product of fewer runs on one BLAS thread
@@ -73,7 +76,7 @@ def parallel_kernel(grain: int, float32_grain: int | None = None, **options) -> 
 def parallel_update(grain: int) -> Callable:
     """Decorator for the optimizers' updates: `njit(parallel=True, cache=True, error_model="numpy")`, with `.grain`
     and, as `.serial`, the same kernel run with Numba's pool set to one thread for the call (not a serial compile:
-    theirs did not vectorise, see above). One thread means no worker to wake: after the rest of a small step the
+    under Python's error model theirs did not vectorise, see above). One thread means no worker to wake: after the rest of a small step the
     pool's workers sleep, and waking them cost more than the update (42 µs against 5 µs for Adam on 9,610
     parameters)."""
     def compile_with_one_thread_run(py_func):
