@@ -11,8 +11,8 @@ batch 128 ran 1.76x slower on 2 threads than on 1), so, as PyTorch's parallel lo
 - the optimizers' updates (`parallel_update`) below their grain run the parallel kernel with the pool set to one
   thread for the call: compiled serially under Python's error model their loops did not vectorise (the parallel
   kernel on one thread measured 1.7-6x faster than such a twin). Under numpy's error model, which every kernel
-  here now has, a serial compile measured as fast (momentum 41 against 45 µs, Adam 65 against 68 µs on 203,530
-  float32 parameters), so these could become ordinary twins; not done yet;
+  here now has, a one-off probe (not a benchmark) found a serial compile of momentum's and Adam's update as fast:
+  these could become ordinary twins once benchmarks/grain.py confirms it; not done yet;
 - `matmul(a, b, out)` runs a product of fewer than PRODUCT_GRAIN multiply-adds on one BLAS thread (numpy's
   OpenBLAS is set to 1 around it: two ctypes calls of about 0.3 µs), larger ones on every thread the BLAS has.
   On a CPU where OpenBLAS's float32 products give other bits on 1 thread than on 2 (seen on AMD Zen 3), a run that
@@ -46,7 +46,7 @@ from distbp.host.threads import numpy_blas
 LIGHT_GRAIN = 1 << 20  # a few operations an element: relu's and linear's σ, every σ'
 SUM_GRAIN = 1 << 21  # one pass that sums: the column sums (db), the finite check (never faster on 2 threads here)
 MEDIUM_GRAIN = 1 << 19  # a dozen operations an element: dropout's hash, the mse loss, narrow_backward's k products
-HEAVY_GRAIN = 1 << 15  # an exp, tanh or log an element (float64 sigmoid and tanh σ, softmax, cross-entropy); float64 Σx²
+HEAVY_GRAIN = 1 << 15  # an exp, tanh or log an element (float64 sigmoid/tanh σ, softmax, cross-entropy); float64 Σx²
 VECTOR_HEAVY_GRAIN = 1 << 18  # sigmoid's and tanh's σ in float32, whose exp and tanh are vectorised polynomials
 UPDATE_GRAIN = 1 << 19  # parameters: an optimizer's update over fewer runs on one thread
 PRODUCT_GRAIN = 1 << 22  # multiply-adds (rows · inner · columns): a product of fewer runs on one BLAS thread
@@ -76,9 +76,9 @@ def parallel_kernel(grain: int, float32_grain: int | None = None, **options) -> 
 def parallel_update(grain: int) -> Callable:
     """Decorator for the optimizers' updates: `njit(parallel=True, cache=True, error_model="numpy")`, with `.grain`
     and, as `.serial`, the same kernel run with Numba's pool set to one thread for the call (not a serial compile:
-    under Python's error model theirs did not vectorise, see above). One thread means no worker to wake: after the rest of a small step the
-    pool's workers sleep, and waking them cost more than the update (42 µs against 5 µs for Adam on 9,610
-    parameters)."""
+    under Python's error model theirs did not vectorise, see above). One thread means no worker to wake: after the
+    rest of a small step the pool's workers sleep, and waking them cost more than the update (42 µs against 5 µs
+    for Adam on 9,610 parameters)."""
     def compile_with_one_thread_run(py_func):
         # numpy's error model: Python's checks every divisor for zero, a branch that kept LAMB's
         # √v + ε division (and the square root beside it) scalar; the divisors are > 0 (ε > 0 is checked)
