@@ -10,7 +10,7 @@ on 1 and 2 BLAS threads (numpy's OpenBLAS), and `matmul 2`: distbp.nn.grain.matm
 comes after --gap-us (50) µs of the calling thread's own work, as in a step, where a kernel follows a product or
 Python: by then the pool's workers sleep, and waking them measured 30-40 µs here (a 2-thread Adam update of 9,610
 parameters after 40 µs of other work: 42 µs against 5 µs on one thread). --gap-us 0 times calls back to back.
-Medians of --repeats rounds.
+Medians of --repeats rounds. --kernels adam,lamb times only those (comma-separated parts of the names).
 
 The last lines give the grains this machine shows: the least work from which 2 threads beat 1 on every larger case,
 beside the constants distbp.nn.grain holds.
@@ -123,9 +123,15 @@ def kernel_cases(dtype, rng) -> list[tuple[str, int, object, object]]:
                    lambda k, z=logits, y=targets, o=out, dl=delta, r=rl: k(z, y, o, dl, r))]
         params, grads = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
         t = np.dtype(dtype).type
-        cases.append(("adam_update (serial: on 1 thread)", size, optim.adam_update,
-                      lambda k, p=params, g=grads, m=np.zeros_like(params), v=np.zeros_like(params):
-                      k(p, g, m, v, t(1e-9), t(1), t(0.9), t(0.999), t(1e-8))))
+        m, v = np.zeros_like(params), np.zeros_like(params)
+        segs = np.array([[0, size, 0, 1]], np.int64)
+        cases += [("momentum_update", size, optim.momentum_update,
+                   lambda k, p=params, g=grads, u=m: k(p, g, u, t(1e-9), t(1), t(0.9))),
+                  ("adam_update", size, optim.adam_update,
+                   lambda k, p=params, g=grads, m=m, v=v: k(p, g, m, v, t(1e-9), t(1), t(0.9), t(0.999), t(1e-8))),
+                  ("lamb_update", size, optim.lamb_update,
+                   lambda k, p=params, m=m, v=v, s=segs: k(p, m, v, np.array([1e-9], dtype), t(1), t(1e-6), s,
+                                                          t(0)))]
     return cases
 
 
@@ -144,12 +150,18 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--gap-us", type=float, default=50.0,
                    help="the calling thread's own work before each call, µs (0: calls back to back, the pool kept hot)")
+    p.add_argument("--kernels", default="",
+                   help="only the kernels whose names contain one of these comma-separated words (products: none "
+                        "unless 'products' is one)")
     p.add_argument("--out", default="results/grain.json")
     args = p.parse_args(argv)
+    wanted = [w for w in args.kernels.split(",") if w]
     dtype, rng = np.dtype(args.dtype), np.random.default_rng(0)
 
     kernel_rows = []
     for name, work, kernel, call in kernel_cases(dtype, rng):
+        if wanted and not any(w in name for w in wanted):
+            continue
         t = timed_in_turns({"parallel 1": (1, lambda: call(kernel)), "serial": (1, lambda: call(kernel.serial)),
                             "parallel 2": (2, lambda: call(kernel))}, args.repeats, args.gap_us)
         row = dict(kernel=name, work=work, **t)
@@ -163,7 +175,7 @@ def main(argv=None) -> None:
                 "(work: elements)")
 
     product_rows = []
-    for rows, inner, cols in PRODUCTS:
+    for rows, inner, cols in PRODUCTS if not wanted or "products" in wanted else ():
         a = rng.standard_normal((rows, inner)).astype(dtype)
         w = rng.standard_normal((inner, cols)).astype(dtype)
         z = np.empty((rows, cols), dtype)
@@ -178,10 +190,11 @@ def main(argv=None) -> None:
                                      **{"2 thr / 1": t["blas 2"] / t["blas 1"],
                                         "matmul 2 / best": t["matmul 2"] / min(t["blas 1"], t["blas 2"])}))
     product_rows.sort(key=lambda r: r["work"])
-    print_table(product_rows, ["product", "shape", "work", "blas 1", "blas 2", "matmul 2", "2 thr / 1",
-                               "matmul 2 / best"],
-                f"products, {args.dtype}, µs per call (work: multiply-adds; matmul 2: distbp.nn.grain.matmul on "
-                f"2 threads, one thread below {grain.PRODUCT_GRAIN:,})")
+    if product_rows:
+        print_table(product_rows, ["product", "shape", "work", "blas 1", "blas 2", "matmul 2", "2 thr / 1",
+                                   "matmul 2 / best"],
+                    f"products, {args.dtype}, µs per call (work: multiply-adds; matmul 2: distbp.nn.grain.matmul on "
+                    f"2 threads, one thread below {grain.PRODUCT_GRAIN:,})")
 
     found = {name: crossover([r for r in kernel_rows if r["kernel"] == name], "parallel 2", "serial")
              for name in dict.fromkeys(r["kernel"] for r in kernel_rows)}
@@ -189,8 +202,9 @@ def main(argv=None) -> None:
         print(f"{name}: 2 threads beat the serial twin from {work if work is None else f'{work:,}'} elements on")
     product_grain = crossover([dict(work=r["work"], one=r["blas 1"], two=r["blas 2"]) for r in product_rows],
                               "two", "one")
-    print(f"products: 2 BLAS threads beat 1 from {product_grain if product_grain is None else f'{product_grain:,}'} "
-          f"multiply-adds on")
+    if product_rows:
+        shown = product_grain if product_grain is None else f"{product_grain:,}"
+        print(f"products: 2 BLAS threads beat 1 from {shown} multiply-adds on")
     print("distbp.nn.grain: " + ", ".join(f"{name} {getattr(grain, name):,}" for name in GRAINS))
     write_json(args.out, dict(machine=machine(), dtype=args.dtype, repeats=args.repeats, gap_us=args.gap_us,
                               kernels=kernel_rows, products=product_rows, crossover_kernels=found,

@@ -3,16 +3,16 @@
 A parallel Numba kernel wakes the pool and joins it on every call, and OpenBLAS splits a product over its threads
 from a size on. Below some work that costs more than the second thread computes (issue 31: the 64-128-10 step at
 batch 128 ran 1.76x slower on 2 threads than on 1), so, as PyTorch's parallel loops take a grain size:
-- every parallel kernel of distbp.nn.kernels and distbp.nn.losses is compiled twice (`parallel_kernel`): `kernel`
-  itself (prange over Numba's pool) and `kernel.serial`, the same loops on the calling thread, and carries its grain
-  (`kernel.grain`, elements). `sized(kernel, elements)` picks the serial twin below it. The two give the same bits:
+- every parallel kernel of distbp.nn.kernels, distbp.nn.losses and distbp.nn.optim is compiled twice
+  (`parallel_kernel`): `kernel` itself (prange over Numba's pool) and `kernel.serial`, the same loops on the calling
+  thread, and carries its grain (`kernel.grain`, elements). `sized(kernel, elements)` picks the serial twin below
+  it. The two give the same bits:
   every sum in these kernels runs over chunks fixed by the data, not by the threads, and the element-wise work is
   the same operations in the same order (tests/unit/test_grain.py compares them);
-- the optimizers' updates (`parallel_update`) below their grain run the parallel kernel with the pool set to one
-  thread for the call: compiled serially under Python's error model their loops did not vectorise (the parallel
-  kernel on one thread measured 1.7-6x faster than such a twin). Under numpy's error model, which every kernel
-  here now has, a one-off probe (not a benchmark) found a serial compile of momentum's and Adam's update as fast:
-  these could become ordinary twins once benchmarks/grain.py confirms it; not done yet;
+- the optimizers' updates among them (UPDATE_GRAIN, in parameters). They once ran the parallel kernel with Numba's
+  pool set to one thread instead: compiled serially under Python's error model, which checks every divisor for
+  zero, their loops did not vectorise. Under numpy's error model the twin is as fast as the parallel kernel on
+  one thread and skips the pool's launch (benchmarks/grain.py's update rows);
 - `matmul(a, b, out)` runs a product of fewer than PRODUCT_GRAIN multiply-adds on one BLAS thread (numpy's
   OpenBLAS is set to 1 around it: two ctypes calls of about 0.3 µs), larger ones on every thread the BLAS has.
   On a CPU where OpenBLAS's float32 products give other bits on 1 thread than on 2 (seen on AMD Zen 3), a run that
@@ -71,47 +71,6 @@ def parallel_kernel(grain: int, float32_grain: int | None = None, **options) -> 
         _TWINNED.append(kernel)
         return kernel
     return compile_both
-
-
-def parallel_update(grain: int) -> Callable:
-    """Decorator for the optimizers' updates: `njit(parallel=True, cache=True, error_model="numpy")`, with `.grain`
-    and, as `.serial`, the same kernel run with Numba's pool set to one thread for the call (not a serial compile:
-    under Python's error model theirs did not vectorise, see above). One thread means no worker to wake: after the
-    rest of a small step the pool's workers sleep, and waking them cost more than the update (42 µs against 5 µs
-    for Adam on 9,610 parameters)."""
-    def compile_with_one_thread_run(py_func):
-        # numpy's error model: Python's checks every divisor for zero, a branch that kept LAMB's
-        # √v + ε division (and the square root beside it) scalar; the divisors are > 0 (ε > 0 is checked)
-        kernel = njit(parallel=True, cache=True, error_model="numpy")(py_func)
-        kernel.serial = on_one_thread(kernel)
-        kernel.grain = grain
-        return kernel
-    return compile_with_one_thread_run
-
-
-def on_one_thread(kernel) -> Callable:
-    """kernel(*args) with this thread's Numba pool size set to 1 for the call, then back."""
-    def run(*args):
-        n = _numba_threads()
-        if n == 1:
-            return kernel(*args)
-        _set_numba_threads(1)
-        try:
-            return kernel(*args)
-        finally:
-            _set_numba_threads(n)
-    run.__name__ = run.__qualname__ = f"{kernel.py_func.__name__}_on_one_thread"
-    return run
-
-
-# numba's thread count of the calling thread (thread-local, as numba.get_num_threads/set_num_threads, whose checks
-# cost 1.2 and 1.8 µs a call against 0.2 and 0.4 for the functions they call); the public ones where those moved
-try:
-    from numba.np.ufunc.parallel import _get_num_threads as _numba_threads
-    from numba.np.ufunc.parallel import _set_num_threads as _set_numba_threads
-except ImportError:  # pragma: no cover - another numba layout
-    from numba import get_num_threads as _numba_threads
-    from numba import set_num_threads as _set_numba_threads
 
 
 _TWINNED: list = []  # every kernel parallel_kernel made in this process (what compile_twins walks)

@@ -48,19 +48,19 @@ from numba import prange, types
 from numba.extending import overload
 
 from distbp.nn import kernels
-from distbp.nn.grain import UPDATE_GRAIN, parallel_update, sized
+from distbp.nn.grain import UPDATE_GRAIN, parallel_kernel, sized
 from distbp.nn.kernels import SUM_CHUNK
 
 # ---- the kernels (segs: the (n_pieces, 4) int64 table of Segments.table: start, stop, layer, decayed) ----
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def gd_update(params, grad, lr_scaled):
     """θ ← θ − (η·scale)·∇L."""
     for i in prange(params.shape[0]):
         params[i] -= lr_scaled * grad[i]
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def gd_l2_update(params, grad, lr, scale, segs, lam):
     """θ ← θ − η·(scale·∇L + λ·θ), λ on decayed pieces only."""
     zero = type(lam)(0)
@@ -70,7 +70,7 @@ def gd_l2_update(params, grad, lr, scale, segs, lam):
             params[i] -= lr * (scale * grad[i] + lam_k * params[i])
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def momentum_update(params, grad, velocity, lr, scale, mu):
     """v ← μ·v + scale·∇L; θ ← θ − η·v (heavy-ball momentum)."""
     for i in prange(params.shape[0]):
@@ -79,7 +79,7 @@ def momentum_update(params, grad, velocity, lr, scale, mu):
         params[i] -= lr * v
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def momentum_l2_update(params, grad, velocity, lr, scale, mu, segs, lam):
     """v ← μ·v + (scale·∇L + λ·θ); θ ← θ − η·v, λ on decayed pieces only."""
     zero = type(lam)(0)
@@ -91,7 +91,7 @@ def momentum_l2_update(params, grad, velocity, lr, scale, mu, segs, lam):
             params[i] -= lr * v
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def adam_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t):
     """Adam (Kingma & Ba) with the bias corrections folded into lr_t and eps_t."""
     one = type(beta1)(1)
@@ -104,7 +104,7 @@ def adam_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t):
         params[i] -= lr_t * mi / (np.sqrt(vi) + eps_t)
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def adamw_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lr_lam):
     """adam_update, and θ ← θ − (η·λ)·θ on decayed pieces (decay decoupled from the moments: AdamW)."""
     one, zero = type(beta1)(1), type(beta1)(0)
@@ -120,7 +120,7 @@ def adamw_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lr_
             params[i] = p - lr_t * mi / (np.sqrt(vi) + eps_t) - decay * p
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def adam_l2_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, lam, lr_lam):
     """adamw_update with g = scale·∇L + lam·θ (the coupled L2 penalty, lam = scale·α) on decayed pieces."""
     one, zero = type(beta1)(1), type(beta1)(0)
@@ -137,7 +137,7 @@ def adam_l2_update(params, grad, m, v, lr_t, scale, beta1, beta2, eps_t, segs, l
             params[i] = p - lr_t * mi / (np.sqrt(vi) + eps_t) - decay * p
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
     """g = scale·∇L + λ·θ (as lars_norms); v ← μ·v + η_l·g; θ ← θ − v, with η_l = rates[layer] (n_layers,)."""
     zero = type(lam)(0)
@@ -156,7 +156,7 @@ def lars_update(params, grad, velocity, rates, scale, mu, segs, lam):
                 P[j] = p - v
 
 
-@parallel_update(UPDATE_GRAIN)
+@parallel_kernel(UPDATE_GRAIN)
 def lamb_update(params, m, v, rates, corr, eps_t, segs, lam):
     """θ ← θ − η_l·r, r = corr·m/(√v + eps_t) + λ·θ (as lamb_norms), η_l = rates[layer] (n_layers,)."""
     zero = type(lam)(0)
@@ -185,7 +185,7 @@ def directions(rule, u, a, params, lam_k, state, coefs):
           = m̂/(√v̂ + ε) + λ·θ (state (grad, m, v), coefs (scale, β₁, β₂, corr, eps_t); corr = √(1−β₂ᵗ)/(1−β₁ᵗ),
           eps_t = ε·√(1−β₂ᵗ)).
     The loops run over contiguous slices of the chunk. The square root and the division vectorise under numpy's
-    error model (grain.parallel_update): Python's checked each divisor for zero, which kept them scalar (2.4 against
+    error model (grain.parallel_kernel): Python's checked each divisor for zero, which kept them scalar (2.4 against
     0.4 ns a parameter for this loop in float32).
     """
     raise TypeError("directions() is resolved inside Numba kernels only")
@@ -227,7 +227,7 @@ def _directions(rule, u, a, params, lam_k, state, coefs):
 def _make_layer_norms(rule: str):
     # the factory closes over `rule`, a string constant: numba inlines the direction through it and caches
     # one entry per rule on disk (as distbp.nn.kernels does with activations)
-    @parallel_update(UPDATE_GRAIN)
+    @parallel_kernel(UPDATE_GRAIN)
     def layer_norms(sums, params, state, coefs, segs, lam):
         """sums (n_layers, 2) float64 += (Σ θ², Σ u²) over each layer's pieces, u = directions(rule, …); in
         float64, by chunks of SUM_CHUNK elements (each summed in kernels.SUM_LANES interleaved partial sums)

@@ -186,18 +186,25 @@ def test_a_pass_of_small_products_lowers_the_blas_threads_once_and_gives_them_ba
     assert numpy_blas().get() == 2
 
 
-def test_a_small_update_runs_the_parallel_kernel_on_one_thread_and_gives_its_bits(two_threads):
+@pytest.mark.parametrize("update", ["adam_update", "momentum_update", "lamb_update"])
+def test_a_small_update_runs_the_serial_twin_and_gives_the_parallel_kernels_bits(two_threads, update):
+    kernel = getattr(optim, update)
     rng = np.random.default_rng(3)
-    states = [[rng.standard_normal(1000).astype(np.float32) for _ in range(4)] for _ in range(2)]
-    states[1] = [a.copy() for a in states[0]]
     t = np.float32
-    coefs = (t(1e-3), t(0.5), t(0.9), t(0.999), t(1e-8))
-    assert grain.sized(optim.adam_update, 1000) is optim.adam_update.serial
-    threads_before = numba.get_num_threads()
-    optim.adam_update(*states[0], *coefs)
-    optim.adam_update.serial(*states[1], *coefs)
-    assert all(same_bits(a, b) for a, b in zip(states[0], states[1]))
-    assert numba.get_num_threads() == threads_before
+    n = 1000
+    arrays = {"adam_update": 4, "momentum_update": 3, "lamb_update": 3}[update]
+    first = [rng.standard_normal(n).astype(t) for _ in range(arrays)]
+    first[-1] = np.abs(first[-1]) if update != "momentum_update" else first[-1]  # Adam's/LAMB's v ≥ 0
+    second = [a.copy() for a in first]
+    coefs = {"adam_update": (t(1e-3), t(0.5), t(0.9), t(0.999), t(1e-8)),
+             "momentum_update": (t(1e-2), t(0.5), t(0.9)),
+             "lamb_update": (np.array([0.01, 0.02], t), t(1.1), t(1e-6),
+                             np.array([[0, 600, 0, 1], [600, n, 1, 0]], np.int64), t(0.01))}[update]
+    assert grain.sized(kernel, n) is kernel.serial
+    assert kernel.serial is not kernel and "parallel" not in kernel.serial.targetoptions
+    kernel(*first, *coefs)
+    kernel.serial(*second, *coefs)
+    assert all(same_bits(a, b) for a, b in zip(first, second))
 
 
 def test_compile_twins_readies_the_other_twin_for_the_types_called():
