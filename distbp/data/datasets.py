@@ -21,6 +21,7 @@ import numpy as np
 
 from distbp.data import cache as datacache
 from distbp.data import formats, tabular, targets
+from distbp.data.rows import compiled_for, take_scaled_rows
 from distbp.data.targets import KINDS, SCALE_TARGETS
 
 BUILTINS = ("synthetic", "digits")
@@ -48,6 +49,7 @@ class Split:
     target_offset: np.ndarray | None = None  # (n_targets,) float64 subtracted from the targets in gather, or None
     target_factor: np.ndarray | None = None  # (n_targets,) float64 multiplied in after the offset, or None
     _cast: dict = field(default_factory=dict, init=False, repr=False)  # offset/factor cast per output dtype
+    _compiled: bool | None = field(default=None, init=False, repr=False)  # X readable by distbp.data.rows
 
     @property
     def n_rows(self) -> int:
@@ -68,16 +70,24 @@ class Split:
         n = len(rows)
         if X_out.shape != (n, self.X.shape[1]):
             raise ValueError(f"X_out has shape {X_out.shape}, expected {(n, self.X.shape[1])}")
-        if n and (rows.min() < 0 or rows.max() >= self.n_rows):
+        if not self._gather_features(rows, X_out):
             raise IndexError(f"rows must lie in [0, {self.n_rows}), got {rows.min()}..{rows.max()}")
-        self._gather_features(rows, X_out)
         self._gather_labels(rows, y_out)
         if w_out is not None:  # rows are checked above; the weights cast once per dtype, so no copy per call
             np.take(self._weights_in(w_out.dtype), rows, out=w_out, mode="clip")
 
-    def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> None:
+    def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> bool:
+        """X_out = the scaled features of rows; False (X_out untouched) if a row lies outside [0, n_rows)."""
+        scaling = self._scaling_in(X_out.dtype)
+        if self._compiled is None:
+            self._compiled = compiled_for(self.X)
+        if self._compiled and rows.dtype == np.int64 and rows.ndim == 1:  # one compiled call (distbp.data.rows)
+            return take_scaled_rows(self.X, self.index, rows, self.n_rows, X_out, *scaling) == 0
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_rows):
+            return False
         source_rows = rows if self.index is None else np.take(self.index, rows)
-        _take_scaled(self.X, source_rows, X_out, *self._scaling_in(X_out.dtype))
+        _take_scaled(self.X, source_rows, X_out, *scaling)
+        return True
 
     def _gather_labels(self, rows: np.ndarray, y_out: np.ndarray) -> None:
         n = len(rows)
