@@ -225,6 +225,22 @@ def test_partial_fit_learns_incrementally_from_batches_given_the_classes():
         clf.partial_fit(X[:3], np.array([0, 1, 5]))
 
 
+def test_a_later_partial_fit_maps_known_labels_and_refuses_what_scikit_learn_refuses():
+    X, y = classification()
+    labels = np.array([10.0, 20.0, 30.0])[y]
+    clf = MLPClassifier((8,), batch_size=20, random_state=0).partial_fit(X[:100], labels[:100], classes=[10, 20, 30])
+    twin = MLPClassifier((8,), batch_size=20, random_state=0).partial_fit(X[:100], labels[:100], classes=[10, 20, 30])
+    clf.partial_fit(X[100:200], labels[100:200])  # float labels equal to the int classes: known
+    twin.partial_fit(X[100:200], labels[100:200].astype(np.int64))
+    assert clf.model_.flat_params.tobytes() == twin.model_.flat_params.tobytes()
+    with pytest.raises(ValueError, match="not among the classes"):
+        clf.partial_fit(X[:3], np.array([10.0, 20.0, 25.0]))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        clf.partial_fit(X[:3], np.array([10.0, 20.5, 30.0]))  # continuous, as scikit-learn says
+    with pytest.raises(ValueError, match="is not the same as on last call"):
+        clf.partial_fit(X[:3], np.array([10, 20, 30]), classes=[10, 20, 40])
+
+
 @quiet
 def test_warm_start_continues_and_a_cold_fit_restarts():
     X, y = classification()
