@@ -76,6 +76,17 @@ class Split:
         if w_out is not None:  # rows are checked above; the weights cast once per dtype, so no copy per call
             np.take(self._weights_in(w_out.dtype), rows, out=w_out, mode="clip")
 
+    def gather_kernel_types(self, dtype: np.dtype) -> tuple:
+        """What selects the compiled gather's machine code for buffers of `dtype` (a warm-up's key): the source's
+        dtype, whether rows go through an index, which of the scaling's offset and factor apply."""
+        offset, factor = self._scaling_in(np.dtype(dtype))
+        return (str(self.X.dtype), str(np.dtype(dtype)), self.index is None, offset is None, factor is None,
+                compiled_for(self.X))
+
+    def warm_gather(self, dtype: np.dtype) -> None:
+        """Compile (or load) the gather of this split into buffers of `dtype`, on no rows (the warm-up's)."""
+        self._gather_features(np.zeros(0, np.int64), np.zeros((0, self.X.shape[1]), dtype))
+
     def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> bool:
         """X_out = the scaled features of rows; False (X_out untouched) if a row lies outside [0, n_rows)."""
         scaling = self._scaling_in(X_out.dtype)

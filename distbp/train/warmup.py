@@ -79,8 +79,9 @@ def stand_in_sizes(sizes) -> list[int]:
     return [min(sizes[0], 2)] + [s if s <= kernels.NARROW_WIDTH else kernels.NARROW_WIDTH + 1 for s in sizes[1:]]
 
 
-def warm_kernels(model, optimizer: str, sync) -> None:
+def warm_kernels(model, optimizer: str, sync, data=None) -> None:
     """Call every kernel of a step and an evaluation once on ROWS zero rows; changes no parameter or state.
+    data (a Dataset): its splits' row gathers too, on no rows (their kernel depends on the data's dtype).
 
     The passes run on a tiny stand-in of `model` (`stand_in_sizes`), so the warm-up allocates kilobytes, not
     a second gradient of the model's size that --dry-run would have to count."""
@@ -101,10 +102,17 @@ def warm_kernels(model, optimizer: str, sync) -> None:
     model.loss_into(X, y, workspace=ws)  # evaluation's pass
     model.count_correct(y, workspace=ws)
     sync.warm_up()
+    for split in splits_of(data):
+        split.warm_gather(model.dtype)
     grain.compile_twins()  # the tiny arrays above took the serial twins: the parallel kernels of a step too
 
 
-def warm_key(model, optimizer: str, sync) -> str:
+def splits_of(data) -> list:
+    """The training and held-out splits of a Dataset (none for None)."""
+    return [] if data is None else [s for s in (data.train, data.test) if s is not None]
+
+
+def warm_key(model, optimizer: str, sync, data=None) -> str:
     """A digest of what selects the kernels `warm_kernels` calls (and what makes Numba's cache stale)."""
     sources = source_stamps()
     backward = backward_kernels(model.sizes, model.activation_names)
@@ -113,7 +121,8 @@ def warm_key(model, optimizer: str, sync) -> str:
                 activations=sorted(set(model.activation_names)), backward=backward, loss=model.loss.name,
                 output=model.loss.output_activation,
                 dropout=sorted(model.dropped_layers()),
-                optimizer=optimizer, **sync.kernel_key())
+                optimizer=optimizer, gather=sorted({s.gather_kernel_types(model.dtype) for s in splits_of(data)}),
+                **sync.kernel_key())
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -166,7 +175,7 @@ def shared_warmup(run) -> dict:
     "together"}) on every rank."""
     comm = run.comm
     t0 = time.perf_counter()
-    key = warm_key(run.model, run.cfg.optimizer, run.sync)
+    key = warm_key(run.model, run.cfg.optimizer, run.sync, run.data)
     found = comm.allgather_object((marker_path(key).exists(), key in _WARM_HERE))  # [dist]
     if all(here for _, here in found):  # every rank has these kernels in memory already
         mine = {"compiled": 0, "compile_s": 0.0, "seconds": time.perf_counter() - t0, "together": True}
@@ -174,7 +183,7 @@ def shared_warmup(run) -> dict:
     together = all(marked for marked, _ in found)
     with CompileCounter() as counter:
         if together or comm.rank == 0:
-            warm_kernels(run.model, run.cfg.optimizer, run.sync)
+            warm_kernels(run.model, run.cfg.optimizer, run.sync, run.data)
         # the others wait while the root writes the cache (or, marked warm, while any rank that found a kernel
         # missing compiles it): a long phase, bounded on its own, and waited for by polling with sleeps, so
         # that waiting ranks do not spin on the cores the compiler needs
@@ -183,7 +192,7 @@ def shared_warmup(run) -> dict:
                 raise StallError(f"rank {comm.rank}: the kernels were not compiled within {COMPILE_WAIT_S:g} s "
                                  f"(is rank {0 if not together else 'another'} stalled?)")
         if not together and comm.rank != 0:
-            warm_kernels(run.model, run.cfg.optimizer, run.sync)
+            warm_kernels(run.model, run.cfg.optimizer, run.sync, run.data)
     if comm.rank == 0 and not together:
         mark_warm(key)
     _WARM_HERE.add(key)
@@ -213,16 +222,22 @@ def warm_configuration(cfg) -> dict:
         accumulate=min(cfg.accumulate, 2), eval_every=0, early_stop_patience=0)
     t0 = time.perf_counter()
     entry = data.cache_entry(cfg.data, cfg.seed, cfg.test_fraction)
+    own = None
     if entry is not None:  # the run's own generated data, drawn now into the data cache (distbp.data.cache)
-        data.load_dataset(cfg.data, **dataset_options(cfg))
+        own = data.load_dataset(cfg.data, **dataset_options(cfg))
+        if not own.from_cache:  # just drawn, in memory: a run maps it from the cache (read-only, other kernels)
+            own = data.load_dataset(cfg.data, **dataset_options(cfg))
     data_s = time.perf_counter() - t0
     run = setup(stand_in, SerialComm())
+    # the row gather's kernel depends on the data's dtype and layout (a cached set is memory-mapped, read-only):
+    # the run's own data where it was drawn, else the stand-in's
+    rows_of = own if own is not None else run.data
     try:
         t0 = time.perf_counter()
         with CompileCounter() as counter:
-            warm_kernels(run.model, stand_in.optimizer, run.sync)
+            warm_kernels(run.model, stand_in.optimizer, run.sync, rows_of)
             warm_both_backward_kernels(run.model)
-        key = warm_key(run.model, stand_in.optimizer, run.sync)
+        key = warm_key(run.model, stand_in.optimizer, run.sync, rows_of)
         mark_warm(key)
         return {"compiled": counter.compiled, "compile_s": counter.seconds, "seconds": time.perf_counter() - t0,
                 "key": key, "data": entry if entry is not None and entry.is_dir() else None, "data_s": data_s,

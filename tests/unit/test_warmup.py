@@ -162,7 +162,7 @@ def warm_key_of(**options) -> str:
                                     epochs=1, progress="none", timeout=0), **options}))
     run = setup(cfg, SerialComm())
     run.watchdog.stop()
-    return warm_key(run.model, cfg.optimizer, run.sync)
+    return warm_key(run.model, cfg.optimizer, run.sync, run.data)
 
 
 def key_of(job: list[str]) -> str:
@@ -184,5 +184,6 @@ def test_the_warm_key_names_the_kernels_not_the_sizes():
     assert key(layers=[6, 9, 9, 3], batch_size=32, lr=0.5, momentum=0.5) == base  # sizes and values: same kernels
     for changed in (dict(dtype="float64"), dict(activation="relu"), dict(loss="mse"), dict(optimizer="adam"),
                     dict(clip_grad_norm=1.0), dict(reproducible=True, micro_batch=8),
-                    dict(data="synthetic:rows=60,features=6,classes=20,test=6", layers=[6, 5, 20])):  # a wide output
+                    dict(data="synthetic:rows=60,features=6,classes=20,test=6", layers=[6, 5, 20]),  # a wide output
+                    dict(scale="none")):  # the gather's kernel without the scaling's passes
         assert key(**changed) != base, changed
