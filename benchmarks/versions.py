@@ -8,7 +8,9 @@ Each round runs the named script of the other commit (a git worktree, its own co
 then this checkout's, so drift of the machine's load falls on both alike; the table gives each
 measured case's median time over the rounds and the ratio this/other (below 1: this checkout is
 faster). Understands the JSON of step.py (per thread count and case), features.py (per rank
-count and variant) and optimizers.py (per model and optimizer). Writes results/versions-<script>.json.
+count and variant), optimizers.py (per model and optimizer), small_models.py (bare, fit and train per
+case and layout) and vs_sklearn.py (each fit, both libraries, and the partial_fit calls). Writes
+results/versions-<script>.json.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def cases(script: str, doc: dict) -> dict[str, float]:
         return {f"{r['ranks']} rank(s), {r['variant']}": r["step ms"] for r in doc["measured"]}
     if script == "optimizers.py":
         return {f"{r['model']}, {r['optimizer']}": r["ms"] for r in doc["rows"]}
+    if script == "small_models.py":
+        return {f"{r['model']} b{r['batch']} {r['dtype']} {r['layout']}, {kind}": r[f"{kind}_us"] / 1e3
+                for r in doc["results"] for kind in ("bare", "fit", "train")}
+    if script == "vs_sklearn.py":
+        fits = {f"{r['library']} {r['model']} {r['solver']} b{r['batch']} {r['dtype']}, fit": 1e3 * r["fit_s"]
+                for r in doc["results"]}
+        return {**fits, **{f"partial_fit streaming, {r['library']}, a call": r["ms_per_call"]
+                           for r in doc["streaming"]}}
     raise SystemExit(f"versions.py does not know the JSON of {script}")
 
 
@@ -58,7 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--against", required=True, metavar="COMMIT")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("script", choices=["step.py", "features.py", "optimizers.py"])
+    p.add_argument("script", choices=["step.py", "features.py", "optimizers.py", "small_models.py", "vs_sklearn.py"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     a = p.parse_args()
     times: dict[str, dict[str, list[float]]] = {"other": {}, "this": {}}
