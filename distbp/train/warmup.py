@@ -127,12 +127,14 @@ def warm_key(model, optimizer: str, sync, data=None) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def source_stamps() -> tuple:
-    """(path, size, mtime) of distbp's sources, once per process (3 ms a call, most of a small partial_fit's
-    start-up): a source changed under a running process costs a stale key, which costs time, never bits."""
+def source_stamps() -> str:
+    """A digest of (path, size, mtime) of distbp's sources, once per process (3 ms a call, most of a small
+    partial_fit's start-up; a digest, so that each warm key does not encode a hundred stamps again): a source
+    changed under a running process costs a stale key, which costs time, never bits."""
     package = Path(__file__).resolve().parents[1]
-    return tuple(sorted((str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns)
-                        for f in package.rglob("*.py")))
+    stamps = sorted((str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in package.rglob("*.py"))
+    return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()
 
 
 def backward_kernels(sizes, activations) -> list[tuple[str, str]]:
