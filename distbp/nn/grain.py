@@ -6,9 +6,9 @@ batch 128 ran 1.76x slower on 2 threads than on 1), so, as PyTorch's parallel lo
 - every parallel kernel of distbp.nn.kernels, distbp.nn.losses and distbp.nn.optim is compiled twice
   (`parallel_kernel`): `kernel` itself (prange over Numba's pool) and `kernel.serial`, the same loops on the calling
   thread, and carries its grain (`kernel.grain`, elements). `sized(kernel, elements)` picks the serial twin below
-  it. The two give the same bits:
-  every sum in these kernels runs over chunks fixed by the data, not by the threads, and the element-wise work is
-  the same operations in the same order (tests/unit/test_grain.py compares them);
+  it. The two give the same bits: every sum in these kernels runs over chunks fixed by the data, not by the
+  threads, and the element-wise work is the same operations in the same order (tests/unit/test_grain.py compares
+  them);
 - the optimizers' updates among them (UPDATE_GRAIN, in parameters). They once ran the parallel kernel with Numba's
   pool set to one thread instead: compiled serially under Python's error model, which checks every divisor for
   zero, their loops did not vectorise. Under numpy's error model the twin is as fast as the parallel kernel on
