@@ -49,7 +49,10 @@ class Split:
     target_offset: np.ndarray | None = None  # (n_targets,) float64 subtracted from the targets in gather, or None
     target_factor: np.ndarray | None = None  # (n_targets,) float64 multiplied in after the offset, or None
     _cast: dict = field(default_factory=dict, init=False, repr=False)  # offset/factor cast per output dtype
-    _compiled: bool | None = field(default=None, init=False, repr=False)  # X readable by distbp.data.rows
+    _compiled: bool = field(init=False, repr=False)  # X readable by distbp.data.rows' one-call gather
+
+    def __post_init__(self) -> None:
+        self._compiled = compiled_for(self.X)
 
     @property
     def n_rows(self) -> int:
@@ -90,8 +93,6 @@ class Split:
     def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> bool:
         """X_out = the scaled features of rows; False (X_out untouched) if a row lies outside [0, n_rows)."""
         scaling = self._scaling_in(X_out.dtype)
-        if self._compiled is None:
-            self._compiled = compiled_for(self.X)
         if self._compiled and rows.dtype == np.int64 and rows.ndim == 1:  # one compiled call (distbp.data.rows)
             return take_scaled_rows(self.X, self.index, rows, self.n_rows, X_out, *scaling) == 0
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n_rows):
