@@ -17,6 +17,7 @@ _LAZY = {
     "Adam": "distbp.nn.optim",
     "make_optimizer": "distbp.nn.optim",
     "fit": "distbp.api",
+    "KeptJob": "distbp.train.kept",
     "Config": "distbp.config",
     "DistbpError": "distbp.errors",
     "ConfigError": "distbp.errors",

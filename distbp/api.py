@@ -34,6 +34,7 @@ from distbp.host import numbacache, threads
 from distbp.nn import kernels
 from distbp.nn.model import MLP
 from distbp.train.job import run_job
+from distbp.train.kept import KeptJob
 
 FROM_MODEL = ("layers", "activation", "loss", "output_activation", "dtype")  # Config fields the model decides
 ARRAYS = "arrays"  # cfg.data of in-memory rows
@@ -43,7 +44,8 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
         validation: tuple[np.ndarray, np.ndarray] | float | None = None, data: str | None = None,
         callback: Callable[[dict], object] | None = None, callback_every: int = 0, verbose: bool = True,
         comm: Comm | None = None, sample_weight: np.ndarray | None = None,
-        class_weight: str | dict | None = None, optimizer_state: dict | None = None, **options) -> list[dict]:
+        class_weight: str | dict | None = None, optimizer_state: dict | None = None, keep: KeptJob | None = None,
+        **options) -> list[dict]:
     """Train `model` in place, data-parallel over the MPI ranks; returns the metrics records (--metrics).
 
     X (rows, features), y: rows every rank holds (each rank computes its share of every global batch), what
@@ -68,6 +70,10 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     training, else False or None (anything else stops it with a ConfigError naming it).
     verbose=False: the root prints nothing (warnings still go to stderr).
     comm: the ranks to train over (default: MPI's COMM_WORLD, or one process without mpi4py).
+    keep: a `distbp.KeptJob` that streaming calls share (with optimizer_state): in one process, with in-memory
+    rows and no files, the job set up by one call goes on in the next while their options differ in the seed
+    at most and the call hands back the optimizer state the last one left (the same results, without a set-up
+    per call; see `distbp.train.kept`); otherwise the call is a whole job. `keep.close()` ends the kept job.
     options: `distbp.Config` fields (epochs, batch_size, optimizer, lr, lr_scale, seed, checkpoint_dir,
     resume, save, metrics, shard_optimizer, accumulate, reproducible, …).
     """
@@ -81,6 +87,8 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     try:
         if optimizer_state is not None and not isinstance(optimizer_state, dict):
             raise ConfigError(f"optimizer_state must be a dict (empty at first), got {_what(optimizer_state)}")
+        if keep is not None and not isinstance(keep, KeptJob):
+            raise ConfigError(f"keep must be a distbp.KeptJob, got {_what(keep)}")
         cfg, dataset = _prepare(model, X, y, validation, data, callback, callback_every, verbose, options,
                                 sample_weight, class_weight)
     except (DistbpError, ValueError, TypeError) as e:
@@ -91,8 +99,14 @@ def fit(model: MLP, X: np.ndarray | None = None, y: np.ndarray | None = None, *,
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not verbose else contextlib.nullcontext()
     with quiet as sink:
         try:
-            run = run_job(cfg, comm, started=started, dataset=dataset, initial=model.flat_params,
-                          callback=checked, callback_every=int(callback_every), optimizer_state=optimizer_state)
+            if keep is not None and KeptJob.keeps(cfg, comm, optimizer_state):
+                run = keep.run(cfg, comm, dataset, model.flat_params, started=started, callback=checked,
+                               callback_every=int(callback_every), optimizer_state=optimizer_state)
+            else:
+                if keep is not None:
+                    keep.close()  # this call is a whole job: the kept one ends
+                run = run_job(cfg, comm, started=started, dataset=dataset, initial=model.flat_params,
+                              callback=checked, callback_every=int(callback_every), optimizer_state=optimizer_state)
         finally:
             if sink is not None:
                 sink.close()

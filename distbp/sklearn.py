@@ -102,6 +102,7 @@ from distbp.comm.mpi import world
 from distbp.host.threads import default_threads
 from distbp.nn.model import MLP
 from distbp.nn.modelfile import initial_parameters
+from distbp.train.kept import KeptJob
 
 ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}  # sklearn → distbp
 SOLVERS = ("sgd", "adam")
@@ -245,7 +246,7 @@ class _DistbpMLP(BaseEstimator):
     def _fit_model(self, X, targets, weights, validation, comm: Comm, incremental: bool, **options) -> list[dict]:
         return distbp_fit(
             self.model_, X, targets, validation=validation, verbose=bool(self.verbose), comm=comm,
-            sample_weight=weights, optimizer_state=self._optimizer_state,
+            sample_weight=weights, optimizer_state=self._optimizer_state, keep=self._kept_job(incremental),
             callback=lambda record: self._after_epoch(record, incremental, comm.is_root),
             batch_size=self._batch_rows(X.shape[0], comm.is_root),
             # scikit-learn's mean loss with its penalty (α/2)·‖W‖² per batch: the step is η·(∇L + α·W)/B
@@ -289,6 +290,26 @@ class _DistbpMLP(BaseEstimator):
             _warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                   "hasn't converged yet.", ConvergenceWarning)
         return self
+
+    def _kept_job(self, incremental: bool) -> KeptJob | None:
+        """The job partial_fit's calls share (in one process; see distbp.train.kept), None for fit, whose
+        call is a whole job and ends a kept one."""
+        kept = self.__dict__.get("_kept")
+        if not incremental:
+            if kept is not None:
+                kept.close()
+                del self._kept
+            return None
+        if kept is None:
+            kept = self._kept = KeptJob()
+        return kept
+
+    def __getstate__(self) -> dict:
+        """What pickling keeps: everything but the kept job (a live run; the next partial_fit sets up anew from
+        the optimizer state, which stays)."""
+        state = super().__getstate__()
+        state.pop("_kept", None)
+        return state
 
     def _dropout(self) -> list[float] | None:
         """distbp's dropout option: one probability for every hidden layer, or one each (None: no dropout)."""

@@ -371,7 +371,8 @@ class GD:
                 raise ValueError(f"optimizer state has no {key!r} array")
             if arrays[key].shape != target.shape:
                 raise ValueError(f"optimizer state {key!r} has shape {arrays[key].shape}, expected {target.shape}")
-            target[...] = arrays[key]
+            if arrays[key] is not target:  # a kept job's own buffers come back as they are (distbp.train.kept)
+                target[...] = arrays[key]
         self.step_count = int(step_count)
 
 

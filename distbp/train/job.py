@@ -38,42 +38,73 @@ def run_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None 
     """
     run = None
     try:
-        run = setup(cfg, comm, dataset=dataset, initial=initial)
-        compiled = shared_warmup(run)  # [dist] the root compiles the kernels, the others load them
-        run.startup_s = time.monotonic() - started
-        if comm.is_root:
-            print(header(run, thread_note), flush=True)
-            print(startup_line(run.startup_s, compiled), flush=True)
-            if cfg.init_from and run.pos.step == 0:  # not resumed from a checkpoint, which would win
-                print(f"distbp: starting from the parameters in {cfg.init_from} (--init-from)", flush=True)
-        if optimizer_state and not cfg.resume:
-            runstate.load_optimizer_state(run, optimizer_state)
-        fit(run, callback, callback_every)
-        if optimizer_state is not None:
-            optimizer_state.update(runstate.optimizer_state(run))  # [dist] gathered when sharded
-        run.attach_scaling()  # the model predicts on raw rows, and model files keep the scaling
-        if cfg.save:
-            runstate.save_params(run, cfg.save)
-        faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
-        with run.watchdog.section("shut-down", run.pos.step):
-            comm.barrier()  # [dist] the watchdog bounds this wait too
-            run.sync.close()  # [dist] shared windows are freed together
-        run.watchdog.stop()
-        run.trace.finish(comm)  # [dist] the root writes --trace with every rank's events
-        if comm.is_root and cfg.save:
-            print(f"distbp: saved parameters to {cfg.save}", flush=True)
-        if comm.is_root and cfg.trace:
-            print(f"distbp: wrote the trace to {cfg.trace} (open it in https://ui.perfetto.dev or chrome://tracing)",
-                  flush=True)
+        run = start_job(cfg, comm, started=started, thread_note=thread_note, dataset=dataset, initial=initial)
+        train_job(run, callback, callback_every, optimizer_state)
+        end_job(run)
         return run
     except BaseException:
         if run is not None:
-            run.trace.close_part()  # each rank's --trace file, up to the failure
-            runstate.release_checkpoint_dir(run)  # the job is over: the next one may have the directory
-            run.watchdog.stop()  # the caller decides how the job ends (a library caller goes on)
-            if comm.size == 1:  # a library caller goes on: the strategy's communicators, window and threads too
-                run.sync.close()  # (under MPI close is collective, and the failed job ends anyway)
+            abandon_job(run)
         raise
+
+
+def start_job(cfg: Config, comm: Comm, *, started: float, thread_note: str | None = None,
+              dataset: Callable[[], Dataset] | None = None, initial: np.ndarray | None = None) -> Run:
+    """Set up and compile: the run, ready for its first step; the root prints the start-up lines."""
+    run = setup(cfg, comm, dataset=dataset, initial=initial)
+    try:
+        compiled = shared_warmup(run)  # [dist] the root compiles the kernels, the others load them
+    except BaseException:
+        abandon_job(run)
+        raise
+    run.startup_s = time.monotonic() - started
+    if comm.is_root:
+        print(header(run, thread_note), flush=True)
+        print(startup_line(run.startup_s, compiled), flush=True)
+        if cfg.init_from and run.pos.step == 0:  # not resumed from a checkpoint, which would win
+            print(f"distbp: starting from the parameters in {cfg.init_from} (--init-from)", flush=True)
+    return run
+
+
+def train_job(run: Run, callback: Callback | None = None, callback_every: int = 0,
+              optimizer_state: dict | None = None) -> None:
+    """Train the set-up run as its cfg says: the epochs, then what training learnt of the data into the model,
+    and the saved model file (--save). optimizer_state: see `run_job`."""
+    if optimizer_state and not run.cfg.resume:
+        runstate.load_optimizer_state(run, optimizer_state)
+    fit(run, callback, callback_every)
+    if optimizer_state is not None:
+        optimizer_state.update(runstate.optimizer_state(run))  # [dist] gathered when sharded
+    run.attach_scaling()  # the model predicts on raw rows, and model files keep the scaling
+    if run.cfg.save:
+        runstate.save_params(run, run.cfg.save)
+
+
+def end_job(run: Run) -> None:
+    """[dist] The job's normal end: every rank together (the watchdog bounds the last barrier), the strategy's
+    shared windows freed, the trace written; the root says where the files went."""
+    cfg, comm = run.cfg, run.comm
+    faults.inject(comm.rank, "end")  # test hook: a rank that fails or stops before the job's end
+    with run.watchdog.section("shut-down", run.pos.step):
+        comm.barrier()  # [dist] the watchdog bounds this wait too
+        run.sync.close()  # [dist] shared windows are freed together
+    run.watchdog.stop()
+    run.trace.finish(comm)  # [dist] the root writes --trace with every rank's events
+    if comm.is_root and cfg.save:
+        print(f"distbp: saved parameters to {cfg.save}", flush=True)
+    if comm.is_root and cfg.trace:
+        print(f"distbp: wrote the trace to {cfg.trace} (open it in https://ui.perfetto.dev or chrome://tracing)",
+              flush=True)
+
+
+def abandon_job(run: Run) -> None:
+    """A job that ends by an error: each rank's --trace file closed up to the failure, the checkpoint directory
+    released, the watchdog stopped (the caller decides how the job ends: a library caller goes on)."""
+    run.trace.close_part()
+    runstate.release_checkpoint_dir(run)  # the job is over: the next one may have the directory
+    run.watchdog.stop()
+    if run.comm.size == 1:  # a library caller goes on: the strategy's communicators, window and threads too
+        run.sync.close()  # (under MPI close is collective, and the failed job ends anyway)
 
 
 def header(run: Run, thread_note: str | None = None) -> str:

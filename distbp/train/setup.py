@@ -36,6 +36,7 @@ from distbp.sync.base import GradientSync, Layout, ModelShape
 from distbp.sync.factory import make_sync
 from distbp.testing import faults
 from distbp.train.memory import check_fits_machine
+from distbp.train.position import Position
 from distbp.train.run import Run
 from distbp.train.scores import METRICS
 from distbp.train.runstate import check_outputs, claim_checkpoint_dir, new_run_id, release_checkpoint_dir, resume
@@ -64,6 +65,25 @@ def setup(cfg: Config, comm: Comm, dataset: Callable[[], Dataset] | None = None,
         if comm.size == 1:  # a library caller goes on: nothing of the refused run may stay behind
             give_back(made)
         raise
+
+
+def renew(run: Run, cfg: Config, dataset: Callable[[], Dataset], initial: np.ndarray) -> None:
+    """The set-up run of one process, for a next job on new rows: what `setup` gives, without building again
+    what stays (the model's buffers, the strategy with its optimizer state, the batch buffers, the instruments).
+
+    cfg: the next job's configuration, which may differ from the run's in its seed only (the caller checks:
+    `distbp.train.kept`); dataset makes its rows, initial (n_params,) its starting parameters. The run's
+    position, history, plan, schedule and early-stopping rule start anew, as a new job's do.
+    """
+    data, err = load_data(cfg, 1, dataset)
+    run.comm.agree_on_failure(err)  # the error a new job's set-up raises
+    cfg.threads = run.cfg.threads  # settled when the run was set up; the pools are sized for it
+    run.model.flat_params[...] = initial
+    set_dropout(run.model, cfg)  # the masks are drawn from the seed
+    run.cfg, run.data = cfg, data
+    run.plan = SharedRows(data.train.n_rows, cfg.batch_size, cfg.seed, run.sync.my_rows, shuffle=cfg.shuffle)
+    run.schedule, run.stopping = Schedule.of(cfg, run.plan.n_batches), EarlyStopping.of(cfg)
+    run.pos, run.history = Position(), []
 
 
 def give_back(made: list[Callable[[], None]]) -> None:
