@@ -45,13 +45,14 @@ Differences from scikit-learn's estimators:
 - `loss_`, `loss_curve_` and `best_loss_` are the data's mean loss without the penalty's (α/2)·‖W‖²/B
   (scikit-learn adds it to every batch's loss), so the stopping rule on the training loss sees the data's
   loss alone; the update does include the penalty.
-- `partial_fit`, and `fit` with warm_start, start with a fresh optimizer state (Adam's moments, the
-  momentum's velocity); scikit-learn keeps that state between calls. `partial_fit` is one epoch over the
-  rows given.
+- as in scikit-learn, `partial_fit` goes on with the optimizer state the last call left (Adam's moments, the
+  momentum's velocity) and `fit` (warm_start too) starts a new one. `partial_fit` is one epoch over the rows
+  given; in one process its calls share one job (distbp.KeptJob: set up by the first call, ended by fit, a
+  changed parameter or pickling).
 - with `early_stopping`, the best epoch's parameters are kept by distbp.fit's save_best in a model file in
   a private temporary folder of the root's, removed after fit (scikit-learn keeps a copy in memory).
 - binary classification has 2 softmax outputs (scikit-learn: 1 logistic output), so `coefs_[-1]` has 2
-  columns and `out_activation_` is "softmax" for any number of classes; multilabel targets are refused.
+  columns and `out_activation_` is "softmax" for any number of classes (a multilabel y: "logistic").
 - computation in float32 by default (`dtype="float64"` for scikit-learn's precision); predictions are
   returned as float64 either way.
 - `MLPRegressor` returns 1-D predictions when it was fitted on a 1-D y, 2-D ones (n_samples, 1) when
