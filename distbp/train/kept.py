@@ -72,7 +72,8 @@ class KeptJob:
         except BaseException:
             self._abandon()
             raise
-        self._left = dict(optimizer_state)
+        # what was handed back, its arrays dict copied too: a caller who puts other arrays in it is seen
+        self._left = {**optimizer_state, "arrays": dict(optimizer_state.get("arrays", {}))}
         return self._run
 
     def _goes_on(self, state: dict) -> bool:
@@ -111,4 +112,3 @@ def _key(cfg: Config) -> dict:
 
 def _copied(value):
     return list(value) if isinstance(value, list) else value
-

@@ -85,7 +85,12 @@ def test_another_option_or_a_state_not_handed_back_sets_up_a_new_job():
     def copied_at_3(k, state):  # the fourth hands back a copy: the same values, not the job's own arrays
         return copy.deepcopy(state) if k == 3 else state
 
-    for states, started in ((fresh_at_2, 2), (copied_at_3, 2)):
+    def replaced_at_3(k, state):  # the fourth puts zeros in place of Adam's second moments, in the same dict
+        if k == 3:
+            state["arrays"]["v"] = np.zeros_like(state["arrays"]["v"])
+        return state
+
+    for states, started in ((fresh_at_2, 2), (copied_at_3, 2), (replaced_at_3, 2)):
         whole, _, _ = stream(case, keep=None, states=states)
         kept, _, _ = stream(case, keep=job, states=states)
         assert same_bits(kept, whole)
@@ -167,7 +172,7 @@ def test_keep_must_be_a_kept_job():
 
 
 @pytest.mark.filterwarnings("ignore:Got `batch_size` larger than sample size")  # the 5-row chunk, as scikit-learn
-@pytest.mark.filterwarnings("ignore:Stochastic Optimizer: Maximum iterations")  # fit's 2 epochs
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")  # fit's 2 epochs: Maximum iterations reached
 def test_partial_fit_keeps_its_job_and_pickling_leaves_it_behind():
     from distbp.sklearn import MLPClassifier
 
