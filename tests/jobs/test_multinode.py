@@ -155,9 +155,12 @@ def test_the_hierarchical_allreduce_moves_each_hosts_share_and_no_more_than_mpi(
     share = 2 * n_params(BIG_LAYERS) * 4 * (hosts - 1) / hosts
     one, steps_one = host_bytes(cluster, "hier", 1, tmp_path, ranks_per_host)
     two, steps_two = host_bytes(cluster, "hier", 2, tmp_path, ranks_per_host)
-    # the traffic of 2 epochs minus that of 1: start-up (MPI's wiring, the parameters' broadcast) cancels
+    # the traffic of 2 epochs minus that of 1: start-up (MPI's wiring, the parameters' broadcast) cancels, up to
+    # a few kB by which two jobs' connections differ (seen once: 3 kB fewer in the longer job, 0.05 % of a step
+    # over its 5 steps), hence 0.99 below
     per_step = max(b - a for a, b in zip(one, two)) / (steps_two - steps_one)
-    assert share <= per_step <= 1.1 * share, f"{per_step:.0f} B per host per step; the share is {share:.0f} B"
+    assert 0.99 * share <= per_step <= 1.1 * share, (f"{per_step:.0f} B per host per step; the share is "
+                                                     f"{share:.0f} B")
     # the same job through MPI's Iallreduce, with the same start-up: MPICH 5.0's moved about the share per step
     # on 2 x 2 (1.208 MB against hier's 1.210 MB, measured) and more on 3 hosts, so hier may not move more
     mpi, _ = host_bytes(cluster, "mpi", 2, tmp_path, ranks_per_host)
