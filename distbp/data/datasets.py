@@ -84,7 +84,7 @@ class Split:
         dtype, whether rows go through an index, which of the scaling's offset and factor apply."""
         offset, factor = self._scaling_in(np.dtype(dtype))
         return (str(self.X.dtype), str(np.dtype(dtype)), self.index is None, offset is None, factor is None,
-                compiled_for(self.X))
+                self._compiled)
 
     def warm_gather(self, dtype: np.dtype) -> None:
         """Compile (or load) the gather of this split into buffers of `dtype`, on no rows (the warm-up's)."""
