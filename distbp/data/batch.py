@@ -22,8 +22,9 @@ class BatchBuffers:
         buffers; w is None when the split has no weights (every row counts once)."""
         k = rows.shape[0]
         w = None if split.w is None else self._weights()[:k]
-        split.gather(rows, self.X[:k], self.y[:k], w)
-        return self.X[:k], self.y[:k], w
+        X, y = self.X[:k], self.y[:k]
+        split.gather(rows, X, y, w)
+        return X, y, w
 
     def _weights(self) -> np.ndarray:
         if self.w is None:  # a split with weights in buffers made without: one allocation, then reused

@@ -21,7 +21,7 @@ import numpy as np
 
 from distbp.data import cache as datacache
 from distbp.data import formats, tabular, targets
-from distbp.data.rows import compiled_for, take_scaled_rows
+from distbp.data.rows import compiled_for, take_labels, take_scaled_rows
 from distbp.data.targets import KINDS, SCALE_TARGETS
 
 BUILTINS = ("synthetic", "digits")
@@ -89,6 +89,8 @@ class Split:
     def warm_gather(self, dtype: np.dtype) -> None:
         """Compile (or load) the gather of this split into buffers of `dtype`, on no rows (the warm-up's)."""
         self._gather_features(np.zeros(0, np.int64), np.zeros((0, self.X.shape[1]), dtype))
+        if self.y.ndim == 1 and self.y.dtype == np.int64:
+            take_labels(self.y, np.zeros(0, np.int64), np.zeros(0, np.int64))  # the class numbers' take
 
     def _gather_features(self, rows: np.ndarray, X_out: np.ndarray) -> bool:
         """X_out = the scaled features of rows; False (X_out untouched) if a row lies outside [0, n_rows)."""
@@ -111,7 +113,10 @@ class Split:
         elif y_out.ndim == 1:
             if y_out.shape != (n,) or y_out.dtype != np.int64:
                 raise ValueError(f"class labels need an int64 y_out of shape {(n,)}, got {y_out.dtype} {y_out.shape}")
-            np.take(self.y, rows, out=y_out, mode="clip")
+            if self.y.dtype == np.int64 and rows.dtype == np.int64:  # rows checked by _gather_features
+                take_labels(self.y, rows, y_out)
+            else:
+                np.take(self.y, rows, out=y_out, mode="clip")
         else:
             if y_out.shape != (n, self.n_classes) or y_out.dtype.kind != "f":
                 raise ValueError(f"one-hot labels need a float y_out of shape {(n, self.n_classes)}, "

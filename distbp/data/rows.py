@@ -43,6 +43,14 @@ def take_scaled_rows(source, index, rows, n, out, offset, factor):
     return 0
 
 
+@njit(cache=True)
+def take_labels(labels, rows, out):
+    """out (k,) = labels[rows], class numbers (int64) of rows (k,) int64 already checked to lie in [0, len(labels))
+    (numpy's take with its own checks and dispatch costs about 1 µs a step, this call about 0.25)."""
+    for i in range(rows.shape[0]):
+        out[i] = labels[rows[i]]
+
+
 def compiled_for(source: np.ndarray) -> bool:
     """True if take_scaled_rows reads this source: a 2-d array of native byte order and a real number dtype."""
     dtype = source.dtype

@@ -40,6 +40,11 @@ class BucketedSync(GradientSync):
 
     def local_gradient(self, gather: Gather, rows: np.ndarray, batch_rows: int) -> tuple[float, float]:
         model, K, k = self.model, self.options.accumulate, rows.shape[0]
+        if K == 1:  # the whole share in one pass (the loop below, without its bookkeeping: a small model's step)
+            X, y, w = gather(rows)
+            loss = model.loss_and_grad_into(X, y, self.grad, hooks=None if self.reducer.skips() else self.reducer,
+                                            progress_chunks=4, validate=False, w=w, rows=rows)
+            return loss, model.count_correct(y, w=w) if k else 0.0
         loss = correct = 0.0
         for i in range(K):
             a, b = rank_slice(k, i, K)

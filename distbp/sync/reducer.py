@@ -152,7 +152,7 @@ class GradientReducer:
             return self.grad.nbytes, -(-self.grad.nbytes // PIECE_BYTES)
         return sum(b.stop - b.start for b in self.buckets) * self._wire_itemsize, len(self.buckets)
 
-    def _skips(self) -> bool:
+    def skips(self) -> bool:
         """This step sums nothing: one rank (`alone`), and no trace to show the buckets in."""
         return self.alone and not self.trace.on
 
@@ -189,7 +189,7 @@ class GradientReducer:
         if self._layer_done[layer]:
             raise ValueError(f"layer {layer} reported ready twice in one step")
         self._layer_done[layer] = True
-        if self._skips():
+        if self.skips():
             return
         t0 = time.perf_counter()
         for i in self._buckets_of_layer[layer]:
@@ -228,7 +228,7 @@ class GradientReducer:
 
     def finish(self) -> None:
         """Start what is not started, wait for everything; afterwards grad holds the sum over ranks."""
-        if self._skips():
+        if self.skips():
             self._layer_done = [False] * self._n_layers  # nothing else of the step's state moved
             self.stats["bytes"] += self._step_bytes
             self.stats["calls"] += self._step_calls

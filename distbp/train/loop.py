@@ -49,6 +49,8 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int,
     (`plan.batch_weights`), else None: the ranks add their rows' weights in the step's scalar sum.
     Returns (Σ loss, correct, Σ wₙ) over all ranks (Σ wₙ = B without weights).
     """
+    if run.alone:
+        return step_alone(run, rows, batch_rows, batch_weight)
     sync, inst, w = run.sync, run.instruments, run.data.train.w
     # pos.step is read at each use: a test's desync fault moves it inside the local gradient
     run.model.dropout_step = run.pos.step  # dropout's masks are a function of the global step
@@ -65,6 +67,30 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int,
     with inst.compute():  # the update counts as compute
         update(run, totals, weight)  # 4
     return float(totals[0]), float(totals[1]), weight
+
+
+def step_alone(run: Run, rows: np.ndarray, batch_rows: int,
+               batch_weight: float | None = None) -> tuple[float, float, float]:
+    """`train_step` of a run alone (`Run.alone`: one rank, untraced): the strategy's calls in the same order, and
+    none of what only ranks together need. The verdict's sums over ranks are this rank's own values (the same
+    float64s), the ranks cannot be out of step, and the watchdog's sections are no-ops in one process. Its
+    seconds: the rows gathered count as data, the rest as compute (nothing waits for another rank)."""
+    sync, timers, w = run.sync, run.timers, run.data.train.w
+    run.model.dropout_step = run.pos.step
+    t0, data0 = time.perf_counter(), timers.data_s
+    loss, correct = sync.local_gradient(run.gather_train, rows, batch_rows)
+    sync.finish()
+    finite = sync.all_finite()
+    weight = (float(batch_rows) if w is None else
+              batch_weight if batch_weight is not None else math.fsum(w[rows]))
+    if math.isfinite(loss) and finite:
+        if not run.schedule.constant:
+            sync.set_lr(run.schedule(run.pos.step))
+        sync.apply(run.model.flat_params, lr_scale(run.cfg, weight))
+    else:
+        handle_nonfinite(run, float(loss), sync.nonfinite_layers())
+    timers.compute_s += time.perf_counter() - t0 - (timers.data_s - data0)
+    return float(loss), float(correct), weight
 
 
 def update(run: Run, totals: np.ndarray, batch_rows: float) -> None:
@@ -206,6 +232,10 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
     # what may happen between two steps, read once: the loop below runs for every step of every epoch
     check_every, eval_every = cfg.check_every, cfg.eval_every
     checkpoint_steps = cfg.checkpoint_steps if cfg.checkpoint_dir else 0
+    if run.alone and not (eval_every or checkpoint_steps or callback_every or bar.shown or run.lock):
+        steps_alone(run, batches, weights)  # nothing between the steps: no other rank to check against
+        bar.close()
+        return True
     while pos.batch < n_batches:
         rows, batch_rows = batches[pos.batch]
         inst.trace.at_step(pos.step)  # --trace: write the last step's events; the --trace-steps window
@@ -239,6 +269,22 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
                 return False
     bar.close()
     return True
+
+
+def steps_alone(run: Run, batches: list, weights: np.ndarray | None) -> None:
+    """The rest of the epoch's steps of a run alone with nothing to do between them (no evaluation, checkpoint,
+    callback, progress bar or lock to refresh; the parameter check compares ranks, and there is one): the
+    position moves as `run_epoch` moves it."""
+    pos = run.pos
+    for i in range(pos.batch, len(batches)):
+        rows, batch_rows = batches[i]
+        loss, correct, weight = step_alone(run, rows, batch_rows, None if weights is None else weights[i])
+        pos.loss_sum += loss
+        pos.correct += correct
+        pos.seen += batch_rows
+        pos.weight += weight
+        pos.batch += 1
+        pos.step += 1
 
 
 def evaluate_now(run: Run, metrics_file: report.RecordSinks | None = None) -> bool:

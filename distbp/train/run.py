@@ -54,6 +54,13 @@ class Run:
     def __post_init__(self) -> None:
         self.instruments = Instruments(self.watchdog, self.trace, self.timers)
 
+    @property
+    def alone(self) -> bool:
+        """One rank and no --trace: no step needs another rank (every sum over ranks is this rank's own value,
+        and the ranks cannot be at different steps or hold different parameters) and no timeline records the
+        step's phases, so the loop takes its shorter path (`distbp.train.loop.step_alone`)."""
+        return self.comm.size == 1 and isinstance(self.trace, NullTracer)
+
     def attach_scaling(self) -> None:
         """Give the model what its training learnt of the data, which model files keep (the dataset's own
         arrays, not copies): the feature scaling, which it applies when it predicts on raw rows; the labels
@@ -74,5 +81,10 @@ class Run:
         """
         if into is not None:
             return into.gather(self.data.train, rows)
+        if not self.trace.on:  # the timer alone, without a context manager: it is called every step
+            t0 = time.perf_counter()
+            gathered = self.batch.gather(self.data.train, rows)
+            self.timers.data_s += time.perf_counter() - t0
+            return gathered
         with self.instruments.data("gather", rows=rows.shape[0]):
             return self.batch.gather(self.data.train, rows)

@@ -71,3 +71,15 @@ def test_a_big_endian_source_takes_numpys_path_with_the_same_values():
         split_of(X).gather(rows, out, np.empty(3, np.int64))
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("labels", ["int64", "int64 strided"])
+def test_class_numbers_come_with_their_rows_whatever_their_layout(labels):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 2 * ROWS)
+    y = y[::2] if labels == "int64 strided" else y[:ROWS]
+    split = Split(np.ones((ROWS, FEATURES)), y, None, np.zeros(FEATURES), np.ones(FEATURES), 5)
+    rows = rng.integers(0, ROWS, 30).astype(np.int64)
+    y_out = np.full(30, -1, np.int64)
+    split.gather(rows, np.empty((30, FEATURES)), y_out)
+    assert np.array_equal(y_out, y[rows])
