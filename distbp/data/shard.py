@@ -97,10 +97,13 @@ class SharedRows:
         """(this rank's rows (int64 indices into its training split), the global batch's rows) per step."""
         perm = (epoch_permutation(self.n_rows, self.seed, epoch) if self.shuffle
                 else np.arange(self.n_rows, dtype=np.int64))
-        out = []
+        out, shares = [], {}  # this rank's share of a batch of k rows, worked out once per k (k is one or two sizes)
         for start, stop in self.bounds:
-            r0, r1 = self.my_rows(stop - start)
-            out.append((perm[start + r0:start + r1], stop - start))
+            k = stop - start
+            if k not in shares:
+                shares[k] = self.my_rows(k)
+            r0, r1 = shares[k]
+            out.append((perm[start + r0:start + r1], k))
         return out
 
     def eval_share(self, n_rows: int) -> tuple[int, int, int]:
