@@ -10,7 +10,8 @@ Per global batch (Horovod-style markers show the distributed steps):
 How each step is done is the gradient-sync strategy's business (`distbp.sync`); this module has no
 mode branches. Only the root prints, writes metrics, checkpoints and the saved model. The run comes
 from `distbp.train.setup`; the watchdog, tracer and timers are its instruments (`distbp.train.instruments`);
-the records and printed lines are `distbp.train.report`'s.
+the records and printed lines are `distbp.train.report`'s. A run alone (one rank, untraced: `Run.alone`) takes the
+same steps without what only ranks together need (`step_alone`): no sums over ranks, no instruments' contexts.
 
 Evaluations on the held-out rows come at each epoch's end and, with --eval-every N, after every N-th
 update within an epoch; each is judged by the early-stopping rule (`distbp.train.stopping`), which may keep the
@@ -271,7 +272,7 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
     return True
 
 
-def steps_alone(run: Run, batches: list, weights: np.ndarray | None) -> None:
+def steps_alone(run: Run, batches: list[tuple[np.ndarray, int]], weights: list[float] | None) -> None:
     """The rest of the epoch's steps of a run alone with nothing to do between them (no evaluation, checkpoint,
     callback, progress bar or lock to refresh; the parameter check compares ranks, and there is one): the
     position moves as `run_epoch` moves it."""
