@@ -243,12 +243,7 @@ def run_epoch(run: Run, callback: Callback | None = None, callback_every: int = 
         with inst.span("step", step=pos.step, epoch=pos.epoch):
             loss, correct, weight = train_step(run, rows, batch_rows,
                                                None if weights is None else weights[pos.batch])
-        pos.loss_sum += loss
-        pos.correct += correct
-        pos.seen += batch_rows
-        pos.weight += weight
-        pos.batch += 1
-        pos.step += 1
+        pos.stepped(loss, correct, batch_rows, weight)
         if bar.shown:
             bar.update(pos.batch, pos.loss_sum / report.counted(run, pos))
         if check_every and pos.step % check_every == 0:
@@ -280,12 +275,7 @@ def steps_alone(run: Run, batches: list[tuple[np.ndarray, int]], weights: list[f
     for i in range(pos.batch, len(batches)):
         rows, batch_rows = batches[i]
         loss, correct, weight = step_alone(run, rows, batch_rows, None if weights is None else weights[i])
-        pos.loss_sum += loss
-        pos.correct += correct
-        pos.seen += batch_rows
-        pos.weight += weight
-        pos.batch += 1
-        pos.step += 1
+        pos.stepped(loss, correct, batch_rows, weight)
 
 
 def evaluate_now(run: Run, metrics_file: report.RecordSinks | None = None) -> bool:

@@ -27,3 +27,13 @@ class Position:
     best: float | None = None
     best_step: int | None = None
     since_best: int = 0
+
+    def stepped(self, loss: float, correct: float, rows: int, weight: float) -> None:
+        """One more update done on a batch of `rows` rows (Σ loss, correct, Σ wₙ over all ranks): into the epoch's
+        running sums, and on to the next batch and step."""
+        self.loss_sum += loss
+        self.correct += correct
+        self.seen += rows
+        self.weight += weight
+        self.batch += 1
+        self.step += 1
