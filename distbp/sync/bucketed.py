@@ -39,28 +39,30 @@ class BucketedSync(GradientSync):
         self.acc = np.zeros(model.n_params, model.dtype) if self.options.accumulate > 1 else None
 
     def local_gradient(self, gather: Gather, rows: np.ndarray, batch_rows: int) -> tuple[float, float]:
-        model, K, k = self.model, self.options.accumulate, rows.shape[0]
-        if K == 1:  # the whole share in one pass (the loop below, without its bookkeeping: a small model's step)
-            X, y, w = gather(rows)
-            loss = model.loss_and_grad_into(X, y, self.grad, hooks=None if self.reducer.skips() else self.reducer,
-                                            progress_chunks=4, validate=False, w=w, rows=rows)
-            return loss, model.count_correct(y, w=w) if k else 0.0
+        K, k = self.options.accumulate, rows.shape[0]
+        if K == 1:  # the whole share in one pass; its buckets leave as the layers finish (none when summing alone)
+            return self._pass(gather, rows, self.grad, None if self.reducer.skips() else self.reducer)
         loss = correct = 0.0
         for i in range(K):
             a, b = rank_slice(k, i, K)
-            X, y, w = gather(rows[a:b])
             last = i == K - 1
             # micro-batch 0 starts acc; later ones go into grad (then added to acc, or, for the last, acc
             # is added into grad layer by layer so that finished buckets can leave during the backward pass)
             target = self.grad if (last or i > 0) else self.acc
-            hooks = (AddAccumulated(self.acc, self.grad, model.layer_slices, self.reducer) if K > 1
-                     else self.reducer) if last else None
-            loss += model.loss_and_grad_into(X, y, target, hooks=hooks, progress_chunks=4, validate=False, w=w,
-                                             rows=rows[a:b])
-            correct += model.count_correct(y, w=w) if b > a else 0.0
+            hooks = AddAccumulated(self.acc, self.grad, self.model.layer_slices, self.reducer) if last else None
+            part_loss, part_correct = self._pass(gather, rows[a:b], target, hooks)
+            loss += part_loss
+            correct += part_correct
             if 0 < i < K - 1:
                 self.acc += self.grad
         return loss, correct
+
+    def _pass(self, gather: Gather, rows: np.ndarray, target: np.ndarray, hooks) -> tuple[float, float]:
+        """(Σ loss, correct) over `rows`, their gradient written into `target` by one backward pass with `hooks`."""
+        X, y, w = gather(rows)
+        loss = self.model.loss_and_grad_into(X, y, target, hooks=hooks, progress_chunks=4, validate=False, w=w,
+                                             rows=rows)
+        return loss, self.model.count_correct(y, w=w) if rows.shape[0] else 0.0
 
     def finish(self) -> None:
         self.reducer.finish()

@@ -66,7 +66,7 @@ def train_step(run: Run, rows: np.ndarray, batch_rows: int,
     weight = (float(batch_rows) if w is None else
               batch_weight if batch_weight is not None else float(totals[5]))
     with inst.compute():  # the update counts as compute
-        update(run, totals, weight)  # 4
+        update(run, float(totals[0]), totals[2] == 0, weight)  # 4
     return float(totals[0]), float(totals[1]), weight
 
 
@@ -81,30 +81,24 @@ def step_alone(run: Run, rows: np.ndarray, batch_rows: int,
     t0, data0 = time.perf_counter(), timers.data_s
     loss, correct = sync.local_gradient(run.gather_train, rows, batch_rows)
     sync.finish()
-    finite = sync.all_finite()
     weight = (float(batch_rows) if w is None else
               batch_weight if batch_weight is not None else math.fsum(w[rows]))
-    if math.isfinite(loss) and finite:
-        if not run.schedule.constant:
-            sync.set_lr(run.schedule(run.pos.step))
-        sync.apply(run.model.flat_params, lr_scale(run.cfg, weight))
-    else:
-        handle_nonfinite(run, float(loss), sync.nonfinite_layers())
+    update(run, float(loss), sync.all_finite(), weight)
     timers.compute_s += time.perf_counter() - t0 - (timers.data_s - data0)
     return float(loss), float(correct), weight
 
 
-def update(run: Run, totals: np.ndarray, batch_rows: float) -> None:
-    """Step 4: θ ← θ − η·s·∇L on every rank if the ranks agreed that loss and ∇L are finite (`totals` from
-    `agreed_totals`), else the non-finite policy."""
+def update(run: Run, loss: float, finite: bool, batch_rows: float) -> None:
+    """Step 4: θ ← θ − η·s·∇L on every rank if the loss (Σ over ranks) is finite and, as the ranks agreed, so is
+    ∇L (`finite`), else the non-finite policy."""
     sync = run.sync
-    if math.isfinite(totals[0]) and totals[2] == 0:
+    if math.isfinite(loss) and finite:
         if not run.schedule.constant:
             sync.set_lr(run.schedule(run.pos.step))  # a pure function of the step: resume gets it back
         with run.instruments.section("parameter update", run.pos.step, span="update"):
             sync.apply(run.model.flat_params, lr_scale(run.cfg, batch_rows))
     else:
-        handle_nonfinite(run, totals[0], sync.nonfinite_layers())
+        handle_nonfinite(run, loss, sync.nonfinite_layers())
 
 
 def agreed_totals(run: Run, loss: float, correct: float, finite: bool, weight: float = 0.0) -> np.ndarray:
